@@ -1,0 +1,388 @@
+"""``decide(state, observation, profile, now) -> (Decision, LaneState)``: the whole policy, as a pure function.
+
+No I/O, no clock, no randomness: the daemon and the simulator run this same code, and tests replay it.
+Each call handles at most one event (an operator intent or a chain's end) and re-evaluates the rules.
+The lane's state machine::
+
+    PRIMARY ⇄ DEGRADED → CUTTING_OVER → ON_STANDBY → FAILING_BACK → PRIMARY,   any ⇄ PAUSED
+
+A failed chain pauses the lane: a half-done cutover wants a human, not an automatic retry loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+from hybridops_daemon.config.models import Profile
+from hybridops_daemon.durations import format_duration
+from hybridops_daemon.policy.rules import advance
+from hybridops_daemon.policy.types import (
+    EMPTY_MEMORY,
+    ChainEvent,
+    Command,
+    Decision,
+    DecisionKind,
+    Intent,
+    LaneState,
+    LaneStatus,
+    Observation,
+    RuleEvidence,
+    RuleMemory,
+    Trigger,
+)
+
+S = LaneStatus
+K = DecisionKind
+
+
+def decide(state: LaneState, observation: Observation, profile: Profile, now: float) -> tuple[Decision, LaneState]:
+    evaluation = _evaluate(state, observation, profile, now)
+    state = evaluation.state
+    event = observation.event
+    if isinstance(event, ChainEvent):
+        return _on_chain_event(state, event, evaluation, now)
+    if isinstance(event, Intent):
+        return _on_intent(state, event, evaluation, profile, now)
+    return _on_tick(state, evaluation, profile, now)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+class _Evaluation:
+    __slots__ = ("clear", "corroborated", "degraded", "evidence", "state", "tripped_rules", "unknown")
+
+    def __init__(
+        self,
+        state: LaneState,
+        evidence: tuple[RuleEvidence, ...],
+        tripped_rules: tuple[str, ...],
+        corroborated: bool,
+        degraded: bool,
+        clear: bool,
+        unknown: tuple[str, ...],
+    ) -> None:
+        self.state = state
+        self.evidence = evidence
+        self.tripped_rules = tripped_rules
+        self.corroborated = corroborated
+        self.degraded = degraded
+        self.clear = clear
+        self.unknown = unknown
+
+
+def _evaluate(state: LaneState, observation: Observation, profile: Profile, now: float) -> _Evaluation:
+    corroboration = profile.corroboration
+    edges: tuple[str, ...] = (observation.self_edge,)
+    if corroboration.both_edges:
+        edges = (observation.self_edge, observation.peer_edge or "peer")
+    counted = set(corroboration.rules) if corroboration.rules is not None else None
+
+    memories = state.rules
+    changed: dict[tuple[str, str], RuleMemory] | None = None
+    evidence: list[RuleEvidence] = []
+    tripped_rules: list[str] = []
+    unknown: list[str] = []
+    degraded = False
+    clear = True
+    for rule in profile.rules:
+        max_age = profile.signals[rule.signal].max_age
+        tripped_everywhere = True
+        for edge in edges:
+            key = (rule.name, edge)
+            memory = memories.get(key, EMPTY_MEMORY)
+            new_memory, item = advance(rule, edge, memory, observation.readings.get((rule.signal, edge)), max_age, now)
+            if new_memory is not memory:
+                if changed is None:
+                    changed = dict(memories)
+                changed[key] = new_memory
+            evidence.append(item)
+            if counted is not None and rule.name not in counted:
+                continue
+            if item.unknown:
+                unknown.append(f"{rule.signal}@{edge}")
+            tripped_everywhere = tripped_everywhere and item.tripped
+            if edge == observation.self_edge and (item.breaching or item.tripped):
+                degraded = True
+            if item.unknown or item.breaching or item.tripped:
+                clear = False
+        if tripped_everywhere and (counted is None or rule.name in counted):
+            tripped_rules.append(rule.name)
+
+    corroborated = bool(profile.rules) and len(tripped_rules) >= corroboration.min_rules
+    # Failback stability counts from the first tick on which every rule was known and clear.
+    clear_since = (state.clear_since if state.clear_since is not None else now) if clear and profile.rules else None
+    if changed is not None or clear_since != state.clear_since:
+        state = replace(
+            state,
+            rules=MappingProxyType(changed) if changed is not None else state.rules,
+            clear_since=clear_since,
+        )
+    return _Evaluation(state, tuple(evidence), tuple(tripped_rules), corroborated, degraded, clear, tuple(unknown))
+
+
+# ------------------------------------------------------------------------------------------------ outcomes
+
+
+def _decision(
+    kind: DecisionKind,
+    before: LaneState,
+    after: LaneState,
+    reason: str,
+    evaluation: _Evaluation,
+    now: float,
+    *,
+    trigger: Trigger = Trigger.AUTOMATIC,
+    chain: str | None = None,
+    intent: Intent | None = None,
+) -> tuple[Decision, LaneState]:
+    actor = "policy"
+    if intent is not None:
+        trigger, actor = intent.trigger, intent.actor
+    decision = Decision(
+        kind=kind,
+        lane=before.lane,
+        reason=reason,
+        at=now,
+        status_before=before.status,
+        status_after=after.status,
+        trigger=trigger,
+        actor=actor,
+        run_id=after.active_run if chain else None,
+        chain=chain,
+        intent_id=intent.id if intent else None,
+        evidence=evaluation.evidence,
+        unknown_signals=evaluation.unknown,
+    )
+    return decision, after
+
+
+def _moved(state: LaneState, status: LaneStatus, now: float, **changes: object) -> LaneState:
+    if status is not state.status:
+        changes["since"] = now
+    return replace(state, status=status, **changes)  # type: ignore[arg-type]
+
+
+def _start_run(state: LaneState, status: LaneStatus, now: float, **changes: object) -> LaneState:
+    seq = state.run_seq + 1
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S")
+    return _moved(state, status, now, run_seq=seq, active_run=f"{state.lane}-{stamp}-{seq}", refusal=None, **changes)
+
+
+def _shown(item: RuleEvidence) -> str:
+    return "UNKNOWN" if item.unknown or item.value is None else f"{item.value:g}"
+
+
+def _tripped_summary(evaluation: _Evaluation) -> str:
+    parts = []
+    for item in evaluation.evidence:
+        if item.tripped and item.rule in evaluation.tripped_rules:
+            parts.append(f"{item.rule}@{item.edge} ({item.signal}={_shown(item)}, {item.consecutive} in a row)")
+    return ", ".join(parts)
+
+
+def _guardrail(state: LaneState, profile: Profile, now: float) -> tuple[str, str] | None:
+    """Why an automatic action may not run now, as (code, reason); None when it may."""
+    if state.last_action_at is not None and now - state.last_action_at < profile.cooldown:
+        left = profile.cooldown - (now - state.last_action_at)
+        return "cooldown", f"cooldown after the last action: {format_duration(left)} left"
+    window = profile.action_limit.window
+    recent = sum(1 for t in state.automatic_actions if now - t < window)
+    if recent >= profile.action_limit.max_actions:
+        return (
+            "limit",
+            f"{recent} automatic actions in the last {format_duration(window)} (limit {profile.action_limit.max_actions})",
+        )
+    return _cost_guardrail(profile)
+
+
+def _cost_guardrail(profile: Profile) -> tuple[str, str] | None:
+    if profile.cost is not None and profile.hourly_cost() > profile.cost.budget_usd_per_hour:
+        return "cost", (
+            f"the chain's capacity costs ${profile.hourly_cost():.2f}/h, over the budget of "
+            f"${profile.cost.budget_usd_per_hour:.2f}/h"
+        )
+    return None
+
+
+def _record_automatic(state: LaneState, profile: Profile, now: float) -> dict[str, object]:
+    window = profile.action_limit.window
+    kept = tuple(t for t in state.automatic_actions if now - t < window)
+    return {"automatic_actions": (*kept, now), "last_action_at": now}
+
+
+# ------------------------------------------------------------------------------------------------ tick
+
+
+def _on_tick(state: LaneState, evaluation: _Evaluation, profile: Profile, now: float) -> tuple[Decision, LaneState]:
+    status = state.status
+    if status in (S.PRIMARY, S.DEGRADED):
+        if evaluation.corroborated:
+            return _automatic_cutover(state, evaluation, profile, now)
+        if evaluation.degraded:
+            reason = "degraded: " + _breaching_summary(evaluation)
+            return _decision(K.HOLD, state, _moved(state, S.DEGRADED, now, refusal=None), reason, evaluation, now)
+        if status is S.DEGRADED:
+            reason = "recovered: no rule is breaching"
+            if evaluation.unknown:
+                reason += f" (unknown: {', '.join(evaluation.unknown)})"
+            return _decision(K.HOLD, state, _moved(state, S.PRIMARY, now, refusal=None), reason, evaluation, now)
+        reason = "primary healthy"
+        if evaluation.unknown:
+            reason += f"; unknown: {', '.join(evaluation.unknown)}"
+        return _decision(K.HOLD, state, state, reason, evaluation, now)
+
+    if status is S.ON_STANDBY:
+        if state.drill_deadline is not None and now >= state.drill_deadline:
+            after = _start_run(state, S.FAILING_BACK, now, drill_deadline=None)
+            reason = f"drill teardown deadline reached; failing back (run {after.active_run})"
+            return _decision(K.FAILBACK, state, after, reason, evaluation, now, trigger=Trigger.SCHEDULE, chain="failback")
+        if profile.failback.automatic and state.drill_deadline is None and state.clear_since is not None:
+            stable = now - state.clear_since
+            if stable >= profile.failback.stable_for:
+                blocked = _guardrail(state, profile, now)
+                if blocked is None or blocked[0] == "cost":  # failing back saves money: cost never blocks it
+                    after = _start_run(state, S.FAILING_BACK, now, **_record_automatic(state, profile, now))
+                    reason = (
+                        f"primary stable for {format_duration(stable)} (window {format_duration(profile.failback.stable_for)}); "
+                        f"failing back (run {after.active_run})"
+                    )
+                    return _decision(K.FAILBACK, state, after, reason, evaluation, now, chain="failback")
+                return _hold(state, evaluation, now, f"failback waits: {blocked[1]}")
+        return _decision(K.HOLD, state, state, "on standby: " + _standby_reason(state, profile, now), evaluation, now)
+
+    if status in (S.CUTTING_OVER, S.FAILING_BACK):
+        return _decision(K.HOLD, state, state, f"run {state.active_run} in progress", evaluation, now)
+
+    # PAUSED
+    return _decision(K.HOLD, state, state, f"paused by {state.paused_by}; nothing acts until resume", evaluation, now)
+
+
+def _hold(state: LaneState, evaluation: _Evaluation, now: float, reason: str) -> tuple[Decision, LaneState]:
+    return _decision(K.HOLD, state, state, reason, evaluation, now)
+
+
+def _standby_reason(state: LaneState, profile: Profile, now: float) -> str:
+    if state.drill_deadline is not None:
+        return f"drill teardown in {format_duration(max(0.0, state.drill_deadline - now))}"
+    if not profile.failback.automatic:
+        return "failback is manual (hyopsctl failback)"
+    if state.clear_since is None:
+        return "primary not yet healthy on every rule"
+    return f"primary stable for {format_duration(now - state.clear_since)} of {format_duration(profile.failback.stable_for)}"
+
+
+def _breaching_summary(evaluation: _Evaluation) -> str:
+    parts = []
+    for item in evaluation.evidence:
+        if item.breaching or item.tripped:
+            state = "tripped" if item.tripped else f"breaching {format_duration(item.breaching_for_s)}"
+            parts.append(f"{item.rule}@{item.edge} {state} ({item.signal}={_shown(item)}, {item.consecutive} in a row)")
+    return ", ".join(parts) or "no rule"
+
+
+def _automatic_cutover(state: LaneState, evaluation: _Evaluation, profile: Profile, now: float) -> tuple[Decision, LaneState]:
+    blocked = _guardrail(state, profile, now)
+    tripped = _tripped_summary(evaluation)
+    if blocked is not None:
+        code, why = blocked
+        degraded = _moved(state, S.DEGRADED, now)
+        if state.refusal == code:
+            # Standing refusal: said once, not once per tick.
+            return _decision(K.HOLD, state, degraded, f"cutover still refused: {why}", evaluation, now)
+        after = replace(degraded, refusal=code)
+        return _decision(K.REFUSE, state, after, f"cutover refused: {why}; tripped: {tripped}", evaluation, now)
+    after = _start_run(state, S.CUTTING_OVER, now, **_record_automatic(state, profile, now))
+    needed = profile.corroboration.min_rules
+    reason = f"cutover: {len(evaluation.tripped_rules)} of {needed} required rules tripped: {tripped} (run {after.active_run})"
+    return _decision(K.CUTOVER, state, after, reason, evaluation, now, chain="cutover")
+
+
+# ------------------------------------------------------------------------------------------------ events
+
+
+def _on_chain_event(state: LaneState, event: ChainEvent, evaluation: _Evaluation, now: float) -> tuple[Decision, LaneState]:
+    if event.run_id != state.active_run:
+        return _hold(state, evaluation, now, f"ignored the end of run {event.run_id}: not this lane's active run")
+    paused = state.status is S.PAUSED
+    running = state.paused_from if paused else state.status
+    if running is S.CUTTING_OVER:
+        ok_status, failed_status, what = S.ON_STANDBY, S.DEGRADED, "cutover"
+    else:
+        ok_status, failed_status, what = S.PRIMARY, S.ON_STANDBY, "failback"
+    if event.ok:
+        reason = f"{what} run {event.run_id} succeeded; lane is {ok_status.value}"
+        changes: dict[str, object] = {"active_run": None}
+        if ok_status is S.PRIMARY:
+            changes["drill_deadline"] = None
+        if paused:
+            after = replace(state, paused_from=ok_status, **changes)  # type: ignore[arg-type]
+            reason += " (still paused)"
+        else:
+            after = _moved(state, ok_status, now, **changes)
+        return _decision(K.HOLD, state, after, reason, evaluation, now)
+    reason = f"{what} run {event.run_id} failed: {event.detail}; automation paused until an operator resumes"
+    after = _moved(state, S.PAUSED, now, active_run=None, paused_from=failed_status, paused_by=f"failed run {event.run_id}")
+    return _decision(K.HOLD, state, after, reason, evaluation, now)
+
+
+def _on_intent(
+    state: LaneState, intent: Intent, evaluation: _Evaluation, profile: Profile, now: float
+) -> tuple[Decision, LaneState]:
+    command = intent.command
+    status = state.status
+
+    def refuse(why: str) -> tuple[Decision, LaneState]:
+        return _decision(K.REFUSE, state, state, f"{command.value} refused: {why}", evaluation, now, intent=intent)
+
+    if command is Command.PAUSE:
+        if status is S.PAUSED:
+            return refuse(f"already paused by {state.paused_by}")
+        after = _moved(state, S.PAUSED, now, paused_from=status, paused_by=intent.actor)
+        reason = f"paused by {intent.actor}; automatic actions stop"
+        if state.active_run:
+            reason += f" (run {state.active_run} finishes its current chain)"
+        return _decision(K.HOLD, state, after, reason, evaluation, now, intent=intent)
+    if command is Command.RESUME:
+        if status is not S.PAUSED:
+            return refuse(f"lane is {status.value}, not paused")
+        back = state.paused_from or S.PRIMARY
+        after = _moved(state, back, now, paused_from=None, paused_by=None, refusal=None)
+        return _decision(K.HOLD, state, after, f"resumed by {intent.actor}; lane is {back.value}", evaluation, now, intent=intent)
+    if status is S.PAUSED:
+        return refuse(f"lane is paused by {state.paused_by}; resume first")
+
+    if command is Command.DRILL:
+        if not profile.drill.allowed:
+            return refuse(f"profile {profile.ref} does not allow drills on this lane")
+        if status not in (S.PRIMARY, S.DEGRADED):
+            return refuse(f"lane is {status.value}; a drill starts only from PRIMARY")
+        cost = _cost_guardrail(profile)
+        if cost is not None:
+            return refuse(cost[1])
+        deadline = now + profile.drill.teardown_after
+        after = _start_run(state, S.CUTTING_OVER, now, drill_deadline=deadline)
+        reason = (
+            f"drill by {intent.actor}: running the cutover chain (run {after.active_run}); "
+            f"teardown after {format_duration(profile.drill.teardown_after)}"
+        )
+        return _decision(K.DRILL, state, after, reason, evaluation, now, chain="cutover", intent=intent)
+    if command is Command.CUTOVER:
+        if status not in (S.PRIMARY, S.DEGRADED):
+            return refuse(f"lane is {status.value}")
+        after = _start_run(state, S.CUTTING_OVER, now, last_action_at=now)
+        overridden = _guardrail(state, profile, now)
+        reason = f"cutover forced by {intent.actor} (run {after.active_run})"
+        if overridden is not None:
+            reason += f"; overrides: {overridden[1]}"
+        return _decision(K.CUTOVER, state, after, reason, evaluation, now, chain="cutover", intent=intent)
+    # FAILBACK
+    if status is not S.ON_STANDBY:
+        return refuse(f"lane is {status.value}, not ON_STANDBY")
+    after = _start_run(state, S.FAILING_BACK, now, last_action_at=now, drill_deadline=None)
+    reason = f"failback by {intent.actor} (run {after.active_run})"
+    if not evaluation.clear:
+        reason += "; note: the primary is not healthy on every rule"
+    return _decision(K.FAILBACK, state, after, reason, evaluation, now, chain="failback", intent=intent)

@@ -1,0 +1,178 @@
+"""Values that flow into and out of ``decide()``. Plain frozen dataclasses: cheap to build, hashable, comparable.
+
+Nothing here reads a clock, a file or a socket; times are epoch seconds handed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from hybridops_daemon.signals.sample import Sample
+
+
+class LaneStatus(StrEnum):
+    PRIMARY = "PRIMARY"
+    DEGRADED = "DEGRADED"
+    CUTTING_OVER = "CUTTING_OVER"
+    ON_STANDBY = "ON_STANDBY"
+    FAILING_BACK = "FAILING_BACK"
+    PAUSED = "PAUSED"
+
+
+class DecisionKind(StrEnum):
+    HOLD = "hold"
+    CUTOVER = "cutover"
+    FAILBACK = "failback"
+    DRILL = "drill"
+    REFUSE = "refuse"
+
+
+class Trigger(StrEnum):
+    AUTOMATIC = "automatic"
+    OPERATOR = "operator"
+    SCHEDULE = "schedule"  # a scheduled drill, or the teardown a drill's deadline calls for
+
+
+class Command(StrEnum):
+    DRILL = "drill"
+    CUTOVER = "cutover"
+    FAILBACK = "failback"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """An operator's (or the scheduler's) request, already validated and journaled; ``id`` is its journal seq."""
+
+    id: int
+    lane: str
+    command: Command
+    actor: str
+    trigger: Trigger = Trigger.OPERATOR
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEvent:
+    """A chain run ended. Fed back to ``decide()`` so the lane's state follows what really happened."""
+
+    lane: str
+    run_id: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What ``decide()`` sees: the latest sample per (signal, edge) and at most one event to act on."""
+
+    readings: Mapping[tuple[str, str], Sample]
+    self_edge: str
+    peer_edge: str | None = None
+    event: Intent | ChainEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMemory:
+    """Per (rule, edge): what confirmation has seen so far."""
+
+    breaching_since: float | None = None
+    consecutive: int = 0
+    last_sample_at: float | None = None
+    tripped: bool = False
+
+
+EMPTY_MEMORY = RuleMemory()
+
+
+@dataclass(frozen=True, slots=True)
+class LaneState:
+    lane: str
+    status: LaneStatus = LaneStatus.PRIMARY
+    since: float = 0.0
+    rules: Mapping[tuple[str, str], RuleMemory] = field(default_factory=lambda: MappingProxyType({}))
+    automatic_actions: tuple[float, ...] = ()  # times of automatic actions still inside the limit window
+    last_action_at: float | None = None
+    active_run: str | None = None
+    run_seq: int = 0
+    drill_deadline: float | None = None
+    paused_from: LaneStatus | None = None
+    paused_by: str | None = None
+    clear_since: float | None = None
+    refusal: str | None = None  # code of the last refusal, so a standing refusal is journaled once
+
+    def durable(self) -> dict[str, Any]:
+        """What survives a restart. Rule memory does not: after a restart a breach must be confirmed anew."""
+        return {
+            "lane": self.lane,
+            "status": self.status.value,
+            "since": self.since,
+            "automatic_actions": list(self.automatic_actions),
+            "last_action_at": self.last_action_at,
+            "active_run": self.active_run,
+            "run_seq": self.run_seq,
+            "drill_deadline": self.drill_deadline,
+            "paused_from": self.paused_from.value if self.paused_from else None,
+            "paused_by": self.paused_by,
+        }
+
+    @classmethod
+    def from_durable(cls, data: Mapping[str, Any]) -> LaneState:
+        return cls(
+            lane=str(data["lane"]),
+            status=LaneStatus(data["status"]),
+            since=float(data["since"]),
+            automatic_actions=tuple(float(t) for t in data.get("automatic_actions", ())),
+            last_action_at=data.get("last_action_at"),
+            active_run=data.get("active_run"),
+            run_seq=int(data.get("run_seq", 0)),
+            drill_deadline=data.get("drill_deadline"),
+            paused_from=LaneStatus(data["paused_from"]) if data.get("paused_from") else None,
+            paused_by=data.get("paused_by"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEvidence:
+    rule: str
+    edge: str
+    signal: str
+    value: float | None
+    age_s: float | None
+    unknown: bool
+    breaching: bool
+    consecutive: int
+    breaching_for_s: float
+    tripped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    kind: DecisionKind
+    lane: str
+    reason: str
+    at: float
+    status_before: LaneStatus
+    status_after: LaneStatus
+    trigger: Trigger = Trigger.AUTOMATIC
+    actor: str = "policy"
+    run_id: str | None = None
+    chain: str | None = None  # "cutover" or "failback": which chain the daemon must run now
+    intent_id: int | None = None
+    evidence: tuple[RuleEvidence, ...] = ()
+    unknown_signals: tuple[str, ...] = ()
+
+    @property
+    def notable(self) -> bool:
+        """Worth a journal record: anything but a hold that left the status as it was."""
+        return self.kind is not DecisionKind.HOLD or self.status_before is not self.status_after
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("kind", "status_before", "status_after", "trigger"):
+            data[key] = data[key].value
+        return data
