@@ -1,0 +1,348 @@
+"""Load the daemon config and profiles from YAML, reporting every problem as ``file:line key.path: message``.
+
+The YAML is composed once into a node tree: the tree gives each key path its line (and exposes duplicate keys,
+which PyYAML would otherwise silently resolve to the last one), then the same tree is constructed into data for
+pydantic. Pydantic's error locations are mapped back onto the file's key paths and lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+
+from hybridops_daemon.config.models import DaemonConfig, Profile, profile_problems
+
+KeyPath = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MESSAGES = {
+    "missing": "required key is missing",
+    "model_type": "must be a mapping (key: value)",
+    "model_attributes_type": "must be a mapping (key: value)",
+    "dict_type": "must be a mapping (key: value)",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+}
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    file: Path
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = _display(self.file) if self.line is None else f"{_display(self.file)}:{self.line}"
+        return f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigInvalid(Exception):
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("\n".join(str(error) for error in errors))
+        self.errors = errors
+
+
+def load_profile(path: Path, known_drivers: Mapping[str, frozenset[str]]) -> Profile:
+    """Validate a profile: structure first, then (if that holds) its cross-references. Raises ConfigInvalid."""
+    profile, errors = _check_profile(path, known_drivers)
+    if profile is None or errors:
+        raise ConfigInvalid(errors)
+    return profile
+
+
+def load_daemon_config(path: Path) -> DaemonConfig:
+    """Validate a daemon config; relative paths in it resolve against the config file's folder."""
+    config, _, errors = _check_daemon_config(path)
+    if config is None or errors:
+        raise ConfigInvalid(errors)
+    return config
+
+
+def check_config(
+    path: Path, known_drivers: Mapping[str, frozenset[str]]
+) -> tuple[DaemonConfig | None, dict[str, Profile], list[ConfigError]]:
+    """Validate the daemon config and every lane's profile, collecting the errors of all files.
+
+    Returns the resolved config (None if invalid), the profiles that loaded (by lane) and every error.
+    """
+    config, parsed, errors = _check_daemon_config(path)
+    lanes = {name: lane.profile for name, lane in config.lanes.items()} if config else _raw_lane_profiles(parsed)
+    found = {lane: profile_path for lane, profile_path in lanes.items() if profile_path.is_file()}
+    missing = [
+        parsed.error(("lanes", lane, "profile"), f"profile file not found: {_display(profile_path)}")
+        for lane, profile_path in lanes.items()
+        if lane not in found
+    ]
+    errors = _by_line(errors + missing)  # the daemon config's errors first, then each profile's
+    checked: dict[Path, Profile | None] = {}  # lanes sharing a profile file report its errors once
+    profiles: dict[str, Profile] = {}
+    for lane, profile_path in found.items():
+        if profile_path not in checked:
+            profile, profile_errors = _check_profile(profile_path, known_drivers)
+            checked[profile_path] = None if profile_errors else profile
+            errors.extend(profile_errors)
+        if (loaded := checked[profile_path]) is not None:
+            profiles[lane] = loaded
+    return config, profiles, errors
+
+
+def json_schemas() -> dict[str, Any]:
+    """JSON schemas (by alias, as operators write the files) for editors and linters."""
+    return {
+        "daemon_config": DaemonConfig.model_json_schema(by_alias=True),
+        "profile": Profile.model_json_schema(by_alias=True),
+    }
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class _Parsed:
+    file: Path
+    data: Any = None
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    errors: list[ConfigError] = field(default_factory=list)
+
+    def error(self, path: KeyPath, message: str) -> ConfigError:
+        return ConfigError(self.file, self.line_of(path), render_path(path), message)
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """Line of the deepest prefix of ``path`` present in the file (a missing key points at its parent)."""
+        prefix: KeyPath = ()
+        line = self.lines.get(prefix)
+        for element in path:
+            # Mapping keys are indexed as written; pydantic reports a YAML `1:` key as the int 1.
+            candidates = [(*prefix, element), (*prefix, str(element))]
+            match = next((candidate for candidate in candidates if candidate in self.lines), None)
+            if match is None:
+                break
+            prefix, line = match, self.lines[match]
+        return line
+
+
+def _parse(file: Path) -> _Parsed:
+    parsed = _Parsed(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        parsed.errors.append(ConfigError(file, None, "", "file not found"))
+        return parsed
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        parsed.errors.append(ConfigError(file, None, "", f"cannot read file: {reason}"))
+        return parsed
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            parsed.errors.append(ConfigError(file, None, "", "file is empty"))
+            return parsed
+        _index(root, (), root.start_mark.line + 1, parsed, set())
+        parsed.data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = ": ".join(part for part in (exc.context, exc.problem) if part)
+        parsed.errors.append(ConfigError(file, mark.line + 1 if mark else None, "", f"invalid YAML: {reason}"))
+    except yaml.YAMLError as exc:
+        parsed.errors.append(ConfigError(file, None, "", f"invalid YAML: {exc}"))
+    finally:
+        loader.dispose()
+    return parsed
+
+
+def _index(node: yaml.Node, path: KeyPath, line: int, parsed: _Parsed, ancestors: set[int]) -> None:
+    """Record the line of every key path under ``node`` and report duplicate keys."""
+    parsed.lines[path] = line
+    if id(node) in ancestors:  # a recursive alias (`&a [*a]`) would never end
+        return
+    ancestors = ancestors | {id(node)}
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*path, i), item.start_mark.line + 1, parsed, ancestors)
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            # Merge keys (`<<: *base`) are not config keys; complex keys fail construction anyway.
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                continue
+            key_line = key.start_mark.line + 1
+            identity = (key.tag, key.value)  # `1:` and `"1":` are different keys
+            if identity in seen:
+                parsed.errors.append(
+                    ConfigError(
+                        parsed.file, key_line, render_path((*path, key.value)), f"duplicate key (first on line {seen[identity]})"
+                    )
+                )
+            seen.setdefault(identity, key_line)
+            _index(value, (*path, key.value), key_line, parsed, ancestors)
+
+
+def render_path(path: KeyPath) -> str:
+    """``("rules", 2, "for")`` → ``rules[2].for``; keys that are not plain words are quoted."""
+    out = ""
+    for element in path:
+        if isinstance(element, int):
+            out += f"[{element}]"
+        elif _PLAIN_KEY.fullmatch(element):
+            out += f".{element}" if out else element
+        else:
+            out += f"[{json.dumps(element)}]"
+    return out
+
+
+def _display(file: Path) -> str:
+    # Lexical normalisation, for display only: "config/../policies/prod.yaml" reads as the file being edited.
+    shown = Path(os.path.normpath(file.absolute()))
+    try:
+        return str(shown.relative_to(Path.cwd()))
+    except ValueError:
+        return str(shown)
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _validate(model: type[M], parsed: _Parsed) -> M | None:
+    """Validate the parsed data; structural errors are appended to ``parsed.errors``."""
+    if parsed.data is None and parsed.errors:
+        return None
+    try:
+        return model.model_validate(parsed.data)
+    except ValidationError as exc:
+        parsed.errors.extend(_from_pydantic(model, detail, parsed) for detail in exc.errors())
+        return None
+
+
+def _check_profile(path: Path, known_drivers: Mapping[str, frozenset[str]]) -> tuple[Profile | None, list[ConfigError]]:
+    parsed = _parse(path)
+    profile = _validate(Profile, parsed)
+    if profile is not None:
+        parsed.errors.extend(parsed.error(where, message) for where, message in profile_problems(profile, dict(known_drivers)))
+    return profile, _by_line(parsed.errors)
+
+
+def _check_daemon_config(path: Path) -> tuple[DaemonConfig | None, _Parsed, list[ConfigError]]:
+    parsed = _parse(path)
+    config = _validate(DaemonConfig, parsed)
+    # absolute(): the daemon keeps these paths for its lifetime, whatever its working directory becomes.
+    resolved = config.resolved(path.absolute().parent) if config is not None else None
+    return resolved, parsed, _by_line(parsed.errors)
+
+
+def _raw_lane_profiles(parsed: _Parsed) -> dict[str, Path]:
+    """Profile paths the lanes name, read from an invalid config so its profiles still get checked."""
+    lanes = parsed.data.get("lanes") if isinstance(parsed.data, dict) else None
+    if not isinstance(lanes, dict):
+        return {}
+    base = parsed.file.absolute().parent
+    return {
+        str(name): base / lane["profile"]
+        for name, lane in lanes.items()
+        if isinstance(lane, dict) and isinstance(lane.get("profile"), str)
+    }
+
+
+def _by_line(errors: list[ConfigError]) -> list[ConfigError]:
+    return sorted(errors, key=lambda error: error.line or 0)
+
+
+def _from_pydantic(model: type[BaseModel], detail: ErrorDetails, parsed: _Parsed) -> ConfigError:
+    loc = tuple(detail["loc"])
+    path, _, invalid_key = _locate(model, loc)
+    kind = detail["type"]
+    ctx = detail.get("ctx", {})
+    if kind == "extra_forbidden":
+        _, parent, _ = _locate(model, loc[:-1])
+        allowed = [info.alias or name for name, info in parent.model_fields.items()] if parent else []
+        message = f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        # Point at the tag key itself: `sources[1].type`, not the whole item.
+        path = (*path, str(ctx["discriminator"]).strip("'"))
+        message = _MESSAGES["missing"] if kind == "union_tag_not_found" else f"must be one of {ctx['expected_tags']}"
+    elif kind in _MESSAGES:
+        message = _MESSAGES[kind]
+    else:
+        message = detail["msg"].removeprefix("Value error, ").replace("Input should be", "must be", 1)
+    return parsed.error(path, f"invalid key: {message}" if invalid_key else message)
+
+
+def _locate(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[KeyPath, type[BaseModel] | None, bool]:
+    """Map a pydantic loc onto the file: (key path, model at that path if any, whether the error is about a key).
+
+    Walks the model's annotations alongside the loc to drop the tags pydantic inserts for discriminated unions
+    (``sources.0.http_probe.url`` is ``sources[0].url`` in the file).
+    """
+    path: list[str | int] = []
+    current: Any = model
+    tags: dict[str, Any] | None = None
+    for i, element in enumerate(loc):
+        if element == "[key]" and i == len(loc) - 1:  # pydantic's marker for an invalid dict key
+            return tuple(path), None, True
+        if tags is not None:
+            current, tags = tags.get(str(element)), None
+            continue
+        path.append(element)
+        current, tags = _child(current, element)
+    return tuple(path), current if _is_model(current) else None, False
+
+
+def _child(parent: Any, element: str | int) -> tuple[Any, dict[str, Any] | None]:
+    """The annotation one loc element below ``parent``, or the tag → member map if it is a discriminated union."""
+    if _is_model(parent) and isinstance(element, str):
+        info = next(
+            (info for name, info in parent.model_fields.items() if element in (name, info.alias)),
+            None,
+        )
+        return _unwrap(info.annotation, info.discriminator) if info else (None, None)
+    origin, args = get_origin(parent), get_args(parent)
+    if origin in (tuple, list) and isinstance(element, int) and args:
+        return _unwrap(args[0])
+    if origin is dict and args:
+        return _unwrap(args[1])
+    return None, None
+
+
+def _unwrap(annotation: Any, discriminator: object = None) -> tuple[Any, dict[str, Any] | None]:
+    """Strip Annotated and Optional; a discriminated union becomes a map from tag to member model."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation, *metadata = get_args(annotation)
+            for meta in metadata:
+                if isinstance(meta, FieldInfo) and meta.discriminator is not None:
+                    discriminator = meta.discriminator
+            continue
+        if origin in (Union, UnionType):
+            members = [arg for arg in get_args(annotation) if arg is not NoneType]
+            if len(members) == 1:
+                annotation = members[0]
+                continue
+        break
+    if not isinstance(discriminator, str):  # callable discriminators have free-form tags: not resolved
+        return annotation, None
+    candidates = get_args(annotation) if origin in (Union, UnionType) else (annotation,)
+    tags: dict[str, Any] = {}
+    for member in candidates:
+        tag_field = member.model_fields.get(discriminator) if _is_model(member) else None
+        if tag_field is not None and get_origin(tag_field.annotation) is Literal:
+            tags.update({str(value): member for value in get_args(tag_field.annotation)})
+    return None, tags
+
+
+def _is_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
