@@ -146,8 +146,16 @@ def test_stale_signal_is_unknown_never_healthy_and_never_failed() -> None:
 
 def test_absent_signal_with_unknown_breach_trips_by_time() -> None:
     profile = make_profile(
-        rules=[{"name": "primary_down", "signal": "primary_http", "direction": "below", "trip": 0.5, "for": "10s",
-                "unknown": "breach"}],
+        rules=[
+            {
+                "name": "primary_down",
+                "signal": "primary_http",
+                "direction": "below",
+                "trip": 0.5,
+                "for": "10s",
+                "unknown": "breach",
+            }
+        ],
     )
     lane = Lane(profile)
     assert lane.tick(0).kind is DecisionKind.HOLD
@@ -159,8 +167,9 @@ def test_absent_signal_with_unknown_breach_trips_by_time() -> None:
 
 def test_hysteresis_keeps_a_tripped_rule_tripped_inside_the_band() -> None:
     profile = make_profile(
-        rules=[{"name": "loss", "signal": "wan_loss", "direction": "above", "trip": 20, "clear": 5, "for": "0s",
-                "consecutive": 1}],
+        rules=[
+            {"name": "loss", "signal": "wan_loss", "direction": "above", "trip": 20, "clear": 5, "for": "0s", "consecutive": 1}
+        ],
         failback={"automatic": True, "stable_for": "60s"},
         cooldown="0s",
     )
@@ -246,8 +255,14 @@ def test_action_limit_and_cost_guardrail() -> None:
         rules=[{"name": "primary_down", "signal": "primary_http", "direction": "below", "trip": 0.5}],
         cost={"budget_usd_per_hour": 1.0},
         chains={
-            "cutover": [{"id": "cap", "module": "compute/capacity@v1", "hourly_cost_usd": 2.5,
-                         "inputs": {"name": "standby", "state": "running"}}],
+            "cutover": [
+                {
+                    "id": "cap",
+                    "module": "compute/capacity@v1",
+                    "hourly_cost_usd": 2.5,
+                    "inputs": {"name": "standby", "state": "running"},
+                }
+            ],
             "failback": [],
         },
     )

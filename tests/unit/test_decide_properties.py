@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +27,9 @@ events = st.lists(
 
 def auto_profile(cooldown: float = 120.0):  # type: ignore[no-untyped-def]
     return make_profile(
-        rules=[{"name": "primary_down", "signal": "primary_http", "direction": "below", "trip": 0.5, "for": "2s",
-                "consecutive": 2}],
+        rules=[
+            {"name": "primary_down", "signal": "primary_http", "direction": "below", "trip": 0.5, "for": "2s", "consecutive": 2}
+        ],
         cooldown=f"{cooldown}s",
         failback={"automatic": True, "stable_for": "30s"},
         action_limit={"max_actions": 1000, "window": "1h"},
@@ -60,9 +63,7 @@ def test_decide_is_deterministic(stream: list[tuple[float, float | None]], extra
     runs=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=60),
     period=st.floats(0.05, 0.9),
 )
-def test_a_signal_flapping_faster_than_the_confirmation_window_never_trips(
-    runs: list[tuple[int, int]], period: float
-) -> None:
+def test_a_signal_flapping_faster_than_the_confirmation_window_never_trips(runs: list[tuple[int, int]], period: float) -> None:
     """Breaches shorter than `for` (5 s) alternate with healthy samples: no cutover, ever."""
     profile = make_profile(
         rules=[{"name": "primary_down", "signal": "primary_http", "direction": "below", "trip": 0.5, "for": "5s"}],
@@ -89,7 +90,7 @@ def test_no_two_automatic_actions_inside_the_cooldown(
     lane = Lane(auto_profile(cooldown))
     run(lane, stream, extra)
     automatic = [d.at for d in lane.decisions if d.kind in ACTIONS and d.trigger is Trigger.AUTOMATIC]
-    for earlier, later in zip(automatic, automatic[1:], strict=False):
+    for earlier, later in itertools.pairwise(automatic):
         assert later - earlier >= cooldown
 
 

@@ -1,0 +1,333 @@
+"""The chain runner: runs a module chain step by step, journaling intent before every effect.
+
+Per step: intent (idempotency key, fencing token) → check() → [approval] → apply() with timeout and
+bounded retries (re-checking before each retry, since a timed-out apply may have landed) → verify() by an
+independent read → publish outputs. A run that stopped half-way (crash, kill -9, SIGTERM) is resumed from
+check() of its first unfinished step, so no effect is applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from hybridops_daemon.chain.approvals import ApprovalBook, PendingApproval
+from hybridops_daemon.chain.templating import UnresolvedReference, render
+from hybridops_daemon.config.models import Step
+from hybridops_daemon.drivers.base import Driver, DriverError, StepContext
+from hybridops_daemon.journal.redact import Redactor
+from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.lease.base import Lease, LeaseLost
+from hybridops_daemon.policy.types import ChainEvent
+from hybridops_daemon.secrets import SecretUnavailable, resolve, resolve_all
+
+log = structlog.get_logger("hybridops.chain")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Everything needed to run, or resume, one chain run. Journaled whole in ``run.start``."""
+
+    run_id: str
+    lane: str
+    chain: str  # "cutover" | "failback"
+    kind: str  # the decision kind that started it: cutover, failback, drill
+    trigger: str
+    actor: str
+    reason: str
+    profile: Mapping[str, Any]  # {"name", "version"}
+    steps: tuple[Step, ...]
+    approval_timeout: float
+    hourly_cost_usd: float
+
+    def start_body(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "lane": self.lane,
+            "chain": self.chain,
+            "kind": self.kind,
+            "trigger": self.trigger,
+            "actor": self.actor,
+            "reason": self.reason,
+            "profile": dict(self.profile),
+            "steps": [step.id for step in self.steps],
+            "plan": [_plan_entry(step) for step in self.steps],
+            "inputs": {step.id: step.inputs for step in self.steps},
+            "approval_timeout": self.approval_timeout,
+            "hourly_cost_usd": self.hourly_cost_usd,
+        }
+
+    @classmethod
+    def from_start(cls, body: Mapping[str, Any]) -> RunSpec:
+        return cls(
+            run_id=body["run_id"],
+            lane=body["lane"],
+            chain=body["chain"],
+            kind=body["kind"],
+            trigger=body["trigger"],
+            actor=body["actor"],
+            reason=body["reason"],
+            profile=body["profile"],
+            steps=tuple(_step_from_plan(plan) for plan in body["plan"]),
+            approval_timeout=float(body["approval_timeout"]),
+            hourly_cost_usd=float(body["hourly_cost_usd"]),
+        )
+
+
+def _plan_entry(step: Step) -> dict[str, Any]:
+    """A step as journaled. Secret *references* move to a list under ``secret_refs``: the redactor blanks the
+    values under a key like "secrets", and a resumed run must still know where its secrets live."""
+    entry = step.model_dump(mode="json", by_alias=True, exclude={"secrets"})
+    entry["secret_refs"] = [
+        {"name": name, **ref.model_dump(mode="json", exclude_none=True)} for name, ref in step.secrets.items()
+    ]
+    return entry
+
+
+def _step_from_plan(entry: Mapping[str, Any]) -> Step:
+    data = dict(entry)
+    refs = data.pop("secret_refs", [])
+    data["secrets"] = {ref["name"]: {k: v for k, v in ref.items() if k != "name"} for ref in refs}
+    return Step.model_validate(data)
+
+
+class StepFailed(Exception):
+    pass
+
+
+class ChainRunner:
+    """Runs chains for every lane of this node. Drivers are per lane, so a drill never reaches prod's targets."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        drivers: Mapping[str, Mapping[str, Driver]],
+        lease: Lease,
+        approvals: ApprovalBook,
+        redactor: Redactor,
+        clock: Callable[[], float] = time.time,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self._journal = journal
+        self._drivers = drivers
+        self._lease = lease
+        self._approvals = approvals
+        self._redactor = redactor
+        self._clock = clock
+        self._max_backoff = max_backoff
+
+    def _record(self, kind: str, spec: RunSpec, body: Mapping[str, Any]) -> None:
+        self._journal.append(kind, body, ts=self._clock(), lane=spec.lane, run_id=spec.run_id)
+
+    def _register_secrets(self, spec: RunSpec) -> None:
+        """Teach the redactor every secret the run may touch before its first record is written."""
+        for step in spec.steps:
+            for name, ref in step.secrets.items():
+                # An unavailable secret fails its step later, with the reason in that step's record.
+                with contextlib.suppress(SecretUnavailable):
+                    self._redactor.add_secret(resolve(name, ref))
+
+    async def start(self, spec: RunSpec) -> ChainEvent:
+        self._register_secrets(spec)
+        self._record("run.start", spec, {**spec.start_body(), "fencing_token": self._lease.token})
+        return await self._execute(spec, done={}, started=time.monotonic())
+
+    async def resume(self, run_id: str) -> ChainEvent:
+        """Continue an unfinished run from check() of its first unfinished step."""
+        records = self._journal.run_records(run_id)
+        start = next(r for r in records if r.kind == "run.start")
+        spec = RunSpec.from_start(start.body)
+        self._register_secrets(spec)
+        done = {r.body["step"]: dict(r.body.get("outputs") or {}) for r in records if r.kind == "step.done"}
+        pending = [s.id for s in spec.steps if s.id not in done]
+        self._record(
+            "run.resumed",
+            spec,
+            {
+                "run_id": run_id,
+                "from_step": pending[0] if pending else None,
+                "completed_steps": [s.id for s in spec.steps if s.id in done],
+                "interrupted_after_seq": records[-1].seq,
+                "interrupted_at_kind": records[-1].kind,
+                "fencing_token": self._lease.token,
+            },
+        )
+        log.info("run resumed", run_id=run_id, from_step=pending[0] if pending else None)
+        return await self._execute(spec, done=done, started=time.monotonic())
+
+    async def _execute(self, spec: RunSpec, done: dict[str, dict[str, Any]], started: float) -> ChainEvent:
+        outputs = dict(done)
+        current = ""
+        try:
+            for step in spec.steps:
+                if step.id in done:
+                    continue
+                current = step.id
+                outputs[step.id] = await self._run_step(spec, step, outputs)
+        except StepFailed as exc:
+            detail = self._redactor.redact_text(f"step {current} failed: {exc}")
+            self._record("step.failed", spec, {"step": current, "error": detail})
+            self._record(
+                "run.end",
+                spec,
+                {
+                    "run_id": spec.run_id,
+                    "ok": False,
+                    "reason": detail,
+                    "outputs": outputs,
+                    "elapsed_s": round(time.monotonic() - started, 3),
+                },
+            )
+            log.warning("run failed", run_id=spec.run_id, step=current, error=detail)
+            return ChainEvent(spec.lane, spec.run_id, ok=False, detail=detail)
+        except asyncio.CancelledError:
+            # SIGTERM past the grace period: say where we stopped; resume() picks it up on the next start.
+            self._record("run.interrupted", spec, {"run_id": spec.run_id, "step": current, "reason": "daemon stopping"})
+            raise
+        reason = f"{spec.chain} chain completed: {len(spec.steps)} steps"
+        self._record(
+            "run.end",
+            spec,
+            {
+                "run_id": spec.run_id,
+                "ok": True,
+                "reason": reason,
+                "outputs": outputs,
+                "elapsed_s": round(time.monotonic() - started, 3),
+            },
+        )
+        log.info("run succeeded", run_id=spec.run_id, chain=spec.chain)
+        return ChainEvent(spec.lane, spec.run_id, ok=True, detail=reason)
+
+    async def _run_step(self, spec: RunSpec, step: Step, outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        driver = self._drivers.get(spec.lane, {}).get(step.driver)
+        if driver is None:
+            raise StepFailed(f"driver {step.driver!r} is not configured for lane {spec.lane!r}")
+        try:
+            inputs = render(step.inputs, outputs, {"id": spec.run_id, "lane": spec.lane})
+            secrets = resolve_all(step.secrets)
+        except (UnresolvedReference, SecretUnavailable) as exc:
+            raise StepFailed(str(exc)) from None
+        for value in secrets.values():
+            self._redactor.add_secret(value)  # again: a secret rotated since the run started is still hidden
+
+        attempts = sum(1 for r in self._journal.run_records(spec.run_id) if r.kind == "step.intent" and r.body["step"] == step.id)
+        token = self._lease.token
+        attempt = attempts + 1
+        self._record(
+            "step.intent",
+            spec,
+            {
+                "step": step.id,
+                "module": step.module,
+                "driver": step.driver,
+                "attempt": attempt,
+                "idempotency_key": f"{spec.run_id}/{step.id}/{attempt}",
+                "fencing_token": token,
+                "inputs": inputs,
+            },
+        )
+        ctx = StepContext(spec.run_id, spec.lane, step.id, step.module, inputs, secrets, token, attempt)
+
+        check = await self._call("check", driver.check(ctx), step)
+        self._record("step.check", spec, {"step": step.id, "satisfied": check.satisfied, "observed": dict(check.observed)})
+        if check.satisfied:
+            published = dict(check.outputs)
+            self._record("step.done", spec, {"step": step.id, "outcome": "skipped (already satisfied)", "outputs": published})
+            return published
+
+        if step.approval:
+            await self._await_approval(spec, step)
+
+        published = await self._apply_with_retries(spec, step, driver, ctx)
+        probe = await self._call("verify", driver.verify(ctx), step)
+        self._record(
+            "step.verify",
+            spec,
+            {"step": step.id, "ok": probe.ok, "probe": probe.probe, "observed": dict(probe.observed), "detail": probe.detail},
+        )
+        if not probe.ok:
+            raise StepFailed(f"verify failed ({probe.probe}): {probe.detail}")
+        self._record("step.done", spec, {"step": step.id, "outcome": "applied", "outputs": published})
+        return published
+
+    async def _apply_with_retries(self, spec: RunSpec, step: Step, driver: Driver, ctx: StepContext) -> dict[str, Any]:
+        for attempt in range(1, step.retries + 2):
+            try:
+                await self._lease.ensure(ctx.fencing_token)
+            except LeaseLost as exc:
+                raise StepFailed(f"refused to apply: {exc}") from None
+            began = time.monotonic()
+            try:
+                async with asyncio.timeout(step.timeout):
+                    result = await driver.apply(ctx)
+            except (DriverError, TimeoutError) as exc:
+                error = f"timed out after {step.timeout:g}s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+                retryable = isinstance(exc, TimeoutError) or exc.retryable
+                self._record(
+                    "step.apply",
+                    spec,
+                    {
+                        "step": step.id,
+                        "attempt": attempt,
+                        "ok": False,
+                        "error": error,
+                        "retryable": retryable,
+                        "elapsed_s": round(time.monotonic() - began, 3),
+                    },
+                )
+                if not retryable or attempt > step.retries:
+                    raise StepFailed(f"apply failed after {attempt} attempt(s): {error}") from None
+                await asyncio.sleep(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
+                # A timed-out or failed apply may still have landed: look before trying again.
+                check = await self._call("check", driver.check(ctx), step)
+                self._record(
+                    "step.check", spec, {"step": step.id, "satisfied": check.satisfied, "observed": dict(check.observed)}
+                )
+                if check.satisfied:
+                    return dict(check.outputs)
+                continue
+            self._record(
+                "step.apply",
+                spec,
+                {
+                    "step": step.id,
+                    "attempt": attempt,
+                    "ok": True,
+                    "log": list(result.log),
+                    "outputs": dict(result.outputs),
+                    "elapsed_s": round(time.monotonic() - began, 3),
+                },
+            )
+            return dict(result.outputs)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _call(self, what: str, call: Awaitable[T], step: Step) -> T:
+        try:
+            async with asyncio.timeout(step.timeout):
+                return await call
+        except TimeoutError:
+            raise StepFailed(f"{what} timed out after {step.timeout:g}s") from None
+        except DriverError as exc:
+            raise StepFailed(f"{what} failed: {exc}") from None
+
+    async def _await_approval(self, spec: RunSpec, step: Step) -> None:
+        now = self._clock()
+        pending = PendingApproval(spec.run_id, step.id, spec.lane, now, now + spec.approval_timeout)
+        self._record("step.approval", spec, {"step": step.id, "status": "waiting", "expires_at": pending.expires_at})
+        log.info("step waits for approval", run_id=spec.run_id, step=step.id)
+        verdict = await self._approvals.wait(pending, spec.approval_timeout)
+        if verdict is None:
+            self._record("step.approval", spec, {"step": step.id, "status": "expired"})
+            raise StepFailed(f"approval expired after {spec.approval_timeout:g}s")
+        status = "approved" if verdict.approved else "rejected"
+        self._record("step.approval", spec, {"step": step.id, "status": status, "actor": verdict.actor})
+        if not verdict.approved:
+            raise StepFailed(f"rejected by {verdict.actor}")

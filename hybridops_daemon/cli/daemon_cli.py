@@ -1,0 +1,134 @@
+"""``hyops-daemon``: the daemon itself and its offline tools (check-config, schema, journal verify, demo-primary)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hyops-daemon", description="DR decision daemon for a hybrid WAN edge pair")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--pretty", action=argparse.BooleanOptionalAction, default=None, help="force pretty/JSON logs")
+
+    check = commands.add_parser("check-config", help="validate a daemon config and every profile it names")
+    check.add_argument("file", type=Path)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of the daemon config and the profile")
+    schema.add_argument("--kind", choices=["all", "daemon_config", "profile"], default="all")
+
+    journal = commands.add_parser("journal", help="offline journal tools (no running daemon needed)")
+    journal_commands = journal.add_subparsers(dest="journal_command", required=True)
+    verify = journal_commands.add_parser("verify", help="prove the hash chain of a journal file")
+    verify.add_argument("--db", type=Path, required=True)
+
+    demo = commands.add_parser("demo-primary", help="serve a tiny 'on-prem primary' health endpoint for the demo")
+    demo.add_argument("--port", type=int, default=8081)
+    demo.add_argument("--host", default="127.0.0.1")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args.config, args.log_level, args.pretty)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "schema":
+        return _schema(args.kind)
+    if args.command == "journal":
+        return _journal_verify(args.db)
+    return _demo_primary(args.host, args.port)
+
+
+def _run(path: Path, level: str, pretty: bool | None) -> int:
+    from hybridops_daemon.config.loader import check_config
+    from hybridops_daemon.daemon import Daemon
+    from hybridops_daemon.drivers.registry import DRIVER_MODULES
+    from hybridops_daemon.lease.base import LeaseLost
+    from hybridops_daemon.logs import configure
+
+    config, profiles, errors = check_config(path, DRIVER_MODULES)
+    if errors or config is None:
+        for error in errors:
+            print(error, file=sys.stderr)
+        print(f"hyops-daemon: {len(errors)} error(s) in the configuration; not starting", file=sys.stderr)
+        return EXIT_INVALID
+    daemon = Daemon(config, profiles)
+    configure(daemon.redactor, level=getattr(logging, level.upper()), pretty=pretty)
+    try:
+        asyncio.run(daemon.run())
+    except LeaseLost as exc:
+        print(f"hyops-daemon: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _check_config(path: Path) -> int:
+    from hybridops_daemon.config.loader import check_config
+    from hybridops_daemon.drivers.registry import DRIVER_MODULES
+
+    config, profiles, errors = check_config(path, DRIVER_MODULES)
+    for error in errors:
+        print(error)
+    if errors or config is None:
+        print(f"{len(errors)} error(s)", file=sys.stderr)
+        return EXIT_INVALID
+    lanes = ", ".join(f"{lane} ({profiles[lane].ref})" for lane in config.lanes)
+    print(f"{path}: OK — node {config.node}, lanes: {lanes}")
+    if config.peer is not None and config.lease.type == "local":
+        print(
+            f"warning: {path}: lease.type is 'local' but a peer ({config.peer}) is configured: "
+            "two nodes with local leadership cannot prevent split brain"
+        )
+    return EXIT_OK
+
+
+def _schema(kind: str) -> int:
+    from hybridops_daemon.config.loader import json_schemas
+
+    schemas = json_schemas()
+    print(json.dumps(schemas if kind == "all" else schemas[kind], indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _journal_verify(db: Path) -> int:
+    from hybridops_daemon.journal.store import Journal
+
+    if not db.exists():
+        print(f"hyops-daemon: no journal at {db}", file=sys.stderr)
+        return EXIT_INVALID
+    report = Journal.verify_file(db)
+    if report.ok:
+        print(f"journal OK: {report.count} records, head #{report.head_seq} hash {report.head_hash}")
+        return EXIT_OK
+    print(f"journal FAILED verification ({len(report.problems)} problem(s)):")
+    for problem in report.problems:
+        print(f"  {problem}")
+    return EXIT_FAILED
+
+
+def _demo_primary(host: str, port: int) -> int:
+    from aiohttp import web
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "role": "primary"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    print(f"demo primary: http://{host}:{port}/health (stop it to watch the cutover)", flush=True)
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

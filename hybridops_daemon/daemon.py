@@ -1,0 +1,426 @@
+"""The daemon: wires sources, the observation store, decide(), the chain runner, the journal and the control socket.
+
+One TaskGroup owns every task. Signal handlers only set flags and wake the loop. The control socket only
+records intent and wakes the loop; only the loop calls decide() and starts chains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import structlog
+
+from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
+from hybridops_daemon.chain.runner import ChainRunner, RunSpec
+from hybridops_daemon.config.loader import ConfigInvalid, load_profile
+from hybridops_daemon.config.models import DaemonConfig, Profile
+from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
+from hybridops_daemon.control.server import ControlServer
+from hybridops_daemon.drivers.base import Driver
+from hybridops_daemon.drivers.registry import DRIVER_MODULES, build_drivers
+from hybridops_daemon.journal.redact import Redactor
+from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.lease.local import LocalLease
+from hybridops_daemon.observations import ObservationStore
+from hybridops_daemon.policy.decide import decide
+from hybridops_daemon.policy.types import (
+    ChainEvent,
+    Command,
+    Decision,
+    Intent,
+    LaneState,
+    Observation,
+    Trigger,
+)
+from hybridops_daemon.sdnotify import Notifier
+from hybridops_daemon.signals.http_probe import HttpProbe
+from hybridops_daemon.signals.sample import Sample
+
+log = structlog.get_logger("hybridops.daemon")
+
+INTENT_REPLY_TIMEOUT = 5.0
+
+
+@dataclass
+class _Lane:
+    name: str
+    profile: Profile
+    state: LaneState
+    drivers: Mapping[str, Driver]
+    last_decision: Decision | None = None
+
+
+@dataclass
+class _QueuedIntent:
+    intent: Intent
+    reply: asyncio.Future[Decision] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, profiles: Mapping[str, Profile], clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.redactor = Redactor()
+        self.store = ObservationStore()
+        self.approvals = ApprovalBook()
+        self.notifier = Notifier()
+        self._profiles_at_start = dict(profiles)
+        self._events: asyncio.Queue[ChainEvent | _QueuedIntent] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._reload = False
+        self._chain_tasks: set[asyncio.Task[None]] = set()
+        self.lanes: dict[str, _Lane] = {}
+        self.journal: Journal | None = None
+
+    # ------------------------------------------------------------------------------------------ signals
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload = True
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        config = self.config
+        lease = LocalLease(config.lease.path or config.state_dir / "lease.lock").acquire()
+        loop = asyncio.get_running_loop()
+        for signum, handler in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
+            loop.add_signal_handler(signum, handler)
+        try:
+            with Journal.open(config.journal_path, self.redactor) as journal:
+                self.journal = journal
+                await self._serve(journal, lease)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            lease.release()
+
+    async def _serve(self, journal: Journal, lease: LocalLease) -> None:
+        config = self.config
+        unclean = self._previous_stop_was_unclean(journal)
+        journal.append(
+            "daemon.start",
+            {
+                "node": config.node,
+                "fencing_token": lease.token,
+                "previous_shutdown": "unclean" if unclean else "clean",
+                "lanes": {name: profile.ref for name, profile in self._profiles_at_start.items()},
+            },
+            ts=self.clock(),
+        )
+        for name, lane_config in config.lanes.items():
+            profile = self._profiles_at_start[name]
+            self.lanes[name] = _Lane(name, profile, self._restore_state(journal, name), build_drivers(name, lane_config))
+        runner = ChainRunner(
+            journal, {name: lane.drivers for name, lane in self.lanes.items()}, lease, self.approvals, self.redactor, self.clock
+        )
+        async with (
+            asyncio.TaskGroup() as group,
+            ControlServer(config.socket_path, _ControlBackend(self), group=config.control.group),
+        ):
+            sources = [group.create_task(self._source(spec)) for spec in config.sources]
+            self._recover_runs(journal, runner, group)
+            if self.notifier.watchdog_interval:
+                sources.append(group.create_task(self._watchdog(self.notifier.watchdog_interval)))
+            self.notifier.ready(self._status_line())
+            log.info("daemon ready", node=config.node, lanes=list(self.lanes), socket=str(config.socket_path))
+            try:
+                await self._loop(journal, runner, group)
+            finally:
+                self.notifier.stopping()
+                for task in sources:
+                    task.cancel()
+                await self._drain()
+                journal.append("daemon.stop", {"node": config.node, "reason": "signal"}, ts=self.clock())
+                log.info("daemon stopped")
+
+    async def _loop(self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.tick):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            if self._reload:
+                self._reload = False
+                self._reload_profiles(journal)
+            while not self._events.empty():
+                event = self._events.get_nowait()
+                if isinstance(event, ChainEvent):
+                    self._step_lane(self.lanes[event.lane], event, journal, runner, group)
+                else:
+                    decision = self._step_lane(self.lanes[event.intent.lane], event.intent, journal, runner, group)
+                    if not event.reply.done():
+                        event.reply.set_result(decision)
+            for lane in self.lanes.values():
+                self._step_lane(lane, None, journal, runner, group)
+
+    def _step_lane(
+        self, lane: _Lane, event: Intent | ChainEvent | None, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup
+    ) -> Decision:
+        observation = Observation(self.store.snapshot(), self.config.node, self.config.peer, event)
+        decision, lane.state = decide(lane.state, observation, lane.profile, self.clock())
+        if decision.notable:
+            body = {
+                **decision.to_dict(),
+                "profile": {"name": lane.profile.name, "version": lane.profile.version},
+                "state": lane.state.durable(),
+            }
+            journal.append("decision", body, ts=decision.at, lane=lane.name, run_id=decision.run_id)
+            lane.last_decision = decision
+            log.info("decision", lane=lane.name, kind=decision.kind.value, status=lane.state.status.value, reason=decision.reason)
+            self.notifier.status(self._status_line())
+        if decision.chain is not None and decision.run_id is not None:
+            spec = RunSpec(
+                run_id=decision.run_id,
+                lane=lane.name,
+                chain=decision.chain,
+                kind=decision.kind.value,
+                trigger=decision.trigger.value,
+                actor=decision.actor,
+                reason=decision.reason,
+                profile={"name": lane.profile.name, "version": lane.profile.version},
+                steps=lane.profile.chain("cutover" if decision.chain == "cutover" else "failback"),
+                approval_timeout=lane.profile.approval_timeout,
+                hourly_cost_usd=lane.profile.hourly_cost(),
+            )
+            self._spawn_chain(group, lane.name, spec.run_id, runner.start(spec))
+        return decision
+
+    def _spawn_chain(self, group: asyncio.TaskGroup, lane: str, run_id: str, work: Any) -> None:
+        task = group.create_task(self._chain(lane, run_id, work))
+        self._chain_tasks.add(task)
+        task.add_done_callback(self._chain_tasks.discard)
+
+    async def _chain(self, lane: str, run_id: str, work: Any) -> None:
+        try:
+            event: ChainEvent = await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a driver must fail the run, never the daemon
+            log.exception("chain crashed", run_id=run_id)
+            event = ChainEvent(lane, run_id, ok=False, detail=f"internal error: {type(exc).__name__}")
+            if self.journal is not None:
+                self.journal.append(
+                    "run.end",
+                    {"run_id": run_id, "ok": False, "reason": event.detail, "outputs": {}},
+                    ts=self.clock(),
+                    lane=lane,
+                    run_id=run_id,
+                )
+        self._events.put_nowait(event)
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        """Let running steps finish for the grace period, then cancel (the journal shows where they stopped)."""
+        if self._chain_tasks:
+            log.info("waiting for running chains", runs=len(self._chain_tasks), grace_s=self.config.shutdown_grace)
+            _, pending = await asyncio.wait(set(self._chain_tasks), timeout=self.config.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _source(self, spec: Any) -> None:
+        async with HttpProbe(spec, self.config.node, self.clock) as probe:
+            await probe.run(self.on_sample)
+
+    def on_sample(self, sample: Sample) -> None:
+        if self.store.put(sample):
+            self._wake.set()
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the loop itself: a blocked loop stops the pings and systemd restarts us.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------------------------------ restart
+
+    @staticmethod
+    def _previous_stop_was_unclean(journal: Journal) -> bool:
+        last = journal.records(kinds=("daemon.start", "daemon.stop"), limit=1, newest_first=True)
+        return bool(last) and last[0].kind == "daemon.start"
+
+    def _restore_state(self, journal: Journal, lane: str) -> LaneState:
+        record = journal.last("decision", lane=lane)
+        if record is None:
+            return LaneState(lane=lane, since=self.clock())
+        return LaneState.from_durable(record.body["state"])
+
+    def _recover_runs(self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup) -> None:
+        """Finish what a crash interrupted: resume started runs, start decided-but-unstarted ones, replay ends."""
+        unfinished = set(journal.unfinished_runs())
+        for lane in self.lanes.values():
+            run_id = lane.state.active_run
+            if run_id is None:
+                continue
+            records = journal.run_records(run_id)
+            end = next((r for r in records if r.kind == "run.end"), None)
+            if run_id in unfinished:
+                self._spawn_chain(group, lane.name, run_id, runner.resume(run_id))
+            elif end is not None:
+                self._events.put_nowait(ChainEvent(lane.name, run_id, bool(end.body["ok"]), str(end.body["reason"])))
+            else:
+                decision = next(r for r in records if r.kind == "decision")
+                self._spawn_chain(group, lane.name, run_id, runner.start(self._spec_from_decision(lane, decision.body)))
+            log.info("recovering run", lane=lane.name, run_id=run_id)
+        for run_id in unfinished - {lane.state.active_run for lane in self.lanes.values()}:
+            log.warning("unfinished run belongs to no lane's state; leaving it for an operator", run_id=run_id)
+
+    def _spec_from_decision(self, lane: _Lane, body: Mapping[str, Any]) -> RunSpec:
+        chain: Literal["cutover", "failback"] = "cutover" if body["chain"] == "cutover" else "failback"
+        return RunSpec(
+            run_id=body["run_id"],
+            lane=lane.name,
+            chain=chain,
+            kind=body["kind"],
+            trigger=body["trigger"],
+            actor=body["actor"],
+            reason=body["reason"],
+            profile={"name": lane.profile.name, "version": lane.profile.version},
+            steps=lane.profile.chain(chain),
+            approval_timeout=lane.profile.approval_timeout,
+            hourly_cost_usd=lane.profile.hourly_cost(),
+        )
+
+    # ------------------------------------------------------------------------------------------ reload
+
+    def _reload_profiles(self, journal: Journal) -> None:
+        loaded: dict[str, Profile] = {}
+        errors: list[str] = []
+        for name, lane_config in self.config.lanes.items():
+            try:
+                loaded[name] = load_profile(lane_config.profile, DRIVER_MODULES)
+            except ConfigInvalid as exc:
+                errors.extend(str(error) for error in exc.errors)
+        if errors:
+            journal.append("profile.reload_refused", {"errors": errors}, ts=self.clock())
+            log.error("profile reload refused; keeping the running profiles", errors=errors)
+            return
+        for name, profile in loaded.items():
+            self.lanes[name].profile = profile
+        journal.append("profile.reloaded", {"lanes": {n: p.ref for n, p in loaded.items()}}, ts=self.clock())
+        log.info("profiles reloaded", lanes={n: p.ref for n, p in loaded.items()})
+
+    # ------------------------------------------------------------------------------------------ control
+
+    def _status_line(self) -> str:
+        return ", ".join(f"{name}: {lane.state.status.value}" for name, lane in self.lanes.items())
+
+    async def submit(self, command: Command, lane: str, actor: str) -> tuple[int, Decision]:
+        """Journal the intent (durable first), queue it for the loop, and wait briefly for the loop's decision."""
+        if self.journal is None:
+            raise CommandRefused("the daemon is starting")
+        record = self.journal.append(
+            "operator", {"command": command.value, "lane": lane, "actor": actor}, ts=self.clock(), lane=lane
+        )
+        queued = _QueuedIntent(Intent(record.seq, lane, command, actor, Trigger.OPERATOR))
+        self._events.put_nowait(queued)
+        self._wake.set()
+        async with asyncio.timeout(INTENT_REPLY_TIMEOUT):
+            return record.seq, await queued.reply
+
+
+class _ControlBackend:
+    """What the control socket may ask of the daemon: read state, record intent, hand over approvals."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def _journal(self) -> Journal:
+        if self._daemon.journal is None:
+            raise CommandRefused("the daemon is starting")
+        return self._daemon.journal
+
+    async def status(self) -> dict[str, Any]:
+        daemon = self._daemon
+        lanes = []
+        for lane in daemon.lanes.values():
+            last = lane.last_decision
+            lanes.append(
+                {
+                    "lane": lane.name,
+                    "status": lane.state.status.value,
+                    "since": lane.state.since,
+                    "profile": lane.profile.ref,
+                    "active_run": lane.state.active_run,
+                    "paused_by": lane.state.paused_by,
+                    "last_decision": {"kind": last.kind.value, "reason": last.reason, "at": last.at} if last else None,
+                }
+            )
+        pending = [
+            {"run_id": p.run_id, "step": p.step, "lane": p.lane, "since": p.since, "expires_at": p.expires_at}
+            for p in daemon.approvals.pending()
+        ]
+        return {"node": daemon.config.node, "lanes": lanes, "pending_approvals": pending}
+
+    async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
+        daemon = self._daemon
+        verb = Command(command)
+        if lane is not None and lane not in daemon.lanes:
+            raise NotFound(f"no lane {lane!r}; lanes: {', '.join(daemon.lanes)}")
+        if lane is None and verb not in (Command.PAUSE, Command.RESUME):
+            raise CommandRefused(f"{command} needs --lane")
+        targets = [lane] if lane is not None else list(daemon.lanes)
+        answers = [await daemon.submit(verb, name, str(actor)) for name in targets]
+        decisions = [decision for _, decision in answers]
+        refused = [d for d in decisions if d.kind.value == "refuse"]
+        if refused and len(refused) == len(decisions):
+            raise CommandRefused("; ".join(d.reason for d in refused))
+        last = decisions[-1]
+        return {
+            "intent_id": answers[-1][0],
+            "decision": {
+                "kind": last.kind.value,
+                "reason": last.reason,
+                "status_after": last.status_after.value,
+                "run_id": last.run_id,
+            },
+            "decisions": [{"lane": d.lane, "kind": d.kind.value, "reason": d.reason} for d in decisions],
+        }
+
+    async def approval(self, run_id: str, step: str, approve: bool, actor: Actor) -> dict[str, Any]:
+        journal = self._journal()
+        book = self._daemon.approvals
+        pending = next((p for p in book.pending() if (p.run_id, p.step) == (run_id, step)), None)
+        if pending is None:
+            raise NotFound(f"no step {step!r} of run {run_id!r} is waiting for approval")
+        # Durable first: the operator's word is on record before the step can act on it.
+        journal.append(
+            "operator",
+            {"command": "approve" if approve else "reject", "run_id": run_id, "step": step, "actor": str(actor)},
+            ts=self._daemon.clock(),
+            lane=pending.lane,
+            run_id=run_id,
+        )
+        book.answer(run_id, step, Verdict(approve, str(actor)))
+        return {"run_id": run_id, "step": step, "approved": approve}
+
+    async def journal_list(self, lane: str | None, limit: int) -> list[dict[str, Any]]:
+        return [asdict(run) for run in self._journal().runs(lane=lane, limit=limit)]
+
+    async def journal_show(self, run_id: str) -> list[dict[str, Any]]:
+        records = self._journal().run_records(run_id)
+        if not records:
+            raise NotFound(f"no run {run_id!r} in the journal")
+        return [record.to_dict() for record in records]
+
+    async def journal_verify(self) -> dict[str, Any]:
+        return asdict(self._journal().verify())
