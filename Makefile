@@ -1,0 +1,46 @@
+# Two commands matter on a fresh machine: `make run` (the demo daemon) and `make test` (the whole suite).
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTHON ?= python3
+
+.PHONY: run test lint typecheck unit bench stop-primary start-primary clean
+
+$(VENV)/.runtime: pyproject.toml scripts/bootstrap
+	PYTHON=$(PYTHON) VENV=$(VENV) scripts/bootstrap runtime
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml scripts/bootstrap
+	PYTHON=$(PYTHON) VENV=$(VENV) scripts/bootstrap dev
+	@touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	scripts/demo
+
+test: $(VENV)/.dev
+	scripts/testbed-install
+	$(BIN)/ruff check hybridops_daemon tests benchmarks
+	$(BIN)/mypy --strict hybridops_daemon
+	$(BIN)/pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check hybridops_daemon tests benchmarks
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy --strict hybridops_daemon
+
+unit: $(VENV)/.dev
+	$(BIN)/pytest tests/unit
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.decision_path
+	$(BIN)/python -m benchmarks.decide_throughput
+
+# The walk-through: take the demo primary down (watch the cutover), and bring it back.
+stop-primary:
+	@kill "$$(cat var/demo/primary.pid)" && echo "demo primary stopped"
+
+start-primary: $(VENV)/.runtime
+	@$(BIN)/hyops-daemon demo-primary --port 8081 >var/demo/primary.log 2>&1 & echo $$! >var/demo/primary.pid; echo "demo primary started"
+
+clean:
+	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache
