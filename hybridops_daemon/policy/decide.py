@@ -11,13 +11,12 @@ A failed chain pauses the lane: a half-done cutover wants a human, not an automa
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.models import Direction, Profile, Rule
 from hybridops_daemon.durations import format_duration
-from hybridops_daemon.policy.rules import advance
+from hybridops_daemon.policy.rules import advance, evidence
 from hybridops_daemon.policy.types import (
     EMPTY_MEMORY,
     ChainEvent,
@@ -32,6 +31,7 @@ from hybridops_daemon.policy.types import (
     RuleMemory,
     Trigger,
 )
+from hybridops_daemon.signals.sample import Sample
 
 S = LaneStatus
 K = DecisionKind
@@ -51,76 +51,149 @@ def decide(state: LaneState, observation: Observation, profile: Profile, now: fl
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+_Fact = tuple[Rule, str, Sample | None, RuleMemory, bool, bool]  # rule, edge, reading, memory, unknown, tripped
+
+
 class _Evaluation:
-    __slots__ = ("clear", "corroborated", "degraded", "evidence", "state", "tripped_rules", "unknown")
+    __slots__ = ("_evidence", "clear", "corroborated", "degraded", "facts", "now", "state", "tripped_rules", "unknown")
 
     def __init__(
         self,
         state: LaneState,
-        evidence: tuple[RuleEvidence, ...],
+        facts: list[_Fact],
         tripped_rules: tuple[str, ...],
         corroborated: bool,
         degraded: bool,
         clear: bool,
         unknown: tuple[str, ...],
+        now: float,
     ) -> None:
         self.state = state
-        self.evidence = evidence
+        self.facts = facts
         self.tripped_rules = tripped_rules
         self.corroborated = corroborated
         self.degraded = degraded
         self.clear = clear
         self.unknown = unknown
+        self.now = now
+        self._evidence: tuple[RuleEvidence, ...] | None = None
+
+    @property
+    def evidence(self) -> tuple[RuleEvidence, ...]:
+        """Built on demand: only notable decisions carry evidence, and most calls are plain holds."""
+        if self._evidence is None:
+            self._evidence = tuple(
+                evidence(rule, edge, m, reading, u, t, self.now) for rule, edge, reading, m, u, t in self.facts
+            )
+        return self._evidence
+
+
+class _Compiled:
+    """A rule with its lookups done once: the signal's max age, its levels, whether it counts for corroboration."""
+
+    __slots__ = ("_keys", "below", "counts", "max_age", "name", "rule", "signal", "trip")
+
+    def __init__(self, rule: Rule, max_age: float, counts: bool) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self.signal = rule.signal
+        self.max_age = max_age
+        self.counts = counts
+        self.trip = rule.trip
+        self.below = rule.direction is Direction.BELOW
+        self._keys: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {}
+
+    def keys(self, edge: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(memory key, reading key) for ``edge``, built once per edge rather than twice per call."""
+        keys = self._keys.get(edge)
+        if keys is None:
+            keys = self._keys[edge] = ((self.name, edge), (self.signal, edge))
+        return keys
+
+
+_PLANS: dict[int, tuple[Profile, tuple[_Compiled, ...]]] = {}
+
+
+def _plan(profile: Profile) -> tuple[_Compiled, ...]:
+    """Memoized per profile object (kept alive in the cache so its id cannot be reused): still pure, since a
+    profile is frozen."""
+    cached = _PLANS.get(id(profile))
+    if cached is not None and cached[0] is profile:
+        return cached[1]
+    counted = profile.corroboration.rules
+    plan = tuple(
+        _Compiled(rule, profile.signals[rule.signal].max_age, counted is None or rule.name in counted) for rule in profile.rules
+    )
+    if len(_PLANS) > 64:  # profiles change only on reload; a small bound is plenty
+        _PLANS.clear()
+    _PLANS[id(profile)] = (profile, plan)
+    return plan
 
 
 def _evaluate(state: LaneState, observation: Observation, profile: Profile, now: float) -> _Evaluation:
-    corroboration = profile.corroboration
-    edges: tuple[str, ...] = (observation.self_edge,)
-    if corroboration.both_edges:
-        edges = (observation.self_edge, observation.peer_edge or "peer")
-    counted = set(corroboration.rules) if corroboration.rules is not None else None
-
+    self_edge = observation.self_edge
+    edges: tuple[str, ...] = (self_edge,)
+    if profile.corroboration.both_edges:
+        edges = (self_edge, observation.peer_edge or "peer")
+    readings = observation.readings
     memories = state.rules
     changed: dict[tuple[str, str], RuleMemory] | None = None
-    evidence: list[RuleEvidence] = []
+    facts: list[_Fact] = []
     tripped_rules: list[str] = []
     unknown: list[str] = []
     degraded = False
     clear = True
-    for rule in profile.rules:
-        max_age = profile.signals[rule.signal].max_age
+    plan = _plan(profile)
+    for item in plan:
+        rule, counts = item.rule, item.counts
         tripped_everywhere = True
         for edge in edges:
-            key = (rule.name, edge)
+            key, reading_key = item.keys(edge)
             memory = memories.get(key, EMPTY_MEMORY)
-            new_memory, item = advance(rule, edge, memory, observation.readings.get((rule.signal, edge)), max_age, now)
-            if new_memory is not memory:
-                if changed is None:
-                    changed = dict(memories)
-                changed[key] = new_memory
-            evidence.append(item)
-            if counted is not None and rule.name not in counted:
+            reading = readings.get(reading_key)
+            # Fast paths, exact by construction: cases where advance() would return the memory unchanged.
+            if (
+                reading is not None
+                and (value := reading.value) is not None
+                and now - reading.observed_at <= item.max_age
+                and (
+                    # an idle rule reading a healthy value
+                    (
+                        memory.breaching_since is None
+                        and not memory.tripped
+                        and (value >= item.trip if item.below else value <= item.trip)
+                    )
+                    # a breaching sample already counted, with nothing waiting on time
+                    or (reading.observed_at == memory.last_sample_at and (memory.tripped or memory.breaching_since is None))
+                )
+            ):
+                is_unknown, tripped = False, memory.tripped
+            else:
+                new_memory, is_unknown, tripped = advance(rule, memory, reading, item.max_age, now)
+                if new_memory is not memory:
+                    if changed is None:
+                        changed = dict(memories)
+                    changed[key] = memory = new_memory
+            facts.append((rule, edge, reading, memory, is_unknown, tripped))
+            if not counts:
                 continue
-            if item.unknown:
-                unknown.append(f"{rule.signal}@{edge}")
-            tripped_everywhere = tripped_everywhere and item.tripped
-            if edge == observation.self_edge and (item.breaching or item.tripped):
-                degraded = True
-            if item.unknown or item.breaching or item.tripped:
+            if is_unknown:
+                unknown.append(f"{item.signal}@{edge}")
                 clear = False
-        if tripped_everywhere and (counted is None or rule.name in counted):
-            tripped_rules.append(rule.name)
+            tripped_everywhere = tripped_everywhere and tripped
+            if tripped or memory.breaching_since is not None:
+                clear = False
+                if edge == self_edge:
+                    degraded = True
+        if tripped_everywhere and counts:
+            tripped_rules.append(item.name)
 
-    corroborated = bool(profile.rules) and len(tripped_rules) >= corroboration.min_rules
+    corroborated = bool(plan) and len(tripped_rules) >= profile.corroboration.min_rules
     # Failback stability counts from the first tick on which every rule was known and clear.
-    clear_since = (state.clear_since if state.clear_since is not None else now) if clear and profile.rules else None
+    clear_since = (state.clear_since if state.clear_since is not None else now) if clear and plan else None
     if changed is not None or clear_since != state.clear_since:
-        state = replace(
-            state,
-            rules=MappingProxyType(changed) if changed is not None else state.rules,
-            clear_since=clear_since,
-        )
-    return _Evaluation(state, tuple(evidence), tuple(tripped_rules), corroborated, degraded, clear, tuple(unknown))
+        state = state.evolved(MappingProxyType(changed) if changed is not None else state.rules, clear_since)
+    return _Evaluation(state, facts, tuple(tripped_rules), corroborated, degraded, clear, tuple(unknown), now)
 
 
 # ------------------------------------------------------------------------------------------------ outcomes
@@ -141,20 +214,21 @@ def _decision(
     actor = "policy"
     if intent is not None:
         trigger, actor = intent.trigger, intent.actor
-    decision = Decision(
-        kind=kind,
-        lane=before.lane,
-        reason=reason,
-        at=now,
-        status_before=before.status,
-        status_after=after.status,
-        trigger=trigger,
-        actor=actor,
-        run_id=after.active_run if chain else None,
-        chain=chain,
-        intent_id=intent.id if intent else None,
-        evidence=evaluation.evidence,
-        unknown_signals=evaluation.unknown,
+    notable = kind is not K.HOLD or before.status is not after.status
+    decision = Decision(  # positional: this runs once per sample, and keywords cost a third more
+        kind,
+        before.lane,
+        reason,
+        now,
+        before.status,
+        after.status,
+        trigger,
+        actor,
+        after.active_run if chain else None,
+        chain,
+        intent.id if intent else None,
+        evaluation.evidence if notable else (),
+        evaluation.unknown,
     )
     return decision, after
 
@@ -162,7 +236,7 @@ def _decision(
 def _moved(state: LaneState, status: LaneStatus, now: float, **changes: object) -> LaneState:
     if status is not state.status:
         changes["since"] = now
-    return replace(state, status=status, **changes)  # type: ignore[arg-type]
+    return state._replace(status=status, **changes)  # type: ignore[arg-type]
 
 
 def _start_run(state: LaneState, status: LaneStatus, now: float, **changes: object) -> LaneState:
@@ -292,7 +366,7 @@ def _automatic_cutover(state: LaneState, evaluation: _Evaluation, profile: Profi
         if state.refusal == code:
             # Standing refusal: said once, not once per tick.
             return _decision(K.HOLD, state, degraded, f"cutover still refused: {why}", evaluation, now)
-        after = replace(degraded, refusal=code)
+        after = degraded._replace(refusal=code)
         return _decision(K.REFUSE, state, after, f"cutover refused: {why}; tripped: {tripped}", evaluation, now)
     after = _start_run(state, S.CUTTING_OVER, now, **_record_automatic(state, profile, now))
     needed = profile.corroboration.min_rules
@@ -318,7 +392,7 @@ def _on_chain_event(state: LaneState, event: ChainEvent, evaluation: _Evaluation
         if ok_status is S.PRIMARY:
             changes["drill_deadline"] = None
         if paused:
-            after = replace(state, paused_from=ok_status, **changes)  # type: ignore[arg-type]
+            after = state._replace(paused_from=ok_status, **changes)  # type: ignore[arg-type]
             reason += " (still paused)"
         else:
             after = _moved(state, ok_status, now, **changes)

@@ -1,13 +1,14 @@
 """Rule confirmation: threshold with direction, `for`, consecutive count, hysteresis, and UNKNOWN handling.
 
-One function, ``advance``, moves one (rule, edge) memory forward given the latest reading and ``now``.
-It is pure and cheap: it runs once per rule and edge for every sample the daemon sees.
+``advance`` moves one (rule, edge) memory forward given the latest reading and ``now``; it is pure and runs on
+the daemon's hot path, so it returns bare flags. ``evidence`` turns the same facts into the record a notable
+decision carries.
 """
 
 from __future__ import annotations
 
 from hybridops_daemon.config.models import Direction, Rule, UnknownMeans
-from hybridops_daemon.policy.types import EMPTY_MEMORY, RuleEvidence, RuleMemory
+from hybridops_daemon.policy.types import RuleEvidence, RuleMemory
 from hybridops_daemon.signals.sample import Sample
 
 
@@ -21,40 +22,46 @@ def is_clear(rule: Rule, value: float) -> bool:
     return value >= level if rule.direction is Direction.BELOW else value <= level
 
 
-def advance(
-    rule: Rule, edge: str, memory: RuleMemory, reading: Sample | None, max_age: float, now: float
-) -> tuple[RuleMemory, RuleEvidence]:
-    """Return the rule's memory after seeing ``reading`` at ``now``, and the evidence for the decision."""
+def advance(rule: Rule, memory: RuleMemory, reading: Sample | None, max_age: float, now: float) -> tuple[RuleMemory, bool, bool]:
+    """Return (memory after seeing ``reading`` at ``now``, whether the signal is UNKNOWN, whether the rule counts as tripped).
+
+    A tripped rule whose signal went UNKNOWN keeps its memory but does not count as tripped under ``unknown: hold``.
+    """
     unknown = reading is None or reading.value is None or now - reading.observed_at > max_age
     breaching_since = memory.breaching_since
     consecutive = memory.consecutive
     last_sample_at = memory.last_sample_at
     tripped = memory.tripped
-    value = None if reading is None else reading.value
 
     if unknown:
-        if rule.unknown is UnknownMeans.BREACH and not tripped:
-            # No samples to count: UNKNOWN is a continuous breach, confirmed by time alone.
-            if breaching_since is None:
-                breaching_since = now
-            if now - breaching_since >= rule.for_:
-                tripped = True
-        # HOLD: memory stays as it was; confirmation neither advances nor resets.
+        if rule.unknown is UnknownMeans.BREACH:
+            if not tripped:
+                # No samples to count: UNKNOWN is a continuous breach, confirmed by time alone.
+                if breaching_since is None:
+                    breaching_since = now
+                if now - breaching_since >= rule.for_:
+                    tripped = True
+            counts = tripped
+        else:
+            counts = False  # HOLD: memory stays as it was; confirmation neither advances nor resets
     else:
-        assert reading is not None and value is not None
+        assert reading is not None and reading.value is not None
         if last_sample_at is None or reading.observed_at > last_sample_at:
-            last_sample_at = reading.observed_at
-            if is_breaching(rule, value):
+            if is_breaching(rule, reading.value):
+                # Remembered only for breaching samples, so each is counted once; re-reading a healthy sample is
+                # idempotent, which lets a healthy steady state leave the memory (and the lane state) untouched.
+                last_sample_at = reading.observed_at
                 consecutive += 1
                 if breaching_since is None:
                     breaching_since = reading.observed_at
             else:
                 consecutive = 0
                 breaching_since = None
-                if tripped and is_clear(rule, value):
+                if tripped and is_clear(rule, reading.value):
                     tripped = False
         if not tripped and breaching_since is not None and consecutive >= rule.consecutive and now - breaching_since >= rule.for_:
             tripped = True
+        counts = tripped
 
     if (
         breaching_since == memory.breaching_since
@@ -62,22 +69,23 @@ def advance(
         and last_sample_at == memory.last_sample_at
         and tripped == memory.tripped
     ):
-        new_memory = memory
-    elif breaching_since is None and consecutive == 0 and not tripped and last_sample_at is None:
-        new_memory = EMPTY_MEMORY
-    else:
-        new_memory = RuleMemory(breaching_since, consecutive, last_sample_at, tripped)
+        return memory, unknown, counts
+    return RuleMemory(breaching_since, consecutive, last_sample_at, tripped), unknown, counts
 
-    evidence = RuleEvidence(
-        rule=rule.name,
-        edge=edge,
-        signal=rule.signal,
-        value=value,
-        age_s=None if reading is None else round(now - reading.observed_at, 3),
-        unknown=unknown,
-        breaching=breaching_since is not None,
-        consecutive=consecutive,
-        breaching_for_s=0.0 if breaching_since is None else round(now - breaching_since, 3),
-        tripped=tripped and (not unknown or rule.unknown is UnknownMeans.BREACH),
+
+def evidence(
+    rule: Rule, edge: str, memory: RuleMemory, reading: Sample | None, unknown: bool, tripped: bool, now: float
+) -> RuleEvidence:
+    since = memory.breaching_since
+    return RuleEvidence(
+        rule.name,
+        edge,
+        rule.signal,
+        None if reading is None else reading.value,
+        None if reading is None else now - reading.observed_at,
+        unknown,
+        since is not None,
+        memory.consecutive,
+        0.0 if since is None else now - since,
+        tripped,
     )
-    return new_memory, evidence

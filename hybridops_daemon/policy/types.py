@@ -1,4 +1,8 @@
-"""Values that flow into and out of ``decide()``. Plain frozen dataclasses: cheap to build, hashable, comparable.
+"""Values that flow into and out of ``decide()``: immutable, comparable, cheap to build.
+
+The per-sample values (RuleMemory, RuleEvidence, LaneState, Decision) are NamedTuples rather than frozen
+dataclasses: a frozen dataclass pays an ``object.__setattr__`` per field on construction, which made building
+them cost more than the decision itself (see benchmarks/decide_throughput.py).
 
 Nothing here reads a clock, a file or a socket; times are epoch seconds handed in by the caller.
 """
@@ -6,10 +10,10 @@ Nothing here reads a clock, a file or a socket; times are epoch seconds handed i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from hybridops_daemon.signals.sample import Sample
 
@@ -76,8 +80,7 @@ class Observation:
     event: Intent | ChainEvent | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RuleMemory:
+class RuleMemory(NamedTuple):
     """Per (rule, edge): what confirmation has seen so far."""
 
     breaching_since: float | None = None
@@ -89,12 +92,11 @@ class RuleMemory:
 EMPTY_MEMORY = RuleMemory()
 
 
-@dataclass(frozen=True, slots=True)
-class LaneState:
+class LaneState(NamedTuple):
     lane: str
     status: LaneStatus = LaneStatus.PRIMARY
     since: float = 0.0
-    rules: Mapping[tuple[str, str], RuleMemory] = field(default_factory=lambda: MappingProxyType({}))
+    rules: Mapping[tuple[str, str], RuleMemory] = MappingProxyType({})  # read-only, so one shared default is safe
     automatic_actions: tuple[float, ...] = ()  # times of automatic actions still inside the limit window
     last_action_at: float | None = None
     active_run: str | None = None
@@ -104,6 +106,24 @@ class LaneState:
     paused_by: str | None = None
     clear_since: float | None = None
     refusal: str | None = None  # code of the last refusal, so a standing refusal is journaled once
+
+    def evolved(self, rules: Mapping[tuple[str, str], RuleMemory], clear_since: float | None) -> LaneState:
+        """The per-sample update, spelled out positionally: the cheapest way to build the next state."""
+        return LaneState(
+            self.lane,
+            self.status,
+            self.since,
+            rules,
+            self.automatic_actions,
+            self.last_action_at,
+            self.active_run,
+            self.run_seq,
+            self.drill_deadline,
+            self.paused_from,
+            self.paused_by,
+            clear_since,
+            self.refusal,
+        )
 
     def durable(self) -> dict[str, Any]:
         """What survives a restart. Rule memory does not: after a restart a breach must be confirmed anew."""
@@ -136,8 +156,7 @@ class LaneState:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class RuleEvidence:
+class RuleEvidence(NamedTuple):
     rule: str
     edge: str
     signal: str
@@ -150,8 +169,7 @@ class RuleEvidence:
     tripped: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     kind: DecisionKind
     lane: str
     reason: str
@@ -168,11 +186,13 @@ class Decision:
 
     @property
     def notable(self) -> bool:
-        """Worth a journal record: anything but a hold that left the status as it was."""
+        """Worth a journal record: anything but a hold that left the status as it was. Only these carry evidence."""
         return self.kind is not DecisionKind.HOLD or self.status_before is not self.status_after
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self._asdict()
         for key in ("kind", "status_before", "status_after", "trigger"):
             data[key] = data[key].value
+        data["evidence"] = [item._asdict() for item in self.evidence]
+        data["unknown_signals"] = list(self.unknown_signals)
         return data

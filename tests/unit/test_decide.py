@@ -140,8 +140,11 @@ def test_stale_signal_is_unknown_never_healthy_and_never_failed() -> None:
     assert d.kind is DecisionKind.HOLD
     assert d.unknown_signals == ("primary_http@edge01",)
     assert lane.state.status is LaneStatus.DEGRADED  # not recovered: UNKNOWN is not healthy
-    assert all(not e.tripped for e in d.evidence)  # and not failed either: no cutover on missing data
-    assert lane.tick(300).kind is DecisionKind.HOLD
+    assert d.evidence == ()  # a plain hold is never journaled, so it carries no evidence
+    assert lane.tick(300).kind is DecisionKind.HOLD  # and not failed either: no cutover on missing data
+    lane.command(301, Command.PAUSE)  # a notable decision shows the rule as unknown and not tripped
+    evidence = lane.decisions[-1].evidence
+    assert [(e.rule, e.unknown, e.tripped, e.breaching) for e in evidence] == [("primary_down", True, False, True)]
 
 
 def test_absent_signal_with_unknown_breach_trips_by_time() -> None:
