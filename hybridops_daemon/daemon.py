@@ -62,6 +62,12 @@ class _QueuedIntent:
     reply: asyncio.Future[Decision] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+def record_decision(journal: Journal, decision: Decision, profile: Profile, state: LaneState) -> None:
+    """Make a notable decision durable, with the lane state it leaves behind (what a restart resumes from)."""
+    body = {**decision.to_dict(), "profile": {"name": profile.name, "version": profile.version}, "state": state.durable()}
+    journal.append("decision", body, ts=decision.at, lane=decision.lane, run_id=decision.run_id)
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig, profiles: Mapping[str, Profile], clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -177,12 +183,7 @@ class Daemon:
         observation = Observation(self.store.snapshot(), self.config.node, self.config.peer, event)
         decision, lane.state = decide(lane.state, observation, lane.profile, self.clock())
         if decision.notable:
-            body = {
-                **decision.to_dict(),
-                "profile": {"name": lane.profile.name, "version": lane.profile.version},
-                "state": lane.state.durable(),
-            }
-            journal.append("decision", body, ts=decision.at, lane=lane.name, run_id=decision.run_id)
+            record_decision(journal, decision, lane.profile, lane.state)
             lane.last_decision = decision
             log.info("decision", lane=lane.name, kind=decision.kind.value, status=lane.state.status.value, reason=decision.reason)
             self.notifier.status(self._status_line())

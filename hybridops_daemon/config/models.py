@@ -15,8 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from hybridops_daemon.durations import DURATION_PATTERN
-from hybridops_daemon.durations import parse_duration
+from hybridops_daemon.durations import DURATION_PATTERN, parse_duration
 
 # The JSON schema must accept what operators write ("30s"), not only the float the model holds.
 _DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN.pattern}]}
