@@ -412,7 +412,7 @@ class _ControlBackend:
             run_id=run_id,
         )
         book.answer(run_id, step, Verdict(approve, str(actor)))
-        return {"run_id": run_id, "step": step, "approved": approve}
+        return {"run_id": run_id, "step": step, "lane": pending.lane, "approved": approve}
 
     async def journal_list(self, lane: str | None, limit: int) -> list[dict[str, Any]]:
         return [asdict(run) for run in self._journal().runs(lane=lane, limit=limit)]

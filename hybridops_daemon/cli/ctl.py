@@ -284,10 +284,8 @@ def render_submit(cmd: str, result: Mapping[str, Any]) -> str:
     if decision is None:
         return f"{cmd} recorded as intent #{intent}; the daemon loop will act on it"
     verdict = "refused" if decision["kind"] == "refuse" else "accepted"
-    text = f"{cmd} {verdict} (intent #{intent}): {decision['kind']}: {decision['reason']}"
-    if decision.get("run_id"):
-        text += f"; run {decision['run_id']}"
-    return text
+    # The reason already names the run and what was decided.
+    return f"{cmd} {verdict} (intent #{intent}): {decision['reason']}"
 
 
 def render_approval(result: Mapping[str, Any]) -> str:
@@ -313,7 +311,7 @@ def render_runs(runs: Sequence[Mapping[str, Any]]) -> str:
                 _utc(run["started_at"]),
                 took,
                 run.get("status"),
-                _clip(run.get("reason") or "", _REASON_CHARS),
+                _clip((run.get("outcome") if run.get("status") == "failed" else run.get("reason")) or "", _REASON_CHARS),
             ]
         )
     return format_table(["RUN", "LANE", "KIND", "TRIGGER", "ACTOR", "STARTED", "TOOK", "STATUS", "REASON"], rows)
@@ -323,7 +321,7 @@ def _summary(body: Mapping[str, Any]) -> str:
     reason = body.get("reason")
     if isinstance(reason, str):
         return reason
-    fields = [f"{key}={body[key]}" for key in ("step", "outcome", "ok", "error") if key in body]
+    fields = [f"{key}={body[key]}" for key in ("step", "attempt", "satisfied", "status", "outcome", "ok", "error") if key in body]
     return " ".join(fields) if fields else json.dumps(body, separators=(",", ":"), sort_keys=True)
 
 

@@ -94,7 +94,7 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """One chain run. ``reason`` is why it ended once it has, else why it started."""
+    """One chain run: ``reason`` is why it started (what on-call asks first), ``outcome`` how it ended (None while running)."""
 
     run_id: str
     lane: str | None
@@ -106,6 +106,7 @@ class RunSummary:
     ended_at: float | None
     status: RunStatus
     reason: str | None
+    outcome: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +332,8 @@ class Journal:
                     started_at=started_at,
                     ended_at=ended_at,
                     status=status,
-                    reason=(end.get("reason") if end is not None else None) or start.get("reason"),
+                    reason=start.get("reason"),
+                    outcome=end.get("reason") if end is not None else None,
                 )
             )
         return summaries

@@ -208,3 +208,41 @@ def test_bad_requests_change_nothing(tmp_path: Path, primary: Primary, daemons: 
     assert bad_lane.returncode == 2
     assert daemon.ctl("failback", "--lane", "prod").returncode == 1  # PRIMARY: nothing to fail back from
     assert daemon.ctl_json("journal", "list") == []
+
+
+def test_a_planted_secret_reaches_neither_the_journal_nor_the_logs(
+    tmp_path: Path, primary: Primary, daemons: list[DaemonProcess]
+) -> None:
+    secret = "s3cr3t-Planted-Token-9f2c"
+    prod = profile("prod", rules=[PRIMARY_DOWN])
+    fip = next(step for step in prod["chains"]["cutover"] if step["id"] == "floating-ip")
+    fip["secrets"] = {"api_token": {"env": "HYOPS_E2E_TOKEN"}}
+    ipam = next(step for step in prod["chains"]["cutover"] if step["id"] == "ipam")
+    ipam["inputs"]["description"] = f"pasted by mistake: {secret}"  # in inputs
+    daemon = DaemonProcess(tmp_path, primary.port, {"prod": prod, "drill": profile("drill")}, {}, env={"HYOPS_E2E_TOKEN": secret})
+    daemons.append(daemon)
+    world = daemon.state / "world-prod.json"
+    world.parent.mkdir(parents=True, exist_ok=True)
+    world.write_text('{"echo_secrets": true}')  # the driver's output echoes the credential
+    from hybridops_daemon.drivers.sandbox import SandboxWorld
+
+    # ... and its first failure message carries it too.
+    SandboxWorld(world).inject_fault(
+        "network/floating-ip@v1", "apply", fail_times=1, message="upstream rejected token {secret:api_token}"
+    )
+    daemon.start()
+    assert daemon.ctl("cutover", "--lane", "prod", "--confirm").returncode == 0
+    daemon.wait_status("prod", "ON_STANDBY")
+    run_id = daemon.ctl_json("journal", "list")[0]["run_id"]
+    records = daemon.ctl_json("journal", "show", run_id)
+    applies = [r["body"] for r in records if r["kind"] == "step.apply" and r["body"]["step"] == "floating-ip"]
+    assert [a["ok"] for a in applies] == [False, True]
+    assert applies[0]["error"] == "upstream rejected token [REDACTED]"
+    assert "authenticated with api_token=[REDACTED]" in applies[1]["log"]
+    ipam_intent = next(r["body"] for r in records if r["kind"] == "step.intent" and r["body"]["step"] == "ipam")
+    assert ipam_intent["inputs"]["description"] == "pasted by mistake: [REDACTED]"
+    assert daemon.stop() == 0
+
+    leaked = [path.name for path in [*daemon.state.glob("journal.db*"), daemon.log_path] if secret.encode() in path.read_bytes()]
+    assert leaked == [], f"the secret leaked into {leaked}"
+    assert b"[REDACTED]" in (daemon.state / "journal.db").read_bytes()

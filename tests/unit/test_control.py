@@ -63,6 +63,7 @@ RUNS = [
         "ended_at": 1_795_780_842.5,
         "status": "succeeded",
         "reason": "operator drill on lane drill",
+        "outcome": "cutover chain completed: 4 steps",
     }
 ]
 RECORDS = [

@@ -84,13 +84,13 @@ async def test_cutover_with_confirm_is_submitted(
 ) -> None:
     assert await ctl("--socket", str(served), "cutover", "--lane", "prod", "--confirm") == 0
     assert backend.calls == [("submit", "cutover", "prod")]
-    assert capsys.readouterr().out.startswith("cutover accepted (intent #42): drill: operator drill on lane drill")
+    assert capsys.readouterr().out.startswith("cutover accepted (intent #42): operator drill on lane drill")
 
 
 async def test_drill_reports_the_decision_and_run(served: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert await ctl("--socket", str(served), "drill", "--lane", "drill") == 0
     assert capsys.readouterr().out == (
-        "drill accepted (intent #42): drill: operator drill on lane drill; run drill-20261127T120000-1\n"
+        "drill accepted (intent #42): operator drill on lane drill\n"
     )
 
 
@@ -106,7 +106,7 @@ async def test_an_intent_not_yet_decided_says_so(
 async def test_a_policy_refusal_exits_1(served: Path, backend: RecordingBackend, capsys: pytest.CaptureFixture[str]) -> None:
     backend.decision = {"kind": "refuse", "reason": "cooldown until 12:05", "status_after": "PRIMARY", "run_id": None}
     assert await ctl("--socket", str(served), "failback", "--lane", "prod") == 1
-    assert capsys.readouterr().out == "failback refused (intent #42): refuse: cooldown until 12:05\n"
+    assert capsys.readouterr().out == "failback refused (intent #42): cooldown until 12:05\n"
 
 
 @pytest.mark.parametrize(("error", "code"), [(CommandRefused("already decided"), 1), (NotFound("no such step"), 1)])

@@ -1,0 +1,187 @@
+"""``hyops-daemon``'s offline tools: check-config, schema and journal verify, on real files."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hybridops_daemon.cli.daemon_cli import main
+from hybridops_daemon.journal.store import Journal
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "config" / "demo.yaml"
+HYOPS_DAEMON = Path(sys.executable).parent / "hyops-daemon"
+
+PROFILE = """\
+name: prod
+version: 3
+signals:
+  primary_http: {max_age: 5s}
+rules:
+  - name: primary_down
+    signal: primary_http
+    direction: below
+    trip: 0.5
+    for: 3s
+chains:
+  cutover:
+    - {id: fip, module: network/floating-ip@v1, inputs: {ip: 203.0.113.10, target: edge02}}
+  failback:
+    - {id: fip, module: network/floating-ip@v1, inputs: {ip: 203.0.113.10, target: edge01}}
+"""
+
+DAEMON_CONFIG = """\
+node: edge01
+state_dir: state
+lanes:
+  prod: {profile: prod.yaml}
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------------------------- check-config
+
+
+def test_check_config_accepts_the_demo_config_and_names_every_lane_with_its_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "check-config", str(DEMO_CONFIG))
+    assert code == 0, out + err
+    assert out.splitlines()[0] == f"{DEMO_CONFIG}: OK — node edge01, lanes: prod (prod@v1), drill (drill@v1)"
+    assert "warning" not in out  # peer: null, so no split-brain warning
+
+
+def test_check_config_reports_every_error_of_every_file_with_file_line_and_key_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # errors name files relative to the working directory
+    write(
+        tmp_path / "daemon.yaml",
+        """\
+        node: edge01
+        state_dir: state
+        tick: fast
+        colour: blue
+        lanes:
+          prod: {profile: prod.yaml}
+          drill: {profile: drill.yaml}
+        """,
+    )
+    write(tmp_path / "prod.yaml", PROFILE.replace("for: 3s", "for: soon").replace("edge01}}", "edge01}, timeout: later}"))
+
+    code, out, err = run(capsys, "check-config", "daemon.yaml")
+
+    assert code == 2
+    assert out.splitlines() == [
+        'daemon.yaml:3 tick: must be a duration like "30s"',
+        "daemon.yaml:4 colour: unknown key (allowed: node, peer, state_dir, journal, tick, shutdown_grace, control, lease,"
+        " sources, lanes)",
+        "daemon.yaml:7 lanes.drill.profile: profile file not found: drill.yaml",
+        'prod.yaml:10 rules[0].for: must be a duration like "30s"',
+        'prod.yaml:15 chains.failback[0].timeout: must be a duration like "30s"',
+    ]
+    assert all(re.fullmatch(r"[\w.]+\.yaml:\d+ [\w.\[\]]+: .+", line) for line in out.splitlines())
+    assert err.strip() == "5 error(s)"
+
+
+def test_check_config_warns_that_a_peer_with_a_local_lease_cannot_prevent_split_brain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "prod.yaml", PROFILE)
+    config = write(tmp_path / "daemon.yaml", DAEMON_CONFIG + "peer: edge02\n")
+
+    code, out, _ = run(capsys, "check-config", str(config))
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"{config}: OK — node edge01, lanes: prod (prod@v3)"
+    assert lines[1] == (
+        f"warning: {config}: lease.type is 'local' but a peer (edge02) is configured: "
+        "two nodes with local leadership cannot prevent split brain"
+    )
+
+    # Without a peer there is nothing to split: no warning.
+    write(tmp_path / "daemon.yaml", DAEMON_CONFIG)
+    code, out, _ = run(capsys, "check-config", str(config))
+    assert code == 0 and "warning" not in out
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+def test_schema_prints_both_schemas_or_just_the_one_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "schema")
+    assert code == 0
+    schemas = json.loads(out)
+    assert set(schemas) == {"daemon_config", "profile"}
+    assert "lanes" in schemas["daemon_config"]["required"] and "chains" in schemas["profile"]["required"]
+
+    code, out, _ = run(capsys, "schema", "--kind", "profile")
+    assert code == 0
+    profile = json.loads(out)
+    assert profile == schemas["profile"]
+    assert profile["title"] == "Profile"
+
+    # Operators write durations as strings: the schema must accept `for: 30s`, not only a number.
+    for_ = profile["$defs"]["Rule"]["properties"]["for"]
+    patterns = [alt["pattern"] for alt in for_["anyOf"] if alt.get("type") == "string"]
+    assert len(patterns) == 1
+    for good in ("30s", "250ms", "1.5m", "2h", "1d"):
+        assert re.search(patterns[0], good), good
+    for bad in ("soon", "30", "3 seconds", "-1s", "30 s s"):
+        assert not re.search(patterns[0], bad), bad
+    assert "for_" not in profile["$defs"]["Rule"]["properties"]  # keys by alias, as written in the file
+
+
+# --------------------------------------------------------------------------------------------- journal verify
+
+
+def test_journal_verify_without_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "journal.db"
+    done = subprocess.run(
+        [str(HYOPS_DAEMON), "journal", "verify", "--db", str(missing)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"hyops-daemon: no journal at {missing}"
+    assert not missing.exists() and not missing.parent.exists()  # verify never creates a journal
+
+
+def test_journal_verify_passes_a_real_journal_and_lists_the_tampering(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "journal.db"
+    with Journal.open(db) as journal:
+        for i in range(4):
+            last = journal.append("decision", {"i": i, "reason": f"tick {i}"}, ts=1000.0 + i, lane="prod")
+
+    code, out, _ = run(capsys, "journal", "verify", "--db", str(db))
+    assert code == 0
+    assert out.strip() == f"journal OK: 4 records, head #4 hash {last.hash}"
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER records_no_update")
+        conn.execute("DROP TRIGGER records_no_delete")
+        conn.execute("""UPDATE records SET body = '{"i":1,"reason":"nothing to see"}' WHERE seq = 2""")
+    finally:
+        conn.close()
+
+    code, out, _ = run(capsys, "journal", "verify", "--db", str(db))
+    assert code == 1
+    assert out.splitlines() == [
+        "journal FAILED verification (1 problem(s)):",
+        "  record 2 was altered (its hash does not match its content)",
+    ]
