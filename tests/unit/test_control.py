@@ -13,8 +13,7 @@ import os
 import pwd
 import socket
 import stat
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -141,18 +140,6 @@ class RecordingBackend:
     async def journal_verify(self) -> dict[str, Any]:
         await self._called("journal_verify")
         return self.verify
-
-
-@pytest.fixture
-def sock_path() -> Iterator[Path]:
-    # pytest's tmp_path can exceed the 107-byte limit of a Unix socket path; a short private dir cannot
-    with tempfile.TemporaryDirectory(prefix="hyops-") as directory:
-        yield Path(directory) / "ctl.sock"
-
-
-@pytest.fixture
-def backend() -> RecordingBackend:
-    return RecordingBackend()
 
 
 @pytest.fixture

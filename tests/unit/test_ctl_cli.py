@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,17 +22,6 @@ def quiet_server() -> Iterator[None]:
     """The server's log lines would land on the same captured stdout as hyopsctl's output."""
     with structlog.testing.capture_logs():
         yield
-
-
-@pytest.fixture
-def sock_path() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="hyops-") as directory:
-        yield Path(directory) / "ctl.sock"
-
-
-@pytest.fixture
-def backend() -> RecordingBackend:
-    return RecordingBackend()
 
 
 @pytest.fixture
