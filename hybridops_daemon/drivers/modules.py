@@ -83,7 +83,7 @@ class FloatingIp(ModuleInputs):
 class DnsRecord(ModuleInputs):
     """``dns/record@v1``: ``name`` in ``zone`` answers ``type`` with ``content`` at ``ttl`` seconds."""
 
-    identity: ClassVar[tuple[str, ...]] = ("name", "type")
+    identity: ClassVar[tuple[str, ...]] = ("fqdn", "type")  # the zone too: "www" in two zones is two records
     zone: DnsName
     name: DnsName
     type: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$"), AfterValidator(str.upper)] = "A"

@@ -35,7 +35,7 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
     ),
     "dns/record@v1": (
         {"zone": "example.com", "name": "app", "content": "198.51.100.7"},
-        "dns/record@v1:app/A",
+        "dns/record@v1:app.example.com/A",
         {"fqdn": "app.example.com", "type": "A", "content": "198.51.100.7", "ttl": 60},
     ),
     "ipam/address@v1": (
@@ -179,7 +179,15 @@ def test_resource_keys_are_canonical() -> None:
     upper = validate_inputs(FIP, {"ip": "2001:DB8:0::10", "target": "edge02"})
     assert resource_key(FIP, upper) == "network/floating-ip@v1:2001:db8::10"
     dns = validate_inputs("dns/record@v1", {"zone": "Example.COM.", "name": "App", "type": "aaaa", "content": "2001:db8::1"})
-    assert resource_key("dns/record@v1", dns) == "dns/record@v1:app/AAAA"
+    assert resource_key("dns/record@v1", dns) == "dns/record@v1:app.example.com/AAAA"
+    fqdn = validate_inputs(
+        "dns/record@v1", {"zone": "example.com", "name": "app.example.com.", "type": "AAAA", "content": "2001:db8::1"}
+    )
+    assert resource_key("dns/record@v1", fqdn) == resource_key("dns/record@v1", dns)
+    other_zone = validate_inputs(
+        "dns/record@v1", {"zone": "example.org", "name": "app", "type": "AAAA", "content": "2001:db8::1"}
+    )
+    assert resource_key("dns/record@v1", other_zone) != resource_key("dns/record@v1", dns)
     with pytest.raises(TypeError):
         resource_key("dns/record@v1", upper)
 
