@@ -283,16 +283,18 @@ class ChainRunner:
                         "elapsed_s": round(time.monotonic() - began, 3),
                     },
                 )
-                if not retryable or attempt > step.retries:
-                    raise StepFailed(f"apply failed after {attempt} attempt(s): {error}") from None
-                await asyncio.sleep(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
-                # A timed-out or failed apply may still have landed: look before trying again.
+                last = not retryable or attempt > step.retries
+                if not last:
+                    await asyncio.sleep(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
+                # A timed-out or failed apply may still have landed: look before trying again, or before giving up.
                 check = await self._call("check", driver.check(ctx), step)
                 self._record(
                     "step.check", spec, {"step": step.id, "satisfied": check.satisfied, "observed": dict(check.observed)}
                 )
                 if check.satisfied:
                     return dict(check.outputs)
+                if last:
+                    raise StepFailed(f"apply failed after {attempt} attempt(s): {error}") from None
                 continue
             self._record(
                 "step.apply",

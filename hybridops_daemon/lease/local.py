@@ -48,4 +48,5 @@ class LocalLease:
 
     async def ensure(self, token: int) -> None:
         if self._fd is None or token != self._token:
-            raise LeaseLost(f"fencing token {token} is not current (holding {self._token if self._fd else 'nothing'})")
+            holding = self._token if self._fd is not None else "nothing"
+            raise LeaseLost(f"fencing token {token} is not current (holding {holding})")
