@@ -151,9 +151,17 @@ class Daemon:
                 self.notifier.stopping()
                 for task in sources:
                     task.cancel()
+                self._refuse_queued_intents()
                 await self._drain()
                 journal.append("daemon.stop", {"node": config.node, "reason": "signal"}, ts=self.clock())
                 log.info("daemon stopped")
+
+    def _refuse_queued_intents(self) -> None:
+        """Answer intents the loop will never reach; chain ends stay in the journal and are replayed on restart."""
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if isinstance(event, _QueuedIntent) and not event.reply.done():
+                event.reply.set_exception(CommandRefused("the daemon is stopping; the intent was recorded but not acted on"))
 
     async def _loop(self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup) -> None:
         while not self._stopping:
@@ -329,6 +337,8 @@ class Daemon:
         """Journal the intent (durable first), queue it for the loop, and wait briefly for the loop's decision."""
         if self.journal is None:
             raise CommandRefused("the daemon is starting")
+        if self._stopping:  # the loop decides nothing more: refuse before journaling an intent it would never answer
+            raise CommandRefused("the daemon is stopping")
         record = self.journal.append(
             "operator", {"command": command.value, "lane": lane, "actor": actor}, ts=self.clock(), lane=lane
         )

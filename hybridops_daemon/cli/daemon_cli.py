@@ -102,12 +102,16 @@ def _schema(kind: str) -> int:
 
 
 def _journal_verify(db: Path) -> int:
-    from hybridops_daemon.journal.store import Journal
+    from hybridops_daemon.journal.store import Journal, JournalError
 
     if not db.exists():
         print(f"hyops-daemon: no journal at {db}", file=sys.stderr)
         return EXIT_INVALID
-    report = Journal.verify_file(db)
+    try:
+        report = Journal.verify_file(db)
+    except JournalError as exc:  # not a journal, or unreadable: no verdict on its content (exit 1 means tampering)
+        print(f"hyops-daemon: {db}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if report.ok:
         print(f"journal OK: {report.count} records, head #{report.head_seq} hash {report.head_hash}")
         return EXIT_OK

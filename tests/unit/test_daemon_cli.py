@@ -161,6 +161,25 @@ def test_journal_verify_without_a_file_is_a_usage_error(tmp_path: Path) -> None:
     assert not missing.exists() and not missing.parent.exists()  # verify never creates a journal
 
 
+@pytest.mark.parametrize("content", ["text", "other sqlite database"])
+def test_journal_verify_of_a_file_that_is_not_a_journal_is_a_usage_error_not_a_failed_verification(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    db = tmp_path / "journal.db"
+    if content == "text":
+        db.write_text("hello\n")
+    else:
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.close()
+
+    code, out, err = run(capsys, "journal", "verify", "--db", str(db))
+
+    assert code == 2, out + err  # exit 1 means "tampered": an auditor must be able to tell the two apart
+    assert out == ""
+    assert err.startswith(f"hyops-daemon: {db}: ") and len(err.splitlines()) == 1, err
+
+
 def test_journal_verify_passes_a_real_journal_and_lists_the_tampering(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "journal.db"
     with Journal.open(db) as journal:
