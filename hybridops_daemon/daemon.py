@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ import structlog
 from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.loader import ConfigInvalid, load_profile
-from hybridops_daemon.config.models import DaemonConfig, Profile
+from hybridops_daemon.config.models import DaemonConfig, HttpProbeSource, Profile
 from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
 from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.drivers.base import Driver
@@ -196,30 +196,18 @@ class Daemon:
             log.info("decision", lane=lane.name, kind=decision.kind.value, status=lane.state.status.value, reason=decision.reason)
             self.notifier.status(self._status_line())
         if decision.chain is not None and decision.run_id is not None:
-            spec = RunSpec(
-                run_id=decision.run_id,
-                lane=lane.name,
-                chain=decision.chain,
-                kind=decision.kind.value,
-                trigger=decision.trigger.value,
-                actor=decision.actor,
-                reason=decision.reason,
-                profile={"name": lane.profile.name, "version": lane.profile.version},
-                steps=lane.profile.chain("cutover" if decision.chain == "cutover" else "failback"),
-                approval_timeout=lane.profile.approval_timeout,
-                hourly_cost_usd=lane.profile.hourly_cost(),
-            )
+            spec = self._spec_from_decision(lane, decision.to_dict())
             self._spawn_chain(group, lane.name, spec.run_id, runner.start(spec))
         return decision
 
-    def _spawn_chain(self, group: asyncio.TaskGroup, lane: str, run_id: str, work: Any) -> None:
+    def _spawn_chain(self, group: asyncio.TaskGroup, lane: str, run_id: str, work: Coroutine[Any, Any, ChainEvent]) -> None:
         task = group.create_task(self._chain(lane, run_id, work))
         self._chain_tasks.add(task)
         task.add_done_callback(self._chain_tasks.discard)
 
-    async def _chain(self, lane: str, run_id: str, work: Any) -> None:
+    async def _chain(self, lane: str, run_id: str, work: Coroutine[Any, Any, ChainEvent]) -> None:
         try:
-            event: ChainEvent = await work
+            event = await work
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in a driver must fail the run, never the daemon
@@ -246,7 +234,7 @@ class Daemon:
             if pending:
                 await asyncio.wait(pending)
 
-    async def _source(self, spec: Any) -> None:
+    async def _source(self, spec: HttpProbeSource) -> None:
         async with HttpProbe(spec, self.config.node, self.clock) as probe:
             await probe.run(self.on_sample)
 
@@ -294,6 +282,7 @@ class Daemon:
             log.warning("unfinished run belongs to no lane's state; leaving it for an operator", run_id=run_id)
 
     def _spec_from_decision(self, lane: _Lane, body: Mapping[str, Any]) -> RunSpec:
+        """The run a decision asks for (as journaled, so a restart builds the same run from the record)."""
         chain: Literal["cutover", "failback"] = "cutover" if body["chain"] == "cutover" else "failback"
         return RunSpec(
             run_id=body["run_id"],
