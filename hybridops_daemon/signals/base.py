@@ -1,0 +1,161 @@
+"""What every source shares: the contract, malformed-input accounting, the polling loop, signal labels.
+
+A source turns the outside world into ``Sample``s and never decides. It is an async context manager that
+owns its connections; ``run(emit)`` runs until cancelled. When a source loses its upstream it emits nothing:
+its signals go UNKNOWN by age, in decide(). Malformed input is counted and dropped, and logged once per
+transition (ok → failing, failing → ok), never once per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Protocol, Self
+
+import structlog
+
+from hybridops_daemon.signals.sample import Sample
+
+Emit = Callable[[Sample], None]
+
+
+class Source(Protocol):
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def run(self, emit: Emit) -> None:
+        """Emit samples until cancelled. Never raises for upstream trouble: it retries with backoff."""
+        ...
+
+
+def labelled(signal: str, labels: Mapping[str, str]) -> str:
+    """``db_up`` + {site: ams} → ``db_up{site=ams}``: the name a profile uses for one labelled series."""
+    if not labels:
+        return signal
+    return signal + "{" + ",".join(f"{k}={labels[k]}" for k in sorted(labels)) + "}"
+
+
+class InputHealth:
+    """Counts malformed inputs and upstream failures of one source; logs only when the state changes."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.malformed = 0
+        self.failures = 0
+        self._bad_input: str | None = None
+        self._upstream_down: str | None = None
+        self._log = structlog.get_logger("hybridops.source").bind(source=source)
+
+    def malformed_input(self, reason: str) -> None:
+        self.malformed += 1
+        if self._bad_input is None:
+            self._log.warning("malformed input dropped (further ones are counted, not logged)", reason=reason)
+        self._bad_input = reason
+
+    def good_input(self) -> None:
+        if self._bad_input is not None:
+            self._log.info("input well-formed again", malformed_total=self.malformed)
+            self._bad_input = None
+
+    def upstream_failed(self, reason: str) -> None:
+        self.failures += 1
+        if self._upstream_down is None:
+            self._log.warning("upstream lost; its signals go UNKNOWN once stale", reason=reason)
+        self._upstream_down = reason
+
+    def upstream_ok(self) -> None:
+        if self._upstream_down is not None:
+            self._log.info("upstream back", failures_total=self.failures)
+            self._upstream_down = None
+
+    @property
+    def upstream_down(self) -> bool:
+        return self._upstream_down is not None
+
+
+class PollingSource:
+    """Base for sources that ask their upstream on an interval (Prometheus, FRR/BIRD, strongSwan).
+
+    Subclasses implement ``poll()``: one bounded fetch returning samples. The loop owns the cadence (fixed
+    ticks, no drift), the timeout, backoff after failures (doubling up to ``max_backoff``) and the logging.
+    """
+
+    name: str
+
+    def __init__(
+        self, name: str, edge: str, interval: float, timeout: float, clock: Callable[[], float] = time.time,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.edge = edge
+        self.interval = interval
+        self.timeout = timeout
+        self.clock = clock
+        self.max_backoff = max_backoff
+        self.health = InputHealth(name)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    async def poll(self) -> Iterable[Sample]:
+        raise NotImplementedError
+
+    def sample(self, signal: str, value: float | None, observed_at: float | None = None) -> Sample:
+        return Sample(signal, value, self.clock() if observed_at is None else observed_at, self.name, self.edge)
+
+    async def run(self, emit: Emit) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 0.0
+        while True:
+            started = loop.time()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    samples = list(await self.poll())
+            except (OSError, TimeoutError, UpstreamError) as exc:
+                self.health.upstream_failed(str(exc) or type(exc).__name__)
+                delay = min(max(self.interval, delay * 2), self.max_backoff)
+                await asyncio.sleep(delay)
+                continue
+            delay = 0.0
+            self.health.upstream_ok()
+            for sample in samples:
+                emit(sample)
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+
+
+class UpstreamError(Exception):
+    """The upstream answered, but not usefully (an error status, an unparseable reply): retry later."""
+
+
+class Backoff:
+    """Exponential backoff with full jitter between ``low`` and ``high`` seconds, for reconnect loops.
+
+    Jitter spreads the reconnects of both edges after a broker restart; it is I/O timing, never policy.
+    """
+
+    def __init__(self, low: float, high: float, rng: random.Random | None = None) -> None:
+        self.low = low
+        self.high = max(high, low)
+        self._rng = rng or random.Random()
+        self._ceiling = low
+
+    def next(self) -> float:
+        delay = self._rng.uniform(self.low, self._ceiling)
+        self._ceiling = min(self._ceiling * 2, self.high)
+        return delay
+
+    def reset(self) -> None:
+        self._ceiling = self.low
