@@ -1,0 +1,293 @@
+"""The BGP source against a real FRR 8.4 pair and a real BIRD 2.0 pair in two network namespaces.
+
+Router A (the one polled) peers with B over a veth. Each session is taken down three ways: an
+administrative shutdown on A, a link cut (``NetnsPair.cut()``: both veth ends down) and a silent partition
+(links up, frames dropped), which only the 3 s hold timer can notice. Flip times are measured from the
+moment the fault is injected to the first 0.0 sample, and printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from hybridops_daemon.config.models import BgpSource
+from hybridops_daemon.signals.base import UpstreamError
+from hybridops_daemon.signals.bgp import BgpPoller, run_bounded
+from hybridops_daemon.signals.sample import Sample
+from tests.testbed.bird import BirdPair
+from tests.testbed.frr import FrrPair
+from tests.testbed.netns import NetnsPair
+from tests.testbed.process import Process
+
+INTERVAL = 0.25
+HOLD = 3.0  # both fixtures: FRR "timers 1 3", BIRD "hold time 3" / "keepalive time 1"
+KEEPALIVE = 1.0
+MARGIN = 0.5  # vtysh/birdc run time and scheduling on a busy 2-core machine
+FLIP_LIMIT = HOLD + 2 * INTERVAL + MARGIN
+
+FLIPS: dict[str, float] = {}
+
+
+@dataclass
+class Router:
+    """What the tests need from either pair: A's socket, B as A names it, and the faults to inject."""
+
+    kind: str
+    socket: Path
+    peer: str  # BgpPeer.peer for B on A: FRR the neighbor address, BIRD the protocol name
+    ghost: str  # a peer A does not have
+    net: NetnsPair
+    shutdown: Callable[[], None]
+    enable: Callable[[], None]
+    daemon: Process  # bgpd / bird on A
+
+
+@pytest.fixture(params=["frr", "bird"])
+def router(request: pytest.FixtureRequest) -> Router:
+    if request.param == "frr":
+        frr: FrrPair = request.getfixturevalue("frr_pair")
+        return Router("frr", frr.socket_a, frr.neighbor_of_a, "10.99.0.77", frr.pair,
+                      frr.shutdown_neighbor, frr.enable_neighbor, frr.a.processes["bgpd"])  # fmt: skip
+    bird: BirdPair = request.getfixturevalue("bird_pair")
+    assert bird.a.process is not None
+    return Router("bird", bird.ctl_a, bird.proto_a, "no_such_proto", bird.pair, bird.disable, bird.enable,
+                  bird.a.process)  # fmt: skip
+
+
+def spec(router: Router, timeout: float = 1.0) -> BgpSource:
+    return BgpSource.model_validate(
+        {
+            "type": "bgp", "daemon": router.kind, "socket": str(router.socket), "interval": INTERVAL,
+            "timeout": timeout,
+            "peers": [{"peer": router.peer, "signal": "bgp_b"}, {"peer": router.ghost, "signal": "bgp_ghost"}],
+        }
+    )  # fmt: skip
+
+
+class Seen:
+    """The samples a source emitted, each with the monotonic time it arrived."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, Sample]] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, sample: Sample) -> None:
+        self.samples.append((time.monotonic(), sample))
+        self._changed.set()
+
+    def of(self, signal: str, since: float = 0.0) -> list[tuple[float, Sample]]:
+        return [(t, s) for t, s in self.samples if s.signal == signal and t >= since]
+
+    def partner(self, sample: Sample, signal: str) -> Sample:
+        """The sample of ``signal`` from the same poll (same observed_at)."""
+        return next(s for _, s in self.samples if s.signal == signal and s.observed_at == sample.observed_at)
+
+    async def until(self, what: str, check: Callable[[], Any], within: float = 15.0) -> Any:
+        try:
+            async with asyncio.timeout(within):
+                while not (result := check()):
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.05)
+        except TimeoutError:
+            tail = [(s.signal, s.value) for _, s in self.samples[-4:]]
+            raise AssertionError(f"timed out after {within}s waiting for {what}; last samples: {tail}") from None
+        return result
+
+    async def first(self, signal: str, value: float, since: float, within: float = 15.0) -> tuple[float, Sample]:
+        """The first sample of ``signal`` == ``value`` that arrived after ``since``."""
+        result: tuple[float, Sample] = await self.until(
+            f"{signal} == {value}", lambda: next(((t, s) for t, s in self.of(signal, since) if s.value == value), None),
+            within,
+        )  # fmt: skip
+        return result
+
+    async def up_with_prefixes(self, since: float, within: float = 15.0) -> None:
+        def check() -> bool:
+            return any(s.value == 1.0 and (self.partner(s, "bgp_b_prefixes").value or 0) >= 1 for _, s in self.of("bgp_b", since))
+
+        await self.until("bgp_b == 1.0 with bgp_b_prefixes >= 1", check, within)
+
+
+@asynccontextmanager
+async def running(poller: BgpPoller) -> AsyncIterator[Seen]:
+    seen = Seen()
+    async with poller, asyncio.TaskGroup() as group:
+        task = group.create_task(poller.run(seen))
+        try:
+            yield seen
+        finally:
+            task.cancel()
+
+
+async def off_loop(action: Callable[[], None]) -> None:
+    """Run a blocking fixture action (vtysh, birdc, ip) in a thread: the poller keeps its cadence meanwhile."""
+    async with asyncio.timeout(30):
+        await asyncio.to_thread(action)
+
+
+def silence(net: NetnsPair) -> None:
+    """A partition with every link up: each side's ARP entry for the other points at a MAC nobody owns, so
+    frames are dropped silently. No interface or route changes, so only the hold timer can end the session
+    (the kernel here has neither netem nor tc classifiers)."""
+    net.a.run("ip", "neigh", "replace", net.b.address, "lladdr", "02:00:00:00:00:0b", "dev", net.veth_a, "nud", "permanent")
+    net.b.run("ip", "neigh", "replace", net.a.address, "lladdr", "02:00:00:00:00:0a", "dev", net.veth_b, "nud", "permanent")
+
+
+def unsilence(net: NetnsPair) -> None:
+    net.a.run("ip", "neigh", "del", net.b.address, "dev", net.veth_a, check=False)
+    net.b.run("ip", "neigh", "del", net.a.address, "dev", net.veth_b, check=False)
+
+
+def children(*names: str) -> list[tuple[int, str, str]]:
+    """This process's children named ``names`` (pid, comm, state), zombies included."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == os.getpid() and comm in names:
+            found.append((int(entry.name), comm, state))
+    return found
+
+
+async def test_session_up_shutdown_cut_and_silent_partition(router: Router) -> None:
+    poller = BgpPoller(spec(router), "edge01")
+    with capture_logs() as logs:
+        async with running(poller) as seen:
+            await seen.up_with_prefixes(since=0.0)
+            up = seen.of("bgp_b")[-1][1]
+            assert (up.source, up.edge) == ("bgp", "edge01")
+
+            # A peer the router does not know: UNKNOWN (None) for both signals, counted as malformed, never 1.
+            ghosts = [s.value for _, s in seen.of("bgp_ghost") + seen.of("bgp_ghost_prefixes")]
+            assert ghosts and all(value is None for value in ghosts)
+            assert poller.health.malformed >= 1 and not poller.health.upstream_down
+
+            for fault, inject, repair in (
+                ("admin shutdown", router.shutdown, router.enable),
+                ("link cut", router.net.cut, router.net.heal),
+                ("silent partition", lambda: silence(router.net), lambda: unsilence(router.net)),
+            ):
+                started = time.monotonic()
+                await off_loop(inject)
+                at, down = await seen.first("bgp_b", 0.0, since=started, within=FLIP_LIMIT + 5)
+                flip = at - started
+                FLIPS[f"{router.kind} {fault}"] = flip
+                print(f"\n{router.kind}: {fault} → bgp_b 0.0 after {flip:.3f}s")
+                assert seen.partner(down, "bgp_b_prefixes").value == 0.0
+                if fault == "admin shutdown":  # the router drops the session at once; only our polling delays it
+                    assert flip <= 2 * INTERVAL + MARGIN, flip
+                else:
+                    assert flip <= FLIP_LIMIT, flip
+                if fault == "silent partition":  # the hold timer, not an interface event, ended the session
+                    assert flip >= HOLD - KEEPALIVE - 0.3, flip
+                repaired = time.monotonic()
+                await off_loop(repair)
+                await seen.up_with_prefixes(since=repaired, within=20)
+
+    assert poller.health.failures == 0
+    malformed_logs = [e for e in logs if e["event"].startswith("malformed input")]
+    assert len(malformed_logs) == 1, "the unknown peer is logged once, then only counted"
+    assert router.ghost in malformed_logs[0]["reason"]
+
+
+async def test_daemon_hung_then_stopped_emits_nothing(router: Router) -> None:
+    poller = BgpPoller(spec(router, timeout=0.5), "edge01")
+    poller.max_backoff = 1.0  # the default 30 s cap would outlast the test
+    with capture_logs() as logs:
+        await hang_then_stop(router, poller)
+    reasons = [e["reason"] for e in logs if e["event"].startswith("upstream lost")]
+    assert len(reasons) == 2, reasons
+    client = {"frr": "vtysh", "bird": "birdc"}[router.kind]
+    assert reasons[0] == f"{client} did not answer within 0.45s", reasons  # hung: the client was killed
+    assert reasons[1].startswith(f"{client} exited 1: "), reasons  # stopped: the client failed at once
+    assert children("vtysh", "birdc") == [], "no client outlives the poller"
+
+
+async def hang_then_stop(router: Router, poller: BgpPoller) -> None:
+    async with running(poller) as seen:
+        await seen.up_with_prefixes(since=0.0)
+
+        # Hung daemon: the client connects but never gets an answer; each poll times out and kills it.
+        os.kill(router.daemon.pid, signal.SIGSTOP)
+        try:
+            await seen.until("upstream down (hung daemon)", lambda: poller.health.upstream_down, within=5)
+            count = len(seen.samples)
+            await asyncio.sleep(1.5)  # ≥ 2 timed-out polls
+            assert len(seen.samples) == count, "nothing is emitted while the daemon does not answer"
+            assert poller.health.failures >= 2
+            zombies = [c for c in children("vtysh", "birdc") if c[2] == "Z"]
+            assert not zombies, zombies
+            assert len(children("vtysh", "birdc")) <= 1, "at most the one in-flight client"
+        finally:
+            os.kill(router.daemon.pid, signal.SIGCONT)
+        await seen.until("samples again", lambda: len(seen.samples) > count and not poller.health.upstream_down)
+
+        # Stopped daemon: the client fails at once (socket gone or refused).
+        await off_loop(router.daemon.stop)
+        await seen.until("upstream down (stopped daemon)", lambda: poller.health.upstream_down, within=5)
+        count, failures = len(seen.samples), poller.health.failures
+        await asyncio.sleep(1.5)
+        assert len(seen.samples) == count, "nothing is emitted while the daemon is stopped"
+        assert poller.health.failures > failures
+
+
+@pytest.mark.parametrize("daemon", ["frr", "bird"])
+async def test_missing_socket_is_upstream_error(daemon: str, tmp_path: Path) -> None:
+    source = BgpSource.model_validate(
+        {"type": "bgp", "daemon": daemon, "socket": str(tmp_path / "absent"), "interval": INTERVAL,
+         "peers": [{"peer": "10.99.0.2", "signal": "bgp_b"}]}
+    )  # fmt: skip
+    poller = BgpPoller(source, "edge01")
+    with pytest.raises(UpstreamError, match="exited 1"):
+        await poller.poll()
+    async with running(poller) as seen:
+        await seen.until("upstream down", lambda: poller.health.upstream_down, within=5)
+    assert seen.samples == []
+
+
+async def test_run_bounded_kills_and_reaps_on_its_timeout() -> None:
+    started = time.monotonic()
+    with pytest.raises(UpstreamError, match=r"did not answer within 0\.3s"):
+        await run_bounded(["sleep", "30"], 0.3)
+    assert time.monotonic() - started < 2
+    assert children("sleep") == []
+
+
+async def test_run_bounded_kills_and_reaps_when_cancelled() -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):  # the caller's timeout (PollingSource.run), not run_bounded's own
+            await run_bounded(["sleep", "30"], 10)
+    assert children("sleep") == []
+
+
+async def test_run_bounded_reports_a_failing_client() -> None:
+    with pytest.raises(UpstreamError, match="exited 3: boom"):
+        await run_bounded(["sh", "-c", "echo boom >&2; exit 3"], 5)
+    assert await run_bounded(["echo", "hi"], 5) == "hi\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_flips() -> Iterator[None]:
+    yield
+    if FLIPS:
+        print("\nBGP flip times (fault → first 0.0 sample): "
+              + ", ".join(f"{k} {v:.3f}s" for k, v in FLIPS.items()))  # fmt: skip
