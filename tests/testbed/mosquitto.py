@@ -1,0 +1,116 @@
+"""Testbed fixtures: a real Mosquitto broker on a free loopback port (``mosquitto``, ``mosquitto_factory``).
+
+Run as root, mosquitto drops privileges to user ``mosquitto``, so its folder and config must be world-readable:
+the broker lives in a ``tempfile.mkdtemp`` folder opened to 0755 (pytest's tmp_path is 0700). ``start_mosquitto``
+is the plain function behind the fixtures, for the benchmarks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.process import Process, free_port, require, wait_until
+
+HOST = "127.0.0.1"
+
+
+class Mosquitto:
+    """One broker. ``stop()`` and ``start()`` (same port, same config) let a test take it away and bring it back."""
+
+    def __init__(self, directory: Path, port: int, extra_config: str = "", users: dict[str, str] | None = None) -> None:
+        self.host = HOST
+        self.port = port
+        self.directory = directory
+        self.users = dict(users or {})
+        self.config = directory / "mosquitto.conf"
+        self.log = directory / "mosquitto.log"
+        self._binary = require(shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+        self._process: Process | None = None
+        lines = [f"listener {port} {HOST}", "persistence false", "log_dest stdout"]
+        if self.users:
+            password_file = directory / "passwd"
+            for i, (user, password) in enumerate(self.users.items()):
+                create = ["-c"] if i == 0 else []
+                subprocess.run(
+                    [require("mosquitto_passwd"), "-b", *create, str(password_file), user, password],
+                    check=True,
+                    capture_output=True,
+                    timeout=10,
+                )
+            password_file.chmod(0o644)  # read by user mosquitto after the privilege drop
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.config.write_text("\n".join([*lines, extra_config, ""]))
+        self.config.chmod(0o644)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive()
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start (or restart, on the same port) and wait until it answers a subscription to $SYS."""
+        if self.alive():
+            return
+        self._process = Process("mosquitto", [self._binary, "-c", str(self.config)], self.log)
+        wait_until(f"mosquitto on port {self.port}", self._answers, timeout=timeout, proc=self._process)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    def _answers(self) -> bool:
+        auth: list[str] = []
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            auth = ["-u", user, "-P", password]
+        probe = ["-t", "$SYS/broker/version", "-C", "1", "-W", "3"]
+        result = subprocess.run(
+            [require("mosquitto_sub"), "-h", self.host, "-p", str(self.port), *auth, *probe], capture_output=True, timeout=5
+        )
+        return result.returncode == 0 and b"mosquitto" in result.stdout
+
+
+def start_mosquitto(extra_config: str = "", users: dict[str, str] | None = None) -> Mosquitto:
+    """A running broker in its own world-readable temp folder; ``cleanup(broker)`` stops it and removes the folder."""
+    directory = Path(tempfile.mkdtemp(prefix="hyops-mosq-"))
+    directory.chmod(0o755)
+    try:
+        broker = Mosquitto(directory, free_port(), extra_config, users)
+        broker.start()
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return broker
+
+
+def cleanup(broker: Mosquitto) -> None:
+    broker.stop()
+    shutil.rmtree(broker.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def mosquitto_factory() -> Iterator[Callable[..., Mosquitto]]:
+    """``mosquitto_factory(extra_config="", users={"user": "pass"})``: more brokers, or one with authentication."""
+    started: list[Mosquitto] = []
+
+    def make(extra_config: str = "", users: dict[str, str] | None = None) -> Mosquitto:
+        broker = start_mosquitto(extra_config, users)
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        cleanup(broker)
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    """A running anonymous broker (about 20 ms to start), stopped at teardown."""
+    return mosquitto_factory()
