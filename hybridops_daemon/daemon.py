@@ -19,7 +19,8 @@ import structlog
 from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.loader import ConfigInvalid, load_profile
-from hybridops_daemon.config.models import DaemonConfig, HttpProbeSource, Profile
+from hybridops_daemon.config.models import DaemonConfig, PeerSource, Profile
+from hybridops_daemon.config.models import Source as SourceConfig
 from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
 from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.drivers.base import Driver
@@ -39,7 +40,8 @@ from hybridops_daemon.policy.types import (
     Trigger,
 )
 from hybridops_daemon.sdnotify import Notifier
-from hybridops_daemon.signals.http_probe import HttpProbe
+from hybridops_daemon.signals.base import Source
+from hybridops_daemon.signals.registry import build_source
 from hybridops_daemon.signals.sample import Sample
 
 log = structlog.get_logger("hybridops.daemon")
@@ -83,6 +85,7 @@ class Daemon:
         self._reload = False
         self._chain_tasks: set[asyncio.Task[None]] = set()
         self.lanes: dict[str, _Lane] = {}
+        self.sources: dict[str, Source] = {}
         self.journal: Journal | None = None
 
     # ------------------------------------------------------------------------------------------ signals
@@ -234,9 +237,36 @@ class Daemon:
             if pending:
                 await asyncio.wait(pending)
 
-    async def _source(self, spec: HttpProbeSource) -> None:
-        async with HttpProbe(spec, self.config.node, self.clock) as probe:
-            await probe.run(self.on_sample)
+    async def _source(self, spec: SourceConfig) -> None:
+        """Run one source for the daemon's lifetime. A source handles its upstream's trouble itself; this
+        restarts one that crashed on a bug, so a bad source costs its signals (UNKNOWN by age), not the daemon."""
+        backoff = 1.0
+        while True:
+            try:
+                source = self._build_source(spec)
+                async with source:
+                    self.sources[spec.name] = source
+                    await source.run(self.on_sample)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("source crashed; restarting it", source=spec.name, retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    def _build_source(self, spec: SourceConfig) -> Source:
+        if isinstance(spec, PeerSource):
+            from hybridops_daemon.signals.peer import PeerLink
+
+            assert self.config.peer is not None, "check-config requires `peer` with a peer source"
+            return PeerLink(spec, self.config.node, self.config.peer, self._published_signals, self.store.snapshot, self.clock)
+        return build_source(spec, self.config.node, self.clock)
+
+    def _published_signals(self) -> dict[str, dict[str, float]]:
+        """Per lane, the signals its profile reads and their max ages: what the peer edge is told about."""
+        return {
+            name: {signal: spec.max_age for signal, spec in lane.profile.signals.items()} for name, lane in self.lanes.items()
+        }
 
     def on_sample(self, sample: Sample) -> None:
         if self.store.put(sample):
@@ -369,7 +399,17 @@ class _ControlBackend:
             {"run_id": p.run_id, "step": p.step, "lane": p.lane, "since": p.since, "expires_at": p.expires_at}
             for p in daemon.approvals.pending()
         ]
-        return {"node": daemon.config.node, "lanes": lanes, "pending_approvals": pending}
+        sources = []
+        for name, source in daemon.sources.items():
+            health = getattr(source, "health", None)
+            sources.append(
+                {
+                    "source": name,
+                    "upstream": "down" if health is not None and health.upstream_down else "ok",
+                    "malformed": health.malformed if health is not None else 0,
+                }
+            )
+        return {"node": daemon.config.node, "lanes": lanes, "pending_approvals": pending, "sources": sources}
 
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
         daemon = self._daemon

@@ -224,8 +224,18 @@ def _validate(model: type[M], parsed: _Parsed) -> M | None:
     try:
         return model.model_validate(parsed.data)
     except ValidationError as exc:
-        parsed.errors.extend(_from_pydantic(model, detail, parsed) for detail in exc.errors())
+        details = exc.errors()
+        parsed.errors.extend(_from_pydantic(model, detail, parsed) for detail in details if not _echo(detail, details))
         return None
+
+
+def _echo(detail: ErrorDetails, details: list[ErrorDetails]) -> bool:
+    """A "too short" error on a list whose items themselves failed: pydantic counts the list after dropping the bad
+    items. The item errors say what is wrong; this one would only confuse."""
+    if detail["type"] != "too_short":
+        return False
+    loc = tuple(detail["loc"])
+    return any(len(other["loc"]) > len(loc) and tuple(other["loc"][: len(loc)]) == loc for other in details)
 
 
 def _check_profile(path: Path, known_drivers: Mapping[str, frozenset[str]]) -> tuple[Profile | None, list[ConfigError]]:

@@ -35,6 +35,7 @@ class HttpProbe:
     def __init__(self, spec: HttpProbeSource, edge: str, clock: Callable[[], float] = time.time) -> None:
         if spec.interval <= 0 or spec.timeout <= 0:
             raise ValueError("an HTTP probe needs a positive interval and timeout")
+        self.name = spec.name
         self.spec = spec
         self.edge = edge
         self.source = f"http_probe:{public_url(spec.url)}"

@@ -271,10 +271,10 @@ def test_daemon_config_errors_name_the_keys_as_written(tmp_path: Path) -> None:
 
     # The discriminated union's tag ("http_probe") is not part of the path in the file.
     assert rendered(excinfo) == [
-        f"{path}:4 lanes.Prod: invalid key: String should match pattern '^[a-z][a-z0-9_-]{{0,62}}$'",
+        f"{path}:4 lanes.Prod: invalid key: must be a lowercase name like prod or floating-ip (a-z, 0-9, _ and -)",
         f"{path}:6 sources[0].url: must be an http:// or https:// URL",
         f'{path}:6 sources[0].interval: must be a duration like "30s"',
-        f"{path}:7 sources[1].type: must be one of 'http_probe'",
+        f"{path}:7 sources[1].type: must be one of 'http_probe', 'mqtt', 'prometheus', 'alertmanager', 'bgp', 'ipsec', 'peer'",
         f"{path}:8 sources[2].type: required key is missing",
     ]
 

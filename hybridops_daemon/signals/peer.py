@@ -1,0 +1,201 @@
+"""The peer edge: publish this node's observation summary per lane, and turn the peer's into samples.
+
+Each node publishes on ``<prefix>/<lane>/<node>`` every ``publish_interval``: per signal the lane's profile
+reads, its value, its age and whether it is UNKNOWN here. It reads ``<prefix>/+/<peer>`` and emits the
+peer's values as samples of ``edge=<peer>``, so a rule with ``both_edges: true`` can ask whether both edges
+agree.
+
+A node that cannot hear its peer must know it, never assume health:
+- ages, not clocks, cross the wire: a received value is dated ``now - age`` on the receiver, so skewed
+  clocks between the edges do not make stale data look fresh;
+- nothing is retained on the broker: a restarted node never reads an old summary as a new one;
+- the broker announces the peer's death (MQTT last will on ``<prefix>/_status/<node>``): every peer
+  signal is then emitted as None (UNKNOWN) at once instead of waiting for max age;
+- if this node loses the broker, the peer's samples stop and go UNKNOWN by age in decide().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+
+from hybridops_daemon.config.models import PeerSource
+from hybridops_daemon.secrets import SecretUnavailable
+from hybridops_daemon.signals.base import Backoff, Emit, InputHealth
+from hybridops_daemon.signals.mqtt import client_kwargs
+from hybridops_daemon.signals.sample import Sample
+
+MAX_SUMMARY_BYTES = 256 * 1024
+
+LaneSignals = Callable[[], Mapping[str, Mapping[str, float]]]  # lane → {signal: max_age}
+Snapshot = Callable[[], Mapping[tuple[str, str], Sample]]
+
+
+class MalformedSummary(ValueError):
+    pass
+
+
+def summary(
+    node: str, lane: str, signals: Mapping[str, float], readings: Mapping[tuple[str, str], Sample], now: float
+) -> dict[str, Any]:
+    """What this node tells its peer about one lane: only its own observations, never what it heard from the peer."""
+    entries: dict[str, dict[str, Any]] = {}
+    for signal, max_age in signals.items():
+        reading = readings.get((signal, node))
+        if reading is None:
+            entries[signal] = {"value": None, "age": None, "unknown": True}
+            continue
+        age = max(0.0, now - reading.observed_at)
+        unknown = reading.value is None or age > max_age
+        entries[signal] = {"value": None if unknown else reading.value, "age": round(age, 3), "unknown": unknown}
+    return {"node": node, "lane": lane, "signals": entries}
+
+
+def peer_samples(payload: bytes, peer: str, source: str, now: float) -> list[Sample]:
+    """The peer's summary as samples dated on this node's clock. Raises MalformedSummary on anything off."""
+    if len(payload) > MAX_SUMMARY_BYTES:
+        raise MalformedSummary(f"summary of {len(payload)} bytes is over {MAX_SUMMARY_BYTES}")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedSummary(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("node") != peer or not isinstance(data.get("signals"), dict):
+        raise MalformedSummary("not a summary from the configured peer (node, lane, signals)")
+    samples = []
+    for signal, entry in data["signals"].items():
+        if not isinstance(entry, dict) or not isinstance(signal, str):
+            raise MalformedSummary(f"signal {signal!r}: not an object")
+        value, age, unknown = entry.get("value"), entry.get("age"), entry.get("unknown")
+        if not isinstance(unknown, bool):
+            raise MalformedSummary(f"signal {signal!r}: 'unknown' must be true or false")
+        if unknown or value is None:
+            samples.append(Sample(signal, None, now, source, peer))
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise MalformedSummary(f"signal {signal!r}: value must be a finite number")
+        if isinstance(age, bool) or not isinstance(age, int | float) or not math.isfinite(age) or age < 0:
+            raise MalformedSummary(f"signal {signal!r}: age must be a finite number >= 0")
+        samples.append(Sample(signal, float(value), now - float(age), source, peer))
+    return samples
+
+
+def peer_status(payload: bytes, peer: str) -> bool:
+    """True when the peer says it is online, False for its last will. Raises MalformedSummary otherwise."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedSummary("status is not JSON") from None
+    if not isinstance(data, dict) or data.get("node") != peer or not isinstance(data.get("online"), bool):
+        raise MalformedSummary("not a status message from the configured peer")
+    return bool(data["online"])
+
+
+class PeerLink:
+    """The ``peer`` source. Owns one MQTT connection that both publishes and subscribes."""
+
+    def __init__(
+        self,
+        spec: PeerSource,
+        node: str,
+        peer: str,
+        lanes: LaneSignals,
+        snapshot: Snapshot,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.node = node
+        self.peer = peer
+        self.health = InputHealth(spec.name)
+        self.published = 0
+        self.received = 0
+        self._lanes = lanes
+        self._snapshot = snapshot
+        self._clock = clock
+        self._heard: set[str] = set()  # peer signals seen, to mark UNKNOWN when it dies
+        self._source = f"peer:{peer}"
+
+    def _topic(self, lane: str, node: str) -> str:
+        return f"{self.spec.topic_prefix}/{lane}/{node}"
+
+    def _status_topic(self, node: str) -> str:
+        return f"{self.spec.topic_prefix}/_status/{node}"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+    async def run(self, emit: Emit) -> None:
+        broker = self.spec.broker
+        backoff = Backoff(broker.reconnect_min, broker.reconnect_max)
+        offline = json.dumps({"node": self.node, "online": False}).encode()
+        will = aiomqtt.Will(self._status_topic(self.node), offline, qos=1)
+        while True:
+            try:
+                kwargs = client_kwargs(broker, broker.client_id or f"hybridops-{self.node}-{self.name}")
+            except (SecretUnavailable, ValueError) as exc:
+                self.health.upstream_failed(str(exc))  # e.g. the password file is not there yet: keep trying
+                await asyncio.sleep(backoff.next())
+                continue
+            try:
+                async with aiomqtt.Client(**kwargs, will=will) as client:
+                    await self._connected(client)
+                    backoff.reset()
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._publish_forever(client))
+                        await self._read_forever(client, emit)
+            except* aiomqtt.MqttError as group_error:
+                self.health.upstream_failed(str(group_error.exceptions[0]))
+                # While we cannot hear the peer, its samples simply stop: UNKNOWN by age in decide().
+                await asyncio.sleep(backoff.next())
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        timeout = self.spec.broker.connect_timeout
+        async with asyncio.timeout(timeout):
+            await client.subscribe(f"{self.spec.topic_prefix}/+/{self.peer}", qos=1)
+            await client.subscribe(self._status_topic(self.peer), qos=1)
+            await client.publish(self._status_topic(self.node), json.dumps({"node": self.node, "online": True}), qos=1)
+        self.health.upstream_ok()
+
+    async def _publish_forever(self, client: aiomqtt.Client) -> None:
+        while True:
+            now = self._clock()
+            readings = self._snapshot()
+            for lane, signals in self._lanes().items():
+                body = summary(self.node, lane, signals, readings, now)
+                async with asyncio.timeout(self.spec.broker.connect_timeout):
+                    await client.publish(self._topic(lane, self.node), json.dumps(body, separators=(",", ":")), qos=0)
+                self.published += 1
+            await asyncio.sleep(self.spec.publish_interval)
+
+    async def _read_forever(self, client: aiomqtt.Client, emit: Emit) -> None:
+        status_topic = self._status_topic(self.peer)
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                if message.topic.value == status_topic:
+                    samples = [] if peer_status(payload, self.peer) else list(self._all_unknown())
+                else:
+                    samples = peer_samples(payload, self.peer, self._source, self._clock())
+            except MalformedSummary as exc:
+                self.health.malformed_input(str(exc))
+                continue
+            self.health.good_input()
+            self.received += 1
+            for sample in samples:
+                self._heard.add(sample.signal)
+                emit(sample)
+
+    def _all_unknown(self) -> Iterator[Sample]:
+        now = self._clock()
+        for signal in sorted(self._heard):
+            yield Sample(signal, None, now, self._source, self.peer)

@@ -1,0 +1,147 @@
+"""The peer edge over a real Mosquitto: two nodes tell each other what they see, and a rule with
+``both_edges: true`` acts only when both agree; a node that cannot hear its peer knows it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from hybridops_daemon.config.models import MqttBroker, PeerSource, Profile
+from hybridops_daemon.observations import ObservationStore
+from hybridops_daemon.policy.decide import decide
+from hybridops_daemon.policy.types import DecisionKind, LaneState, Observation
+from hybridops_daemon.signals.peer import PeerLink
+from hybridops_daemon.signals.sample import Sample
+from tests.testbed.mosquitto import Mosquitto
+
+LANES = {"prod": {"primary_http": 3.0}}
+PROFILE = Profile.model_validate(
+    {
+        "name": "prod",
+        "version": 1,
+        "signals": {"primary_http": {"max_age": "3s"}},
+        "rules": [{"name": "primary_down", "signal": "primary_http", "direction": "below", "trip": 0.5}],
+        "corroboration": {"both_edges": True},
+        "chains": {"cutover": [], "failback": []},
+    }
+)
+
+
+class Node:
+    def __init__(self, name: str, peer: str, broker: Mosquitto) -> None:
+        self.name = name
+        self.store = ObservationStore()
+        spec = PeerSource(
+            type="peer",
+            broker=MqttBroker(host=broker.host, port=broker.port, reconnect_min=0.1, reconnect_max=0.5, keepalive=1),
+            publish_interval=0.2,
+        )
+        self.link = PeerLink(spec, name, peer, lambda: LANES, self.store.snapshot)
+        self.peer = peer
+
+    def see(self, value: float) -> None:
+        self.store.put(Sample("primary_http", value, time.time(), "http_probe", self.name))
+
+    def heard(self) -> Sample | None:
+        return self.store.snapshot().get(("primary_http", self.peer))
+
+    def decide(self) -> DecisionKind:
+        now = time.time()
+        decision, _ = decide(
+            LaneState(lane="prod", since=now), Observation(self.store.snapshot(), self.name, self.peer), PROFILE, now
+        )
+        return decision.kind
+
+
+@asynccontextmanager
+async def running(node: Node) -> AsyncIterator[asyncio.Task[None]]:
+    async with node.link:
+        task = asyncio.create_task(node.link.run(node.store.put))  # type: ignore[arg-type]
+        try:
+            yield task
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def until(what: str, check: Callable[[], object], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_both_edges_agree_before_anything_acts(mosquitto: Mosquitto) -> None:
+    edge01, edge02 = Node("edge01", "edge02", mosquitto), Node("edge02", "edge01", mosquitto)
+    async with running(edge01), running(edge02):
+        edge01.see(0.0)  # edge01 sees the primary down
+        edge02.see(1.0)  # edge02 still sees it up
+        await until("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0)
+        assert edge01.decide() is DecisionKind.HOLD  # one edge's word is not enough
+
+        edge02.see(0.0)
+        await until("edge01 hears edge02 see it down", lambda: (s := edge01.heard()) is not None and s.value == 0.0)
+        edge01.see(0.0)
+        heard = edge01.heard()
+        assert heard is not None and heard.source == "peer:edge02" and time.time() - heard.observed_at < 1.0
+        assert edge01.decide() is DecisionKind.CUTOVER
+
+
+async def test_a_dead_peer_is_unknown_at_once_not_healthy(mosquitto: Mosquitto) -> None:
+    edge01, edge02 = Node("edge01", "edge02", mosquitto), Node("edge02", "edge01", mosquitto)
+    async with running(edge01):
+        async with running(edge02):
+            edge02.see(1.0)
+            await until("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0)
+        # edge02's link is gone without a clean goodbye from its side's view: the broker publishes its will
+        # only on an unclean loss, so the clean close here leaves edge01 to age the signal out instead.
+        await until("the peer's signal to go stale", lambda: time.time() - edge01.heard().observed_at > 3.0, within=6)  # type: ignore[union-attr]
+        edge01.see(0.0)
+        observation = Observation(edge01.store.snapshot(), "edge01", "edge02")
+        now = time.time()
+        decision, _ = decide(LaneState(lane="prod", since=now), observation, PROFILE, now)
+        assert decision.kind is DecisionKind.HOLD
+        assert "primary_http@edge02" in decision.unknown_signals
+
+
+async def test_losing_the_peer_uncleanly_marks_its_signals_unknown_via_the_will(mosquitto: Mosquitto) -> None:
+    edge01 = Node("edge01", "edge02", mosquitto)
+    async with running(edge01):
+        # edge02 as a separate process, killed with SIGKILL: the broker sees the socket die and sends its will.
+        script = (
+            "import asyncio, time, sys\n"
+            "from hybridops_daemon.config.models import MqttBroker, PeerSource\n"
+            "from hybridops_daemon.observations import ObservationStore\n"
+            "from hybridops_daemon.signals.peer import PeerLink\n"
+            "from hybridops_daemon.signals.sample import Sample\n"
+            "store = ObservationStore()\n"
+            f"spec = PeerSource(type='peer', broker=MqttBroker(host='{mosquitto.host}', port={mosquitto.port}, keepalive=1),"
+            " publish_interval=0.2)\n"
+            "link = PeerLink(spec, 'edge02', 'edge01', lambda: {'prod': {'primary_http': 3.0}}, store.snapshot)\n"
+            "async def main():\n"
+            "    while True:\n"
+            "        store.put(Sample('primary_http', 1.0, time.time(), 'x', 'edge02'))\n"
+            "        await asyncio.sleep(0.1)\n"
+            "async def both():\n"
+            "    async with link:\n"
+            "        await asyncio.gather(link.run(store.put), main())\n"
+            "asyncio.run(both())\n"
+        )
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+        try:
+            await until("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0, within=15)
+            proc.kill()
+            await proc.wait()
+            killed_at = time.time()
+            await until("the will marks edge02 unknown", lambda: (s := edge01.heard()) is not None and s.value is None, within=6)
+            assert time.time() - killed_at < 3.0, "the will should beat the 3 s max age"
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
