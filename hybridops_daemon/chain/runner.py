@@ -20,7 +20,7 @@ import structlog
 from hybridops_daemon.chain.approvals import ApprovalBook, PendingApproval
 from hybridops_daemon.chain.templating import UnresolvedReference, render
 from hybridops_daemon.config.models import Step
-from hybridops_daemon.drivers.base import Driver, DriverError, StepContext
+from hybridops_daemon.drivers.base import CheckResult, Driver, DriverError, StepContext
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.base import Lease, LeaseLost
@@ -236,8 +236,7 @@ class ChainRunner:
         )
         ctx = StepContext(spec.run_id, spec.lane, step.id, step.module, inputs, secrets, token, attempt)
 
-        check = await self._call("check", driver.check(ctx), step)
-        self._record("step.check", spec, {"step": step.id, "satisfied": check.satisfied, "observed": dict(check.observed)})
+        check = await self._check(spec, step, driver, ctx)
         if check.satisfied:
             published = dict(check.outputs)
             self._record("step.done", spec, {"step": step.id, "outcome": "skipped (already satisfied)", "outputs": published})
@@ -287,10 +286,7 @@ class ChainRunner:
                 if not last:
                     await asyncio.sleep(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
                 # A timed-out or failed apply may still have landed: look before trying again, or before giving up.
-                check = await self._call("check", driver.check(ctx), step)
-                self._record(
-                    "step.check", spec, {"step": step.id, "satisfied": check.satisfied, "observed": dict(check.observed)}
-                )
+                check = await self._check(spec, step, driver, ctx)
                 if check.satisfied:
                     return dict(check.outputs)
                 if last:
@@ -309,6 +305,25 @@ class ChainRunner:
                 },
             )
             return dict(result.outputs)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _check(self, spec: RunSpec, step: Step, driver: Driver, ctx: StepContext) -> CheckResult:
+        """check(), journaled. A retryable failure (the target briefly unreachable) is retried with the step's
+        backoff: failing the step would pause the lane over a blip, and applying blind could act twice."""
+        for attempt in range(1, step.retries + 2):
+            try:
+                async with asyncio.timeout(step.timeout):
+                    check = await driver.check(ctx)
+            except (DriverError, TimeoutError) as exc:
+                error = f"timed out after {step.timeout:g}s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+                retryable = isinstance(exc, TimeoutError) or exc.retryable
+                self._record("step.check", spec, {"step": step.id, "attempt": attempt, "error": error, "retryable": retryable})
+                if not retryable or attempt > step.retries:
+                    raise StepFailed(f"check failed: {error}") from None
+                await asyncio.sleep(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
+                continue
+            self._record("step.check", spec, {"step": step.id, "satisfied": check.satisfied, "observed": dict(check.observed)})
+            return check
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _call(self, what: str, call: Awaitable[T], step: Step) -> T:

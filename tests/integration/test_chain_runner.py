@@ -302,6 +302,28 @@ async def test_permanent_fault_is_not_retried(env: Env) -> None:
     assert env.world.resource(DNS_KEY) is None
 
 
+async def test_a_retryable_check_failure_is_retried_not_fatal(env: Env) -> None:
+    env.world.inject_fault(FIP, "check", fail_times=2, message="api briefly unreachable")
+
+    event = await env.runner().start(spec("run-check-blip", fip_step(retries=2)))
+
+    assert event.ok, event.detail
+    checks = [r.body for r in env.records("run-check-blip", "fip") if r.kind == "step.check"]
+    assert [c.get("error") for c in checks] == ["api briefly unreachable", "api briefly unreachable", None]
+    assert checks[-1]["satisfied"] is False
+    assert env.world.applies(FIP_KEY) == 1
+
+
+async def test_a_permanent_check_failure_fails_the_step_without_applying(env: Env) -> None:
+    env.world.inject_fault(FIP, "check", fail_times=1, message="no such project", permanent=True)
+
+    event = await env.runner().start(spec("run-check-perm", fip_step(retries=3)))
+
+    assert not event.ok and "check failed: no such project" in event.detail
+    assert len([r for r in env.records("run-check-perm", "fip") if r.kind == "step.check"]) == 1
+    assert env.world.applies(FIP_KEY) == 0
+
+
 # --------------------------------------------------------------------------------------------- 5. timeouts
 
 
