@@ -9,18 +9,46 @@ after the structure validates, so that every problem is reported with its own ke
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from hybridops_daemon.durations import DURATION_PATTERN, parse_duration
 
 # The JSON schema must accept what operators write ("30s"), not only the float the model holds.
 _DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN.pattern}]}
 Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA, mode="validation")]
-Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+
+
+def _named(pattern: str, hint: str) -> Callable[[str], str]:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(hint)
+        return value
+
+    return check
+
+
+# Names checked by validators rather than Field(pattern=...), so an operator reads a hint, not a regex.
+Name = Annotated[
+    str,
+    AfterValidator(_named(r"[a-z][a-z0-9_-]{0,62}", "must be a lowercase name like prod or floating-ip (a-z, 0-9, _ and -)")),
+    WithJsonSchema({"type": "string", "pattern": r"^[a-z][a-z0-9_-]{0,62}$"}),
+]
 ModuleRef = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*/[a-z][a-z0-9_-]*@v[0-9]+$")]
 
 
@@ -109,6 +137,13 @@ class SecretRef(Strict):
 
     env: str | None = None
     file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_reference(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("secrets are given by reference, {env: VAR} or {file: path}, never inline")
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -209,12 +244,19 @@ class HttpProbeSource(Strict):
     """GET ``url`` every ``interval``: the signal is 1 when the status matches (and latency is in bounds), else 0."""
 
     type: Literal["http_probe"]
-    signal: str
+    name: str = Field(default="", description="default: http_probe:<signal>")
+    signal: SignalName
     url: str
     interval: Duration = 1.0
     timeout: Duration = 2.0
     expect_status: int = Field(default=200, ge=100, le=599)
     max_latency: Duration | None = None
+
+    @model_validator(mode="after")
+    def _named_after_its_signal(self) -> HttpProbeSource:
+        if not self.name:
+            object.__setattr__(self, "name", f"http_probe:{self.signal}")  # a frozen model's own default, set once
+        return self
 
     @field_validator("url")
     @classmethod
@@ -224,7 +266,141 @@ class HttpProbeSource(Strict):
         return value
 
 
-Source = Annotated[HttpProbeSource, Field(discriminator="type")]
+SignalName = Annotated[
+    str,
+    AfterValidator(_named(r"[a-z][a-z0-9_]*", "must be a lowercase signal name like primary_http (a-z, 0-9 and _)")),
+    WithJsonSchema({"type": "string", "pattern": r"^[a-z][a-z0-9_]*$"}),
+]
+
+
+class MqttTls(Strict):
+    ca_file: Path | None = Field(default=None, description="CA bundle; default: the system's")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class MqttBroker(Strict):
+    """An MQTT broker connection, shared by the ``mqtt`` and ``peer`` sources."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = Field(default=None, description="default: hybridops-<node>-<source>")
+    username: str | None = None
+    password: SecretRef | None = Field(default=None, description="by reference (env or file), never inline")
+    tls: MqttTls | None = None
+    keepalive: Duration = 30.0
+    connect_timeout: Duration = 5.0
+    reconnect_min: Duration = 0.5
+    reconnect_max: Duration = 30.0
+
+
+class MqttTopic(Strict):
+    """``filter`` may hold ``+`` wildcards; ``labels`` names them in order, so ``site/+/health/db`` with
+    ``labels: [site]`` turns ``site/ams/health/db`` into the signal ``db_up{site=ams}``."""
+
+    filter: str = Field(min_length=1)
+    signal: SignalName
+    labels: tuple[str, ...] = ()
+
+
+class MqttSource(Strict):
+    """Payloads: JSON ``{"value": ..., "ts": ...}``, a bare number, or true/false/up/down (1/0)."""
+
+    type: Literal["mqtt"]
+    name: str = "mqtt"
+    broker: MqttBroker = MqttBroker()
+    qos: Literal[0, 1, 2] = 1
+    topics: tuple[MqttTopic, ...] = Field(min_length=1)
+
+
+class PrometheusQuery(Strict):
+    signal: SignalName
+    query: str = Field(min_length=1, description="PromQL instant query; one series, or one per `label` value")
+    label: str | None = Field(default=None, description="split a multi-series result into signal{label=value}")
+    empty: Literal["down", "unknown"] = Field(
+        default="unknown",
+        description="an empty result: 'down' (the series vanished because its target died: value 0) or 'unknown'",
+    )
+
+
+class PrometheusSource(Strict):
+    type: Literal["prometheus"]
+    name: str = "prometheus"
+    url: str
+    interval: Duration = 5.0
+    timeout: Duration = 3.0
+    queries: tuple[PrometheusQuery, ...] = Field(min_length=1)
+
+
+class AlertRoute(Strict):
+    """Alerts whose labels equal every ``match`` entry drive ``signal``: ``firing`` while any fires, else ``resolved``."""
+
+    signal: SignalName
+    match: dict[str, str] = Field(min_length=1)
+    firing: float = 0.0
+    resolved: float = 1.0
+
+
+class AlertmanagerSource(Strict):
+    type: Literal["alertmanager"]
+    name: str = "alertmanager"
+    listen: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    path: str = Field(default="/alertmanager", pattern=r"^/[\w./-]*$")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    token: SecretRef | None = Field(default=None, description="if set, requests must carry 'Authorization: Bearer <token>'")
+    alerts: tuple[AlertRoute, ...] = Field(min_length=1)
+
+
+class BgpPeer(Strict):
+    """``peer`` is the neighbor address (FRR) or the protocol name (BIRD). Emits ``signal`` (1 established, 0 not)
+    and ``<signal>_prefixes`` (prefixes received)."""
+
+    peer: str
+    signal: SignalName
+
+
+class BgpSource(Strict):
+    type: Literal["bgp"]
+    name: str = "bgp"
+    daemon: Literal["frr", "bird"]
+    socket: Path = Field(description="FRR: the vty socket directory (vtysh --vty_socket); BIRD: the control socket")
+    interval: Duration = 1.0
+    timeout: Duration = 2.0
+    peers: tuple[BgpPeer, ...] = Field(min_length=1)
+
+
+class IpsecTunnel(Strict):
+    """Emits ``signal`` = 1 while the IKE SA (and, if named, its CHILD SA) is established/installed, else 0."""
+
+    ike: str
+    child: str | None = None
+    signal: SignalName
+
+
+class IpsecSource(Strict):
+    type: Literal["ipsec"]
+    name: str = "ipsec"
+    vici: Path = Path("/var/run/charon.vici")
+    interval: Duration = 1.0
+    timeout: Duration = 2.0
+    tunnels: tuple[IpsecTunnel, ...] = Field(min_length=1)
+
+
+class PeerSource(Strict):
+    """Publishes this node's observation summary per lane on ``<prefix>/<lane>/<node>`` and reads the peer's."""
+
+    type: Literal["peer"]
+    name: str = "peer"
+    broker: MqttBroker = MqttBroker()
+    topic_prefix: str = "hybridops/peer"
+    publish_interval: Duration = 1.0
+
+
+Source = Annotated[
+    HttpProbeSource | MqttSource | PrometheusSource | AlertmanagerSource | BgpSource | IpsecSource | PeerSource,
+    Field(discriminator="type"),
+]
 
 
 class SandboxDriverConfig(Strict):
@@ -234,8 +410,95 @@ class SandboxDriverConfig(Strict):
     latency: Duration = 0.0
 
 
+class HcloudDriverConfig(Strict):
+    """Hetzner Cloud (floating IPs) through the official ``hcloud`` SDK."""
+
+    endpoint: str = "https://api.hetzner.cloud/v1"
+    token: SecretRef
+    action_timeout: Duration = Field(default=25.0, description="keep below the step's timeout (30s by default)")
+    poll_interval: Duration = 0.5
+    request_timeout: Duration = 10.0
+
+
+class PostgresSite(Strict):
+    """One PostgreSQL server of a cluster: a libpq DSN without a password, and the password by reference."""
+
+    dsn: str
+    password: SecretRef | None = None
+
+
+class PostgresDriverConfig(Strict):
+    """``clusters[cluster][site]``: the servers that ``database/primary@v1`` can make the primary."""
+
+    clusters: dict[str, dict[str, PostgresSite]] = Field(min_length=1)
+    connect_timeout: Duration = 5.0
+    promote_timeout: Duration = 60.0
+
+
+class PowerDnsDriverConfig(Strict):
+    api_url: str
+    api_key: SecretRef
+    server_id: str = "localhost"
+    nameservers: tuple[str, ...] = Field(min_length=1, description="authoritative servers verify() resolves against, host:port")
+    timeout: Duration = 5.0
+    verify_settle: Duration = Field(default=0.0, description="verify() re-resolves until all nameservers agree, up to this long")
+
+
+class Rfc2136DriverConfig(Strict):
+    server: str
+    port: int = Field(default=53, ge=1, le=65535)
+    tsig_name: str | None = None
+    tsig_secret: SecretRef | None = None
+    tsig_algorithm: str = "hmac-sha256"
+    nameservers: tuple[str, ...] = Field(default=(), description="for verify(); default: the server itself")
+    timeout: Duration = 5.0
+    verify_settle: Duration = Field(default=0.0, description="verify() re-resolves until all nameservers agree, up to this long")
+
+    @model_validator(mode="after")
+    def _tsig_complete(self) -> Rfc2136DriverConfig:
+        if (self.tsig_name is None) != (self.tsig_secret is None):
+            raise ValueError("tsig_name and tsig_secret go together")
+        return self
+
+
+class NetboxDriverConfig(Strict):
+    url: str
+    token: SecretRef
+    timeout: Duration = 10.0
+
+
+class GcpDriverConfig(Strict):
+    """GCP Compute Engine instances through ``google-cloud-compute`` (REST transport)."""
+
+    project: str
+    zone: str
+    endpoint: str | None = Field(default=None, description="API endpoint override (tests point it at a local fake)")
+    credentials: SecretRef | None = Field(default=None, description="service-account JSON file; default: ADC")
+    operation_timeout: Duration = 300.0
+    request_timeout: Duration = Field(default=30.0, description="client-side limit of each API request")
+    poll_interval: Duration = 1.0
+
+
+class AnsibleDriverConfig(Strict):
+    """Runs packs (playbooks) from ``packs_dir/<pack>/`` for the modules bound to them."""
+
+    packs_dir: Path = Path("packs/ansible")
+    packs: dict[str, str] = Field(default_factory=dict, description="module ref → pack name")
+    playbook: str = "ansible-playbook"
+    timeout: Duration = 600.0
+
+
 class LaneDrivers(Strict):
+    """Per lane, so each lane has its own targets and secrets: a drill never reaches prod's."""
+
     sandbox: SandboxDriverConfig = SandboxDriverConfig()
+    hcloud: HcloudDriverConfig | None = None
+    postgres: PostgresDriverConfig | None = None
+    powerdns: PowerDnsDriverConfig | None = None
+    rfc2136: Rfc2136DriverConfig | None = None
+    netbox: NetboxDriverConfig | None = None
+    gcp: GcpDriverConfig | None = None
+    ansible: AnsibleDriverConfig | None = None
 
 
 class LaneConfig(Strict):
@@ -265,6 +528,16 @@ class DaemonConfig(Strict):
     sources: tuple[Source, ...] = ()
     lanes: dict[Name, LaneConfig] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _sources_fit_together(self) -> DaemonConfig:
+        names = [source.name for source in self.sources]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique (give each a `name:`); repeated: {', '.join(duplicates)}")
+        if any(source.type == "peer" for source in self.sources) and self.peer is None:
+            raise ValueError("a `peer` source needs `peer:` (the other edge's node name)")
+        return self
+
     # Paths resolve against the config file's folder (done by the loader through `resolved`).
     def resolved(self, base: Path) -> DaemonConfig:
         def rel(path: Path) -> Path:
@@ -275,14 +548,19 @@ class DaemonConfig(Strict):
             name: lane.model_copy(
                 update={
                     "profile": rel(lane.profile),
-                    "drivers": LaneDrivers(
-                        sandbox=lane.drivers.sandbox.model_copy(
-                            update={
-                                "world": rel(lane.drivers.sandbox.world)
-                                if lane.drivers.sandbox.world
-                                else state / f"world-{name}.json"
-                            }
-                        )
+                    "drivers": lane.drivers.model_copy(
+                        update={
+                            "sandbox": lane.drivers.sandbox.model_copy(
+                                update={
+                                    "world": rel(lane.drivers.sandbox.world)
+                                    if lane.drivers.sandbox.world
+                                    else state / f"world-{name}.json"
+                                }
+                            ),
+                            "ansible": lane.drivers.ansible.model_copy(update={"packs_dir": rel(lane.drivers.ansible.packs_dir)})
+                            if lane.drivers.ansible
+                            else None,
+                        }
                     ),
                 }
             )

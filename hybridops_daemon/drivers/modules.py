@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator
 
 from hybridops_daemon.drivers.base import PermanentDriverError
 
@@ -70,6 +70,8 @@ class DatabasePrimary(ModuleInputs):
     identity: ClassVar[tuple[str, ...]] = ("cluster",)
     cluster: NonEmpty
     primary: NonEmpty
+    max_lag_bytes: int | None = Field(default=None, ge=0, description="refuse to promote a replica lagging more")
+    force: StrictBool = Field(default=False, description="operator override of the lag and split-brain guards")
 
 
 class FloatingIp(ModuleInputs):
@@ -123,6 +125,15 @@ class IpamAddress(ModuleInputs):
     description: str = ""
 
 
+class ActiveSite(ModuleInputs):
+    """``service/active-site@v1``: the local ``service`` (configured under ``config_dir``) serves from ``site``."""
+
+    identity: ClassVar[tuple[str, ...]] = ("service",)
+    service: NonEmpty
+    site: NonEmpty
+    config_dir: NonEmpty
+
+
 MODULES: Mapping[str, type[ModuleInputs]] = MappingProxyType(
     {
         "compute/capacity@v1": ComputeCapacity,
@@ -130,6 +141,7 @@ MODULES: Mapping[str, type[ModuleInputs]] = MappingProxyType(
         "network/floating-ip@v1": FloatingIp,
         "dns/record@v1": DnsRecord,
         "ipam/address@v1": IpamAddress,
+        "service/active-site@v1": ActiveSite,
     }
 )
 

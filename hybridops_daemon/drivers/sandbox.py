@@ -36,6 +36,7 @@ from hybridops_daemon.drivers.base import (
 )
 from hybridops_daemon.drivers.modules import (
     MODULES,
+    ActiveSite,
     ComputeCapacity,
     DatabasePrimary,
     DnsRecord,
@@ -141,6 +142,8 @@ def _outputs(inputs: ModuleInputs) -> dict[str, Any]:
             return {"cluster": inputs.cluster, "primary": inputs.primary}
         case IpamAddress():
             return {"address": inputs.address, "status": inputs.status}
+        case ActiveSite():
+            return {"service": inputs.service, "site": inputs.site}
     raise TypeError(f"no outputs defined for {type(inputs).__name__}")
 
 
@@ -156,6 +159,8 @@ def _describe(inputs: ModuleInputs) -> str:
             return f"database {inputs.cluster}: primary → {inputs.primary}"
         case IpamAddress():
             return f"IPAM {inputs.address} → {inputs.status}"
+        case ActiveSite():
+            return f"service {inputs.service} → site {inputs.site}"
     raise TypeError(f"no description defined for {type(inputs).__name__}")
 
 

@@ -1,0 +1,484 @@
+"""Two drivers for ``dns/record@v1``: ``powerdns`` (the PowerDNS Authoritative HTTP API) and ``rfc2136``
+(DNS UPDATE, optionally TSIG-signed, to any primary that accepts it).
+
+They differ only in how they change a record. How they prove it is shared, and is the point: check() and
+verify() RESOLVE the name, non-recursively, against every configured authoritative server and compare the
+answer set AND the TTL with the desired ones. Reading the API back is not enough: it says what the database
+holds, not what the servers answer (a disabled record, a stale packet cache or a secondary that never got
+the NOTIFY all read back fine through the API). Every server must agree for verify() to pass.
+
+Record content is parsed with dnspython as presentation format with names taken as absolute (``CNAME`` to
+``target.example.org`` means ``target.example.org.``), so "the same record" means the same rdata whatever
+its spelling, and PowerDNS is sent the canonical text it expects (absolute names, quoted TXT).
+
+Errors: ``DnsUnavailable`` (retryable: 5xx, 429, refused connections, timeouts, SERVFAIL) and the permanent
+``DnsAuthFailed``, ``ZoneNotFound``, ``RecordRejected``, ``UpdateRefused``, ``NoCompensation``. No message
+carries a secret: the API key and TSIG secret are resolved by reference at each use and never formatted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import ipaddress
+import json
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import dns.asyncquery
+import dns.asyncresolver
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import dns.tsig
+import dns.tsigkeyring
+import dns.update
+
+from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig, SecretRef
+from hybridops_daemon.drivers.base import (
+    ApplyResult,
+    CheckResult,
+    DriverError,
+    PermanentDriverError,
+    ProbeResult,
+    StepContext,
+)
+from hybridops_daemon.drivers.modules import DnsRecord, validate_inputs
+from hybridops_daemon.secrets import SecretUnavailable, resolve
+
+MODULE = "dns/record@v1"
+DEFAULT_TIMEOUT = 5.0  # seconds per HTTP request / DNS exchange; see the constructors
+_SETTLE_INTERVAL = 0.5  # seconds between verify()'s probes while the servers converge
+
+
+class DnsUnavailable(DriverError):
+    """The API or a DNS server did not answer usefully (down, timeout, 5xx, 429, SERVFAIL). Retrying may help."""
+
+
+class DnsAuthFailed(PermanentDriverError):
+    """The PowerDNS API rejected the API key (401/403). The message never holds the key."""
+
+
+class ZoneNotFound(PermanentDriverError):
+    """The zone does not exist on the server (PowerDNS 404, or RFC 2136 NOTZONE)."""
+
+
+class RecordRejected(PermanentDriverError):
+    """The server refused the record itself (PowerDNS 400/422, RFC 2136 FORMERR...), or its content does not parse."""
+
+
+class UpdateRefused(PermanentDriverError):
+    """RFC 2136: the server refused the update (REFUSED/NOTAUTH, TSIG key or secret rejected)."""
+
+
+class NoCompensation(PermanentDriverError):
+    """DNS is put back by the failback chain, not by undoing a step."""
+
+
+# --------------------------------------------------------------------------------------------- shared helpers
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """The desired record, parsed: the name, the type and the one rdata the rrset must hold."""
+
+    inputs: DnsRecord
+    name: dns.name.Name
+    zone: dns.name.Name
+    rdtype: dns.rdatatype.RdataType
+    rdata: dns.rdata.Rdata
+
+    @property
+    def content(self) -> str:
+        """Canonical presentation text: absolute names, quoted strings."""
+        return self.rdata.to_text()
+
+    def outputs(self) -> dict[str, Any]:
+        return {"fqdn": self.inputs.fqdn, "type": self.inputs.type, "content": self.inputs.content, "ttl": self.inputs.ttl}
+
+    def describe(self) -> str:
+        return f"{self.inputs.fqdn} {self.inputs.type} {self.content} (ttl {self.inputs.ttl})"
+
+
+def _record(step: StepContext) -> _Record:
+    if step.module != MODULE:
+        raise PermanentDriverError(f"DNS drivers run only {MODULE}, not {step.module!r}")
+    inputs = validate_inputs(step.module, step.inputs)
+    assert isinstance(inputs, DnsRecord)
+    try:
+        rdtype = dns.rdatatype.from_text(inputs.type)
+        # Names in content are absolute, as in every DNS API (PowerDNS insists on it): relative to the root.
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, rdtype, inputs.content, origin=dns.name.root, relativize=False)
+        name = dns.name.from_text(inputs.fqdn)
+        zone = dns.name.from_text(inputs.zone)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise RecordRejected(f"{inputs.fqdn} {inputs.type}: content does not parse as that type ({exc})") from None
+    if not name.is_subdomain(zone):
+        raise RecordRejected(f"{inputs.fqdn} is not inside zone {inputs.zone}")
+    return _Record(inputs, name, zone, rdtype, rdata)
+
+
+def _secret(name: str, ref: SecretRef) -> str:
+    try:
+        return resolve(name, ref)
+    except SecretUnavailable as exc:  # names the reference, never a value
+        raise PermanentDriverError(str(exc)) from None
+
+
+def _host_port(entry: str, default_port: int = 53) -> tuple[str, int]:
+    """``host``, ``host:port``, ``v6addr``, ``[v6addr]:port`` → (host, port)."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port_text = rest.removeprefix(":") or str(default_port)
+    elif entry.count(":") == 1:
+        host, port_text = entry.split(":")
+    else:  # a bare name, IPv4 or IPv6 address
+        host, port_text = entry, str(default_port)
+    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"nameserver {entry!r} is not host, host:port or [v6]:port")
+    return host, int(port_text)
+
+
+async def _address(host: str, seconds: float) -> str:
+    """An IP literal as is; a host name through the system resolver (dnspython talks to addresses only)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    async with asyncio.timeout(seconds):
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    if not infos:
+        raise OSError(f"{host} has no address")
+    return str(infos[0][4][0])
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one nameserver answered. ``reachable`` False: we learned nothing (timeout, I/O error, SERVFAIL)."""
+
+    status: str  # "ok", "nxdomain", "noanswer", "refused", "not-authoritative", "timeout", "unreachable", "servfail", ...
+    reachable: bool
+    rdatas: tuple[dns.rdata.Rdata, ...] = ()
+    ttl: int | None = None
+
+    def matches(self, want: _Record) -> bool:
+        return self.status == "ok" and set(self.rdatas) == {want.rdata} and self.ttl == want.inputs.ttl
+
+    def observed(self) -> dict[str, Any]:
+        seen: dict[str, Any] = {"status": self.status}
+        if self.status == "ok":
+            seen["content"] = sorted(rdata.to_text() for rdata in self.rdatas)
+            seen["ttl"] = self.ttl
+        return seen
+
+    def describe(self) -> str:
+        if self.status == "ok":
+            return f"answers {', '.join(sorted(r.to_text() for r in self.rdatas))} (ttl {self.ttl})"
+        return {
+            "nxdomain": "says the name does not exist (NXDOMAIN)",
+            "noanswer": "has the name but no record of that type (NOANSWER)",
+            "refused": "refused the query (not authoritative for the zone?)",
+            "not-authoritative": "answered without the AA flag (not authoritative for the zone)",
+            "timeout": "did not answer in time",
+        }.get(self.status, f"failed: {self.status}")
+
+
+async def _ask(server: str, want: _Record, seconds: float) -> _Answer:
+    """Resolve ``want`` at one server, without recursion, within ``seconds`` (name lookup included)."""
+    host, port = _host_port(server)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        address = await _address(host, seconds)
+    except (OSError, TimeoutError) as exc:
+        return _Answer(f"unresolvable nameserver host ({exc or 'timeout'})", reachable=False)
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(address, port)]
+    resolver.flags = dns.flags.Flag(0)  # no RD: the server's own data, not what it might fetch from elsewhere
+    resolver.timeout = resolver.lifetime = max(0.1, seconds - (loop.time() - began))  # one budget, lookup included
+    resolver.cache = None  # every probe is fresh
+    try:
+        answer = await resolver.resolve(want.name, want.rdtype, search=False, raise_on_no_answer=False)
+    except dns.resolver.NXDOMAIN:
+        return _Answer("nxdomain", reachable=True)
+    except dns.resolver.LifetimeTimeout:
+        return _Answer("timeout", reachable=False)
+    except dns.resolver.NoNameservers as exc:
+        # One server and it failed: its rcode (REFUSED, SERVFAIL, ...) or the I/O error is in `errors`.
+        errors = exc.kwargs.get("errors") or [("", False, 0, "no answer", None)]
+        problem = errors[-1][3]
+        if isinstance(problem, str):
+            rcode = problem.lower()
+            return _Answer(rcode, reachable=rcode not in ("servfail",))
+        return _Answer(f"unreachable ({type(problem).__name__}: {problem})", reachable=False)
+    except dns.exception.DNSException as exc:
+        return _Answer(f"unusable answer ({type(exc).__name__}: {exc})", reachable=False)
+    if not answer.response.flags & dns.flags.AA:
+        return _Answer("not-authoritative", reachable=True)
+    if answer.rrset is None:
+        return _Answer("noanswer", reachable=True)
+    return _Answer("ok", reachable=True, rdatas=tuple(answer.rrset), ttl=answer.rrset.ttl)
+
+
+class _ResolvingVerifier:
+    """check / verify / compensate, shared: resolve at every authoritative server and compare."""
+
+    modules = frozenset({MODULE})
+    _nameservers: tuple[str, ...]
+    _timeout: float
+    _settle: float
+
+    async def _probe(self, want: _Record) -> dict[str, _Answer]:
+        # Concurrently, so a dead server costs one timeout in total, not one each.
+        answers = await asyncio.gather(*(_ask(server, want, self._timeout) for server in self._nameservers))
+        return dict(zip(self._nameservers, answers, strict=True))
+
+    async def check(self, step: StepContext) -> CheckResult:
+        """Do all authoritative servers already answer exactly the desired record and TTL? Read-only, idempotent.
+
+        Budget: one DNS exchange per server, concurrently, each within ``timeout``. Raises DnsUnavailable when
+        a server cannot tell us (timeout, unreachable, SERVFAIL): unknown is neither satisfied nor not.
+        RecordRejected / PermanentDriverError on bad inputs.
+        """
+        want = _record(step)
+        answers = await self._probe(want)
+        silent = [f"{server} {answer.describe()}" for server, answer in answers.items() if not answer.reachable]
+        if silent:
+            raise DnsUnavailable(f"cannot check {want.inputs.fqdn} {want.inputs.type}: {'; '.join(silent)}")
+        satisfied = all(answer.matches(want) for answer in answers.values())
+        return CheckResult(
+            satisfied=satisfied,
+            observed={server: answer.observed() for server, answer in answers.items()},
+            outputs=want.outputs() if satisfied else {},
+        )
+
+    async def verify(self, step: StepContext) -> ProbeResult:
+        """Resolve afresh (never apply()'s word) at every authoritative server; ok only if all answer exactly
+        the desired record set with the desired TTL. Read-only, idempotent.
+
+        Budget: one DNS exchange per server, concurrently, each within ``timeout``; with ``settle`` > 0, the
+        servers are asked again every 0.5 s until they all agree or ``settle`` has passed (so at most
+        ``settle + timeout``: keep it under the step's timeout). A server that does not answer makes the probe
+        fail (ok False, named in ``detail``) rather than raise, so the journal keeps what every other server
+        said. RecordRejected / PermanentDriverError on bad inputs.
+        """
+        want = _record(step)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settle
+        answers = await self._probe(want)
+        # Secondaries converge after NOTIFY + transfer: within `settle`, ask again until all agree.
+        while not all(a.matches(want) for a in answers.values()) and loop.time() + _SETTLE_INTERVAL < deadline:
+            await asyncio.sleep(_SETTLE_INTERVAL)
+            answers = await self._probe(want)
+        wrong = [f"{server} {answer.describe()}" for server, answer in answers.items() if not answer.matches(want)]
+        if wrong:
+            detail = f"want {want.describe()}, but " + "; ".join(wrong)
+        else:
+            detail = f"all {len(answers)} authoritative server(s) answer {want.describe()}"
+        return ProbeResult(
+            ok=not wrong,
+            probe=f"resolve {want.inputs.fqdn} {want.inputs.type} at {', '.join(self._nameservers)} (no recursion)",
+            observed={server: answer.observed() for server, answer in answers.items()},
+            detail=detail,
+        )
+
+    async def compensate(self, step: StepContext) -> ApplyResult:
+        """Never undoes a record: the failback chain points DNS back. Raises NoCompensation."""
+        raise NoCompensation(f"no compensation for {MODULE}: the failback chain sets DNS back")
+
+
+# --------------------------------------------------------------------------------------------- powerdns
+
+
+class PowerDnsDriver(_ResolvingVerifier):
+    """``dns/record@v1`` through the PowerDNS Authoritative HTTP API (``X-API-Key``), proved by resolving.
+
+    ``timeout`` bounds every HTTP request and every DNS exchange; ``settle`` is how long verify() waits for
+    all nameservers to agree (0: one probe). Keyword-only until the config carries them.
+    """
+
+    name = "powerdns"
+
+    def __init__(self, config: PowerDnsDriverConfig, *, timeout: float = DEFAULT_TIMEOUT, settle: float = 0.0) -> None:
+        if timeout <= 0 or settle < 0:
+            raise ValueError("timeout must be > 0 and settle >= 0")
+        for server in config.nameservers:
+            _host_port(server)  # a malformed entry fails at start-up, not in the middle of a cutover
+        self._config = config
+        self._nameservers = tuple(config.nameservers)
+        self._timeout = timeout
+        self._settle = settle
+        self._api = config.api_url.rstrip("/")
+
+    def _zone_url(self, zone: str) -> str:
+        server = urllib.parse.quote(self._config.server_id, safe="")
+        return f"{self._api}/api/v1/servers/{server}/zones/{urllib.parse.quote(zone + '.', safe='.')}"
+
+    async def apply(self, step: StepContext) -> ApplyResult:
+        """REPLACE the rrset (name, type) with the one desired record and TTL: one PATCH to the zone.
+
+        Idempotent in effect (the same REPLACE twice leaves the same rrset; PowerDNS bumps the zone serial
+        each time, which is why the runner calls check() first). Budget: one HTTP request within ``timeout``.
+        Raises DnsUnavailable (5xx, 429, connection refused, timeout), DnsAuthFailed (401/403),
+        ZoneNotFound (404), RecordRejected (400/422/other 4xx), PermanentDriverError (secret unavailable).
+        """
+        want = _record(step)
+        body = {
+            "rrsets": [
+                {
+                    "name": want.name.to_text(),
+                    "type": want.inputs.type,
+                    "ttl": want.inputs.ttl,
+                    "changetype": "REPLACE",
+                    "records": [{"content": want.content, "disabled": False}],
+                }
+            ]
+        }
+        key = _secret("powerdns.api_key", self._config.api_key)
+        url = self._zone_url(want.inputs.zone)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout)) as session,
+                session.patch(url, json=body, headers={"X-API-Key": key}, allow_redirects=False) as response,
+            ):
+                status = response.status
+                text = await response.text(errors="replace")
+        except TimeoutError:
+            raise DnsUnavailable(f"PowerDNS API at {self._api} did not answer within {self._timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise DnsUnavailable(f"PowerDNS API at {self._api} unreachable: {type(exc).__name__}: {exc}") from None
+        if 200 <= status < 300:
+            return ApplyResult(
+                log=(f"PowerDNS {self._config.server_id}: zone {want.inputs.zone}. REPLACE {want.describe()}",),
+                outputs=want.outputs(),
+            )
+        raise self._http_error(status, _error_text(text, key), want)
+
+    def _http_error(self, status: int, error: str, want: _Record) -> DriverError:
+        where = f"PowerDNS API at {self._api}"
+        if status in (401, 403):
+            return DnsAuthFailed(f"{where} rejected the API key (HTTP {status})")
+        if status == 404:
+            return ZoneNotFound(
+                f"{where}: no zone {want.inputs.zone}. on server {self._config.server_id!r} (HTTP 404; or a wrong api_url)"
+            )
+        if status == 429 or status >= 500:
+            return DnsUnavailable(f"{where} answered HTTP {status}: {error}")
+        return RecordRejected(f"{where} rejected {want.describe()} (HTTP {status}): {error}")
+
+
+def _error_text(text: str, key: str) -> str:
+    """PowerDNS's ``{"error": ...}`` or the raw body, short, and scrubbed of the key should a proxy echo it."""
+    try:
+        parsed = json.loads(text)
+        error = str(parsed.get("error", text)) if isinstance(parsed, dict) else text
+    except ValueError:
+        error = text
+    error = error.strip()[:300] or "(empty body)"
+    return error.replace(key, "[redacted]") if key else error
+
+
+# --------------------------------------------------------------------------------------------- rfc2136
+
+
+class Rfc2136Driver(_ResolvingVerifier):
+    """``dns/record@v1`` by DNS UPDATE (RFC 2136) over TCP, TSIG-signed when ``tsig_name`` is set.
+
+    ``nameservers`` for check/verify default to the update server itself. ``timeout`` bounds every DNS
+    exchange; ``settle`` is how long verify() waits for all nameservers to agree (0: one probe).
+    Keyword-only until the config carries them.
+    """
+
+    name = "rfc2136"
+
+    def __init__(self, config: Rfc2136DriverConfig, *, timeout: float = DEFAULT_TIMEOUT, settle: float = 0.0) -> None:
+        if timeout <= 0 or settle < 0:
+            raise ValueError("timeout must be > 0 and settle >= 0")
+        if (config.tsig_name is None) != (config.tsig_secret is None):
+            raise ValueError("rfc2136: tsig_name and tsig_secret go together (set both or neither)")
+        server = f"[{config.server}]" if ":" in config.server else config.server
+        self._nameservers = tuple(config.nameservers) or (f"{server}:{config.port}",)
+        for entry in self._nameservers:
+            _host_port(entry)
+        try:
+            self._algorithm = dns.name.from_text(config.tsig_algorithm)
+            probe = dns.tsig.Key("probe.", b"\0" * 32, self._algorithm)
+            dns.tsig.get_context(probe)  # type: ignore[no-untyped-call]  # unsupported algorithm: NotImplementedError
+        except (dns.exception.DNSException, NotImplementedError):
+            raise ValueError(f"rfc2136: unsupported TSIG algorithm {config.tsig_algorithm!r}") from None
+        self._config = config
+        self._timeout = timeout
+        self._settle = settle
+
+    def _message(self, want: _Record) -> dns.update.UpdateMessage:
+        config = self._config
+        if config.tsig_name is None or config.tsig_secret is None:
+            message = dns.update.UpdateMessage(want.zone)
+        else:
+            secret = _secret("rfc2136.tsig_secret", config.tsig_secret)
+            try:
+                keyring = dns.tsigkeyring.from_text({config.tsig_name: secret})
+            except (binascii.Error, ValueError, dns.exception.DNSException):
+                raise PermanentDriverError("rfc2136: the TSIG secret is not valid base64") from None
+            message = dns.update.UpdateMessage(
+                want.zone, keyring=keyring, keyname=dns.name.from_text(config.tsig_name), keyalgorithm=self._algorithm
+            )
+        message.replace(want.name, want.inputs.ttl, want.rdata)
+        return message
+
+    async def apply(self, step: StepContext) -> ApplyResult:
+        """Send one UPDATE that replaces the rrset (name, type) with the desired record and TTL.
+
+        Idempotent (delete-rrset + add in one atomic update). Budget: one TCP exchange within ``timeout``.
+        Raises DnsUnavailable (timeout, connection refused/reset, SERVFAIL), UpdateRefused (REFUSED, NOTAUTH,
+        TSIG rejected), ZoneNotFound (NOTZONE), RecordRejected (FORMERR and other rcodes),
+        PermanentDriverError (secret unavailable or not base64).
+        """
+        want = _record(step)
+        message = self._message(want)
+        host, port = self._config.server, self._config.port
+        where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        signed = f" (TSIG {self._config.tsig_name})" if self._config.tsig_name else ""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            address = await _address(host, self._timeout)
+            remaining = max(0.1, self._timeout - (loop.time() - began))  # one budget, name lookup included
+            response = await dns.asyncquery.tcp(message, address, timeout=remaining, port=port)
+        except (dns.exception.Timeout, TimeoutError):
+            raise DnsUnavailable(f"DNS UPDATE to {where}: no answer within {self._timeout:g}s") from None
+        except (OSError, EOFError) as exc:
+            raise DnsUnavailable(f"DNS UPDATE to {where}: {type(exc).__name__}: {exc}") from None
+        except dns.tsig.PeerError as exc:  # the server said BADKEY / BADSIG / BADTIME in a signed answer
+            raise UpdateRefused(f"DNS UPDATE to {where}{signed}: TSIG rejected ({type(exc).__name__})") from None
+        except (dns.tsig.BadSignature, dns.exception.FormError) as exc:
+            if not signed:
+                raise RecordRejected(f"DNS UPDATE to {where}: malformed answer ({exc})") from None
+            # A server that rejects our key answers REFUSED/NOTAUTH unsigned; dnspython then refuses to parse it.
+            raise UpdateRefused(
+                f"DNS UPDATE to {where}{signed}: refused without a valid signature (wrong TSIG key name, secret or algorithm?)"
+            ) from None
+        rcode = response.rcode()
+        if rcode == dns.rcode.NOERROR:
+            return ApplyResult(
+                log=(f"DNS UPDATE to {where}{signed}: zone {want.inputs.zone}. replace {want.describe()}",),
+                outputs=want.outputs(),
+            )
+        text = dns.rcode.to_text(rcode)
+        if rcode in (dns.rcode.REFUSED, dns.rcode.NOTAUTH):
+            raise UpdateRefused(f"DNS UPDATE to {where}{signed} for zone {want.inputs.zone}: {text}")
+        if rcode == dns.rcode.SERVFAIL:
+            raise DnsUnavailable(f"DNS UPDATE to {where}: SERVFAIL")
+        if rcode == dns.rcode.NOTZONE:
+            raise ZoneNotFound(f"DNS UPDATE to {where}: {want.inputs.fqdn} is not in zone {want.inputs.zone} (NOTZONE)")
+        raise RecordRejected(f"DNS UPDATE to {where}: {text} for {want.describe()}")

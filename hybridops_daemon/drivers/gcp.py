@@ -1,0 +1,416 @@
+"""The ``gcp`` driver: ``compute/capacity@v1`` as Compute Engine instances, through ``google-cloud-compute`` (REST).
+
+``inputs.name`` is an instance in ``config.project`` / ``config.zone``; ``state: running`` means status
+``RUNNING``, ``state: stopped`` means ``TERMINATED`` (or ``STOPPED``). ``start`` / ``stop`` return a zone
+operation (``PENDING → RUNNING → DONE``), which the driver waits out with ``zoneOperations.wait``.
+
+Every SDK call runs in a worker thread with ``timeout=request_timeout`` and ``retry=None``: the SDK's default
+retry would re-send ``instances.get`` on 503 for up to 600 s, out of sight of the step's timeout and of the
+runner's own retries. The long-running ``start``/``stop`` are called as ``*_unary`` (the plain ``Operation``)
+rather than as ``ExtendedOperation``: its ``result()`` polls with ``operations.get`` calls whose per-request
+timeout cannot be set, so a thread could outlive the step by minutes. Cancelling a coroutine here (the runner's
+timeout) abandons the await; the thread's request then ends within ``request_timeout``, and the operation it
+started carries on at Google, which is what ``check()`` on resume is for.
+
+Credentials: ``config.credentials`` (a SecretRef) holds a service-account key, either the JSON itself (a file
+reference, or an env var holding the JSON) or, for an env var, the path of the JSON file. It is resolved at
+first use, kept inside the SDK's credentials object, and re-resolved after a 401 (a rotated key is picked up).
+Without it: anonymous credentials when ``config.endpoint`` is set (a local fake), Application Default
+Credentials otherwise. Error messages name the reference, never the key.
+
+Typed errors (``DriverError`` subclasses are retryable, ``PermanentDriverError`` ones are not):
+``RateLimited`` (429), ``Unavailable`` (5xx), ``Unreachable`` (connection refused; its subclass ``RequestTimeout``:
+no answer within ``request_timeout``),
+``Transitional`` (instance or API not ready: 400 ``resourceNotReady``, 409), ``OperationFailed`` (DONE with
+``error``; ``.codes`` holds Google's codes), ``OperationTimeout`` (not done within ``operation_timeout``);
+``NotFound`` (404), ``Refused`` (401/403, or a suspended instance asked to run), ``Rejected`` (other 4xx),
+``CredentialsUnavailable`` (the secret reference or the key is unusable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests  # the SDK's REST transport lets its exceptions through unwrapped
+from google.api_core import exceptions as google_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import compute_v1
+from google.oauth2 import service_account
+from google.protobuf import json_format  # type: ignore[import-untyped]
+
+from hybridops_daemon.config.models import GcpDriverConfig
+from hybridops_daemon.drivers.base import (
+    ApplyResult,
+    CheckResult,
+    DriverError,
+    PermanentDriverError,
+    ProbeResult,
+    StepContext,
+)
+from hybridops_daemon.drivers.modules import ComputeCapacity, validate_inputs
+from hybridops_daemon.secrets import SecretUnavailable, resolve
+
+MODULE = "compute/capacity@v1"
+SCOPES = ("https://www.googleapis.com/auth/compute",)
+PROBE = "gcp instances.get read-back"
+
+# The API reference's instance statuses. STOPPED is not reported by GCE today; accepted as "stopped" all the same.
+TARGET_STATUSES: Mapping[str, frozenset[str]] = {
+    "running": frozenset({"RUNNING"}),
+    "stopped": frozenset({"TERMINATED", "STOPPED"}),
+}
+TRANSITIONAL = frozenset({"PROVISIONING", "STAGING", "STOPPING", "SUSPENDING", "REPAIRING"})
+
+T = TypeVar("T")
+
+
+class RateLimited(DriverError):
+    """429 from the API: retry later."""
+
+
+class Unavailable(DriverError):
+    """5xx from the API."""
+
+
+class Unreachable(DriverError):
+    """No HTTP answer: connection refused or reset."""
+
+
+class RequestTimeout(Unreachable):
+    """No answer within the client-side ``request_timeout``."""
+
+
+class Transitional(DriverError):
+    """The instance (or the API) is between states; trying again later can succeed."""
+
+
+class OperationFailed(DriverError):
+    """The zone operation finished with an error. ``codes``: Google's error codes, e.g. ``ZONE_RESOURCE_POOL_EXHAUSTED``."""
+
+    def __init__(self, message: str, codes: tuple[str, ...], http_status: int | None) -> None:
+        super().__init__(message)
+        self.codes = codes
+        self.http_status = http_status
+
+
+class OperationTimeout(DriverError):
+    """The operation (or the instance settling) took longer than ``operation_timeout``. It may still land."""
+
+
+class NotFound(PermanentDriverError):
+    """404: no such instance (or project) in the configured zone."""
+
+
+class Refused(PermanentDriverError):
+    """401/403: the credentials are not accepted or lack permission; or the request makes no sense in this state."""
+
+
+class Rejected(PermanentDriverError):
+    """Any other 4xx: the request itself is wrong."""
+
+
+class CredentialsUnavailable(PermanentDriverError):
+    """The service-account reference points at nothing usable."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Clients:
+    instances: compute_v1.InstancesClient
+    operations: compute_v1.ZoneOperationsClient
+
+
+def _first_reason(exc: google_exceptions.GoogleAPICallError) -> str:
+    for error in exc.errors or ():
+        if isinstance(error, Mapping) and error.get("reason"):
+            return str(error["reason"])
+    return ""
+
+
+def _translate(exc: Exception, what: str) -> DriverError:
+    """One SDK or transport failure as a typed driver error. Messages carry Google's text, never credentials."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        return RequestTimeout(f"{what}: no answer within the client-side request timeout")
+    if isinstance(exc, requests.exceptions.RequestException):
+        return Unreachable(f"{what}: cannot reach the Compute API ({type(exc).__name__})")
+    if isinstance(exc, auth_exceptions.GoogleAuthError):
+        # Raised when a 401 makes the session refresh credentials that cannot be (anonymous) or are refused.
+        # Only the type: a token endpoint's answer is no place to quote from.
+        if exc.retryable:
+            return Unavailable(f"{what}: refreshing the credentials failed for now ({type(exc).__name__})")
+        return Refused(f"{what}: the API refused the credentials and they cannot be refreshed ({type(exc).__name__})")
+    if isinstance(exc, json_format.ParseError):
+        return Unavailable(f"{what}: the API answered with something that is not a valid response ({type(exc).__name__})")
+    if not isinstance(exc, google_exceptions.GoogleAPICallError):
+        return DriverError(f"{what}: {type(exc).__name__}")
+    code = exc.code if isinstance(exc.code, int) else None
+    reason = _first_reason(exc)
+    detail = f"{what}: HTTP {code}{f' {reason}' if reason else ''}: {exc.message}"[:500]
+    if isinstance(exc, google_exceptions.NotFound):
+        return NotFound(detail)
+    if isinstance(exc, google_exceptions.Unauthorized | google_exceptions.Forbidden):
+        return Refused(detail)
+    if isinstance(exc, google_exceptions.TooManyRequests):
+        return RateLimited(detail)
+    if isinstance(exc, google_exceptions.Conflict) or reason == "resourceNotReady":
+        return Transitional(detail)
+    if code is not None and 400 <= code < 500:
+        return Rejected(detail)
+    return Unavailable(detail)
+
+
+def _status(instance: compute_v1.Instance) -> str:
+    return str(instance.status or "UNKNOWN")
+
+
+def _observed(instance: compute_v1.Instance) -> dict[str, Any]:
+    return {"status": _status(instance), "id": str(instance.id), "self_link": instance.self_link}
+
+
+def _outputs(inputs: ComputeCapacity, instance: compute_v1.Instance) -> dict[str, Any]:
+    return {"name": inputs.name, "state": inputs.state, **_observed(instance)}
+
+
+def _operation_errors(op: compute_v1.Operation) -> tuple[tuple[str, ...], str]:
+    """(codes, one-line description) of a DONE operation's error; empty codes when it succeeded."""
+    errors = list(op.error.errors) if op.error else []
+    if errors:
+        codes = tuple(str(error.code) or "UNKNOWN" for error in errors)
+        return codes, "; ".join(f"{error.code}: {error.message}" for error in errors)
+    if op.http_error_status_code and op.http_error_status_code >= 400:
+        return (str(op.http_error_status_code),), op.http_error_message or "operation failed"
+    return (), ""
+
+
+class GcpDriver:
+    """``compute/capacity@v1`` on Compute Engine.
+
+    ``request_timeout``: the client-side limit of each API request (so a worker thread ends within it after
+    its caller gave up). ``poll_interval``: how often apply() re-reads an instance that is settling.
+    """
+
+    name = "gcp"
+    modules = frozenset({MODULE})
+
+    def __init__(self, config: GcpDriverConfig, *, request_timeout: float = 30.0, poll_interval: float = 1.0) -> None:
+        if request_timeout <= 0 or poll_interval <= 0:
+            raise ValueError("request_timeout and poll_interval must be > 0")
+        self._config = config
+        self._request_timeout = request_timeout
+        self._poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._clients: _Clients | None = None
+
+    # ------------------------------------------------------------------------------------------ the contract
+
+    async def check(self, step: StepContext) -> CheckResult:
+        """Is the instance already in the desired state? Read-only and idempotent.
+
+        Budget: one ``instances.get`` (≤ request_timeout). A transitional status (STAGING, STOPPING, ...) is not
+        satisfied. Raises NotFound, Refused, Rejected, CredentialsUnavailable (permanent); RateLimited,
+        Unavailable, Unreachable, Transitional (retryable).
+        """
+        inputs = self._inputs(step)
+        instance = await self._get(inputs.name)
+        satisfied = _status(instance) in TARGET_STATUSES[inputs.state]
+        return CheckResult(
+            satisfied=satisfied, observed=_observed(instance), outputs=_outputs(inputs, instance) if satisfied else {}
+        )
+
+    async def apply(self, step: StepContext) -> ApplyResult:
+        """Bring the instance to ``state``: ``start`` or ``stop``, then wait for the zone operation and the status.
+
+        Idempotent: it reads first and issues no call when the instance is already there; it waits out a
+        transitional status before acting (issuing start/stop then would get 400 resourceNotReady). At most one
+        start/stop per call. Budget: ``operation_timeout`` from the first read (each request ≤ request_timeout).
+        Raises OperationFailed, OperationTimeout, and the errors of check(); Refused for a SUSPENDED instance
+        asked to run (resuming is not part of this module).
+        """
+        inputs = self._inputs(step)
+        return await self._converge(inputs, inputs.state)
+
+    async def verify(self, step: StepContext) -> ProbeResult:
+        """A fresh ``instances.get`` (never apply()'s answer): RUNNING for running, TERMINATED/STOPPED for stopped.
+
+        Read-only and idempotent. Budget: one request (≤ request_timeout). Raises the errors of check().
+        """
+        inputs = self._inputs(step)
+        instance = await self._get(inputs.name)
+        status = _status(instance)
+        ok = status in TARGET_STATUSES[inputs.state]
+        where = f"projects/{self._config.project}/zones/{self._config.zone}/instances/{inputs.name}"
+        wanted = " or ".join(sorted(TARGET_STATUSES[inputs.state]))
+        detail = f"{where} is {status}" if ok else f"{where} is {status}, expected {wanted}"
+        return ProbeResult(ok=ok, probe=PROBE, observed=_observed(instance), detail=detail)
+
+    async def compensate(self, step: StepContext) -> ApplyResult:
+        """Undo the step: drive the instance to the opposite state (stop what the step started, and vice versa).
+
+        Stateless, so the chain runner must compensate only steps this run applied (a step skipped because the
+        capacity was already running must not stop it). Idempotent; budget and errors as apply().
+        """
+        inputs = self._inputs(step)
+        opposite = "stopped" if inputs.state == "running" else "running"
+        result = await self._converge(inputs, opposite)
+        return ApplyResult(log=tuple(f"compensation: {line}" for line in result.log), outputs=result.outputs)
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _inputs(step: StepContext) -> ComputeCapacity:
+        if step.module != MODULE:
+            raise PermanentDriverError(f"the gcp driver runs {MODULE} only, not {step.module!r}")
+        inputs = validate_inputs(step.module, step.inputs)
+        assert isinstance(inputs, ComputeCapacity)
+        return inputs
+
+    async def _converge(self, inputs: ComputeCapacity, state: str) -> ApplyResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.operation_timeout
+        targets = TARGET_STATUSES[state]
+        verb = "start" if state == "running" else "stop"
+        instance = await self._settled(inputs.name, deadline, f"before {verb}")
+        before = _status(instance)
+        if before in targets:
+            return ApplyResult(
+                log=(f"instance {inputs.name} already {before}: nothing to do",), outputs=_outputs(inputs, instance)
+            )
+        if verb == "start" and before == "SUSPENDED":
+            raise Refused(f"instance {inputs.name} is SUSPENDED: resume it (not part of {MODULE}) before it can run")
+
+        clients = await self._client()
+        call = clients.instances.start_unary if verb == "start" else clients.instances.stop_unary
+        started = time.monotonic()
+        op = await self._call(f"instances.{verb} {inputs.name}", call, instance=inputs.name)
+        op = await self._wait(op, deadline)
+        codes, description = _operation_errors(op)
+        if codes:
+            status = op.http_error_status_code or None
+            raise OperationFailed(f"{verb} {inputs.name}: operation {op.name} failed: {description}"[:500], codes, status)
+        # DONE normally means the status is there already; a read-back that still shows it settling gets the rest of the budget.
+        instance = await self._settled(inputs.name, deadline, f"after {verb}")
+        after = _status(instance)
+        if after not in targets:  # changed by someone else meanwhile: retrying (after a re-check) can still converge
+            raise DriverError(f"instance {inputs.name} is {after} although operation {op.name} ({verb}) is DONE")
+        took = time.monotonic() - started
+        return ApplyResult(
+            log=(f"instance {inputs.name}: {before} → {after} (operation {op.name} {verb} DONE in {took:.1f}s)",),
+            outputs=_outputs(inputs, instance),  # the same shape as check()'s, so later steps need not care which ran
+        )
+
+    async def _settled(self, name: str, deadline: float, when: str) -> compute_v1.Instance:
+        """The instance once its status is not transitional; OperationTimeout past ``deadline``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            instance = await self._get(name)
+            status = _status(instance)
+            if status not in TRANSITIONAL:
+                return instance
+            if loop.time() + self._poll_interval > deadline:
+                raise OperationTimeout(
+                    f"instance {name} still {status} {when} after {self._config.operation_timeout:g}s (operation_timeout)"
+                )
+            await asyncio.sleep(self._poll_interval)
+
+    async def _wait(self, op: compute_v1.Operation, deadline: float) -> compute_v1.Operation:
+        """Wait for the zone operation to be DONE, with ``zoneOperations.wait`` calls bounded by the deadline."""
+        loop = asyncio.get_running_loop()
+        clients = await self._client()
+        while op.status != compute_v1.Operation.Status.DONE:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                state = compute_v1.Operation.Status(op.status).name
+                raise OperationTimeout(
+                    f"operation {op.name} still {state} after {self._config.operation_timeout:g}s (operation_timeout)"
+                )
+            try:
+                # The server answers when DONE or after its own limit (~2 min at Google), whichever comes first.
+                op = await self._call(
+                    f"zoneOperations.wait {op.name}",
+                    clients.operations.wait,
+                    operation=op.name,
+                    limit=min(remaining, self._request_timeout),
+                )
+            except RequestTimeout:
+                # The server may hold a wait longer than request_timeout (Google: ~2 min): ask again, up to the deadline.
+                continue
+        return op
+
+    async def _get(self, name: str) -> compute_v1.Instance:
+        clients = await self._client()
+        return await self._call(f"instances.get {name}", clients.instances.get, instance=name)
+
+    async def _call(self, what: str, method: Callable[..., T], *, limit: float | None = None, **request: Any) -> T:
+        """``method(project, zone, **request)`` in a worker thread, bounded by ``limit`` (default: request_timeout)."""
+        bound = limit if limit is not None else self._request_timeout
+        try:
+            return await asyncio.to_thread(
+                method, project=self._config.project, zone=self._config.zone, timeout=bound, retry=None, **request
+            )
+        except (
+            google_exceptions.GoogleAPICallError,
+            requests.exceptions.RequestException,
+            auth_exceptions.GoogleAuthError,
+            json_format.ParseError,
+        ) as exc:
+            error = _translate(exc, what)
+            if isinstance(exc, google_exceptions.Unauthorized | auth_exceptions.GoogleAuthError):
+                with self._lock:
+                    self._clients = None  # re-resolve the key next time: it may have been rotated
+            raise error from None
+
+    async def _client(self) -> _Clients:
+        if self._clients is not None:
+            return self._clients
+        return await asyncio.to_thread(self._build_clients)
+
+    def _build_clients(self) -> _Clients:
+        with self._lock:  # one set of clients even when two first calls race
+            if self._clients is None:
+                credentials = self._credentials()
+                options = {"api_endpoint": self._config.endpoint} if self._config.endpoint else None
+                try:
+                    self._clients = _Clients(
+                        compute_v1.InstancesClient(transport="rest", client_options=options, credentials=credentials),
+                        compute_v1.ZoneOperationsClient(transport="rest", client_options=options, credentials=credentials),
+                    )
+                except auth_exceptions.DefaultCredentialsError:
+                    raise CredentialsUnavailable(
+                        "gcp: no credentials configured and no Application Default Credentials found"
+                    ) from None
+            return self._clients
+
+    def _credentials(self) -> Credentials | None:
+        ref = self._config.credentials
+        if ref is None:
+            # A local endpoint (a fake) takes no credentials; Google itself gets ADC (the SDK's default).
+            return AnonymousCredentials() if self._config.endpoint else None  # type: ignore[no-untyped-call]
+        try:
+            value = resolve("gcp.credentials", ref)
+        except SecretUnavailable as exc:
+            raise CredentialsUnavailable(str(exc)) from None
+        where = f"env {ref.env}" if ref.env else f"file {ref.file}"
+        try:
+            if not value.lstrip().startswith("{"):
+                if ref.file is not None:
+                    raise ValueError("not JSON")
+                value = Path(value).read_text(encoding="utf-8")  # the env var holds the key file's path
+            info = json.loads(value)
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+            credentials: Credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                info, scopes=SCOPES
+            )
+            return credentials
+        except (OSError, ValueError, auth_exceptions.GoogleAuthError) as exc:
+            # Only the exception's type: its text could quote the key.
+            raise CredentialsUnavailable(
+                f"gcp.credentials ({where}) is not a usable service-account key ({type(exc).__name__})"
+            ) from None

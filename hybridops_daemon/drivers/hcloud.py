@@ -1,0 +1,429 @@
+"""The ``hcloud`` driver: ``network/floating-ip@v1`` on Hetzner Cloud, through the official ``hcloud`` SDK.
+
+The floating IP is found by its address (the project's floating IPs, page by page) and the target by its
+server name. apply() starts the API's ``assign`` action and waits for it with the SDK's polling, bounded by
+``action_timeout``; verify() reads the floating IP back by id. The token is resolved from its reference at
+every call (a rotated token is picked up) and never appears in a message, an output or a log line.
+
+Threads and time: the SDK is blocking (requests), so each operation runs in a worker thread, and every HTTP
+request has its own client-side timeout (``request_timeout``). A caller's ``asyncio.timeout`` abandons the
+await at once; the thread then ends by itself within the bounds given per method below, never later.
+
+SDK retries: hcloud 2.27 retries ``rate_limit_exceeded``, ``conflict``, 502/504 and client-side timeouts by
+itself, up to 5 times with exponential backoff (about 30 s in all). That would hide a 429 from the journal,
+outlast a step's timeout and leave a thread sleeping after its caller gave up, so this driver turns it off and
+lets the chain runner retry, with its journaled backoff. hcloud exposes no public setting for that, nor the
+response headers (where ``RateLimit-Reset`` lives), so both are set on the client's base object
+(``client._client``): an SDK upgrade that moves them fails every call loudly instead of silently retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import hcloud
+import requests
+from hcloud.actions import ActionFailedException, ActionTimeoutException
+from hcloud.floating_ips import BoundFloatingIP
+from hcloud.servers import BoundServer
+
+from hybridops_daemon.config.models import HcloudDriverConfig
+from hybridops_daemon.drivers.base import (
+    ApplyResult,
+    CheckResult,
+    DriverError,
+    PermanentDriverError,
+    ProbeResult,
+    StepContext,
+)
+from hybridops_daemon.drivers.modules import FloatingIp, validate_inputs
+from hybridops_daemon.secrets import SecretUnavailable, resolve
+
+MODULE = "network/floating-ip@v1"
+PROBE = "hcloud GET /floating_ips/{id}"
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------- typed errors
+
+
+class HcloudApiError(DriverError):
+    """Retryable: the API (or the way to it) failed in a way that may pass. ``code`` is the API's error code
+    (e.g. ``locked``), an HTTP status when the answer had no JSON error, or None when there was no answer."""
+
+    def __init__(self, message: str, code: str | int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Locked(HcloudApiError):
+    """``locked``: another action is running on the floating IP (or server). Passes when that action ends."""
+
+
+class Conflict(HcloudApiError):
+    """``conflict``: the resource changed during the request."""
+
+
+class RateLimited(HcloudApiError):
+    """``rate_limit_exceeded`` (429). ``reset_at``: the API's ``RateLimit-Reset``, the UNIX time at which the
+    quota is full again (it refills gradually, so a retry may pass well before that); None if not sent."""
+
+    def __init__(self, message: str, code: str | int | None = None, reset_at: float | None = None) -> None:
+        super().__init__(message, code)
+        self.reset_at = reset_at
+
+
+class Unavailable(HcloudApiError):
+    """5xx, maintenance, or the API could not be reached."""
+
+
+class RequestTimedOut(HcloudApiError):
+    """No answer within ``request_timeout``. The request may still take effect: check() before retrying."""
+
+
+class ActionFailed(HcloudApiError):
+    """The API accepted the action, and the action ended in ``error`` (``code`` is the action's error code)."""
+
+
+class ActionTimedOut(HcloudApiError):
+    """The action was still ``running`` after ``action_timeout``. It may still succeed: check() will see it."""
+
+
+class Refused(PermanentDriverError):
+    """Permanent: the API refused the request and retrying cannot change that (``code`` as for HcloudApiError)."""
+
+    def __init__(self, message: str, code: str | int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unauthorized(Refused):
+    """``unauthorized`` (401): the token is invalid or unknown. The message never contains the token."""
+
+
+class Forbidden(Refused):
+    """``forbidden`` / ``token_readonly``: the token may not do this."""
+
+
+class NotFound(Refused):
+    """The floating IP or the target server does not exist in the token's project (or a 404 from the API)."""
+
+
+class InvalidInput(Refused):
+    """``invalid_input`` / ``json_error`` (422/400): the API rejected the request's content."""
+
+
+_BY_CODE: Mapping[str, type[HcloudApiError] | type[Refused]] = {
+    "locked": Locked,
+    "conflict": Conflict,
+    "rate_limit_exceeded": RateLimited,
+    "server_error": Unavailable,
+    "service_error": Unavailable,
+    "unavailable": Unavailable,
+    "maintenance": Unavailable,
+    "timeout": Unavailable,
+    "bad_gateway": Unavailable,
+    "resource_unavailable": Unavailable,
+    "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
+    "token_readonly": Forbidden,
+    "not_found": NotFound,
+    "invalid_input": InvalidInput,
+    "json_error": InvalidInput,
+    "protected": Refused,
+    "unsupported_error": Refused,
+    "uniqueness_error": Refused,
+    "resource_limit_exceeded": Refused,
+    "deprecated_api_endpoint": Refused,
+    "method_not_allowed": Refused,
+    "floating_ip_assigned": Refused,
+}
+_BY_STATUS: Mapping[int, type[HcloudApiError] | type[Refused]] = {
+    400: InvalidInput,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    422: InvalidInput,
+    423: Locked,
+    429: RateLimited,
+}
+_RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+
+
+def _error_class(code: str | int) -> type[HcloudApiError] | type[Refused]:
+    if isinstance(code, str):
+        return _BY_CODE.get(code, HcloudApiError)  # an unknown code: let the runner's bounded retries decide
+    if code in _BY_STATUS:
+        return _BY_STATUS[code]
+    return Unavailable if code >= 500 else Refused if 400 <= code < 500 else HcloudApiError
+
+
+def _rate_hint(headers: Mapping[str, str]) -> tuple[str, float | None]:
+    try:
+        reset_at = float(headers["RateLimit-Reset"])
+    except (KeyError, ValueError):
+        return "", None
+    when = datetime.fromtimestamp(reset_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    quota = ""
+    if "RateLimit-Limit" in headers:
+        quota = f"{headers.get('RateLimit-Remaining', '?')} of {headers['RateLimit-Limit']} requests left; "
+    return f" ({quota}quota full again at {when}, in {max(0.0, reset_at - time.time()):.0f}s)", reset_at
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+
+@dataclass(frozen=True, slots=True)
+class _Located:
+    """The floating IP (as listed) and the target server, with their ids."""
+
+    floating_ip: BoundFloatingIP
+    target: BoundServer
+    floating_ip_id: int
+    target_id: int
+    current_id: int | None  # the server the IP is assigned to, None when unassigned
+
+
+def _id(value: int | None, what: str) -> int:
+    if value is None:
+        raise HcloudApiError(f"hcloud: the API returned {what} without an id")
+    return int(value)
+
+
+def _scrubbed(error: DriverError, token: str) -> DriverError:
+    """The error with the token blanked out of its message, should an upstream have echoed it."""
+    if token and token in str(error):
+        error.args = (str(error).replace(token, "***"),)
+    return error
+
+
+def _covers(listed: str | None, wanted: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An IPv4 floating IP is one address; an IPv6 one is a /64 network holding ``wanted``."""
+    if not listed:
+        return False
+    try:
+        if "/" in listed:
+            return wanted in ipaddress.ip_network(listed, strict=False)
+        return ipaddress.ip_address(listed) == wanted
+    except ValueError:
+        return False
+
+
+class HcloudDriver:
+    """``network/floating-ip@v1`` (inputs ``ip``, ``target``) against the Hetzner Cloud API.
+
+    ``request_timeout`` bounds every single HTTP request (connect: at most 5 s of it). Outputs of a step:
+    ``ip``, ``assigned_to`` (the server name), ``server_id``, ``floating_ip_id``.
+    """
+
+    name = "hcloud"
+    modules = frozenset({MODULE})
+
+    def __init__(self, config: HcloudDriverConfig, *, request_timeout: float = 10.0) -> None:
+        if request_timeout <= 0:
+            raise ValueError("request_timeout must be > 0")
+        self._config = config
+        self._request_timeout = request_timeout
+        poll = max(config.poll_interval, 0.01)
+        # wait_until_finished() polls, then sleeps poll_interval between polls: this many polls span action_timeout.
+        self._poll_max_retries = max(2, math.ceil(config.action_timeout / poll) + 1)
+        self._lock = threading.Lock()
+        self._client_for: tuple[str, hcloud.Client] | None = None
+        self._seen = threading.local()  # the RateLimit-* headers of this worker thread's latest answer
+
+    # ------------------------------------------------------------------------------------------ the contract
+
+    async def check(self, step: StepContext) -> CheckResult:
+        """Is the floating IP assigned to the target server? Read-only and idempotent.
+
+        Budget: 2 requests + 1 per 50 floating IPs past the first 50, each ≤ ``request_timeout``.
+        Raises NotFound (IP or server unknown), Unauthorized, Forbidden, RateLimited, Locked, Unavailable,
+        RequestTimedOut, PermanentDriverError (bad inputs, token unavailable).
+        """
+        inputs = self._inputs(step)
+        found = await self._run("check", lambda client: self._locate(client, inputs))
+        satisfied = found.current_id == found.target_id
+        return CheckResult(
+            satisfied=satisfied,
+            observed=self._observed(inputs, found.floating_ip_id, found.current_id, found.target_id),
+            outputs=self._outputs(inputs, found.floating_ip_id, found.target_id) if satisfied else {},
+        )
+
+    async def apply(self, step: StepContext) -> ApplyResult:
+        """Assign the floating IP to the target server and wait for the API's action to succeed.
+
+        Idempotent: when the IP already is on the target, no action is started (and a ``floating_ip_assigned``
+        answer is read as success once a fresh read confirms it). Budget: check()'s requests + 1 POST + the
+        action's polling (≤ ``action_timeout`` + one ``poll_interval``, each poll ≤ ``request_timeout``); give the
+        step a timeout above that. Raises Locked (another action runs), RateLimited, Conflict, Unavailable,
+        RequestTimedOut, ActionFailed (action ended in error), ActionTimedOut (retryable); NotFound,
+        Unauthorized, Forbidden, InvalidInput, Refused, PermanentDriverError (permanent).
+        """
+        inputs = self._inputs(step)
+        return await self._run("apply", lambda client: self._assign(client, inputs))
+
+    async def verify(self, step: StepContext) -> ProbeResult:
+        """Read the floating IP afresh by id (never apply()'s answer): is it assigned to the target's id?
+
+        Read-only and idempotent. Budget: check()'s requests + 1 GET. Raises as check().
+        """
+        inputs = self._inputs(step)
+
+        def probe(client: hcloud.Client) -> tuple[int, int | None, int]:
+            found = self._locate(client, inputs)
+            fresh = client.floating_ips.get_by_id(found.floating_ip_id)
+            current = None if fresh.server is None else _id(fresh.server.id, "a server")
+            return found.floating_ip_id, current, found.target_id
+
+        fip_id, current, target_id = await self._run("verify", probe)
+        ok = current == target_id
+        if ok:
+            detail = f"{inputs.ip} is assigned to {inputs.target} (server {target_id})"
+        elif current is None:
+            detail = f"{inputs.ip} is not assigned to any server, not to {inputs.target} (server {target_id})"
+        else:
+            detail = f"{inputs.ip} is assigned to server {current}, not to {inputs.target} (server {target_id})"
+        return ProbeResult(ok=ok, probe=PROBE, observed=self._observed(inputs, fip_id, current, target_id), detail=detail)
+
+    async def compensate(self, step: StepContext) -> ApplyResult:
+        """None: the driver does not know where the IP was before, and moving it back is the failback chain's
+        job (a step of its own, checked and verified like this one). Always raises PermanentDriverError."""
+        raise PermanentDriverError(f"no compensation for {MODULE}: the failback chain moves the floating IP back")
+
+    # ------------------------------------------------------------------------------------------ the work (worker thread)
+
+    def _locate(self, client: hcloud.Client, inputs: FloatingIp) -> _Located:
+        wanted = ipaddress.ip_address(inputs.ip)
+        fip = next((f for f in client.floating_ips.get_all() if _covers(f.ip, wanted)), None)
+        if fip is None:
+            raise NotFound(f"hcloud: no floating IP {inputs.ip} in the token's project", "not_found")
+        server: BoundServer | None = client.servers.get_by_name(inputs.target)
+        if server is None:
+            raise NotFound(f"hcloud: no server named {inputs.target!r} in the token's project", "not_found")
+        current = None if fip.server is None else _id(fip.server.id, "a server")
+        return _Located(fip, server, _id(fip.id, "a floating IP"), _id(server.id, "a server"), current)
+
+    def _assign(self, client: hcloud.Client, inputs: FloatingIp) -> ApplyResult:
+        found = self._locate(client, inputs)
+        where = f"{inputs.ip} (floating IP {found.floating_ip_id}) → {inputs.target} (server {found.target_id})"
+        outputs = self._outputs(inputs, found.floating_ip_id, found.target_id)
+        if found.current_id == found.target_id:
+            return ApplyResult(log=(f"{where}: already assigned, no action started",), outputs=outputs)
+        began = time.monotonic()
+        try:
+            action = found.floating_ip.assign(found.target)
+        except hcloud.APIException as exc:
+            # It landed between our read and the POST (a timed-out earlier attempt, say): success if it is ours.
+            if exc.code == "floating_ip_assigned":
+                fresh = client.floating_ips.get_by_id(found.floating_ip_id)
+                if fresh.server is not None and fresh.server.id == found.target_id:
+                    return ApplyResult(
+                        log=(f"{where}: already assigned (found so by the API), no action started",), outputs=outputs
+                    )
+            raise
+        action.wait_until_finished(max_retries=self._poll_max_retries)
+        was = "unassigned" if found.current_id is None else f"on server {found.current_id}"
+        line = f"{where}: was {was}; action {action.id} succeeded after {time.monotonic() - began:.2f}s"
+        return ApplyResult(log=(line,), outputs=outputs)
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    async def _run(self, what: str, work: Callable[[hcloud.Client], T]) -> T:
+        return await asyncio.to_thread(self._guarded, what, work)
+
+    def _guarded(self, what: str, work: Callable[[hcloud.Client], T]) -> T:
+        """Run ``work`` with a client (in the worker thread) and turn whatever it raises into a typed error."""
+        self._seen.headers = {}
+        token = ""
+        try:
+            token = resolve("hcloud token", self._config.token)
+            return work(self._client(token))
+        except DriverError as exc:
+            raise _scrubbed(exc, token) from None
+        except SecretUnavailable as exc:
+            raise PermanentDriverError(f"hcloud {what}: {exc}") from None
+        except Exception as exc:
+            # `from None`: the SDK's exception may quote the API's answer, which is not ours to vouch for.
+            raise _scrubbed(self._translate(what, exc), token) from None
+
+    def _translate(self, what: str, exc: Exception) -> DriverError:
+        prefix = f"hcloud {what}"
+        if isinstance(exc, ActionFailedException):
+            error = exc.action.error or {"code": "unknown", "message": "no error given"}
+            return ActionFailed(
+                f"{prefix}: action {exc.action.id} ({exc.action.command}) ended in error: {error['code']}: {error['message']}",
+                error["code"],
+            )
+        if isinstance(exc, ActionTimeoutException):
+            return ActionTimedOut(
+                f"{prefix}: action {exc.action.id} ({exc.action.command}) still running after "
+                f"{self._config.action_timeout:g}s; it may still succeed"
+            )
+        if isinstance(exc, hcloud.APIException):
+            cls = _error_class(exc.code)
+            correlation = f", correlation id {exc.correlation_id}" if exc.correlation_id else ""
+            message = f"{prefix}: {exc.code}: {exc.message}{correlation}"
+            if cls is RateLimited:
+                hint, reset_at = _rate_hint(getattr(self._seen, "headers", {}))
+                return RateLimited(message + hint, exc.code, reset_at)
+            return cls(message, exc.code)
+        if isinstance(exc, requests.Timeout):
+            return RequestTimedOut(f"{prefix}: no answer from {self._config.endpoint} within {self._request_timeout:g}s")
+        if isinstance(exc, requests.RequestException):
+            return Unavailable(f"{prefix}: cannot reach {self._config.endpoint}: {type(exc).__name__}")
+        # Anything else (an answer the SDK could not parse, an SDK change): still a typed, retryable error.
+        return HcloudApiError(f"{prefix}: unexpected {type(exc).__name__}: {exc}")
+
+    def _client(self, token: str) -> hcloud.Client:
+        with self._lock:
+            if self._client_for is None or self._client_for[0] != token:
+                self._client_for = (token, self._build_client(token))
+            return self._client_for[1]
+
+    def _build_client(self, token: str) -> hcloud.Client:
+        client = hcloud.Client(
+            token=token,
+            api_endpoint=self._config.endpoint,
+            application_name="hybridops-daemon",
+            poll_interval=self._config.poll_interval,
+            poll_max_retries=self._poll_max_retries,
+            timeout=(min(5.0, self._request_timeout), self._request_timeout),
+        )
+        base = client._client  # no public knob for these two in hcloud 2.27: see the module docstring
+        base._retry_max_retries = 0
+        base._session.hooks["response"].append(self._remember_rate_limit)
+        return client
+
+    def _remember_rate_limit(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._seen.headers = {name: response.headers[name] for name in _RATE_HEADERS if name in response.headers}
+
+    @staticmethod
+    def _inputs(step: StepContext) -> FloatingIp:
+        if step.module != MODULE:
+            raise PermanentDriverError(f"the hcloud driver runs only {MODULE}, not {step.module}")
+        inputs = validate_inputs(step.module, step.inputs)
+        assert isinstance(inputs, FloatingIp)
+        return inputs
+
+    @staticmethod
+    def _observed(inputs: FloatingIp, fip_id: int, current: int | None, target_id: int) -> dict[str, Any]:
+        return {
+            "ip": inputs.ip,
+            "floating_ip_id": fip_id,
+            "server_id": current,
+            "target": inputs.target,
+            "target_server_id": target_id,
+        }
+
+    @staticmethod
+    def _outputs(inputs: FloatingIp, fip_id: int, server_id: int) -> dict[str, Any]:
+        return {"ip": inputs.ip, "assigned_to": inputs.target, "server_id": server_id, "floating_ip_id": fip_id}

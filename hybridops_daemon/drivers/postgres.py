@@ -1,0 +1,556 @@
+"""The ``postgres`` driver: ``database/primary@v1`` by promoting a streaming replica with ``pg_promote()``.
+
+``PostgresDriverConfig.clusters[cluster][site]`` names every server of a cluster (a libpq DSN without a
+password, and the password by reference). The step's ``primary`` is the site that must end up the one writable
+primary. Promotion is one-way: the driver never demotes; turning the old primary into a replica again
+(pg_rewind or a new base backup) is a failback job outside this step.
+
+Two optional step inputs guard the promotion (read from ``step.inputs`` whether or not the module's inputs
+model declares them yet): ``max_lag_bytes`` (refuse when the replica is further behind than that) and
+``force`` (the operator overrides both guards: lag and split brain).
+
+psycopg 3's asyncio API: no worker threads. Every connection is fresh (no pool: a DR step runs rarely and
+must not trust a connection opened before the world changed), autocommit, and every await is bounded: the
+connect by ``connect_timeout`` (asyncio-side, since libpq rounds its own up to 2 s), each statement by
+``connect_timeout`` too (they are all trivial), ``pg_promote`` by ``promote_timeout`` plus that. On
+cancellation psycopg sends the server a cancel request and waits up to 5 s for it, so a cancelled call may
+take that long to unwind; no thread lingers.
+
+The password is resolved at each connect and handed to libpq as a keyword, never put into a DSN; error
+messages name ``cluster/site host:port``, never the DSN, and are scrubbed of the password regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.abc import Params, QueryNoTemplate
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from hybridops_daemon.config.models import PostgresDriverConfig, PostgresSite
+from hybridops_daemon.drivers.base import (
+    ApplyResult,
+    CheckResult,
+    DriverError,
+    PermanentDriverError,
+    ProbeResult,
+    StepContext,
+)
+from hybridops_daemon.drivers.modules import DatabasePrimary, validate_inputs
+from hybridops_daemon.secrets import SecretUnavailable, resolve
+
+MODULE = "database/primary@v1"
+PROBE_TABLE = "hybridops_probe"
+_PROBE = "fresh connection: pg_is_in_recovery() is false and a committed write reads back"
+
+Connection = psycopg.AsyncConnection[TupleRow]
+
+
+# --------------------------------------------------------------------------------------------- typed errors
+
+
+class Unreachable(DriverError):
+    """The server refused the connection, did not answer in time, went away mid-call, or answered that it cannot
+    take connections now (starting up, shutting down, too many clients: then ``answered`` is True). Retryable."""
+
+    def __init__(self, message: str, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class AuthFailed(PermanentDriverError):
+    """The server rejected the credentials (wrong or missing password, no pg_hba.conf entry). Never names the password."""
+
+
+class Refused(PermanentDriverError):
+    """The server refused the request itself: permission denied, role or database missing."""
+
+
+class CredentialsUnavailable(PermanentDriverError):
+    """The site's password reference points at nothing readable."""
+
+
+class UnknownSite(PermanentDriverError):
+    """The step names a cluster or site the driver's configuration does not have."""
+
+
+class LagTooHigh(PermanentDriverError):
+    """The replica is further behind than ``max_lag_bytes``: promoting it would lose those writes."""
+
+    def __init__(self, message: str, lag_bytes: int, max_lag_bytes: int) -> None:
+        super().__init__(message)
+        self.lag_bytes = lag_bytes
+        self.max_lag_bytes = max_lag_bytes
+
+
+class LagUnknown(PermanentDriverError):
+    """``max_lag_bytes`` is set but the replica's lag cannot be measured (it has received no WAL since it started)."""
+
+
+class SplitBrainRisk(PermanentDriverError):
+    """Another site of the cluster is (or cannot be ruled out to be) a writable primary right now."""
+
+    def __init__(self, message: str, sites: Sequence[str]) -> None:
+        super().__init__(message)
+        self.sites = tuple(sites)
+
+
+class PromoteTimedOut(DriverError):
+    """``pg_promote`` did not finish within ``promote_timeout``. Retryable: the promotion may still complete, and
+    the runner's re-check will see it."""
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+_GUARD_FIELDS = ("max_lag_bytes", "force")
+
+
+class PromotionGuards(BaseModel):
+    """The optional guard inputs of ``database/primary@v1`` (defaults: no lag limit, no override)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_lag_bytes: int | None = Field(default=None, ge=0)
+    force: StrictBool = False
+
+
+def parse_inputs(step: StepContext) -> tuple[DatabasePrimary, PromotionGuards]:
+    """The module's inputs plus the guards. Works whether or not ``DatabasePrimary`` declares the guard fields yet."""
+    if step.module != MODULE:
+        raise PermanentDriverError(f"the postgres driver runs {MODULE}, not {step.module}")
+    declared = DatabasePrimary.model_fields
+    own = {name: step.inputs[name] for name in _GUARD_FIELDS if name in step.inputs and name not in declared}
+    inputs = validate_inputs(step.module, {k: v for k, v in step.inputs.items() if k not in own})
+    assert isinstance(inputs, DatabasePrimary)
+    from_model = {name: getattr(inputs, name) for name in _GUARD_FIELDS if name in declared}
+    try:
+        guards = PromotionGuards.model_validate({**from_model, **own})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise PermanentDriverError(f"invalid inputs for {MODULE}: {problems}") from None
+    return inputs, guards
+
+
+# --------------------------------------------------------------------------------------------- server state
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """One read of a server: role, version, and where its WAL stands."""
+
+    in_recovery: bool
+    server_version: str
+    timeline: int | None  # a primary: the timeline it writes; a replica: its last restartpoint's
+    lsn: str | None  # a primary: pg_current_wal_lsn()
+    receive_lsn: str | None  # a replica: last WAL received and flushed (NULL before it ever streamed)
+    replay_lsn: str | None  # a replica: last WAL replayed
+    receive_lag_bytes: int | None  # a replica: received but not yet replayed
+
+    def outputs(self, cluster: str, site: str) -> dict[str, Any]:
+        return {
+            "cluster": cluster,
+            "primary": site,
+            "server_version": self.server_version,
+            "timeline": self.timeline,
+            "lsn": self.lsn,
+        }
+
+    def observed(self) -> dict[str, Any]:
+        role = "replica" if self.in_recovery else "primary"
+        seen: dict[str, Any] = {"role": role, "in_recovery": self.in_recovery, "server_version": self.server_version}
+        seen["timeline"] = self.timeline
+        if self.in_recovery:
+            seen |= {
+                "receive_lsn": self.receive_lsn,
+                "replay_lsn": self.replay_lsn,
+                "receive_lag_bytes": self.receive_lag_bytes,
+            }
+        else:
+            seen["lsn"] = self.lsn
+        return seen
+
+
+# The timeline of a primary comes from its current WAL file name (its first 8 hex digits), not from
+# pg_control_checkpoint(): right after a promotion the checkpoint still names the old timeline until the
+# end-of-recovery checkpoint completes, which would make a fresh primary look unpromoted.
+_STATE_SQL = """
+SELECT pg_is_in_recovery(),
+       current_setting('server_version'),
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END,
+       (SELECT timeline_id FROM pg_control_checkpoint()),
+       pg_last_wal_receive_lsn()::text,
+       pg_last_wal_replay_lsn()::text,
+       pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """Another site of the cluster as seen just before a promotion."""
+
+    site: str
+    status: Literal["down", "replica", "primary", "unknown"]
+    lsn: str | None = None
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+
+class PostgresDriver:
+    """Makes ``primary`` the writable primary of ``cluster`` by promoting it, guarded against lag and split brain."""
+
+    name = "postgres"
+    modules = frozenset({MODULE})
+
+    def __init__(self, config: PostgresDriverConfig) -> None:
+        self._config = config
+
+    async def check(self, step: StepContext) -> CheckResult:
+        """Is the target site already a primary (``pg_is_in_recovery()`` false)? Read-only and idempotent.
+
+        Looks at the target only: a second writable site is apply()'s concern (its split-brain guard).
+        Budget: one connect (``connect_timeout``) and one statement (``connect_timeout``).
+        Raises Unreachable (retryable), AuthFailed, CredentialsUnavailable, UnknownSite, Refused, or
+        PermanentDriverError on bad inputs.
+        """
+        inputs, _guards = parse_inputs(step)
+        site = self._site(inputs.cluster, inputs.primary)
+        where = self._where(inputs.cluster, inputs.primary, site)
+        async with self._connect(inputs.cluster, inputs.primary, site) as conn:
+            state = await self._state(conn, where)
+        satisfied = not state.in_recovery
+        return CheckResult(
+            satisfied=satisfied,
+            observed=state.observed(),
+            outputs=state.outputs(inputs.cluster, inputs.primary) if satisfied else {},
+        )
+
+    async def apply(self, step: StepContext) -> ApplyResult:
+        """Promote the target replica with ``pg_promote(wait => true)`` unless a guard refuses.
+
+        Idempotent: a target that already is a primary is left alone (pg_promote is not called). Guards,
+        both overridden by ``force`` (and then named in the log): another site reachable and writable, or
+        reachable but of unknown role → SplitBrainRisk; replay lag (received-but-not-replayed on the replica,
+        and the old primary's current LSN minus the replica's replay LSN when it answers) above
+        ``max_lag_bytes`` → LagTooHigh, or LagUnknown when it cannot be measured. Split brain is tested first:
+        it is the graver, and its message names the lag too.
+
+        Budget: the target's connect + a few statements, the peers' probes in parallel (each a connect and a
+        statement), then ``pg_promote`` up to ``promote_timeout``. Raises the guard errors above (permanent),
+        PromoteTimedOut and Unreachable (retryable), AuthFailed, CredentialsUnavailable, UnknownSite, Refused.
+        A cancelled pg_promote may still complete on the server (the runner re-checks before retrying).
+        """
+        inputs, guards = parse_inputs(step)
+        cluster, target = inputs.cluster, inputs.primary
+        site = self._site(cluster, target)
+        where = self._where(cluster, target, site)
+        async with self._connect(cluster, target, site) as conn:
+            before = await self._state(conn, where)
+            if not before.in_recovery:
+                note = f"{where} already is a primary (timeline {before.timeline}, LSN {before.lsn}): pg_promote not called"
+                return ApplyResult(log=(note,), outputs=before.outputs(cluster, target))
+
+            peers = await self._peers(cluster, target)
+            log = [
+                f"{where} is a replica: received {before.receive_lsn}, replayed {before.replay_lsn}, "
+                f"{_bytes(before.receive_lag_bytes)} received but not replayed",
+                *(f"peer {cluster}/{p.site}: {p.status}{f' at LSN {p.lsn}' if p.lsn else ''}{_detail(p.detail)}" for p in peers),
+            ]
+            lag = await self._lag(conn, where, before, peers)
+            limit = "none" if guards.max_lag_bytes is None else _bytes(guards.max_lag_bytes)
+            log.append(f"replay lag: {_bytes(lag)} (limit: {limit})")
+
+            refusal = self._refusal(cluster, target, guards, peers, lag)
+            if refusal is not None:
+                if not guards.force:
+                    raise refusal
+                log.append(f"force: promoting despite: {refusal}")
+
+            began = time.monotonic()
+            promoted = await self._promote(conn, where)
+            after = await self._state(conn, where)
+            if after.in_recovery:  # pg_promote said true, yet the server still is in recovery: not done
+                raise PromoteTimedOut(f"{where}: pg_promote returned but the server is still in recovery")
+            how = "promoted with pg_promote" if promoted else "was promoted meanwhile by someone else"
+            log.append(
+                f"{where} {how} in {time.monotonic() - began:.2f}s: timeline {before.timeline} → {after.timeline}, "
+                f"writing at LSN {after.lsn}"
+            )
+        return ApplyResult(log=tuple(log), outputs=after.outputs(cluster, target))
+
+    async def verify(self, step: StepContext) -> ProbeResult:
+        """On a fresh connection: ``pg_is_in_recovery()`` is false, and a write commits and reads back.
+
+        Independent of apply(): creates ``hybridops_probe(run_id text, at timestamptz)`` if absent, inserts the
+        step's run_id in a committed transaction and counts it back. Not idempotent in the strict sense (each
+        call adds a probe row) but harmless to repeat. A replica, or a primary that refuses writes
+        (read-only transaction, no privilege), gives ok=False. Budget: one connect and four statements.
+        Raises Unreachable (retryable), AuthFailed, CredentialsUnavailable, UnknownSite.
+        """
+        inputs, _guards = parse_inputs(step)
+        cluster, target = inputs.cluster, inputs.primary
+        site = self._site(cluster, target)
+        where = self._where(cluster, target, site)
+        async with self._connect(cluster, target, site) as conn:
+            state = await self._state(conn, where)
+            observed = state.observed()
+            if state.in_recovery:
+                return ProbeResult(ok=False, probe=_PROBE, observed=observed, detail=f"{where} is still in recovery (a replica)")
+            try:
+                async with self._bounded(where, "probe write"), conn.transaction():
+                    await conn.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (run_id text, at timestamptz)")
+                    cursor = await conn.execute(
+                        f"INSERT INTO {PROBE_TABLE} (run_id, at) VALUES (%s, clock_timestamp()) RETURNING at", (step.run_id,)
+                    )
+                    written = await cursor.fetchone()
+            except (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege) as exc:
+                observed["write_error"] = type(exc).__name__
+                detail = f"{where} is not in recovery but refuses writes: {_first_line(exc)}"
+                return ProbeResult(ok=False, probe=_PROBE, observed=observed, detail=detail)
+            except psycopg.Error as exc:
+                raise self._query_error(where, exc) from None
+            if written is None:
+                raise DriverError(f"{where}: the probe INSERT returned no row")
+            # Read back this very row (run_id + its timestamp) after the commit, not just any earlier probe of the run.
+            query = f"SELECT count(*) FROM {PROBE_TABLE} WHERE run_id = %s AND at = %s"
+            rows = await self._one(conn, where, query, (step.run_id, written[0]))
+        observed |= {"probe_at": written[0].isoformat(), "probe_rows": int(rows[0])}
+        ok = observed["probe_rows"] == 1
+        detail = (
+            f"{where} is a writable primary (timeline {state.timeline})" if ok else f"{where}: the probe row did not read back"
+        )
+        return ProbeResult(ok=ok, probe=_PROBE, observed=observed, detail=detail)
+
+    async def compensate(self, step: StepContext) -> ApplyResult:
+        """Promotion is one-way: there is nothing to undo. Always raises PermanentDriverError."""
+        raise PermanentDriverError(
+            f"no compensation for {MODULE}: a promotion cannot be undone; rebuild the old primary as a replica "
+            "(pg_rewind or a new base backup) to fail back"
+        )
+
+    # ------------------------------------------------------------------------------------------ guards
+
+    def _refusal(
+        self, cluster: str, target: str, guards: PromotionGuards, peers: Sequence[PeerState], lag: int | None
+    ) -> PermanentDriverError | None:
+        """The guard that refuses this promotion (split brain first), or None."""
+        over = guards.max_lag_bytes is not None and (lag is None or lag > guards.max_lag_bytes)
+        risky = [p for p in peers if p.status in ("primary", "unknown")]
+        if risky:
+            reasons = ", ".join(
+                f"{p.site} is a writable primary" + (f" at LSN {p.lsn}" if p.lsn else "")
+                if p.status == "primary"
+                else f"cannot rule out that {p.site} is writable ({p.detail})"
+                for p in risky
+            )
+            also = f"; replay lag {_bytes(lag)} also exceeds max_lag_bytes={guards.max_lag_bytes}" if over else ""
+            return SplitBrainRisk(
+                f"refusing to promote {cluster}/{target}: split-brain risk: {reasons}; stop or fence it first, "
+                f"or set force{also}",
+                [p.site for p in risky],
+            )
+        if guards.max_lag_bytes is None or not over:
+            return None
+        if lag is None:
+            return LagUnknown(
+                f"refusing to promote {cluster}/{target}: max_lag_bytes={guards.max_lag_bytes} but the replica's lag "
+                "cannot be measured (it has received no WAL since it started and no primary answers); set force to override"
+            )
+        return LagTooHigh(
+            f"refusing to promote {cluster}/{target}: replay lag {lag} bytes exceeds max_lag_bytes={guards.max_lag_bytes}; "
+            "promoting would lose those writes; set force to override",
+            lag,
+            guards.max_lag_bytes,
+        )
+
+    async def _lag(self, conn: Connection, where: str, state: ServerState, peers: Sequence[PeerState]) -> int | None:
+        """The worst of: WAL received but not replayed, and each writable peer's current LSN minus our replay LSN."""
+        candidates = [state.receive_lag_bytes] if state.receive_lag_bytes is not None else []
+        for peer in peers:
+            if peer.status == "primary" and peer.lsn is not None:
+                row = await self._one(
+                    conn, where, "SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::bigint", (peer.lsn,)
+                )
+                if row[0] is not None:
+                    candidates.append(max(0, int(row[0])))
+        return max(candidates) if candidates else None
+
+    async def _peers(self, cluster: str, target: str) -> list[PeerState]:
+        others = [(name, site) for name, site in self._config.clusters[cluster].items() if name != target]
+        return list(await asyncio.gather(*(self._peer(cluster, name, site) for name, site in others)))
+
+    async def _peer(self, cluster: str, name: str, site: PostgresSite) -> PeerState:
+        """How another site looks: down (unreachable), replica, primary, or unknown (answers but cannot be read)."""
+        try:
+            async with self._connect(cluster, name, site) as conn:
+                state = await self._state(conn, self._where(cluster, name, site))
+        except Unreachable as exc:
+            # A server that answers "starting up" (crash recovery) may be writable a moment later: not down.
+            if exc.answered and "shutting down" not in str(exc):
+                return PeerState(name, "unknown", detail=str(exc))
+            return PeerState(name, "down", detail=str(exc))
+        except DriverError as exc:  # it answers, but we cannot tell its role: not the same as down
+            return PeerState(name, "unknown", detail=str(exc))
+        return PeerState(name, "replica") if state.in_recovery else PeerState(name, "primary", lsn=state.lsn)
+
+    async def _promote(self, conn: Connection, where: str) -> bool:
+        """True when our pg_promote did it; False when the server turned out promoted already (by someone else)."""
+        wait_seconds = max(1, math.ceil(self._config.promote_timeout))
+        try:
+            async with asyncio.timeout(self._config.promote_timeout + self._config.connect_timeout):
+                cursor = await conn.execute("SELECT pg_promote(wait => true, wait_seconds => %s::integer)", (wait_seconds,))
+                row = await cursor.fetchone()
+        except TimeoutError:
+            raise PromoteTimedOut(f"{where}: pg_promote did not return within {self._config.promote_timeout:g}s") from None
+        except pg_errors.ObjectNotInPrerequisiteState:  # "recovery is not in progress": promoted since we looked
+            return False
+        except psycopg.Error as exc:
+            raise self._query_error(where, exc) from None
+        if row is None or row[0] is not True:
+            raise PromoteTimedOut(f"{where}: pg_promote did not complete within {wait_seconds}s (it may still)")
+        return True
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    def _site(self, cluster: str, name: str) -> PostgresSite:
+        sites = self._config.clusters.get(cluster)
+        if sites is None:
+            known = ", ".join(sorted(self._config.clusters))
+            raise UnknownSite(f"cluster {cluster!r} is not configured for the postgres driver; known: {known}")
+        site = sites.get(name)
+        if site is None:
+            raise UnknownSite(f"cluster {cluster!r} has no site {name!r}; known: {', '.join(sorted(sites))}")
+        return site
+
+    @staticmethod
+    def _where(cluster: str, name: str, site: PostgresSite) -> str:
+        """``cluster/site (host:port)`` for messages: never the DSN itself, which could hold a password by mistake."""
+        try:
+            params = conninfo_to_dict(site.dsn)
+        except psycopg.Error:
+            return f"{cluster}/{name}"
+        host = params.get("host") or params.get("hostaddr") or "local socket"
+        return f"{cluster}/{name} ({host}:{params.get('port') or 5432})"
+
+    @asynccontextmanager
+    async def _connect(self, cluster: str, name: str, site: PostgresSite) -> AsyncIterator[Connection]:
+        """A fresh autocommit connection, within ``connect_timeout``; typed errors, the password scrubbed."""
+        where = self._where(cluster, name, site)
+        password: str | None = None
+        if site.password is not None:
+            try:
+                password = resolve(f"postgres {cluster}/{name} password", site.password)
+            except SecretUnavailable as exc:
+                raise CredentialsUnavailable(str(exc)) from None
+        extra: dict[str, Any] = {} if password is None else {"password": password}
+        timeout = self._config.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await psycopg.AsyncConnection.connect(
+                    site.dsn, autocommit=True, connect_timeout=max(2, math.ceil(timeout)), **extra
+                )
+        except TimeoutError:
+            raise Unreachable(f"{where}: no answer within {timeout:g}s") from None
+        except psycopg.OperationalError as exc:
+            raise _connect_error(where, exc, password) from None
+        except psycopg.Error as exc:  # e.g. a malformed DSN (ProgrammingError)
+            raise PermanentDriverError(f"{where}: cannot connect: {_scrub(_first_line(exc), password)}") from None
+        try:
+            yield conn
+        finally:
+            with suppress(Exception):
+                async with asyncio.timeout(timeout):
+                    await conn.close()
+
+    @asynccontextmanager
+    async def _bounded(self, where: str, what: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._config.connect_timeout):
+                yield
+        except TimeoutError:
+            raise Unreachable(f"{where}: {what} got no answer within {self._config.connect_timeout:g}s") from None
+
+    async def _one(self, conn: Connection, where: str, query: QueryNoTemplate, params: Params | None = None) -> TupleRow:
+        try:
+            async with self._bounded(where, "query"):
+                cursor = await conn.execute(query, params)
+                row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise self._query_error(where, exc) from None
+        if row is None:
+            raise DriverError(f"{where}: a query returned no row")
+        return row
+
+    async def _state(self, conn: Connection, where: str) -> ServerState:
+        row = await self._one(conn, where, _STATE_SQL)
+        in_recovery, version, lsn, walfile_tli, checkpoint_tli, receive_lsn, replay_lsn, receive_lag = row
+        timeline = int(walfile_tli, 16) if walfile_tli else (int(checkpoint_tli) if checkpoint_tli is not None else None)
+        return ServerState(
+            in_recovery=bool(in_recovery),
+            server_version=str(version),
+            timeline=timeline,
+            lsn=lsn,
+            receive_lsn=receive_lsn,
+            replay_lsn=replay_lsn,
+            receive_lag_bytes=max(0, int(receive_lag)) if receive_lag is not None else None,
+        )
+
+    @staticmethod
+    def _query_error(where: str, exc: psycopg.Error) -> DriverError:
+        message = f"{where}: {type(exc).__name__}: {_first_line(exc)}"
+        if isinstance(exc, pg_errors.InsufficientPrivilege):
+            return Refused(message)
+        if isinstance(exc, psycopg.OperationalError):  # the connection broke or the server is shutting down
+            return Unreachable(message)
+        return DriverError(message)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+_AUTH_MARKERS = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication failed",
+    "pg_hba.conf",
+    "sasl authentication",
+)
+_REFUSED_MARKERS = ("does not exist", "permission denied", "not permitted to log in")
+
+
+def _connect_error(where: str, exc: psycopg.OperationalError, password: str | None) -> DriverError:
+    """Classify a failed connect. libpq gives no SQLSTATE for it, so the (C-locale) message decides."""
+    text = _scrub(" ".join(str(exc).split()), password)
+    lowered = text.lower()
+    if any(marker in lowered for marker in _AUTH_MARKERS):
+        return AuthFailed(f"{where}: authentication failed: {text}")
+    if any(marker in lowered for marker in _REFUSED_MARKERS):
+        return Refused(f"{where}: {text}")
+    return Unreachable(f"{where}: {text}", answered="fatal:" in lowered)  # FATAL: the server itself answered
+
+
+def _scrub(text: str, password: str | None) -> str:
+    return text.replace(password, "***") if password else text
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _bytes(value: int | None) -> str:
+    return "unknown" if value is None else f"{value} bytes"
+
+
+def _detail(detail: str) -> str:
+    return f" ({detail})" if detail else ""

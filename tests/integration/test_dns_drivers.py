@@ -1,0 +1,533 @@
+"""The powerdns and rfc2136 drivers against a real PowerDNS Authoritative (tests/testbed/powerdns.py).
+
+What "worked" means here is what a resolver sees: every assertion about the record is made by asking the
+authoritative server over DNS (``answer()`` below, independent of the drivers' own probe code). Tampering
+goes through the PowerDNS API behind the driver's back. The only stand-ins are dumb sockets (a server that
+never answers) and a tiny DNS responder playing a lagging secondary; nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import dns.asyncquery
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+from aiohttp import web
+
+from hybridops_daemon.chain.approvals import ApprovalBook
+from hybridops_daemon.chain.runner import ChainRunner, RunSpec
+from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig, SecretRef, Step
+from hybridops_daemon.drivers.base import PermanentDriverError, StepContext
+from hybridops_daemon.drivers.dns import (
+    DnsAuthFailed,
+    DnsUnavailable,
+    NoCompensation,
+    PowerDnsDriver,
+    RecordRejected,
+    Rfc2136Driver,
+    UpdateRefused,
+    ZoneNotFound,
+)
+from hybridops_daemon.journal.redact import Redactor
+from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.lease.local import LocalLease
+from tests.testbed.powerdns import PowerDns
+
+MODULE = "dns/record@v1"
+ZONE = "dr.example"
+TIMEOUT = 1.0  # the drivers' per-request bound in these tests
+SLACK = 3.0  # on a busy 2-core machine, "bounded" means well under step timeouts, not to the millisecond
+
+Driver = PowerDnsDriver | Rfc2136Driver
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def ctx(name: str, content: str, ttl: int = 60, rtype: str = "A", zone: str = ZONE) -> StepContext:
+    inputs = {"zone": zone, "name": name, "type": rtype, "content": content, "ttl": ttl}
+    return StepContext("run-1", "drill", "dns", MODULE, inputs, {}, fencing_token=1)
+
+
+def secret_file(tmp_path: Path, name: str, value: str) -> SecretRef:
+    path = tmp_path / name
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return SecretRef(file=path)
+
+
+def pdns_driver(powerdns: PowerDns, tmp_path: Path, key: str | None = None, settle: float = 0.0, **config: Any) -> PowerDnsDriver:
+    fields: dict[str, Any] = {
+        "api_url": powerdns.api_url,
+        "api_key": secret_file(tmp_path, "pdns-key", powerdns.api_key if key is None else key),
+        "nameservers": (powerdns.nameserver,),
+        **config,
+    }
+    return PowerDnsDriver(PowerDnsDriverConfig(**fields), timeout=TIMEOUT, settle=settle)
+
+
+def rfc_driver(
+    powerdns: PowerDns, tmp_path: Path, secret: str | None = None, tsig: bool = True, settle: float = 0.0, **config: Any
+) -> Rfc2136Driver:
+    fields: dict[str, Any] = {"server": powerdns.host, "port": powerdns.dns_port, **config}
+    if tsig:
+        fields["tsig_name"] = powerdns.tsig_name
+        fields["tsig_algorithm"] = powerdns.tsig_algorithm
+        fields["tsig_secret"] = secret_file(tmp_path, "tsig", powerdns.tsig_secret if secret is None else secret)
+    return Rfc2136Driver(Rfc2136DriverConfig(**fields), timeout=TIMEOUT, settle=settle)
+
+
+def make_driver(kind: str, powerdns: PowerDns, tmp_path: Path, **config: Any) -> Driver:
+    return pdns_driver(powerdns, tmp_path, **config) if kind == "powerdns" else rfc_driver(powerdns, tmp_path, **config)
+
+
+async def answer(powerdns: PowerDns, fqdn: str, rtype: str = "A") -> tuple[str, list[str], int | None]:
+    """(rcode, contents, ttl) as the authoritative server answers a non-recursive query: the test's own eyes."""
+    query = dns.message.make_query(fqdn, rtype)
+    query.flags &= ~dns.flags.RD
+    response = await dns.asyncquery.udp(query, powerdns.host, port=powerdns.dns_port, timeout=5)
+    assert response.flags & dns.flags.AA, "PowerDNS must answer authoritatively for its own zone"
+    rrset = next((r for r in response.answer if r.rdtype == dns.rdatatype.from_text(rtype)), None)
+    if rrset is None:
+        return dns.rcode.to_text(response.rcode()), [], None
+    return dns.rcode.to_text(response.rcode()), sorted(r.to_text() for r in rrset), rrset.ttl
+
+
+@contextlib.contextmanager
+def silent_udp() -> Iterator[str]:
+    """A loopback UDP port that swallows every datagram: a nameserver that hangs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def silent_tcp() -> Iterator[int]:
+    """A loopback TCP port that completes handshakes (backlog) but never reads or answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield int(sock.getsockname()[1])
+
+
+class _StaleSecondary(asyncio.DatagramProtocol):
+    """Answers every query authoritatively with one fixed A record: a secondary that missed the NOTIFY."""
+
+    def __init__(self, content: str, ttl: int) -> None:
+        self.content, self.ttl = content, ttl
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        question = query.question[0]
+        rrset = response.find_rrset(response.answer, question.name, question.rdclass, dns.rdatatype.A, create=True)
+        rrset.add(dns.rdata.from_text("IN", "A", self.content), self.ttl)
+        assert self.transport is not None
+        self.transport.sendto(response.to_wire(), addr)
+
+
+@contextlib.asynccontextmanager
+async def stale_secondary(content: str, ttl: int = 60) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _StaleSecondary(content, ttl), local_addr=("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"
+    finally:
+        transport.close()
+
+
+@contextlib.contextmanager
+def stopped(powerdns: PowerDns) -> Iterator[None]:
+    powerdns.stop()
+    try:
+        yield
+    finally:
+        powerdns.start()
+
+
+@contextlib.contextmanager
+def runner_for(tmp_path: Path, name: str, driver: Driver) -> Iterator[tuple[ChainRunner, Journal]]:
+    """The real chain runner with a real journal and lease, the driver bound for lane ``drill``."""
+    redactor = Redactor()
+    journal = Journal.open(tmp_path / "journal.db", redactor)
+    lease = LocalLease(tmp_path / "lease.lock").acquire()
+    try:
+        yield ChainRunner(journal, {"drill": {name: driver}}, lease, ApprovalBook(), redactor, max_backoff=0.1), journal
+    finally:
+        lease.release()
+        journal.close()
+
+
+def run_spec(run_id: str, driver_name: str, inputs: dict[str, Any]) -> RunSpec:
+    step = Step.model_validate(
+        {
+            "id": "dns",
+            "module": MODULE,
+            "driver": driver_name,
+            "inputs": inputs,
+            "timeout": "10s",
+            "retries": 1,
+            "backoff": "10ms",
+        }
+    )
+    return RunSpec(run_id, "drill", "cutover", "drill", "test", "pytest", "integration test", {"name": "drill", "version": 1},
+                   (step,), 5.0, 0.0)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- both drivers
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_apply_is_seen_by_resolving_the_authoritative_server(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    content = "192.0.2.10" if kind == "powerdns" else "192.0.2.20"
+    step = ctx("app", content, ttl=120)
+
+    before = await driver.check(step)
+    assert not before.satisfied and before.outputs == {}
+    assert set(before.observed) == {powerdns.nameserver}
+
+    result = await driver.apply(step)
+    assert result.outputs == {"fqdn": "app.dr.example", "type": "A", "content": content, "ttl": 120}
+    assert any("app.dr.example" in line for line in result.log)
+
+    assert await answer(powerdns, "app.dr.example.") == ("NOERROR", [content], 120)
+    after = await driver.check(step)
+    assert after.satisfied and after.outputs == result.outputs
+    assert after.observed == {powerdns.nameserver: {"status": "ok", "content": [content], "ttl": 120}}
+    probe = await driver.verify(step)
+    assert probe.ok, probe.detail
+    assert probe.observed == after.observed and powerdns.nameserver in probe.probe
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_reapply_through_the_runner_is_a_noop(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    """Run 1 applies; run 2 finds it in place (check satisfied): no change reaches PowerDNS, so the serial stays."""
+    driver = make_driver(kind, powerdns, tmp_path)
+    inputs = {"zone": "DR.example.", "name": f"noop-{kind}", "content": "192.0.2.30", "ttl": 90}  # any spelling
+    with runner_for(tmp_path, kind, driver) as (runner, journal):
+        first = await runner.start(run_spec("run-a", kind, inputs))
+        assert first.ok, first.detail
+        done = [r.body for r in journal.run_records("run-a") if r.kind == "step.done"]
+        assert done[0]["outcome"] == "applied"
+        serial = powerdns.serial()
+
+        second = await runner.start(run_spec("run-b", kind, inputs))
+        assert second.ok, second.detail
+        kinds = [r.kind for r in journal.run_records("run-b")]
+        assert "step.apply" not in kinds and "step.verify" not in kinds
+        done = [r.body for r in journal.run_records("run-b") if r.kind == "step.done"]
+        assert done[0]["outcome"] == "skipped (already satisfied)"
+        assert done[0]["outputs"]["content"] == "192.0.2.30"
+    assert powerdns.serial() == serial
+    assert await answer(powerdns, f"noop-{kind}.dr.example.") == ("NOERROR", ["192.0.2.30"], 90)
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_verify_catches_tampering_behind_the_drivers_back(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    step = ctx(f"tamper-{kind}", "192.0.2.40")
+    await driver.apply(step)
+    assert (await driver.verify(step)).ok
+
+    powerdns.tamper(f"tamper-{kind}", "198.51.100.66")
+    probe = await driver.verify(step)
+    assert not probe.ok
+    assert probe.observed == {powerdns.nameserver: {"status": "ok", "content": ["198.51.100.66"], "ttl": 60}}
+    assert "198.51.100.66" in probe.detail and "192.0.2.40" in probe.detail
+    assert not (await driver.check(step)).satisfied
+
+    powerdns.delete(f"tamper-{kind}")
+    gone = await driver.verify(step)
+    assert not gone.ok and gone.observed[powerdns.nameserver] == {"status": "nxdomain"}
+    assert "NXDOMAIN" in gone.detail
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_ttl_mismatch_alone_fails_verify(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    step = ctx(f"ttl-{kind}", "192.0.2.50", ttl=60)
+    await driver.apply(step)
+    powerdns.tamper(f"ttl-{kind}", "192.0.2.50", ttl=3600)  # same content, the TTL a resolver would cache for an hour
+
+    probe = await driver.verify(step)
+    assert not probe.ok
+    assert probe.observed[powerdns.nameserver] == {"status": "ok", "content": ["192.0.2.50"], "ttl": 3600}
+    assert "ttl 3600" in probe.detail
+    assert not (await driver.check(step)).satisfied
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_a_missing_type_is_noanswer_not_success(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    await driver.apply(ctx(f"v4only-{kind}", "192.0.2.60"))
+    step = ctx(f"v4only-{kind}", "2001:db8::60", rtype="AAAA")
+    probe = await driver.verify(step)
+    assert not probe.ok and probe.observed[powerdns.nameserver] == {"status": "noanswer"}
+    await driver.apply(step)
+    assert (await driver.verify(step)).ok
+    assert await answer(powerdns, f"v4only-{kind}.dr.example.", "AAAA") == ("NOERROR", ["2001:db8::60"], 60)
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_server_down_is_a_retryable_typed_error(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    step = ctx(f"down-{kind}", "192.0.2.70")
+    with stopped(powerdns):
+        began = time.monotonic()
+        with pytest.raises(DnsUnavailable) as applied:
+            await driver.apply(step)
+        with pytest.raises(DnsUnavailable) as checked:
+            await driver.check(step)  # the DNS port is gone too: nobody can say what the world looks like
+        probe = await driver.verify(step)
+        elapsed = time.monotonic() - began
+    assert applied.value.retryable and checked.value.retryable
+    assert powerdns.nameserver in str(checked.value)
+    assert not probe.ok and probe.observed[powerdns.nameserver]["status"] == "timeout"
+    assert elapsed < 3 * TIMEOUT + SLACK
+    # Back up: the same step now goes through.
+    await driver.apply(step)
+    assert (await driver.verify(step)).ok
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_a_hanging_nameserver_is_bounded_and_fails_verify(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    with silent_udp() as hanging:
+        driver = make_driver(kind, powerdns, tmp_path, nameservers=(powerdns.nameserver, hanging))
+        step = ctx(f"hang-{kind}", "192.0.2.80")
+        await driver.apply(step)
+
+        began = time.monotonic()
+        probe = await driver.verify(step)
+        assert time.monotonic() - began < TIMEOUT + SLACK  # servers are asked concurrently: one timeout in all
+        assert not probe.ok
+        assert probe.observed == {
+            powerdns.nameserver: {"status": "ok", "content": ["192.0.2.80"], "ttl": 60},
+            hanging: {"status": "timeout"},
+        }
+        assert f"{hanging} did not answer in time" in probe.detail
+
+        began = time.monotonic()
+        with pytest.raises(DnsUnavailable, match="did not answer in time"):
+            await driver.check(step)
+        assert time.monotonic() - began < TIMEOUT + SLACK
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_every_nameserver_must_agree(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    """A secondary still serving the old address fails verify even though the primary is right."""
+    async with stale_secondary("203.0.113.99") as secondary:
+        # `localhost:PORT` is the same PowerDNS by host name: names in `nameservers` are resolved too.
+        nameservers = (powerdns.nameserver, f"localhost:{powerdns.dns_port}")
+        agreeing = make_driver(kind, powerdns, tmp_path, nameservers=nameservers)
+        step = ctx(f"agree-{kind}", "192.0.2.90")
+        await agreeing.apply(step)
+        probe = await agreeing.verify(step)
+        assert probe.ok, probe.detail
+        assert len(probe.observed) == 2
+
+        lagging = make_driver(kind, powerdns, tmp_path, nameservers=(*nameservers, secondary))
+        probe = await lagging.verify(step)
+        assert not probe.ok
+        assert probe.observed[secondary] == {"status": "ok", "content": ["203.0.113.99"], "ttl": 60}
+        assert probe.observed[powerdns.nameserver]["content"] == ["192.0.2.90"]
+        assert f"{secondary} answers 203.0.113.99" in probe.detail
+        assert not (await lagging.check(step)).satisfied
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_verify_settles_while_servers_converge(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    """With ``settle``, verify keeps asking until the servers agree (a lagging secondary catching up), and no longer."""
+    driver = make_driver(kind, powerdns, tmp_path, settle=3.0)
+    step = ctx(f"settle-{kind}", "192.0.2.170")
+    await driver.apply(step)
+    powerdns.tamper(f"settle-{kind}", "198.51.100.17")  # the stale answer a secondary would still give
+
+    async def catch_up() -> None:
+        await asyncio.sleep(0.6)
+        await asyncio.to_thread(powerdns.tamper, f"settle-{kind}", "192.0.2.170")
+
+    began = time.monotonic()
+    catching_up = asyncio.create_task(catch_up())
+    probe = await driver.verify(step)
+    await catching_up
+    assert probe.ok, probe.detail
+    assert 0.5 <= time.monotonic() - began < 3.0 + SLACK
+
+    quick = make_driver(kind, powerdns, tmp_path, settle=1.0)
+    powerdns.tamper(f"settle-{kind}", "198.51.100.17")
+    began = time.monotonic()
+    probe = await quick.verify(step)
+    assert not probe.ok and probe.observed[powerdns.nameserver]["content"] == ["198.51.100.17"]
+    assert 0.5 <= time.monotonic() - began < 1.0 + TIMEOUT + SLACK
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_compensate_is_refused(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    with pytest.raises(NoCompensation, match="failback"):
+        await driver.compensate(ctx("app", "192.0.2.10"))
+    assert not NoCompensation("x").retryable
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_bad_inputs_are_permanent(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    with pytest.raises(PermanentDriverError, match="content"):
+        await driver.apply(ctx("bad", "not-an-ip"))
+    with pytest.raises(RecordRejected, match="does not parse"):
+        await driver.apply(ctx("bad", "no priority here", rtype="MX"))
+    wrong_module = StepContext("r", "drill", "s", "network/floating-ip@v1", {"ip": "203.0.113.1", "target": "x"}, {}, 1)
+    with pytest.raises(PermanentDriverError, match="dns/record@v1"):
+        await driver.check(wrong_module)
+
+
+# --------------------------------------------------------------------------------------------- powerdns only
+
+
+async def test_powerdns_wrong_api_key_is_permanent_and_not_echoed(powerdns: PowerDns, tmp_path: Path) -> None:
+    wrong = "wrong-key-" + "7" * 24
+    driver = pdns_driver(powerdns, tmp_path, key=wrong)
+    with pytest.raises(DnsAuthFailed) as caught:
+        await driver.apply(ctx("auth", "192.0.2.100"))
+    assert not caught.value.retryable
+    assert "401" in str(caught.value)
+    assert wrong not in str(caught.value) and powerdns.api_key not in str(caught.value)
+
+
+async def test_powerdns_unknown_zone_and_rejected_record_are_permanent(powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = pdns_driver(powerdns, tmp_path)
+    with pytest.raises(ZoneNotFound, match=r"no zone nowhere\.example\.") as missing:
+        await driver.apply(ctx("app", "192.0.2.110", zone="nowhere.example"))
+    assert not missing.value.retryable
+
+    # PowerDNS (not dnspython) refuses this one: a CNAME next to an existing A rrset → HTTP 422.
+    await driver.apply(ctx("both", "192.0.2.111"))
+    with pytest.raises(RecordRejected, match="422") as rejected:
+        await driver.apply(ctx("both", "elsewhere.example.org", rtype="CNAME"))
+    assert not rejected.value.retryable
+    assert powerdns.api_key not in str(rejected.value)
+
+
+async def test_powerdns_sends_canonical_content(powerdns: PowerDns, tmp_path: Path) -> None:
+    """A CNAME target without its trailing dot, and TXT without quotes, are what an operator writes."""
+    driver = pdns_driver(powerdns, tmp_path)
+    cname = ctx("alias", "Target.Example.ORG", rtype="CNAME")
+    await driver.apply(cname)
+    assert await answer(powerdns, "alias.dr.example.", "CNAME") == ("NOERROR", ["Target.Example.ORG."], 60)
+    assert (await driver.verify(ctx("alias", "target.example.org.", rtype="CNAME"))).ok  # same name, any case
+    txt = ctx("note", "cut over by hyops", rtype="TXT")
+    await driver.apply(txt)
+    assert (await driver.check(txt)).satisfied
+
+
+async def test_powerdns_hanging_api_is_bounded_by_the_timeout(powerdns: PowerDns, tmp_path: Path) -> None:
+    with silent_tcp() as port:
+        driver = pdns_driver(powerdns, tmp_path, api_url=f"http://127.0.0.1:{port}/")
+        began = time.monotonic()
+        with pytest.raises(DnsUnavailable, match="did not answer within 1s") as caught:
+            await driver.apply(ctx("slow", "192.0.2.120"))
+        assert time.monotonic() - began < TIMEOUT + SLACK
+    assert caught.value.retryable
+
+
+async def test_powerdns_unknown_server_id_is_permanent(powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = pdns_driver(powerdns, tmp_path, server_id="elsewhere")
+    with pytest.raises(ZoneNotFound, match="server 'elsewhere'") as caught:
+        await driver.apply(ctx("app", "192.0.2.130"))
+    assert not caught.value.retryable
+
+
+@contextlib.asynccontextmanager
+async def failing_proxy(status: int) -> AsyncIterator[str]:
+    """A reverse proxy whose backend is down: answers ``status`` and, carelessly, echoes the request headers."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=f"upstream down; your headers: {dict(request.headers)}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("status", [502, 503, 429])
+async def test_powerdns_5xx_and_429_are_retryable_and_scrubbed(status: int, powerdns: PowerDns, tmp_path: Path) -> None:
+    async with failing_proxy(status) as url:
+        driver = pdns_driver(powerdns, tmp_path, api_url=url)
+        with pytest.raises(DnsUnavailable, match=f"HTTP {status}") as caught:
+            await driver.apply(ctx("proxied", "192.0.2.135"))
+    assert caught.value.retryable
+    assert powerdns.api_key not in str(caught.value) and "[redacted]" in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------- rfc2136 only
+
+
+async def test_rfc2136_wrong_tsig_secret_is_refused_and_the_right_one_works(powerdns: PowerDns, tmp_path: Path) -> None:
+    wrong = base64.b64encode(b"not-the-real-secret-0123456789ab").decode()
+    step = ctx("signed", "192.0.2.140")
+    (tmp_path / "bad").mkdir()
+    bad = rfc_driver(powerdns, tmp_path / "bad", secret=wrong)
+    with pytest.raises(UpdateRefused, match="TSIG") as caught:
+        await bad.apply(step)
+    assert not caught.value.retryable
+    assert wrong not in str(caught.value) and powerdns.tsig_secret not in str(caught.value)
+    assert (await answer(powerdns, "signed.dr.example."))[0] == "NXDOMAIN"
+
+    unsigned = rfc_driver(powerdns, tmp_path, tsig=False)
+    with pytest.raises(UpdateRefused, match="REFUSED"):
+        await unsigned.apply(step)  # the zone requires TSIG-ALLOW-DNSUPDATE
+
+    good = rfc_driver(powerdns, tmp_path)
+    result = await good.apply(step)
+    assert powerdns.tsig_secret not in " ".join(result.log) and powerdns.tsig_name in " ".join(result.log)
+    assert await answer(powerdns, "signed.dr.example.") == ("NOERROR", ["192.0.2.140"], 60)
+
+
+async def test_rfc2136_update_to_a_zone_the_server_lacks_is_permanent(powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = rfc_driver(powerdns, tmp_path)
+    with pytest.raises(UpdateRefused, match="NOTAUTH") as caught:
+        await driver.apply(ctx("app", "192.0.2.150", zone="nowhere.example"))
+    assert not caught.value.retryable
+
+
+async def test_rfc2136_hanging_server_is_bounded_by_the_timeout(powerdns: PowerDns, tmp_path: Path) -> None:
+    with silent_tcp() as port:
+        driver = Rfc2136Driver(Rfc2136DriverConfig(server="127.0.0.1", port=port), timeout=TIMEOUT)
+        began = time.monotonic()
+        with pytest.raises(DnsUnavailable, match="no answer within 1s") as caught:
+            await driver.apply(ctx("slow", "192.0.2.160"))
+        assert time.monotonic() - began < TIMEOUT + SLACK
+    assert caught.value.retryable
+
+
+def test_rfc2136_config_mistakes_fail_at_construction() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        Rfc2136Driver(Rfc2136DriverConfig(server="127.0.0.1", tsig_name="k."))
+    with pytest.raises(ValueError, match="unsupported TSIG algorithm"):
+        Rfc2136Driver(Rfc2136DriverConfig(server="127.0.0.1", tsig_algorithm="hmac-nope"))
+    with pytest.raises(ValueError, match="not host"):
+        Rfc2136Driver(Rfc2136DriverConfig(server="127.0.0.1", nameservers=("127.0.0.1:notaport",)))

@@ -1,0 +1,360 @@
+"""The postgres driver against a real PostgreSQL 15 primary + streaming replica (``pg_pair``, one fresh pair per test).
+
+Site ``onprem`` is the pair's primary, ``cloud`` its replica; the steps make ``cloud`` the primary of cluster ``app``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hybridops_daemon.chain.approvals import ApprovalBook
+from hybridops_daemon.chain.runner import ChainRunner, RunSpec
+from hybridops_daemon.config.models import PostgresDriverConfig, PostgresSite, SecretRef, Step
+from hybridops_daemon.drivers.base import DriverError, PermanentDriverError, StepContext
+from hybridops_daemon.drivers.postgres import (
+    MODULE,
+    PROBE_TABLE,
+    AuthFailed,
+    CredentialsUnavailable,
+    LagTooHigh,
+    LagUnknown,
+    PostgresDriver,
+    Refused,
+    SplitBrainRisk,
+    UnknownSite,
+    Unreachable,
+)
+from hybridops_daemon.journal.redact import Redactor
+from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.lease.local import LocalLease
+from tests.testbed.postgres import PgPair
+from tests.testbed.process import free_port, wait_until
+
+MB = 1024 * 1024
+
+
+def driver_for(
+    pair: PgPair | None = None,
+    *,
+    onprem: str | None = None,
+    cloud: str | None = None,
+    password: SecretRef | None = None,
+    onprem_password: SecretRef | None = None,
+    connect_timeout: float = 5.0,
+) -> PostgresDriver:
+    onprem_dsn = onprem or (pair.primary_dsn if pair else "")
+    cloud_dsn = cloud or (pair.replica_dsn if pair else "")
+    return PostgresDriver(
+        PostgresDriverConfig(
+            clusters={
+                "app": {
+                    "onprem": PostgresSite(dsn=onprem_dsn, password=onprem_password or password),
+                    "cloud": PostgresSite(dsn=cloud_dsn, password=password),
+                }
+            },
+            connect_timeout=connect_timeout,
+            promote_timeout=30.0,
+        )
+    )
+
+
+def step(primary: str = "cloud", run_id: str = "run-1", cluster: str = "app", **extra: Any) -> StepContext:
+    return StepContext(
+        run_id=run_id,
+        lane="prod",
+        step_id="db",
+        module=MODULE,
+        inputs={"cluster": cluster, "primary": primary, **extra},
+        secrets={},
+        fencing_token=7,
+    )
+
+
+def secret_file(tmp_path: Path, value: str, name: str = "pg-password") -> SecretRef:
+    path = tmp_path / name
+    path.write_text(value + "\n")
+    return SecretRef(file=path)
+
+
+def build_lag(pair: PgPair, megabytes: int = 4) -> None:
+    """Replay paused, several MB written on the primary and received (not replayed) by the replica."""
+    pair.pause_replay()
+    pair.wait_received(pair.write_wal(megabytes))
+
+
+async def test_promotes_the_replica_once_the_primary_is_down(pg_pair: PgPair) -> None:
+    driver = driver_for(pg_pair)
+    before = await driver.check(step())
+    assert not before.satisfied and before.observed["role"] == "replica" and before.outputs == {}
+
+    pg_pair.stop_primary()
+    result = await driver.apply(step(max_lag_bytes=16 * MB))  # caught up: within the limit
+
+    assert not pg_pair.in_recovery("replica")
+    assert result.outputs["cluster"] == "app" and result.outputs["primary"] == "cloud"
+    assert result.outputs["timeline"] == pg_pair.timeline("replica") == 2
+    assert result.outputs["server_version"].startswith("15")
+    log = "\n".join(result.log)
+    assert "peer app/onprem: down" in log and "promoted with pg_promote" in log and "timeline 1 → 2" in log
+
+    probe = await driver.verify(step())
+    assert probe.ok, probe.detail
+    assert probe.observed["role"] == "primary" and probe.observed["probe_rows"] == 1
+    assert pg_pair.sql("replica", f"SELECT run_id FROM {PROBE_TABLE}") == [("run-1",)]  # the write really landed
+
+
+async def test_rerun_is_a_no_op(pg_pair: PgPair) -> None:
+    driver = driver_for(pg_pair)
+    pg_pair.stop_primary()
+    first = await driver.apply(step())
+    timeline = pg_pair.timeline("replica")
+
+    again = await driver.check(step(run_id="run-2"))
+    assert again.satisfied
+    assert again.outputs == {**first.outputs, "lsn": again.outputs["lsn"]}  # same site, version and timeline
+    assert again.observed["timeline"] == timeline
+
+    # Even a direct apply() does not promote again: a second pg_promote would fail or fork a new timeline.
+    rerun = await driver.apply(step(run_id="run-2"))
+    assert any("pg_promote not called" in line for line in rerun.log)
+    assert pg_pair.timeline("replica") == timeline == 2
+    assert (await driver.verify(step(run_id="run-2"))).ok
+
+
+async def test_lag_guard_refuses_and_force_overrides(pg_pair: PgPair) -> None:
+    driver = driver_for(pg_pair)
+    build_lag(pg_pair, megabytes=4)
+    pg_pair.stop_primary()  # after the lag is built: the replica's received-vs-replayed gap still shows it
+
+    with pytest.raises(LagTooHigh) as refused:
+        await driver.apply(step(max_lag_bytes=MB))
+    assert not refused.value.retryable
+    assert refused.value.lag_bytes > 3 * MB and refused.value.max_lag_bytes == MB
+    assert f"{refused.value.lag_bytes} bytes exceeds max_lag_bytes={MB}" in str(refused.value)
+    assert pg_pair.in_recovery("replica")  # refused means untouched
+
+    forced = await driver.apply(step(max_lag_bytes=MB, force=True))
+    assert any(line.startswith("force: promoting despite: refusing to promote") for line in forced.log)
+    assert not pg_pair.in_recovery("replica")
+    # Promotion ends the pause and replays what was received first: nothing received was lost.
+    assert pg_pair.sql("replica", "SELECT count(*) FROM testbed_filler")[0][0] == 4000
+    assert (await driver.verify(step())).ok
+
+
+async def test_lag_guard_without_a_limit_does_not_refuse(pg_pair: PgPair) -> None:
+    build_lag(pg_pair, megabytes=2)
+    pg_pair.stop_primary()
+    result = await driver_for(pg_pair).apply(step())  # max_lag_bytes absent: no lag guard, but the lag is logged
+    assert any(line.startswith("replay lag: ") and "(limit: none)" in line for line in result.log)
+    assert not pg_pair.in_recovery("replica")
+
+
+async def test_split_brain_guard_refuses_while_the_primary_is_writable(pg_pair: PgPair) -> None:
+    driver = driver_for(pg_pair)
+    with pytest.raises(SplitBrainRisk) as refused:
+        await driver.apply(step(max_lag_bytes=16 * MB))
+    assert not refused.value.retryable
+    assert refused.value.sites == ("onprem",)
+    assert "onprem is a writable primary" in str(refused.value)
+    assert pg_pair.in_recovery("replica") and not pg_pair.in_recovery("primary")
+
+    # The operator's override: promoted although the old primary still writes (two primaries now, on purpose).
+    forced = await driver.apply(step(force=True))
+    assert any("force: promoting despite: refusing to promote app/cloud: split-brain risk" in line for line in forced.log)
+    assert not pg_pair.in_recovery("replica") and not pg_pair.in_recovery("primary")
+
+
+async def test_split_brain_guard_names_the_lag_too(pg_pair: PgPair) -> None:
+    build_lag(pg_pair, megabytes=2)
+    with pytest.raises(SplitBrainRisk) as refused:
+        await driver_for(pg_pair).apply(step(max_lag_bytes=MB))
+    assert "also exceeds max_lag_bytes" in str(refused.value)
+
+
+async def test_split_brain_guard_when_a_peer_answers_but_cannot_be_read(
+    pg_pair_factory: Callable[..., PgPair], tmp_path: Path
+) -> None:
+    pair = pg_pair_factory(password="right-horse-battery")
+    good = secret_file(tmp_path, "right-horse-battery")
+    bad = secret_file(tmp_path, "not-the-password", name="bad")
+    driver = driver_for(pair, password=good, onprem_password=bad)
+    with pytest.raises(SplitBrainRisk) as refused:
+        await driver.apply(step())
+    assert "cannot rule out that onprem is writable" in str(refused.value)
+    assert "not-the-password" not in str(refused.value) and "right-horse-battery" not in str(refused.value)
+    assert pair.in_recovery("replica")
+
+    pair.stop_primary()  # down (connection refused) is not "cannot be read": the promotion goes ahead
+    result = await driver.apply(step())
+    assert not pair.in_recovery("replica")
+    assert not any("right-horse-battery" in line for line in result.log)
+    assert (await driver.verify(step())).ok  # the password, by reference, opened the write probe too
+
+
+async def test_verify_catches_a_target_that_still_is_a_replica(pg_pair: PgPair) -> None:
+    probe = await driver_for(pg_pair).verify(step())
+    assert not probe.ok
+    assert probe.observed["in_recovery"] is True and "still in recovery" in probe.detail
+    assert pg_pair.sql("primary", f"SELECT to_regclass('{PROBE_TABLE}')") == [(None,)]  # verify wrote nothing anywhere
+
+
+async def test_verify_catches_a_primary_that_refuses_writes(pg_pair: PgPair) -> None:
+    driver = driver_for(pg_pair)
+    pg_pair.stop_primary()
+    await driver.apply(step())
+    # Behind the driver's back: not in recovery, yet every new session is read-only. check() cannot tell; verify() must.
+    pg_pair.sql("replica", "ALTER SYSTEM SET default_transaction_read_only = on")
+    pg_pair.sql("replica", "SELECT pg_reload_conf()")
+    wait_until(
+        "the read-only setting to reach new sessions",
+        lambda: pg_pair.sql("replica", "SHOW default_transaction_read_only") == [("on",)],
+        timeout=10,
+    )
+    assert (await driver.check(step())).satisfied
+    probe = await driver.verify(step())
+    assert not probe.ok
+    assert probe.observed["write_error"] == "ReadOnlySqlTransaction" and "refuses writes" in probe.detail
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that completes the TCP handshake (listen backlog) but never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield int(listener.getsockname()[1])
+
+
+async def test_unreachable_target_is_a_retryable_typed_error() -> None:
+    dead = f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres"
+    driver = driver_for(onprem=dead, cloud=dead)
+    for call in (driver.check, driver.apply, driver.verify):
+        with pytest.raises(Unreachable) as failed:
+            await call(step())
+        assert failed.value.retryable
+        assert "app/cloud (127.0.0.1:" in str(failed.value) and "refused" in str(failed.value).lower()
+
+
+async def test_a_silent_target_times_out_within_connect_timeout(silent_port: int) -> None:
+    silent = f"host=127.0.0.1 port={silent_port} user=postgres dbname=postgres"
+    driver = driver_for(onprem=silent, cloud=silent, connect_timeout=0.5)
+    began = time.monotonic()
+    with pytest.raises(Unreachable, match=r"no answer within 0\.5s") as failed:
+        await driver.check(step())
+    assert failed.value.retryable
+    assert time.monotonic() - began < 5  # libpq alone would wait at least 2 s; the driver's bound is 0.5 s
+
+
+async def test_credentials_failures_are_permanent_and_never_show_the_password(
+    pg_pair_factory: Callable[..., PgPair], tmp_path: Path
+) -> None:
+    pair = pg_pair_factory(password="right-horse-battery")
+    assert (await driver_for(pair, password=secret_file(tmp_path, "right-horse-battery")).check(step())).observed["in_recovery"]
+
+    wrong = driver_for(pair, password=secret_file(tmp_path, "wrong-staple-x9", name="wrong"))
+    for call in (wrong.check, wrong.apply, wrong.verify):
+        with pytest.raises(AuthFailed) as failed:
+            await call(step())
+        assert not failed.value.retryable
+        text = f"{failed.value} {failed.value!r} {failed.value.__cause__!r} {failed.value.__context__!r}"
+        assert "wrong-staple-x9" not in text and "right-horse-battery" not in text
+        assert "password authentication failed" in str(failed.value)
+
+    with pytest.raises(AuthFailed, match="no password supplied"):
+        await driver_for(pair).check(step())
+    with pytest.raises(CredentialsUnavailable, match="cannot read"):
+        await driver_for(pair, password=SecretRef(file=tmp_path / "missing")).check(step())
+    assert pair.in_recovery("replica")
+
+
+async def test_a_role_without_the_right_to_promote_is_refused_permanently(pg_pair: PgPair) -> None:
+    pg_pair.sql("primary", "CREATE ROLE app LOGIN")  # pg_promote is superuser-only unless granted
+    pg_pair.wait_replayed(pg_pair.sql("primary", "SELECT pg_current_wal_lsn()::text")[0][0])
+    pg_pair.stop_primary()
+    as_app = pg_pair.replica_dsn.replace("user=postgres", "user=app")
+    with pytest.raises(Refused, match="permission denied for function pg_promote") as refused:
+        await driver_for(pg_pair, cloud=as_app).apply(step())
+    assert not refused.value.retryable
+    assert pg_pair.in_recovery("replica")
+
+
+async def test_lag_that_cannot_be_measured_is_refused_when_a_limit_is_set(pg_pair: PgPair) -> None:
+    # A replica that never streams (no primary_conninfo, as in archive-only recovery) has no receive LSN.
+    # (One restarted while its primary is down does have one: the point it asks to stream from.)
+    pg_pair.stop_primary()
+    pg_pair.sql("replica", "ALTER SYSTEM RESET primary_conninfo")
+    pg_pair.replica.stop()
+    pg_pair.replica.start()
+    assert pg_pair.sql("replica", "SELECT pg_last_wal_receive_lsn()") == [(None,)]
+    with pytest.raises(LagUnknown):
+        await driver_for(pg_pair).apply(step(max_lag_bytes=MB))
+    assert pg_pair.in_recovery("replica")
+
+
+async def test_bad_inputs_and_unknown_sites_are_permanent() -> None:
+    driver = driver_for(onprem="host=127.0.0.1 port=1", cloud="host=127.0.0.1 port=1")
+    cases: list[tuple[StepContext, type[DriverError], str]] = [
+        (step(primary="gcp"), UnknownSite, "has no site 'gcp'"),
+        (step(cluster="billing"), UnknownSite, "cluster 'billing' is not configured"),
+        (step(force="maybe"), PermanentDriverError, "force"),
+        (step(max_lag_bytes=-1), PermanentDriverError, "max_lag_bytes"),
+        (step(primary=""), PermanentDriverError, "primary"),
+        (step(colour="red"), PermanentDriverError, "colour"),
+    ]
+    for ctx, error, fragment in cases:
+        with pytest.raises(error, match=fragment) as failed:
+            await driver.apply(ctx)
+        assert not failed.value.retryable
+    other = StepContext("run-1", "prod", "ip", "network/floating-ip@v1", {"ip": "203.0.113.1", "target": "edge01"}, {}, 1)
+    with pytest.raises(PermanentDriverError, match="runs database/primary@v1"):
+        await driver.check(other)
+    with pytest.raises(PermanentDriverError, match="no compensation"):
+        await driver.compensate(step())
+
+
+async def test_through_the_chain_runner_the_refusal_lands_in_the_journal(pg_pair: PgPair, tmp_path: Path) -> None:
+    """The runner's view: a guard's refusal is one apply attempt (permanent) and the run's recorded reason;
+    once the primary is down the run promotes and verifies; a later run finds it already satisfied."""
+    redactor = Redactor()
+    journal = Journal.open(tmp_path / "journal.db", redactor)
+    lease = LocalLease(tmp_path / "lease.lock").acquire()
+    runner = ChainRunner(journal, {"prod": {"postgres": driver_for(pg_pair)}}, lease, ApprovalBook(), redactor)
+    db = Step.model_validate(
+        {"id": "db", "module": MODULE, "driver": "postgres", "inputs": {"cluster": "app", "primary": "cloud"},
+         "timeout": "20s", "retries": 2, "backoff": "10ms"}
+    )  # fmt: skip
+
+    def run(run_id: str) -> RunSpec:
+        return RunSpec(
+            run_id=run_id, lane="prod", chain="cutover", kind="cutover", trigger="test", actor="pytest",
+            reason="integration test", profile={"name": "prod", "version": 1}, steps=(db,), approval_timeout=5.0,
+            hourly_cost_usd=0.0,
+        )  # fmt: skip
+
+    def bodies(run_id: str, kind: str) -> list[dict[str, Any]]:
+        return [dict(r.body) for r in journal.run_records(run_id) if r.kind == kind]
+
+    try:
+        refused = await runner.start(run("r1"))
+        assert not refused.ok and "split-brain risk" in refused.detail and "onprem is a writable primary" in refused.detail
+        assert [a["retryable"] for a in bodies("r1", "step.apply")] == [False]  # permanent: not retried
+
+        pg_pair.stop_primary()
+        promoted = await runner.start(run("r2"))
+        assert promoted.ok, promoted.detail
+        assert bodies("r2", "step.verify")[0]["ok"] is True
+        assert bodies("r2", "step.done")[0]["outputs"]["timeline"] == 2
+
+        again = await runner.start(run("r3"))
+        assert again.ok and bodies("r3", "step.done")[0]["outcome"] == "skipped (already satisfied)"
+        assert bodies("r3", "step.apply") == [] and pg_pair.timeline("replica") == 2
+        assert journal.verify().ok
+    finally:
+        lease.release()
+        journal.close()
