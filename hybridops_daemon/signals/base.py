@@ -91,7 +91,12 @@ class PollingSource:
     name: str
 
     def __init__(
-        self, name: str, edge: str, interval: float, timeout: float, clock: Callable[[], float] = time.time,
+        self,
+        name: str,
+        edge: str,
+        interval: float,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
         max_backoff: float = 30.0,
     ) -> None:
         self.name = name
@@ -105,9 +110,7 @@ class PollingSource:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         return None
 
     async def poll(self) -> Iterable[Sample]:
