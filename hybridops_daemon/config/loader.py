@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from hybridops_daemon.config.models import DaemonConfig, Profile, profile_problems
+from hybridops_daemon.config.models import DaemonConfig, LaneDrivers, Profile, profile_problems
 
 KeyPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -97,7 +97,23 @@ def check_config(
             errors.extend(profile_errors)
         if (loaded := checked[profile_path]) is not None:
             profiles[lane] = loaded
+            if config is not None:
+                errors.extend(_unbound_drivers(parsed, lane, config.lanes[lane].drivers, loaded))
     return config, profiles, errors
+
+
+def _unbound_drivers(parsed: _Parsed, lane: str, drivers: LaneDrivers, profile: Profile) -> list[ConfigError]:
+    """A step needs its driver configured in the lane that runs it (targets and secrets are per lane)."""
+    errors = []
+    for which in ("cutover", "failback"):
+        for step in profile.chain(which):
+            if step.driver != "sandbox" and getattr(drivers, step.driver, None) is None:
+                message = f"profile {profile.ref} step {which}.{step.id} uses driver {step.driver!r}, not configured here"
+                errors.append(parsed.error(("lanes", lane, "drivers"), message))
+            elif step.driver == "ansible" and drivers.ansible is not None and step.module not in drivers.ansible.packs:
+                message = f"profile {profile.ref} step {which}.{step.id}: no ansible pack bound to {step.module}"
+                errors.append(parsed.error(("lanes", lane, "drivers", "ansible", "packs"), message))
+    return errors
 
 
 def json_schemas() -> dict[str, Any]:

@@ -96,3 +96,43 @@ def test_a_peer_source_needs_a_peer_and_names_are_unique(tmp_path: Path) -> None
     messages = " | ".join(e.message for e in errors)
     assert "source names must be unique (give each a `name:`); repeated: ipsec" in messages
     assert "a `peer` source needs `peer:`" in messages or len(errors) == 1
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_real_driver_profiles_validate() -> None:
+    config, profiles, errors = check_config(REPO / "config" / "edge01.example.yaml", DRIVER_MODULES)
+    assert errors == []
+    assert config is not None and set(profiles) == {"prod", "drill"}
+    prod, drill = profiles["prod"], profiles["drill"]
+    assert {step.driver for step in prod.chains.cutover} == {"gcp", "postgres", "hcloud", "powerdns", "netbox"}
+    # A drill never touches prod's targets: its own floating IP, DNS name, capacity and database cluster.
+    prod_targets = {str(sorted(step.inputs.items())) for step in prod.chains.cutover + prod.chains.failback}
+    assert not prod_targets & {str(sorted(step.inputs.items())) for step in drill.chains.cutover + drill.chains.failback}
+    assert {step.inputs.get("ip") for step in drill.chains.cutover} - {None} == {"203.0.113.99"}
+    assert drill.drill.teardown_after == 1800
+
+
+def test_a_step_whose_driver_the_lane_does_not_configure_is_an_error(tmp_path: Path) -> None:
+    profile = {
+        **PROFILE,
+        "chains": {
+            "cutover": [
+                {
+                    "id": "fip",
+                    "module": "network/floating-ip@v1",
+                    "driver": "hcloud",
+                    "inputs": {"ip": "203.0.113.10", "target": "edge02"},
+                }
+            ],
+            "failback": [],
+        },
+    }
+    (tmp_path / "prod.yaml").write_text(yaml.safe_dump(profile))
+    path = tmp_path / "daemon.yaml"
+    path.write_text(yaml.safe_dump({"node": "edge01", "state_dir": "s", "lanes": {"prod": {"profile": "prod.yaml"}}}))
+    _, _, errors = check_config(path, DRIVER_MODULES)
+    assert [f"{e.path}: {e.message}" for e in errors] == [
+        "lanes.prod.drivers: profile prod@v1 step cutover.fip uses driver 'hcloud', not configured here"
+    ]
