@@ -128,10 +128,10 @@ class IpamAddress(ModuleInputs):
 class ActiveSite(ModuleInputs):
     """``service/active-site@v1``: the local ``service`` (configured under ``config_dir``) serves from ``site``."""
 
-    identity: ClassVar[tuple[str, ...]] = ("service",)
-    service: NonEmpty
-    site: NonEmpty
-    config_dir: NonEmpty
+    identity: ClassVar[tuple[str, ...]] = ("config_dir",)
+    service: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+    site: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    config_dir: Annotated[str, Field(pattern=r"^/")]
 
 
 MODULES: Mapping[str, type[ModuleInputs]] = MappingProxyType(
