@@ -40,6 +40,7 @@ from hybridops_daemon.policy.types import (
     Trigger,
 )
 from hybridops_daemon.sdnotify import Notifier
+from hybridops_daemon.secrets import SecretUnavailable, referenced, resolve
 from hybridops_daemon.signals.base import Source
 from hybridops_daemon.signals.registry import build_source
 from hybridops_daemon.signals.sample import Sample
@@ -132,6 +133,7 @@ class Daemon:
             },
             ts=self.clock(),
         )
+        self._register_config_secrets()
         for name, lane_config in config.lanes.items():
             profile = self._profiles_at_start[name]
             self.lanes[name] = _Lane(name, profile, self._restore_state(journal, name), build_drivers(name, lane_config))
@@ -165,6 +167,15 @@ class Daemon:
             event = self._events.get_nowait()
             if isinstance(event, _QueuedIntent) and not event.reply.done():
                 event.reply.set_exception(CommandRefused("the daemon is stopping; the intent was recorded but not acted on"))
+
+    def _register_config_secrets(self) -> None:
+        """Teach the redactor every secret the config references (driver tokens, broker passwords), so that one
+        echoed by an upstream error is blanked in the journal and the logs even if the driver missed it."""
+        for path, ref in referenced(self.config):
+            try:
+                self.redactor.add_secret(resolve(path, ref))
+            except SecretUnavailable as exc:
+                log.warning("secret not available yet; the driver or source that needs it will say so", detail=str(exc))
 
     async def _loop(self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup) -> None:
         while not self._stopping:

@@ -6,8 +6,10 @@ Files may be relative to systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from hybridops_daemon.config.models import SecretRef
 
@@ -37,3 +39,18 @@ def resolve(name: str, ref: SecretRef) -> str:
 
 def resolve_all(refs: Mapping[str, SecretRef]) -> dict[str, str]:
     return {name: resolve(name, ref) for name, ref in refs.items()}
+
+
+def referenced(node: object) -> Iterator[tuple[str, SecretRef]]:
+    """Every SecretRef inside a config (models, mappings, sequences), with the key path that names it."""
+    stack: list[tuple[str, object]] = [("", node)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, SecretRef):
+            yield path, item
+        elif isinstance(item, BaseModel):
+            stack.extend((f"{path}.{name}".lstrip("."), getattr(item, name)) for name in type(item).model_fields)
+        elif isinstance(item, Mapping):
+            stack.extend((f"{path}.{key}".lstrip("."), value) for key, value in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{i}]", value) for i, value in enumerate(item))
