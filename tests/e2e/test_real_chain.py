@@ -39,34 +39,84 @@ def profile() -> dict[str, Any]:
         "name": "prod",
         "version": 1,
         "signals": {"primary_http": {"max_age": "3s"}},
-        "rules": [{"name": "primary_down", "signal": "primary_http", "direction": "below", "trip": 0.5, "for": "1s", "consecutive": 2}],
+        "rules": [
+            {"name": "primary_down", "signal": "primary_http", "direction": "below", "trip": 0.5, "for": "1s", "consecutive": 2}
+        ],
         "cooldown": "10m",
         "chains": {
             "cutover": [
-                {"id": "capacity", "module": "compute/capacity@v1", "driver": "gcp", "inputs": {"name": "cloud-standby", "state": "running"},
-                 "timeout": "20s", "backoff": "200ms"},
-                {"id": "database", "module": "database/primary@v1", "driver": "postgres",
-                 "inputs": {"cluster": "app-db", "primary": "cloud", "max_lag_bytes": 16777216}, "timeout": "20s", "backoff": "200ms"},
-                {"id": "floating-ip", "module": "network/floating-ip@v1", "driver": "hcloud", "inputs": {"ip": FIP, "target": "edge02"},
-                 "timeout": "20s", "backoff": "200ms"},
-                {"id": "dns", "module": "dns/record@v1", "driver": "powerdns",
-                 "inputs": {"zone": "dr.example.", "name": "app.dr.example.", "type": "A", "content": FIP, "ttl": 60},
-                 "timeout": "20s", "backoff": "200ms"},
-                {"id": "ipam", "module": "ipam/address@v1", "driver": "netbox",
-                 "inputs": {"address": f"{FIP}/32", "status": "active", "description": "on edge02 by ${run.id}"},
-                 "timeout": "20s", "backoff": "200ms"},
+                {
+                    "id": "capacity",
+                    "module": "compute/capacity@v1",
+                    "driver": "gcp",
+                    "inputs": {"name": "cloud-standby", "state": "running"},
+                    "timeout": "20s",
+                    "backoff": "200ms",
+                },
+                {
+                    "id": "database",
+                    "module": "database/primary@v1",
+                    "driver": "postgres",
+                    "inputs": {"cluster": "app-db", "primary": "cloud", "max_lag_bytes": 16777216},
+                    "timeout": "20s",
+                    "backoff": "200ms",
+                },
+                {
+                    "id": "floating-ip",
+                    "module": "network/floating-ip@v1",
+                    "driver": "hcloud",
+                    "inputs": {"ip": FIP, "target": "edge02"},
+                    "timeout": "20s",
+                    "backoff": "200ms",
+                },
+                {
+                    "id": "dns",
+                    "module": "dns/record@v1",
+                    "driver": "powerdns",
+                    "inputs": {"zone": "dr.example.", "name": "app.dr.example.", "type": "A", "content": FIP, "ttl": 60},
+                    "timeout": "20s",
+                    "backoff": "200ms",
+                },
+                {
+                    "id": "ipam",
+                    "module": "ipam/address@v1",
+                    "driver": "netbox",
+                    "inputs": {"address": f"{FIP}/32", "status": "active", "description": "on edge02 by ${run.id}"},
+                    "timeout": "20s",
+                    "backoff": "200ms",
+                },
             ],
             "failback": [
-                {"id": "ipam", "module": "ipam/address@v1", "driver": "netbox",
-                 "inputs": {"address": f"{FIP}/32", "status": "active", "description": "on edge01 by ${run.id}"}, "timeout": "20s"},
-                {"id": "dns", "module": "dns/record@v1", "driver": "powerdns",
-                 "inputs": {"zone": "dr.example.", "name": "app.dr.example.", "type": "A", "content": "192.0.2.20", "ttl": 60},
-                 "timeout": "20s"},
+                {
+                    "id": "ipam",
+                    "module": "ipam/address@v1",
+                    "driver": "netbox",
+                    "inputs": {"address": f"{FIP}/32", "status": "active", "description": "on edge01 by ${run.id}"},
+                    "timeout": "20s",
+                },
+                {
+                    "id": "dns",
+                    "module": "dns/record@v1",
+                    "driver": "powerdns",
+                    "inputs": {"zone": "dr.example.", "name": "app.dr.example.", "type": "A", "content": "192.0.2.20", "ttl": 60},
+                    "timeout": "20s",
+                },
                 # Moving users back is the step a human says yes to.
-                {"id": "floating-ip", "module": "network/floating-ip@v1", "driver": "hcloud", "inputs": {"ip": FIP, "target": "edge01"},
-                 "approval": True, "timeout": "20s"},
-                {"id": "capacity", "module": "compute/capacity@v1", "driver": "gcp", "inputs": {"name": "cloud-standby", "state": "stopped"},
-                 "timeout": "20s"},
+                {
+                    "id": "floating-ip",
+                    "module": "network/floating-ip@v1",
+                    "driver": "hcloud",
+                    "inputs": {"ip": FIP, "target": "edge01"},
+                    "approval": True,
+                    "timeout": "20s",
+                },
+                {
+                    "id": "capacity",
+                    "module": "compute/capacity@v1",
+                    "driver": "gcp",
+                    "inputs": {"name": "cloud-standby", "state": "stopped"},
+                    "timeout": "20s",
+                },
             ],
         },
     }
@@ -82,13 +132,20 @@ class World:
         self.primary = Primary(free_port())
         self.primary.start()
         self._reset_dns_and_ipam()
-        self.daemon = DaemonProcess(tmp_path, self.primary.port, {"prod": profile()}, {},
-                                    env={"HCLOUD_TOKEN": self.hcloud.token, "PDNS_KEY": powerdns.api_key, "NETBOX_TOKEN": netbox.token})
+        self.daemon = DaemonProcess(
+            tmp_path,
+            self.primary.port,
+            {"prod": profile()},
+            {},
+            env={"HCLOUD_TOKEN": self.hcloud.token, "PDNS_KEY": powerdns.api_key, "NETBOX_TOKEN": netbox.token},
+        )
         config = yaml.safe_load(self.daemon.config.read_text())
         config["lanes"]["prod"]["drivers"] = {
             "gcp": {"project": "dr-project", "zone": "europe-west3-a", "endpoint": self.gcp.endpoint, "poll_interval": "200ms"},
-            "postgres": {"clusters": {"app-db": {"onprem": {"dsn": pg.primary_dsn}, "cloud": {"dsn": pg.replica_dsn}}},
-                         "connect_timeout": "2s"},
+            "postgres": {
+                "clusters": {"app-db": {"onprem": {"dsn": pg.primary_dsn}, "cloud": {"dsn": pg.replica_dsn}}},
+                "connect_timeout": "2s",
+            },
             "hcloud": {"endpoint": self.hcloud.endpoint, "token": {"env": "HCLOUD_TOKEN"}, "poll_interval": "100ms"},
             "powerdns": {"api_url": powerdns.api_url, "api_key": {"env": "PDNS_KEY"}, "nameservers": [powerdns.nameserver]},
             "netbox": {"url": netbox.url, "token": {"env": "NETBOX_TOKEN"}},
@@ -164,8 +221,10 @@ def test_real_cutover_then_approved_failback(world: World, capsys: pytest.Captur
     daemon.wait_status("prod", "ON_STANDBY", timeout=60)
     last_verified = max(ts for kind, step, ts in journal_rows(daemon) if kind == "step.verify" and step == "ipam")
     with capsys.disabled():
-        print(f"\n[e2e] trigger → last verified step (ipam): {last_verified - triggered:.2f} s wall "
-              "(detection: 2 failed probes over 1 s; chain: 5 real steps)")
+        print(
+            f"\n[e2e] trigger → last verified step (ipam): {last_verified - triggered:.2f} s wall "
+            "(detection: 2 failed probes over 1 s; chain: 5 real steps)"
+        )
     assert_cut_over_exactly_once(world)
     run_id = daemon.ctl_json("journal", "list", "--lane", "prod")[0]["run_id"]
     records = daemon.ctl_json("journal", "show", run_id)
@@ -194,8 +253,12 @@ def test_kill_9_after_each_step_then_restart_applies_nothing_twice(world: World,
     daemon.start()
     daemon.wait_status("prod", "PRIMARY")
     world.outage()
-    wait_for(f"step {after} to be done", lambda: ("step.done", after) in {(k, s) for k, s, _ in journal_rows(daemon)},
-             timeout=60, interval=0.02)
+    wait_for(
+        f"step {after} to be done",
+        lambda: ("step.done", after) in {(k, s) for k, s, _ in journal_rows(daemon)},
+        timeout=60,
+        interval=0.02,
+    )
     daemon.kill9()
     daemon.start()
     daemon.wait_status("prod", "ON_STANDBY", timeout=60)
