@@ -231,6 +231,8 @@ def test_real_cutover_then_approved_failback(world: World, capsys: pytest.Captur
     assert [r["body"]["step"] for r in records if r["kind"] == "step.done"] == STEPS
     assert all(r["body"]["ok"] for r in records if r["kind"] == "step.verify")
 
+    world.primary.start()  # on-prem is back (its database re-seeded by the operator): time to fail back
+    wait_for("the probe to see the primary again", lambda: daemon.lane("prod")["status"] == "ON_STANDBY")
     assert daemon.ctl("failback", "--lane", "prod").returncode == 0
     pending = wait_for("the failback's approval gate", lambda: daemon.ctl_json("status")["pending_approvals"], timeout=30)
     assert [p["step"] for p in pending] == ["floating-ip"]
