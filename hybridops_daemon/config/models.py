@@ -124,12 +124,18 @@ class ActionLimit(Strict):
 
 
 class CostGuardrail(Strict):
-    budget_usd_per_hour: float = Field(ge=0)
+    budget_usd_per_hour: float = Field(ge=0, description="an automatic cutover or a drill whose capacity costs more is refused")
+    always_on_usd_per_hour: float | None = Field(
+        default=None, ge=0, description="the baseline: an always-on cloud standby; default: the cutover chain's capacity, 24/7"
+    )
 
 
 class DrillPolicy(Strict):
     allowed: bool = True
     teardown_after: Duration = 900.0
+    schedule: str | None = Field(
+        default=None, description='cron expression (5 fields, UTC) for scheduled drills, e.g. "0 3 1 * *"'
+    )
 
 
 class SecretRef(Strict):
@@ -516,6 +522,22 @@ class LocalLeaseConfig(Strict):
     path: Path | None = Field(default=None, description="default: <state_dir>/lease.lock")
 
 
+class MetricsConfig(Strict):
+    """The Prometheus exposition endpoint (``/metrics``)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class RetentionConfig(Strict):
+    """Journal retention: keep records newer than ``days`` and/or the journal under ``max_mb``. What is cut is
+    summarised in a record so that ``journal verify`` still proves the chain from the cut onward."""
+
+    days: float | None = Field(default=None, gt=0)
+    max_mb: float | None = Field(default=None, gt=0)
+    check_every: Duration = 3600.0
+
+
 class DaemonConfig(Strict):
     node: Name
     peer: Name | None = None
@@ -524,6 +546,8 @@ class DaemonConfig(Strict):
     tick: Duration = 1.0
     shutdown_grace: Duration = 10.0
     control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig | None = None
+    retention: RetentionConfig | None = None
     lease: LocalLeaseConfig = LocalLeaseConfig()
     sources: tuple[Source, ...] = ()
     lanes: dict[Name, LaneConfig] = Field(min_length=1)
