@@ -28,6 +28,7 @@ from hybridops_daemon.drivers.registry import DRIVER_MODULES, build_drivers
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
+from hybridops_daemon.metrics import Metrics, MetricsServer
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import (
@@ -36,6 +37,7 @@ from hybridops_daemon.policy.types import (
     Decision,
     Intent,
     LaneState,
+    LaneStatus,
     Observation,
     Trigger,
 )
@@ -88,6 +90,14 @@ class Daemon:
         self.lanes: dict[str, _Lane] = {}
         self.sources: dict[str, Source] = {}
         self.journal: Journal | None = None
+        self.metrics = Metrics(
+            self.store.snapshot,
+            self._max_ages,
+            lambda: self.sources,
+            lambda: self.journal.size_bytes() if self.journal is not None else None,
+            clock,
+            edges=tuple(edge for edge in (config.node, config.peer) if edge),
+        )
 
     # ------------------------------------------------------------------------------------------ signals
 
@@ -138,12 +148,22 @@ class Daemon:
             profile = self._profiles_at_start[name]
             self.lanes[name] = _Lane(name, profile, self._restore_state(journal, name), build_drivers(name, lane_config))
         runner = ChainRunner(
-            journal, {name: lane.drivers for name, lane in self.lanes.items()}, lease, self.approvals, self.redactor, self.clock
+            journal,
+            {name: lane.drivers for name, lane in self.lanes.items()},
+            lease,
+            self.approvals,
+            self.redactor,
+            self.clock,
+            on_step=self.metrics.step,
         )
-        async with (
-            asyncio.TaskGroup() as group,
-            ControlServer(config.socket_path, _ControlBackend(self), group=config.control.group),
-        ):
+        for name, lane in self.lanes.items():
+            self.metrics.lane_state(name, lane.state.status.value)
+            self.metrics.leadership(name, True, lease.token)  # the local lease is held for the daemon's lifetime
+        async with contextlib.AsyncExitStack() as stack:
+            group = await stack.enter_async_context(asyncio.TaskGroup())
+            await stack.enter_async_context(ControlServer(config.socket_path, _ControlBackend(self), group=config.control.group))
+            if config.metrics is not None:
+                await stack.enter_async_context(MetricsServer(config.metrics, self.metrics))
             sources = [group.create_task(self._source(spec)) for spec in config.sources]
             self._recover_runs(journal, runner, group)
             if self.notifier.watchdog_interval:
@@ -203,10 +223,18 @@ class Daemon:
         self, lane: _Lane, event: Intent | ChainEvent | None, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup
     ) -> Decision:
         observation = Observation(self.store.snapshot(), self.config.node, self.config.peer, event)
+        before = lane.state
         decision, lane.state = decide(lane.state, observation, lane.profile, self.clock())
+        if isinstance(event, ChainEvent) and event.run_id == before.active_run:
+            running = before.paused_from if before.status is LaneStatus.PAUSED else before.status
+            self.metrics.run(
+                lane.name, "cutover" if running is LaneStatus.CUTTING_OVER else "failback", "succeeded" if event.ok else "failed"
+            )
         if decision.notable:
             record_decision(journal, decision, lane.profile, lane.state)
             lane.last_decision = decision
+            self.metrics.decision(lane.name, decision.kind.value)
+            self.metrics.lane_state(lane.name, lane.state.status.value)
             log.info("decision", lane=lane.name, kind=decision.kind.value, status=lane.state.status.value, reason=decision.reason)
             self.notifier.status(self._status_line())
         if decision.chain is not None and decision.run_id is not None:
@@ -272,6 +300,14 @@ class Daemon:
             assert self.config.peer is not None, "check-config requires `peer` with a peer source"
             return PeerLink(spec, self.config.node, self.config.peer, self._published_signals, self.store.snapshot, self.clock)
         return build_source(spec, self.config.node, self.clock)
+
+    def _max_ages(self) -> dict[str, float]:
+        """Per signal, the smallest max age of any lane that reads it (the strictest view of "stale")."""
+        ages: dict[str, float] = {}
+        for lane in self.lanes.values():
+            for name, spec in lane.profile.signals.items():
+                ages[name] = min(spec.max_age, ages.get(name, spec.max_age))
+        return ages
 
     def _published_signals(self) -> dict[str, dict[str, float]]:
         """Per lane, the signals its profile reads and their max ages: what the peer edge is told about."""
@@ -363,16 +399,17 @@ class Daemon:
     def _status_line(self) -> str:
         return ", ".join(f"{name}: {lane.state.status.value}" for name, lane in self.lanes.items())
 
-    async def submit(self, command: Command, lane: str, actor: str) -> tuple[int, Decision]:
+    async def submit(self, command: Command, lane: str, actor: str, trigger: Trigger = Trigger.OPERATOR) -> tuple[int, Decision]:
         """Journal the intent (durable first), queue it for the loop, and wait briefly for the loop's decision."""
         if self.journal is None:
             raise CommandRefused("the daemon is starting")
         if self._stopping:  # the loop decides nothing more: refuse before journaling an intent it would never answer
             raise CommandRefused("the daemon is stopping")
+        kind = "operator" if trigger is Trigger.OPERATOR else "schedule"
         record = self.journal.append(
-            "operator", {"command": command.value, "lane": lane, "actor": actor}, ts=self.clock(), lane=lane
+            kind, {"command": command.value, "lane": lane, "actor": actor, "trigger": trigger.value}, ts=self.clock(), lane=lane
         )
-        queued = _QueuedIntent(Intent(record.seq, lane, command, actor, Trigger.OPERATOR))
+        queued = _QueuedIntent(Intent(record.seq, lane, command, actor, trigger))
         self._events.put_nowait(queued)
         self._wake.set()
         async with asyncio.timeout(INTENT_REPLY_TIMEOUT):

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -29,6 +29,7 @@ from hybridops_daemon.secrets import SecretUnavailable, resolve, resolve_all
 
 log = structlog.get_logger("hybridops.chain")
 T = TypeVar("T")
+StepOutcome = Literal["applied", "skipped", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,9 @@ class ChainRunner:
         redactor: Redactor,
         clock: Callable[[], float] = time.time,
         max_backoff: float = 30.0,
+        on_step: Callable[[str, str, StepOutcome, float], None] | None = None,
     ) -> None:
+        self._on_step = on_step  # (lane, step, outcome, seconds): metrics, without the chain knowing about them
         self._journal = journal
         self._drivers = drivers
         self._lease = lease
@@ -165,13 +168,17 @@ class ChainRunner:
     async def _execute(self, spec: RunSpec, done: dict[str, dict[str, Any]], started: float) -> ChainEvent:
         outputs = dict(done)
         current = ""
+        step_began = time.monotonic()
         try:
             for step in spec.steps:
                 if step.id in done:
                     continue
-                current = step.id
-                outputs[step.id] = await self._run_step(spec, step, outputs)
+                current, step_began = step.id, time.monotonic()
+                published, step_outcome = await self._run_step(spec, step, outputs)
+                outputs[step.id] = published
+                self._report(spec.lane, step.id, step_outcome, time.monotonic() - step_began)
         except StepFailed as exc:
+            self._report(spec.lane, current, "failed", time.monotonic() - step_began)
             detail = self._redactor.redact_text(f"step {current} failed: {exc}")
             self._record("step.failed", spec, {"step": current, "error": detail})
             self._record(
@@ -206,7 +213,12 @@ class ChainRunner:
         log.info("run succeeded", run_id=spec.run_id, chain=spec.chain)
         return ChainEvent(spec.lane, spec.run_id, ok=True, detail=reason)
 
-    async def _run_step(self, spec: RunSpec, step: Step, outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    def _report(self, lane: str, step: str, outcome: StepOutcome, seconds: float) -> None:
+        if self._on_step is not None:
+            self._on_step(lane, step, outcome, seconds)
+
+    async def _run_step(self, spec: RunSpec, step: Step, outputs: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], str]:
+        """Run one step; return what it publishes and its outcome ("applied" or "skipped")."""
         driver = self._drivers.get(spec.lane, {}).get(step.driver)
         if driver is None:
             raise StepFailed(f"driver {step.driver!r} is not configured for lane {spec.lane!r}")
@@ -240,7 +252,7 @@ class ChainRunner:
         if check.satisfied:
             published = dict(check.outputs)
             self._record("step.done", spec, {"step": step.id, "outcome": "skipped (already satisfied)", "outputs": published})
-            return published
+            return published, "skipped"
 
         if step.approval:
             await self._await_approval(spec, step)
@@ -255,7 +267,7 @@ class ChainRunner:
         if not probe.ok:
             raise StepFailed(f"verify failed ({probe.probe}): {probe.detail}")
         self._record("step.done", spec, {"step": step.id, "outcome": "applied", "outputs": published})
-        return published
+        return published, "applied"
 
     async def _apply_with_retries(self, spec: RunSpec, step: Step, driver: Driver, ctx: StepContext) -> dict[str, Any]:
         for attempt in range(1, step.retries + 2):

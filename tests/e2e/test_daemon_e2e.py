@@ -246,3 +246,38 @@ def test_a_planted_secret_reaches_neither_the_journal_nor_the_logs(
     leaked = [path.name for path in [*daemon.state.glob("journal.db*"), daemon.log_path] if secret.encode() in path.read_bytes()]
     assert leaked == [], f"the secret leaked into {leaked}"
     assert b"[REDACTED]" in (daemon.state / "journal.db").read_bytes()
+
+
+def test_the_metrics_endpoint_reports_what_the_daemon_did(tmp_path: Path, primary: Primary, daemons: list[DaemonProcess]) -> None:
+    import urllib.request
+
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    daemon = make_daemon(tmp_path, primary)
+    port = free_port()
+    config = yaml.safe_load(daemon.config.read_text())
+    config["metrics"] = {"listen": "127.0.0.1", "port": port}
+    daemon.config.write_text(yaml.safe_dump(config))
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.ctl("drill", "--lane", "drill").returncode == 0
+    daemon.wait_status("drill", "ON_STANDBY")
+
+    def sample(name: str, **labels: str) -> float | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return None
+
+    assert sample("hybridops_decisions_total", lane="drill", kind="drill") == 1.0
+    assert sample("hybridops_lane_state", lane="drill", state="ON_STANDBY") == 1.0
+    assert sample("hybridops_lane_state", lane="drill", state="PRIMARY") == 0.0
+    assert sample("hybridops_chain_runs_total", lane="drill", chain="cutover", outcome="succeeded") == 1.0
+    assert sample("hybridops_chain_step_duration_seconds_count", lane="drill", step="floating-ip", outcome="applied") == 1.0
+    assert sample("hybridops_signal_unknown", signal="primary_http", edge="edge01") == 0.0
+    journal_size = sample("hybridops_journal_size_bytes")
+    assert journal_size is not None and journal_size > 0

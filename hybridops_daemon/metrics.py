@@ -1,0 +1,261 @@
+"""Prometheus metrics: what the daemon decided, the state of each lane, how fresh its signals are, how its
+sources, chains, lease and journal are doing, served on ``/metrics`` from the event loop (no threads).
+
+The daemon pushes events (``decision``, ``lane_state``, ``step``, ``run``, ``leadership``); everything that is a
+reading of current state (signal ages and UNKNOWN flags, source health, journal size) is computed at scrape time
+from providers, so a scrape never sees a stale age and nothing runs in the background to keep it fresh.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Literal, Self
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from hybridops_daemon import __version__
+from hybridops_daemon.config.models import MetricsConfig
+from hybridops_daemon.policy.types import DecisionKind, LaneStatus
+from hybridops_daemon.signals.base import InputHealth
+from hybridops_daemon.signals.sample import Sample
+
+Chain = Literal["cutover", "failback"]
+StepOutcome = Literal["applied", "skipped", "failed"]
+RunOutcome = Literal["succeeded", "failed"]
+CHAINS: tuple[Chain, ...] = ("cutover", "failback")
+RUN_OUTCOMES: tuple[RunOutcome, ...] = ("succeeded", "failed")
+
+# Chain steps range from a sandbox write (ms) to a Terraform apply or an approval wait (tens of minutes).
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class _SignalCollector:
+    """``hybridops_signal_age_seconds`` and ``hybridops_signal_unknown``, from the observation store at scrape time.
+
+    UNKNOWN is judged exactly as ``decide()`` judges it (``policy/rules.py``): no sample, a null value, or older
+    than the signal's max age. A declared signal never seen at an expected edge reads UNKNOWN with no age.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Mapping[tuple[str, str], Sample]],
+        max_ages: Callable[[], Mapping[str, float]],
+        edges: Sequence[str],
+        clock: Callable[[], float],
+    ) -> None:
+        self._snapshot = snapshot
+        self._max_ages = max_ages
+        self._edges = edges
+        self._clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        age = GaugeMetricFamily(
+            "hybridops_signal_age_seconds",
+            "Seconds since the latest sample of the signal at the edge.",
+            labels=["signal", "edge"],
+        )
+        unknown = GaugeMetricFamily(
+            "hybridops_signal_unknown",
+            "1 while the signal reads UNKNOWN at the edge (absent, null, or older than its max age).",
+            labels=["signal", "edge"],
+        )
+        return age, unknown
+
+    def collect(self) -> Iterable[Metric]:
+        now = self._clock()
+        readings = self._snapshot()
+        max_ages = self._max_ages()
+        age, unknown = self._families()
+        for (signal, edge), sample in sorted(readings.items()):
+            age.add_metric([signal, edge], now - sample.observed_at)
+        expected = {(signal, edge) for signal in max_ages for edge in self._edges}
+        expected.update(key for key in readings if key[0] in max_ages)
+        for signal, edge in sorted(expected):
+            reading = readings.get((signal, edge))
+            stale = reading is None or reading.value is None or now - reading.observed_at > max_ages[signal]
+            unknown.add_metric([signal, edge], 1.0 if stale else 0.0)
+        return age, unknown
+
+
+class _SourceCollector:
+    """Source health from each source's ``InputHealth`` counters. A source without one (the HTTP probe: every
+    answer is evidence, nothing is malformed) is reported up while it runs, with no error counters."""
+
+    def __init__(self, sources: Callable[[], Mapping[str, object]]) -> None:
+        self._sources = sources
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
+        malformed = CounterMetricFamily(
+            "hybridops_source_malformed", "Malformed inputs the source counted and dropped.", labels=["source"]
+        )
+        failures = CounterMetricFamily(
+            "hybridops_source_upstream_failures", "Times the source failed to reach its upstream.", labels=["source"]
+        )
+        up = GaugeMetricFamily("hybridops_source_up", "1 while the source reaches its upstream.", labels=["source"])
+        return malformed, failures, up
+
+    def collect(self) -> Iterable[Metric]:
+        malformed, failures, up = self._families()
+        for name, source in sorted(self._sources().items()):
+            health = getattr(source, "health", None)
+            if isinstance(health, InputHealth):
+                malformed.add_metric([name], health.malformed)
+                failures.add_metric([name], health.failures)
+                up.add_metric([name], 0.0 if health.upstream_down else 1.0)
+            else:
+                up.add_metric([name], 1.0)
+        return malformed, failures, up
+
+
+class _JournalCollector:
+    def __init__(self, journal_size: Callable[[], int | None]) -> None:
+        self._journal_size = journal_size
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "hybridops_journal_size_bytes", "Bytes the journal takes on disk (database and write-ahead log)."
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        size = self._journal_size()
+        if size is not None:  # None: the journal is not open yet, and 0 bytes would be a lie
+            family.add_metric([], size)
+        return [family]
+
+
+class Metrics:
+    """Every metric of one daemon, in a registry of its own (never prometheus_client's global one).
+
+    ``edges``: where every signal a profile declares is expected (this node, and its peer when it has one), so a
+    signal that never arrived there reads UNKNOWN rather than being missing from the exposition.
+    ``max_ages``: per signal, the max age after which it is UNKNOWN (a signal read by several lanes: the smallest).
+    ``journal_size`` may return None while the journal is not open.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Mapping[tuple[str, str], Sample]],
+        max_ages: Callable[[], Mapping[str, float]],
+        sources: Callable[[], Mapping[str, object]],
+        journal_size: Callable[[], int | None],
+        clock: Callable[[], float] = time.time,
+        edges: Sequence[str] = (),
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self._lanes: set[str] = set()
+        self._decisions = Counter(
+            "hybridops_decisions_total", "Notable decisions, by lane and kind.", ["lane", "kind"], registry=self.registry
+        )
+        self._lane_state = Gauge(
+            "hybridops_lane_state", "1 for the lane's current state, 0 for the others.", ["lane", "state"], registry=self.registry
+        )
+        self._step_seconds = Histogram(
+            "hybridops_chain_step_duration_seconds",
+            "Duration of a chain step from its intent to done or failed, approval waits included.",
+            ["lane", "step", "outcome"],
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self._runs = Counter(
+            "hybridops_chain_runs_total",
+            "Chain runs that ended, by outcome.",
+            ["lane", "chain", "outcome"],
+            registry=self.registry,
+        )
+        self._leader = Gauge("hybridops_leader", "1 while this node holds the lane's lease.", ["lane"], registry=self.registry)
+        self._fencing_token = Gauge(
+            "hybridops_fencing_token", "The fencing token of the lease this node holds.", registry=self.registry
+        )
+        build_info = Gauge(
+            "hybridops_build_info", "Always 1; the daemon's version as a label.", ["version"], registry=self.registry
+        )
+        build_info.labels(__version__).set(1)
+        self.registry.register(_SignalCollector(snapshot, max_ages, edges, clock))
+        self.registry.register(_SourceCollector(sources))
+        self.registry.register(_JournalCollector(journal_size))
+
+    def _lane(self, lane: str) -> None:
+        """Create a lane's decision and run counters at 0: a counter first exported at 1 would hide its first
+        increase from rate() and increase(), and the first cutover is the one that matters."""
+        if lane not in self._lanes:
+            self._lanes.add(lane)
+            for kind in DecisionKind:
+                self._decisions.labels(lane, kind.value)
+            for chain in CHAINS:
+                for outcome in RUN_OUTCOMES:
+                    self._runs.labels(lane, chain, outcome)
+
+    def decision(self, lane: str, kind: str) -> None:
+        """A notable decision was journaled. Raises ValueError for a kind that is not a DecisionKind."""
+        self._lane(lane)
+        self._decisions.labels(lane, DecisionKind(kind).value).inc()
+
+    def lane_state(self, lane: str, state: str) -> None:
+        """The lane is now in ``state``: it reads 1, the other five 0. Raises ValueError for an unknown state."""
+        current = LaneStatus(state)
+        self._lane(lane)
+        for status in LaneStatus:
+            self._lane_state.labels(lane, status.value).set(1.0 if status is current else 0.0)
+
+    def step(self, lane: str, step: str, outcome: StepOutcome, seconds: float) -> None:
+        self._step_seconds.labels(lane, step, outcome).observe(seconds)
+
+    def run(self, lane: str, chain: Chain, outcome: RunOutcome) -> None:
+        self._lane(lane)
+        self._runs.labels(lane, chain, outcome).inc()
+
+    def leadership(self, lane: str, held: bool, token: int) -> None:
+        self._leader.labels(lane).set(1.0 if held else 0.0)
+        self._fencing_token.set(token)
+
+    def exposition(self) -> bytes:
+        """The text exposition format, as served on ``/metrics``."""
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """``GET /metrics`` on ``config.listen:config.port`` (port 0: an ephemeral one, see ``port``); anything else 404."""
+
+    def __init__(self, config: MetricsConfig, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+        self.port = config.port
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)  # Prometheus scrapes every few seconds: no line per scrape
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._config.listen, self._config.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.method != "GET" or request.path != "/metrics":
+            raise web.HTTPNotFound()
+        return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
