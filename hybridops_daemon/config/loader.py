@@ -224,8 +224,11 @@ def render_path(path: KeyPath) -> str:
 def _display(file: Path) -> str:
     # Lexical normalisation, for display only: "config/../policies/prod.yaml" reads as the file being edited.
     shown = Path(os.path.normpath(file.absolute()))
+    here = Path.cwd()
+    if here == Path(here.anchor):  # under systemd the cwd is "/": "etc/hybridops/…" would read as a relative path
+        return str(shown)
     try:
-        return str(shown.relative_to(Path.cwd()))
+        return str(shown.relative_to(here))
     except ValueError:
         return str(shown)
 

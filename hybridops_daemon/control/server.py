@@ -154,8 +154,8 @@ class ControlServer:
                 sock.bind(str(self._path))
                 self._inode = os.stat(self._path).st_ino
                 os.chmod(self._path, self._mode)
-                if gid is not None:
-                    os.chown(self._path, -1, gid)
+                if gid is not None and os.stat(self._path).st_gid != gid:
+                    os.chown(self._path, -1, gid)  # skipped when it already has the group: the unit's seccomp allows no chown
             except OSError as exc:
                 raise ControlSocketError(f"cannot set up the control socket {self._path}: {exc.strerror or exc}") from exc
             self._server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=MAX_REQUEST_BYTES)
