@@ -19,14 +19,14 @@ import structlog
 from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.loader import ConfigInvalid, load_profile
-from hybridops_daemon.config.models import DaemonConfig, PeerSource, Profile
+from hybridops_daemon.config.models import DaemonConfig, PeerSource, Profile, RetentionConfig
 from hybridops_daemon.config.models import Source as SourceConfig
 from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
 from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.drivers.base import Driver
 from hybridops_daemon.drivers.registry import DRIVER_MODULES, build_drivers
 from hybridops_daemon.journal.redact import Redactor
-from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.journal.store import Journal, JournalError
 from hybridops_daemon.lease.local import LocalLease
 from hybridops_daemon.metrics import Metrics, MetricsServer
 from hybridops_daemon.observations import ObservationStore
@@ -41,6 +41,7 @@ from hybridops_daemon.policy.types import (
     Observation,
     Trigger,
 )
+from hybridops_daemon.scheduler import DrillScheduler
 from hybridops_daemon.sdnotify import Notifier
 from hybridops_daemon.secrets import SecretUnavailable, referenced, resolve
 from hybridops_daemon.signals.base import Source
@@ -89,6 +90,7 @@ class Daemon:
         self._chain_tasks: set[asyncio.Task[None]] = set()
         self.lanes: dict[str, _Lane] = {}
         self.sources: dict[str, Source] = {}
+        self.drills: DrillScheduler | None = None
         self.journal: Journal | None = None
         self.metrics = Metrics(
             self.store.snapshot,
@@ -164,8 +166,12 @@ class Daemon:
             await stack.enter_async_context(ControlServer(config.socket_path, _ControlBackend(self), group=config.control.group))
             if config.metrics is not None:
                 await stack.enter_async_context(MetricsServer(config.metrics, self.metrics))
+            profiles = {name: lane.profile for name, lane in self.lanes.items()}
+            self.drills = await stack.enter_async_context(DrillScheduler(profiles, self._scheduled_drill))
             sources = [group.create_task(self._source(spec)) for spec in config.sources]
-            self._recover_runs(journal, runner, group)
+            self._recover_runs(journal, runner, group)  # before any retention cut: it reads the ended runs
+            if config.retention is not None:
+                sources.append(group.create_task(self._retention(journal, config.retention)))
             if self.notifier.watchdog_interval:
                 sources.append(group.create_task(self._watchdog(self.notifier.watchdog_interval)))
             self.notifier.ready(self._status_line())
@@ -227,6 +233,8 @@ class Daemon:
         decision, lane.state = decide(lane.state, observation, lane.profile, self.clock())
         if isinstance(event, ChainEvent) and event.run_id == before.active_run:
             running = before.paused_from if before.status is LaneStatus.PAUSED else before.status
+            if running is LaneStatus.FAILING_BACK and event.ok:
+                self._record_drill_cost(journal, lane, event.run_id)
             self.metrics.run(
                 lane.name, "cutover" if running is LaneStatus.CUTTING_OVER else "failback", "succeeded" if event.ok else "failed"
             )
@@ -301,6 +309,53 @@ class Daemon:
             return PeerLink(spec, self.config.node, self.config.peer, self._published_signals, self.store.snapshot, self.clock)
         return build_source(spec, self.config.node, self.clock)
 
+    def _record_drill_cost(self, journal: Journal, lane: _Lane, teardown_run: str) -> None:
+        """When a drill's teardown completes, put what the drill cost into the drill's own run record."""
+        starts = journal.records(kinds=("run.start",), lane=lane.name, newest_first=True, limit=2)
+        if len(starts) < 2 or starts[0].run_id != teardown_run or starts[1].body.get("kind") != "drill":
+            return  # the failback of a real cutover, not a drill's teardown
+        drill = starts[1]
+        hours = (self.clock() - drill.ts) / 3600
+        hourly = float(drill.body.get("hourly_cost_usd", 0.0))
+        body = {
+            "drill_run": drill.run_id,
+            "teardown_run": teardown_run,
+            "hourly_cost_usd": hourly,
+            "duration_s": round(hours * 3600, 3),
+            "cost_usd": round(hours * hourly, 4),
+        }
+        journal.append("drill.cost", body, ts=self.clock(), lane=lane.name, run_id=drill.run_id)
+        log.info("drill cost", lane=lane.name, **body)
+
+    async def _scheduled_drill(self, lane: str) -> None:
+        try:
+            _, decision = await self.submit(Command.DRILL, lane, "schedule", Trigger.SCHEDULE)
+        except (CommandRefused, TimeoutError) as exc:
+            log.warning("scheduled drill not submitted", lane=lane, reason=str(exc))
+            return
+        log.info("scheduled drill", lane=lane, kind=decision.kind.value, reason=decision.reason)
+
+    async def _retention(self, journal: Journal, retention: RetentionConfig) -> None:
+        """Cut the journal's oldest records to the configured age/size, one bounded batch at a time, so the loop
+        (and the watchdog it feeds) keep running; every cut leaves a summary that verify() proves from."""
+        while True:
+            before = self.clock() - retention.days * 86400 if retention.days is not None else None
+            max_bytes = int(retention.max_mb * 1024 * 1024) if retention.max_mb is not None else None
+            try:
+                report = journal.prune(before_ts=before, max_bytes=max_bytes, now=self.clock())
+                while report is not None:
+                    if report.removed:
+                        log.info("journal pruned", removed=report.removed, held=report.held)
+                    elif report.held:
+                        log.warning("journal retention held", held=report.held)
+                    if not report.more:
+                        break
+                    await asyncio.sleep(0)
+                    report = journal.prune(before_ts=before, max_bytes=max_bytes, now=self.clock())
+            except JournalError:
+                log.exception("journal retention failed; the next check retries")
+            await asyncio.sleep(retention.check_every)
+
     def _max_ages(self) -> dict[str, float]:
         """Per signal, the smallest max age of any lane that reads it (the strictest view of "stale")."""
         ages: dict[str, float] = {}
@@ -329,8 +384,9 @@ class Daemon:
 
     @staticmethod
     def _previous_stop_was_unclean(journal: Journal) -> bool:
-        last = journal.records(kinds=("daemon.start", "daemon.stop"), limit=1, newest_first=True)
-        return bool(last) and last[0].kind == "daemon.start"
+        # last() also reads the copies a retention cut carries, so this holds after pruning.
+        start, stop = journal.last("daemon.start"), journal.last("daemon.stop")
+        return start is not None and (stop is None or stop.seq < start.seq)
 
     def _restore_state(self, journal: Journal, lane: str) -> LaneState:
         record = journal.last("decision", lane=lane)
@@ -385,6 +441,11 @@ class Daemon:
                 loaded[name] = load_profile(lane_config.profile, DRIVER_MODULES)
             except ConfigInvalid as exc:
                 errors.extend(str(error) for error in exc.errors)
+        if not errors and self.drills is not None:
+            try:
+                self.drills.reschedule(loaded)
+            except ValueError as exc:
+                errors.append(str(exc))
         if errors:
             journal.append("profile.reload_refused", {"errors": errors}, ts=self.clock())
             log.error("profile reload refused; keeping the running profiles", errors=errors)
@@ -430,6 +491,7 @@ class _ControlBackend:
     async def status(self) -> dict[str, Any]:
         daemon = self._daemon
         lanes = []
+        next_drills = daemon.drills.next_runs() if daemon.drills is not None else {}
         for lane in daemon.lanes.values():
             last = lane.last_decision
             lanes.append(
@@ -441,6 +503,7 @@ class _ControlBackend:
                     "active_run": lane.state.active_run,
                     "paused_by": lane.state.paused_by,
                     "last_decision": {"kind": last.kind.value, "reason": last.reason, "at": last.at} if last else None,
+                    "next_drill": next_drills[lane.name].isoformat() if lane.name in next_drills else None,
                 }
             )
         pending = [

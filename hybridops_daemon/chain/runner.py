@@ -217,7 +217,9 @@ class ChainRunner:
         if self._on_step is not None:
             self._on_step(lane, step, outcome, seconds)
 
-    async def _run_step(self, spec: RunSpec, step: Step, outputs: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], str]:
+    async def _run_step(
+        self, spec: RunSpec, step: Step, outputs: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[dict[str, Any], StepOutcome]:
         """Run one step; return what it publishes and its outcome ("applied" or "skipped")."""
         driver = self._drivers.get(spec.lane, {}).get(step.driver)
         if driver is None:

@@ -137,6 +137,17 @@ class DrillPolicy(Strict):
         default=None, description='cron expression (5 fields, UTC) for scheduled drills, e.g. "0 3 1 * *"'
     )
 
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from hybridops_daemon.scheduler import validate_cron  # APScheduler is imported only when a schedule is set
+
+            problem = validate_cron(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
 
 class SecretRef(Strict):
     """Where a secret lives: an environment variable or a file. Never the secret itself."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import PRIMARY_DOWN, DaemonProcess, Primary, free_port, profile, wait_for
+from tests.e2e.harness import DAEMON, PRIMARY_DOWN, DaemonProcess, Primary, free_port, profile, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -281,3 +282,34 @@ def test_the_metrics_endpoint_reports_what_the_daemon_did(tmp_path: Path, primar
     assert sample("hybridops_signal_unknown", signal="primary_http", edge="edge01") == 0.0
     journal_size = sample("hybridops_journal_size_bytes")
     assert journal_size is not None and journal_size > 0
+
+
+def test_retention_cuts_the_journal_and_verify_still_proves_it(
+    tmp_path: Path, primary: Primary, daemons: list[DaemonProcess]
+) -> None:
+    import yaml
+
+    daemon = make_daemon(tmp_path, primary)
+    config = yaml.safe_load(daemon.config.read_text())
+    config["retention"] = {"max_mb": 0.05, "check_every": "500ms"}  # ~50 KB: a few drills overflow it
+    daemon.config.write_text(yaml.safe_dump(config))
+    daemons.append(daemon)
+    daemon.start()
+    for _ in range(3):
+        assert daemon.ctl("drill", "--lane", "drill").returncode == 0
+        daemon.wait_status("drill", "ON_STANDBY")
+        assert daemon.ctl("failback", "--lane", "drill").returncode == 0
+        daemon.wait_status("drill", "PRIMARY")
+
+    def pruned() -> list[str]:
+        with sqlite3.connect(f"file:{daemon.state / 'journal.db'}?mode=ro", uri=True) as db:
+            return [row[0] for row in db.execute("SELECT body FROM records WHERE kind = 'journal.pruned'")]
+
+    wait_for("a retention cut", pruned, timeout=20)
+    verify = daemon.ctl("journal", "verify")
+    assert verify.returncode == 0 and verify.stdout.startswith("journal OK"), verify.stdout + verify.stderr
+    assert daemon.stop() == 0
+    offline = subprocess.run(
+        [DAEMON, "journal", "verify", "--db", str(daemon.state / "journal.db")], capture_output=True, text=True
+    )
+    assert offline.returncode == 0, offline.stdout

@@ -1,0 +1,174 @@
+"""Scheduled drills: per lane, a cron job (APScheduler 3.x) that asks the daemon for a drill of that lane.
+
+The scheduler only times: at each fire it awaits ``fire(lane)``, and the daemon turns that into an intent
+(``Command.DRILL``, ``Trigger.SCHEDULE``, actor ``schedule``) that the loop decides on like any other. Jobs live in
+memory: a drill whose time passed while the daemon was down is not run late, and after a loop stall only the latest
+missed fire runs (``coalesce``), and only within ``misfire_grace`` seconds of its time.
+
+Expressions are five-field crontab (minute hour day-of-month month day-of-week) in UTC, read the way cron reads them.
+APScheduler 3.x's ``CronTrigger.from_crontab`` does not: it takes day-of-week 0 as Monday (cron: Sunday, as is 7), so
+``cron_trigger`` translates that field to day names. Cron runs when *either* a restricted day-of-month or a
+restricted day-of-week matches, APScheduler when both do; an expression restricting both is refused rather than
+read either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN  # type: ignore[import-untyped]
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+
+if TYPE_CHECKING:  # config validation imports validate_cron from here: no import cycle at run time
+    from hybridops_daemon.config.models import Profile
+
+log = structlog.get_logger("hybridops.scheduler")
+
+Fire = Callable[[str], Awaitable[object]]
+
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 (and 7) is Sunday
+_FIELDS = "minute hour day-of-month month day-of-week"
+
+
+def _day(text: str) -> int:
+    if text.isdigit() and int(text) <= 7:
+        return int(text)
+    if text in _DAYS:
+        return _DAYS.index(text)
+    raise ValueError(f"day of week {text!r} is not 0-7 or a day name (sun, mon, ...)")
+
+
+def _days_of_week(field: str) -> str:
+    """A crontab day-of-week field as the day names APScheduler reads the same way: ``0-2/2`` becomes ``sun,tue``."""
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for item in field.lower().split(","):
+        span, slash, step_text = item.partition("/")
+        if slash and not (step_text.isdigit() and int(step_text) > 0):
+            raise ValueError(f"day of week {item!r}: the step must be a positive number")
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            first, last = (_day(end) for end in span.split("-", 1))
+        elif slash:
+            raise ValueError(f"day of week {item!r}: a step needs a range (1-5/2) or *")
+        else:
+            first = last = _day(span)
+        if first > last:
+            raise ValueError(f"day of week {item!r}: the range runs backwards")
+        days.update(day % 7 for day in range(first, last + 1, int(step_text or 1)))
+    return ",".join(_DAYS[day] for day in sorted(days))
+
+
+def cron_trigger(expr: str) -> CronTrigger:
+    """The UTC trigger for a five-field crontab expression. Raises ValueError with a message for the operator."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron expression {expr!r} has {len(fields)} fields; it needs 5 ({_FIELDS}), in UTC")
+    minute, hour, day, month, day_of_week = fields
+    if day != "*" and day_of_week != "*":
+        raise ValueError(
+            f"cron expression {expr!r} restricts both day-of-month and day-of-week, which cron reads as either one"
+            " matching; restrict one of them"
+        )
+    try:
+        trigger = CronTrigger(
+            minute=minute, hour=hour, day=day, month=month, day_of_week=_days_of_week(day_of_week), timezone=UTC
+        )
+    except ValueError as exc:
+        raise ValueError(f"cron expression {expr!r}: {exc}") from exc
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"cron expression {expr!r} never fires")
+    return trigger
+
+
+def validate_cron(expr: str) -> str | None:
+    """What is wrong with a ``drill.schedule`` expression, or None: for config checking."""
+    try:
+        cron_trigger(expr)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+class DrillScheduler:
+    """Calls ``fire(lane)`` at each lane's ``drill.schedule`` while inside ``async with``.
+
+    Lanes whose profile has no schedule, or does not allow drills, get no job. One fire per lane at a time: a fire
+    still running when the next is due makes that next one skip. Leaving the context stops new fires, lets running
+    ones finish for ``drain_timeout`` seconds, then cancels them.
+    """
+
+    def __init__(
+        self, profiles: Mapping[str, Profile], fire: Fire, *, misfire_grace: float = 300.0, drain_timeout: float = 5.0
+    ) -> None:
+        self._profiles = profiles
+        self._fire = fire
+        self._drain_timeout = drain_timeout
+        self._running: set[asyncio.Task[Any]] = set()
+        # The APScheduler instance (job ids are lane names), for status and tests; start/stop belong to this class.
+        self.scheduler = AsyncIOScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": misfire_grace}
+        )
+
+    async def __aenter__(self) -> DrillScheduler:
+        self.scheduler.start()  # on the running loop
+        try:
+            self.reschedule(self._profiles)
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.scheduler.pause()  # no new fires while the running ones finish
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=self._drain_timeout)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        left = set(self._running)
+        stopped = asyncio.Event()
+        self.scheduler.add_listener(lambda _: stopped.set(), EVENT_SCHEDULER_SHUTDOWN)
+        self.scheduler.shutdown(wait=False)  # runs on the loop's next turn and cancels the fires still running
+        await stopped.wait()
+        if left:
+            await asyncio.wait(left)
+
+    def reschedule(self, profiles: Mapping[str, Profile]) -> None:
+        """Replace every lane's job with what ``profiles`` say (after a reload). Raises ValueError for a bad
+        expression, before changing anything: config checking should have refused it already."""
+        triggers = {
+            lane: cron_trigger(profile.drill.schedule)
+            for lane, profile in profiles.items()
+            if profile.drill.schedule is not None and profile.drill.allowed
+        }
+        for job in self.scheduler.get_jobs():
+            if job.id not in triggers:
+                job.remove()
+        for lane, trigger in triggers.items():
+            self.scheduler.add_job(self._run, trigger, args=(lane,), id=lane, name=f"drill {lane}", replace_existing=True)
+        log.info("drill schedule", next_runs={lane: when.isoformat() for lane, when in self.next_runs().items()})
+
+    def next_runs(self) -> dict[str, datetime]:
+        """Per scheduled lane, when its next drill fires (UTC)."""
+        return {job.id: job.next_run_time for job in self.scheduler.get_jobs() if job.next_run_time is not None}
+
+    async def _run(self, lane: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "APScheduler runs coroutine jobs as tasks"
+        self._running.add(task)
+        try:
+            log.info("scheduled drill due", lane=lane)
+            await self._fire(lane)
+        except Exception:  # the daemon refusing (stopping, lane busy) must not end the schedule
+            log.exception("scheduled drill not submitted", lane=lane)
+        finally:
+            self._running.discard(task)
