@@ -18,12 +18,12 @@ run: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	scripts/testbed-install
-	$(BIN)/ruff check hybridops_daemon tests benchmarks
+	$(BIN)/ruff check hybridops_daemon tests benchmarks simulations
 	$(BIN)/mypy --strict hybridops_daemon
 	$(BIN)/pytest
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check hybridops_daemon tests benchmarks
+	$(BIN)/ruff check hybridops_daemon tests benchmarks simulations
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy --strict hybridops_daemon
@@ -34,6 +34,8 @@ unit: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.decision_path
 	$(BIN)/python -m benchmarks.decide_throughput
+	$(BIN)/python -m benchmarks.mqtt_ingest
+	$(BIN)/python -m benchmarks.replay_throughput
 
 # The walk-through: take the demo primary down (watch the cutover), and bring it back.
 stop-primary:

@@ -238,7 +238,8 @@ class Daemon:
             self.metrics.run(
                 lane.name, "cutover" if running is LaneStatus.CUTTING_OVER else "failback", "succeeded" if event.ok else "failed"
             )
-        if decision.notable:
+        # A chain's end is always on record, even when it leaves the status as it was (a lane paused mid-run).
+        if decision.notable or isinstance(event, ChainEvent):
             record_decision(journal, decision, lane.profile, lane.state)
             lane.last_decision = decision
             self.metrics.decision(lane.name, decision.kind.value)

@@ -1,4 +1,4 @@
-"""``hyops-daemon``: the daemon itself and its offline tools (check-config, schema, journal verify, demo-primary)."""
+"""``hyops-daemon``: the daemon itself and its offline tools (check-config, schema, journal verify, simulate, demo-primary)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--port", type=int, default=8081)
     demo.add_argument("--host", default="127.0.0.1")
 
+    simulate = commands.add_parser(
+        "simulate", help="replay a signal trace through decide() and the cost model (see simulations/README.md)"
+    )
+    simulate.add_argument("--profile", type=Path, required=True, help="the lane's profile (YAML)")
+    simulate.add_argument(
+        "--trace", type=Path, required=True, action="append", help="JSONL or CSV, optionally .gz; repeat to compare traces"
+    )
+    simulate.add_argument("--lane", help="the lane simulated (default: the profile's name); commands for others are ignored")
+    simulate.add_argument("--json", action="store_true", help="one JSON object (a list with --sweep or several traces)")
+    simulate.add_argument("--plot", type=Path, metavar="OUT.png", help="draw signals, levels, decisions and standby periods")
+    simulate.add_argument(
+        "--sweep", action="append", default=[], metavar="KEY=V1,V2", help="vary a profile key (dotted path); repeatable"
+    )
+    simulate.add_argument("--tick", default="1s", help="the daemon's tick (default 1s)")
+    simulate.add_argument("--node", default="edge01", help="the simulated edge: samples without 'edge' are its own")
+    simulate.add_argument("--peer", default="edge02", help="the other edge (for both_edges corroboration)")
+    simulate.add_argument("--grace", default="60s", help="a cutover this long after a fault's end still counts as its detection")
+    simulate.add_argument("--every-tick", action="store_true", help="run every tick, none skipped (slower; for verification)")
+
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args.config, args.log_level, args.pretty)
@@ -45,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return _schema(args.kind)
     if args.command == "journal":
         return _journal_verify(args.db)
+    if args.command == "simulate":
+        return _simulate(args)
     return _demo_primary(args.host, args.port)
 
 
@@ -119,6 +140,24 @@ def _journal_verify(db: Path) -> int:
     for problem in report.problems:
         print(f"  {problem}")
     return EXIT_FAILED
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from hybridops_daemon.simulate.command import run_simulate
+
+    return run_simulate(
+        profile_path=args.profile,
+        trace_paths=args.trace,
+        lane=args.lane,
+        as_json=args.json,
+        plot_path=args.plot,
+        sweeps=args.sweep,
+        tick=args.tick,
+        node=args.node,
+        peer=args.peer,
+        grace=args.grace,
+        every_tick=args.every_tick,
+    )
 
 
 def _demo_primary(host: str, port: int) -> int:

@@ -1,0 +1,91 @@
+"""``hyops-daemon simulate``: load and validate everything first (exit 2 on any invalid input), then replay."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hybridops_daemon.config.loader import ConfigInvalid, load_profile
+from hybridops_daemon.config.models import Profile
+from hybridops_daemon.drivers.registry import DRIVER_MODULES
+from hybridops_daemon.durations import parse_duration
+from hybridops_daemon.simulate.engine import Replay, replay
+from hybridops_daemon.simulate.report import render, render_table, result
+from hybridops_daemon.simulate.sweep import SweepError, parse_axes, variants
+from hybridops_daemon.simulate.trace import Trace, TraceError, load_trace
+
+EXIT_OK, EXIT_INVALID = 0, 2
+
+
+def _fail(message: str) -> int:
+    print(f"hyops-daemon simulate: {message}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def run_simulate(
+    *,
+    profile_path: Path,
+    trace_paths: Sequence[Path],
+    lane: str | None,
+    as_json: bool,
+    plot_path: Path | None,
+    sweeps: Sequence[str],
+    tick: str,
+    node: str,
+    peer: str,
+    grace: str,
+    every_tick: bool,
+) -> int:
+    try:
+        tick_s, grace_s = parse_duration(tick), parse_duration(grace)
+    except ValueError:
+        return _fail('--tick and --grace take durations like "1s" or "2m"')
+    if tick_s <= 0:
+        return _fail("--tick must be longer than 0s")
+    try:
+        profile = load_profile(profile_path, DRIVER_MODULES)
+    except ConfigInvalid as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        axes = parse_axes(sweeps)
+        grid: list[tuple[dict[str, str], Profile]] = [({}, profile)]
+        if axes:
+            grid = variants(yaml.safe_load(profile_path.read_text(encoding="utf-8")), axes, DRIVER_MODULES)
+    except SweepError as exc:
+        return _fail(str(exc))
+    if plot_path is not None and (axes or len(trace_paths) > 1):
+        return _fail("--plot draws one replay: give one --trace and no --sweep")
+    try:
+        traces: list[Trace] = [load_trace(path) for path in trace_paths]
+    except TraceError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+
+    outs: list[dict[str, Any]] = []
+    replays: list[Replay] = []
+    for label, variant in grid:
+        for trace in traces:
+            replayed = replay(variant, trace, lane=lane or variant.name, node=node, peer=peer, tick=tick_s, every_tick=every_tick)
+            out = result(variant, trace, replayed, tick=tick_s, grace=grace_s)
+            if plot_path is not None:
+                from hybridops_daemon.simulate.plot import plot
+
+                try:
+                    plot(plot_path, variant, trace, replayed, out)
+                except OSError as exc:
+                    return _fail(f"cannot write the plot to {plot_path}: {exc.strerror or exc}")
+            outs.append({"variant": label, **out} if axes else out)
+            replays.append(replayed)
+    single = not axes and len(traces) == 1
+    if as_json:
+        print(json.dumps(outs[0] if single else outs, indent=2))
+    else:
+        print(render(outs[0], replays[0]) if single else render_table(outs))
+    return EXIT_OK
