@@ -52,7 +52,7 @@ from hybridops_daemon.drivers.base import (
     ProbeResult,
     StepContext,
 )
-from hybridops_daemon.drivers.modules import DnsRecord, validate_inputs
+from hybridops_daemon.drivers.modules import DnsRecord, inputs_of
 from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "dns/record@v1"
@@ -110,10 +110,7 @@ class _Record:
 
 
 def _record(step: StepContext) -> _Record:
-    if step.module != MODULE:
-        raise PermanentDriverError(f"DNS drivers run only {MODULE}, not {step.module!r}")
-    inputs = validate_inputs(step.module, step.inputs)
-    assert isinstance(inputs, DnsRecord)
+    inputs = inputs_of("DNS", step.module, step.inputs, DnsRecord)
     try:
         rdtype = dns.rdatatype.from_text(inputs.type)
         # Names in content are absolute, as in every DNS API (PowerDNS insists on it): relative to the root.

@@ -55,7 +55,7 @@ from hybridops_daemon.drivers.base import (
     ProbeResult,
     StepContext,
 )
-from hybridops_daemon.drivers.modules import ComputeCapacity, validate_inputs
+from hybridops_daemon.drivers.modules import ComputeCapacity, inputs_of
 from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "compute/capacity@v1"
@@ -265,11 +265,7 @@ class GcpDriver:
 
     @staticmethod
     def _inputs(step: StepContext) -> ComputeCapacity:
-        if step.module != MODULE:
-            raise PermanentDriverError(f"the gcp driver runs {MODULE} only, not {step.module!r}")
-        inputs = validate_inputs(step.module, step.inputs)
-        assert isinstance(inputs, ComputeCapacity)
-        return inputs
+        return inputs_of("gcp", step.module, step.inputs, ComputeCapacity)
 
     async def _converge(self, inputs: ComputeCapacity, state: str) -> ApplyResult:
         loop = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ from hybridops_daemon.drivers.base import (
     ProbeResult,
     StepContext,
 )
-from hybridops_daemon.drivers.modules import FloatingIp, validate_inputs
+from hybridops_daemon.drivers.modules import FloatingIp, inputs_of
 from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "network/floating-ip@v1"
@@ -408,11 +408,7 @@ class HcloudDriver:
 
     @staticmethod
     def _inputs(step: StepContext) -> FloatingIp:
-        if step.module != MODULE:
-            raise PermanentDriverError(f"the hcloud driver runs only {MODULE}, not {step.module}")
-        inputs = validate_inputs(step.module, step.inputs)
-        assert isinstance(inputs, FloatingIp)
-        return inputs
+        return inputs_of("hcloud", step.module, step.inputs, FloatingIp)
 
     @staticmethod
     def _observed(inputs: FloatingIp, fip_id: int, current: int | None, target_id: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator
 
@@ -171,3 +171,19 @@ def resource_key(module: str, inputs: ModuleInputs) -> str:
     if model is None or not isinstance(inputs, model):
         raise TypeError(f"inputs of type {type(inputs).__name__} are not the inputs of module {module!r}")
     return f"{module}:{'/'.join(str(getattr(inputs, field)) for field in model.identity)}"
+
+
+M = TypeVar("M", bound=ModuleInputs)
+
+
+def inputs_of(driver: str, module: str, inputs: Mapping[str, Any], model: type[M]) -> M:
+    """A step's validated inputs, for a driver that runs exactly ``model``'s module.
+
+    Raises PermanentDriverError when the step names another module or its inputs do not validate.
+    """
+    expected = next(ref for ref, cls in MODULES.items() if cls is model)
+    if module != expected:
+        raise PermanentDriverError(f"the {driver} driver runs only {expected}, not {module!r}")
+    validated = validate_inputs(module, inputs)
+    assert isinstance(validated, model)
+    return validated
