@@ -70,8 +70,7 @@ class ChainEvent:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
     """What ``decide()`` sees: the latest sample per (signal, edge) and at most one event to act on."""
 
     readings: Mapping[tuple[str, str], Sample]

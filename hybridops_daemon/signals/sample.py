@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """``value`` is a number (booleans as 1.0/0.0) or None for "no data". Times are epoch seconds."""
+class Sample(NamedTuple):
+    """``value`` is a number (booleans as 1.0/0.0) or None for "no data". Times are epoch seconds.
+
+    A NamedTuple, not a frozen dataclass: one is built per message on the ingest and replay paths, and a frozen
+    dataclass pays an ``object.__setattr__`` per field (measured 0.74 → 0.29 µs)."""
 
     signal: str
     value: float | None
