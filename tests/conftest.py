@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.testbed.powerdns",
     "tests.testbed.netbox",
     "tests.testbed.fakes",
+    "tests.testbed.etcd",
 ]

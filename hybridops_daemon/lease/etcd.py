@@ -1,0 +1,217 @@
+"""The edge-pair lease: a leader key in a three-member etcd, bound to an etcd lease that this node keeps alive.
+
+Campaign: grant a lease, then one transaction puts ``key = node`` bound to it only if the key does not exist. The fencing
+token is the key's **create revision**: etcd's revision counter never goes back, and every new holding creates the key
+anew, so each successor's token is strictly greater. It names the holding itself: the mod revision would change on any
+later write to the key, the create revision only when the key is created again, i.e. by the next leader.
+
+Stop acting: the lease is lost the moment a refresh fails or etcd reports it expired, and at the latest when ``ttl`` has
+passed on the local monotonic clock since the last refresh was *sent* (etcd restarts the TTL no earlier than it receives
+the refresh, so it cannot expire the key before that local deadline). A node cut off from etcd thus stops without
+learning anything. A node whose clock stood still (a paused VM) is caught by ``ensure()``: a transaction in etcd that
+the key still holds this node's name under this token.
+
+Each etcd call is bounded by ``op_timeout``. aetcd talks to one address per client, so there is one client per endpoint;
+a member that refuses the connection is skipped within the same call, one that hangs (no quorum on its side) at the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aetcd  # type: ignore[import-untyped]  # aetcd ships no type hints
+
+from hybridops_daemon.lease.base import LeaseLost
+
+_T = TypeVar("_T")
+
+# gRPC backs off reconnecting up to 120 s by default: a member that comes back would stay unused that long.
+_CHANNEL_OPTIONS = {
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
+
+
+class _EtcdError(Exception):
+    """The call failed: no member answered within op_timeout, or etcd refused it."""
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    url = urllib.parse.urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    if url.scheme not in ("", "http") or url.hostname is None or url.port is None:
+        raise ValueError(f"etcd endpoint {endpoint!r}: expected http://HOST:PORT (aetcd speaks plaintext gRPC only)")
+    return url.hostname, url.port
+
+
+class EtcdLease:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        key: str,
+        node: str,
+        ttl: float,
+        *,
+        op_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        if not 0 < op_timeout < ttl:
+            raise ValueError(f"op_timeout ({op_timeout}s) must be positive and shorter than the TTL ({ttl}s)")
+        self._clients = [aetcd.Client(host, port, options=_CHANNEL_OPTIONS) for host, port in map(_host_port, endpoints)]
+        self._current = 0
+        self._key = key.encode()
+        self._node = node.encode()  # aetcd's put wants bytes (its compares would convert)
+        self._ttl = ttl
+        self._op_timeout = op_timeout
+        self._clock = clock
+        self._lease_id: int | None = None
+        self._token = 0
+        self._deadline = 0.0
+        self._lost: str | None = "never campaigned"
+
+    @property
+    def token(self) -> int:
+        """The fencing token of the current (or last) holding; 0 before the first won campaign."""
+        return self._token
+
+    @property
+    def leading(self) -> bool:
+        return self._lost is None and self._clock() < self._deadline
+
+    @property
+    def reason(self) -> str:
+        """Why this node does not lead (for status and the journal); empty while it leads."""
+        if self._lost is not None:
+            return self._lost
+        if self._clock() >= self._deadline:
+            return f"lease TTL ({self._ttl:g}s) ran out on the local clock since the last successful refresh"
+        return ""
+
+    async def campaign(self) -> bool:
+        """Try to become the leader; False (see ``reason``) if another node holds the key or etcd does not answer."""
+        if self.leading:
+            return True
+        self._lease_id = None
+        sent = self._clock()
+        try:
+            grant = await self._call("lease grant", lambda c: c.lease(math.ceil(self._ttl)))
+            lease_id = int(grant.id)
+            _, responses = await self._call(
+                "campaign",
+                lambda c: c.transaction(
+                    compare=[c.transactions.create(self._key) == 0],
+                    success=[c.transactions.put(self._key, self._node, lease=lease_id), c.transactions.get(self._key)],
+                    failure=[c.transactions.get(self._key)],
+                ),
+            )
+        except _EtcdError as exc:
+            self._lost = f"cannot campaign: {exc}"  # a lease granted before the failure expires by itself
+            return False
+        kv = responses[-1][0][1] if responses[-1] else None
+        # A retried transaction whose first attempt did land fails its compare yet finds our own lease on the key.
+        if kv is None or int(kv.lease) != lease_id:
+            self._lost = f"held by another node: {self._describe(responses[-1])}"
+            await self._revoke(lease_id)
+            return False
+        self._lease_id = lease_id
+        self._token = int(kv.create_revision)
+        self._deadline = sent + self._ttl
+        self._lost = None
+        return True
+
+    async def run(self) -> None:
+        """Keep the lease alive every ttl/3 while leading; return once it is lost (``reason`` says why)."""
+        lease_id = self._lease_id
+        while lease_id is not None and self.leading:
+            await asyncio.sleep(self._ttl / 3)
+            if not self.leading:
+                break
+            sent = self._clock()
+            try:
+                reply = await self._call("lease refresh", lambda c: c.refresh_lease(lease_id))
+            except _EtcdError as exc:
+                self._lose(f"lease refresh failed: {exc}")
+                break
+            if reply is None or int(reply.TTL) <= 0:  # etcd answers an expired lease with TTL 0, not an error
+                self._lose("lease expired in etcd")
+                break
+            self._deadline = sent + self._ttl
+        self._lose(self.reason)
+        if lease_id is not None:
+            await self._revoke(lease_id)  # the holding is over: the other node need not wait out the TTL
+
+    async def ensure(self, token: int) -> None:
+        """Raise LeaseLost unless this node leads and etcd still holds its key under ``token`` (bounded by op_timeout)."""
+        if token != self._token or not self.leading:
+            raise LeaseLost(f"fencing token {token} is not current: {self.reason or f'this node holds token {self._token}'}")
+        try:
+            ok, responses = await self._call(
+                "fencing check",
+                lambda c: c.transaction(
+                    compare=[c.transactions.value(self._key) == self._node, c.transactions.create(self._key) == token],
+                    success=[],
+                    failure=[c.transactions.get(self._key)],
+                ),
+            )
+        except _EtcdError as exc:
+            raise LeaseLost(f"cannot confirm fencing token {token}: {exc}") from None
+        if not ok:
+            self._lose(f"fencing token {token} is no longer current in etcd: {self._describe(responses[0])}")
+            raise LeaseLost(self.reason)
+        if not self.leading:
+            raise LeaseLost(f"fencing token {token}: {self.reason}")
+
+    async def resign(self) -> None:
+        """Stop leading and revoke the lease so the other node can take over at once (best effort: else the TTL does)."""
+        lease_id, self._lease_id = self._lease_id, None
+        self._lose("resigned")
+        if lease_id is not None:
+            await self._revoke(lease_id)
+
+    async def __aenter__(self) -> EtcdLease:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.resign()
+        for client in self._clients:
+            async with asyncio.timeout(self._op_timeout):
+                await client.close()
+
+    def _lose(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+
+    def _describe(self, got: list[tuple[bytes, Any]]) -> str:
+        if not got:
+            return f"{self._key.decode()} is gone (lease expired or revoked)"
+        value, kv = got[0]
+        return f"{self._key.decode()} is held by {value.decode(errors='replace')!r} under token {kv.create_revision}"
+
+    async def _revoke(self, lease_id: int) -> None:
+        with contextlib.suppress(_EtcdError):  # already expired, or etcd is away: the TTL ends it either way
+            await self._call("lease revoke", lambda c: c.revoke_lease(lease_id))
+
+    async def _call(self, what: str, op: Callable[[Any], Awaitable[_T]]) -> _T:
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                for _ in self._clients:
+                    try:
+                        return await op(self._clients[self._current])
+                    except aetcd.ConnectionFailedError as exc:  # refused at once: try the next member in the same budget
+                        self._current = (self._current + 1) % len(self._clients)
+                        last = exc
+                raise _EtcdError(f"{what}: no etcd member reachable (last: {last})")
+        except aetcd.ClientError as exc:
+            raise _EtcdError(f"{what}: {exc}") from None
+        except TimeoutError:
+            self._current = (self._current + 1) % len(self._clients)  # this member hangs: start elsewhere next time
+            raise _EtcdError(f"{what}: no answer from etcd within {self._op_timeout:g}s") from None
