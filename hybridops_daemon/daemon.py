@@ -214,21 +214,30 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self._reload_profiles(journal)
+            # One snapshot serves the whole pass: nothing below awaits, so no sample can arrive in between.
+            readings = self.store.snapshot()
             while not self._events.empty():
                 event = self._events.get_nowait()
                 if isinstance(event, ChainEvent):
-                    self._step_lane(self.lanes[event.lane], event, journal, runner, group)
+                    self._step_lane(self.lanes[event.lane], event, readings, journal, runner, group)
                 else:
-                    decision = self._step_lane(self.lanes[event.intent.lane], event.intent, journal, runner, group)
+                    lane = self.lanes[event.intent.lane]
+                    decision = self._step_lane(lane, event.intent, readings, journal, runner, group)
                     if not event.reply.done():
                         event.reply.set_result(decision)
             for lane in self.lanes.values():
-                self._step_lane(lane, None, journal, runner, group)
+                self._step_lane(lane, None, readings, journal, runner, group)
 
     def _step_lane(
-        self, lane: _Lane, event: Intent | ChainEvent | None, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup
+        self,
+        lane: _Lane,
+        event: Intent | ChainEvent | None,
+        readings: Mapping[tuple[str, str], Sample],
+        journal: Journal,
+        runner: ChainRunner,
+        group: asyncio.TaskGroup,
     ) -> Decision:
-        observation = Observation(self.store.snapshot(), self.config.node, self.config.peer, event)
+        observation = Observation(readings, self.config.node, self.config.peer, event)
         before = lane.state
         decision, lane.state = decide(lane.state, observation, lane.profile, self.clock())
         if isinstance(event, ChainEvent) and event.run_id == before.active_run:
