@@ -2,8 +2,8 @@
 
 Router A (the one polled) peers with B over a veth. Each session is taken down three ways: an
 administrative shutdown on A, a link cut (``NetnsPair.cut()``: both veth ends down) and a silent partition
-(links up, frames dropped), which only the 3 s hold timer can notice. Flip times are measured from the
-moment the fault is injected to the first 0.0 sample, and printed (``pytest -s``).
+(``NetnsPair.silence()``: links up, frames dropped), which only the 3 s hold timer can notice. Flip times are
+measured from the moment the fault is injected to the first 0.0 sample, and printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -138,19 +138,6 @@ async def off_loop(action: Callable[[], None]) -> None:
         await asyncio.to_thread(action)
 
 
-def silence(net: NetnsPair) -> None:
-    """A partition with every link up: each side's ARP entry for the other points at a MAC nobody owns, so
-    frames are dropped silently. No interface or route changes, so only the hold timer can end the session
-    (the kernel here has neither netem nor tc classifiers)."""
-    net.a.run("ip", "neigh", "replace", net.b.address, "lladdr", "02:00:00:00:00:0b", "dev", net.veth_a, "nud", "permanent")
-    net.b.run("ip", "neigh", "replace", net.a.address, "lladdr", "02:00:00:00:00:0a", "dev", net.veth_b, "nud", "permanent")
-
-
-def unsilence(net: NetnsPair) -> None:
-    net.a.run("ip", "neigh", "del", net.b.address, "dev", net.veth_a, check=False)
-    net.b.run("ip", "neigh", "del", net.a.address, "dev", net.veth_b, check=False)
-
-
 def children(*names: str) -> list[tuple[int, str, str]]:
     """This process's children named ``names`` (pid, comm, state), zombies included."""
     found = []
@@ -184,7 +171,7 @@ async def test_session_up_shutdown_cut_and_silent_partition(router: Router) -> N
             for fault, inject, repair in (
                 ("admin shutdown", router.shutdown, router.enable),
                 ("link cut", router.net.cut, router.net.heal),
-                ("silent partition", lambda: silence(router.net), lambda: unsilence(router.net)),
+                ("silent partition", router.net.silence, router.net.unsilence),
             ):
                 started = time.monotonic()
                 await off_loop(inject)

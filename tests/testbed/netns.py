@@ -1,4 +1,5 @@
-"""Two network namespaces joined by a veth pair: the peers of the BGP and IPsec tests.
+"""Two network namespaces joined by a veth pair: the peers of the BGP and IPsec tests; and the helpers every namespace
+fixture shares (``sh``, unique names, ``ip netns exec``, silent ARP black holes).
 
 Only these namespaces and loopback carry test traffic. Names are unique per test so parallel or aborted runs
 never collide, and everything is deleted afterwards (deleting a namespace deletes its end of the veth).
@@ -26,6 +27,29 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def unique_id() -> str:
+    """A short id unique to this process and call, for names of namespaces and links (a link name has ≤ 15 chars)."""
+    return f"{os.getpid() % 10000}{next(_counter)}"
+
+
+def netns_exec(ns: str) -> list[str]:
+    """The command prefix that runs a program inside namespace ``ns`` (``ip`` execs it: same PID, same process group)."""
+    return ["ip", "netns", "exec", ns]
+
+
+def black_hole(ns: str, dev: str, address: str, mac: str) -> None:
+    """Make ``ns`` send frames for ``address`` over ``dev`` to ``mac``, which nobody owns: they are dropped silently.
+
+    No interface or route changes, so nothing but a timeout notices (the kernel here has neither netem nor tc
+    classifiers). ``unblack_hole`` undoes it; the next frame then resolves the address by ARP again.
+    """
+    sh(*netns_exec(ns), "ip", "neigh", "replace", address, "lladdr", mac, "dev", dev, "nud", "permanent")
+
+
+def unblack_hole(ns: str, dev: str, address: str) -> None:
+    sh(*netns_exec(ns), "ip", "neigh", "del", address, "dev", dev, check=False)
+
+
 @dataclass(frozen=True)
 class Peer:
     ns: str
@@ -34,7 +58,7 @@ class Peer:
     router_id: str
 
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", self.ns, *argv, check=check)
+        return sh(*netns_exec(self.ns), *argv, check=check)
 
 
 @dataclass(frozen=True)
@@ -53,11 +77,19 @@ class NetnsPair:
         self.a.run("ip", "link", "set", self.veth_a, "up")
         self.b.run("ip", "link", "set", self.veth_b, "up")
 
+    def silence(self) -> None:
+        """A partition with every link up: frames between A and B are dropped silently (see ``black_hole``)."""
+        black_hole(self.a.ns, self.veth_a, self.b.address, "02:00:00:00:00:0b")
+        black_hole(self.b.ns, self.veth_b, self.a.address, "02:00:00:00:00:0a")
+
+    def unsilence(self) -> None:
+        unblack_hole(self.a.ns, self.veth_a, self.b.address)
+        unblack_hole(self.b.ns, self.veth_b, self.a.address)
+
 
 def make_pair(tag: str) -> NetnsPair:
     require("ip")
-    n = next(_counter)
-    uid = f"{os.getpid() % 10000}{n}"
+    uid = unique_id()
     a = Peer(f"hy{tag}a{uid}", "10.99.0.1", "10.98.1.1", "10.99.0.1")
     b = Peer(f"hy{tag}b{uid}", "10.99.0.2", "10.98.2.1", "10.99.0.2")
     veth_a, veth_b = f"hva{uid}"[:15], f"hvb{uid}"[:15]
