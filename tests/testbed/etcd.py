@@ -1,4 +1,8 @@
-"""Testbed fixture: a real three-member etcd 3.4 cluster on free loopback ports, members stoppable and freezable one by one.
+"""Testbed fixture: a real three-member etcd 3.4 cluster, members stoppable, killable and freezable one by one.
+
+By default on free loopback ports (``etcd_cluster``). Given ``Placement``s, each member runs on its own host address
+behind a command prefix: ``tests/testbed/edgenet.py`` puts one member in each edge's network namespace
+(``ip netns exec NS etcd ...``, listening on ``http://10.77.0.N:2379`` and ``:2380`` there).
 
 Module-scoped (a cluster takes a second or two to form); ``ensure_running()`` heals what a failed test left stopped.
 """
@@ -10,7 +14,7 @@ import json
 import os
 import signal
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,49 +22,83 @@ import pytest
 
 from tests.testbed.process import ComponentFailed, Process, free_port, require, wait_until
 
+# etcd's defaults, spelled out because timings in the tests derive from them: an election after 1 s without the
+# leader's heartbeat. etcd raises every lease TTL to at least ceil(1.5 × election timeout) = 2 s (a 1 s grant → TTL 2).
+HEARTBEAT_MS = 100
+ELECTION_MS = 1000
+MIN_LEASE_TTL = 2
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a member runs: its listen/advertise address, ports, and a prefix for its command line."""
+
+    host: str = "127.0.0.1"
+    client_port: int = 2379
+    peer_port: int = 2380
+    prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS)
+
 
 @dataclass
 class _Member:
     name: str
-    client_port: int
-    peer_port: int
+    place: Placement
     process: Process | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.place.host}:{self.place.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"http://{self.place.host}:{self.place.peer_port}"
 
 
 class EtcdCluster:
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, placements: Sequence[Placement] | None = None,
+                 extra_args: Sequence[str] = ()) -> None:  # fmt: skip
+        """``size`` members on free loopback ports, or one member per placement (``size`` is then ignored)."""
         self._binary = require("etcd")
         self._root = root
-        self._members = [_Member(f"e{i + 1}", free_port(), free_port()) for i in range(size)]
+        if placements is None:
+            placements = [Placement(client_port=free_port(), peer_port=free_port()) for _ in range(size)]
+        self._members = [_Member(f"e{i + 1}", place) for i, place in enumerate(placements)]
         self._initial = ",".join(f"{m.name}={m.peer_url}" for m in self._members)
+        self._extra = list(extra_args)
         self._frozen: set[int] = set()
 
     @property
     def endpoints(self) -> list[str]:
         return [m.client_url for m in self._members]
 
+    def name(self, i: int) -> str:
+        return self._members[i].name
+
+    def process(self, i: int) -> Process | None:
+        """Member ``i``'s process (its PID is etcd's own: ``ip netns exec`` execs, and each member leads its group)."""
+        return self._members[i].process
+
+    def running(self, i: int) -> bool:
+        process = self._members[i].process
+        return process is not None and process.alive()
+
     def healthy(self, i: int) -> bool:
+        """``GET /health`` from here (the root namespace); true only while the member has a leader and quorum."""
         with urllib.request.urlopen(f"{self._members[i].client_url}/health", timeout=2) as resp:
             return bool(json.load(resp).get("health") == "true")
 
     def start(self, i: int) -> None:
-        """Start member ``i`` (again: same ports, same data dir) without waiting; ``wait_healthy`` waits."""
+        """Start member ``i`` (again: same address, same data dir) without waiting; ``wait_healthy`` waits."""
         member = self._members[i]
-        if member.process is not None and member.process.alive():
+        if self.running(i):
             return
+        self._frozen.discard(i)
         argv = [
-            self._binary, "--name", member.name, "--data-dir", str(self._root / member.name),
+            *member.place.prefix, self._binary, "--name", member.name, "--data-dir", str(self._root / member.name),
             "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
             "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
             "--initial-cluster", self._initial, "--initial-cluster-token", "hyops-test", "--initial-cluster-state", "new",
+            "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_MS), *self._extra,
         ]  # fmt: skip
         member.process = Process(member.name, argv, self._root / f"{member.name}.log")
 
@@ -73,6 +111,14 @@ class EtcdCluster:
         process = self._members[i].process
         if process is not None:
             process.stop()
+
+    def kill(self, i: int) -> None:
+        """SIGKILL member ``i`` (its whole process group) and reap it: a crash, no goodbye to its peers."""
+        process = self._members[i].process
+        if process is not None and process.alive():
+            os.killpg(process.pid, signal.SIGKILL)
+            process.popen.wait(timeout=5)
+        self._frozen.discard(i)
 
     def freeze(self, i: int) -> None:
         process = self._members[i].process
