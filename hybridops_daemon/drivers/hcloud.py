@@ -2,7 +2,12 @@
 
 The floating IP is found by its address (the project's floating IPs, page by page) and the target by its
 server name. apply() starts the API's ``assign`` action and waits for it with the SDK's polling, bounded by
-``action_timeout``; verify() reads the floating IP back by id. The token is resolved from its reference at
+``action_timeout``; verify() reads the floating IP back by id.
+
+Fencing: the run's fencing token is stamped on the floating IP as the label ``hybridops/fencing-token`` (the
+decimal token; the other labels are kept), set just BEFORE the assign (see ``_assign`` for why that order).
+check() and apply() read it from the listing they make anyway and refuse (``Fenced``) to touch an IP stamped
+with a newer token than the run's; verify() also wants the run's own token on it. The token is resolved from its reference at
 every call (a rotated token is picked up) and never appears in a message, an output or a log line.
 
 Threads and time: the SDK is blocking (requests), so each operation runs in a worker thread, and every HTTP
@@ -43,12 +48,16 @@ from hybridops_daemon.drivers.base import (
     PermanentDriverError,
     ProbeResult,
     StepContext,
+    parse_stamp,
+    refuse_newer_stamp,
+    stamp_mismatch,
 )
 from hybridops_daemon.drivers.modules import FloatingIp, inputs_of
 from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "network/floating-ip@v1"
 PROBE = "hcloud GET /floating_ips/{id}"
+FENCING_LABEL = "hybridops/fencing-token"  # a valid Hetzner label key (DNS prefix + name); the value is the token
 T = TypeVar("T")
 
 
@@ -191,6 +200,7 @@ class _Located:
     floating_ip_id: int
     target_id: int
     current_id: int | None  # the server the IP is assigned to, None when unassigned
+    stamp: int | None  # the fencing token of the FENCING_LABEL, None when absent (or not a decimal)
 
 
 def _id(value: int | None, what: str) -> int:
@@ -204,6 +214,14 @@ def _scrubbed(error: DriverError, token: str) -> DriverError:
     if token and token in str(error):
         error.args = (str(error).replace(token, "***"),)
     return error
+
+
+def _stamp(fip: BoundFloatingIP) -> int | None:
+    return parse_stamp((fip.labels or {}).get(FENCING_LABEL))
+
+
+def _what(inputs: FloatingIp) -> str:
+    return f"floating IP {inputs.ip}"
 
 
 def _covers(listed: str | None, wanted: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -245,54 +263,64 @@ class HcloudDriver:
     async def check(self, step: StepContext) -> CheckResult:
         """Is the floating IP assigned to the target server? Read-only and idempotent.
 
-        Budget: 2 requests + 1 per 50 floating IPs past the first 50, each ≤ ``request_timeout``.
-        Raises NotFound (IP or server unknown), Unauthorized, Forbidden, RateLimited, Locked, Unavailable,
-        RequestTimedOut, PermanentDriverError (bad inputs, token unavailable).
+        The fencing label comes with the listing: an IP stamped with a newer token than the step's raises
+        Fenced, assigned to the target or not. Budget: 2 requests + 1 per 50 floating IPs past the first 50,
+        each ≤ ``request_timeout``. Raises Fenced, NotFound (IP or server unknown), Unauthorized, Forbidden,
+        RateLimited, Locked, Unavailable, RequestTimedOut, PermanentDriverError (bad inputs, token unavailable).
         """
         inputs = self._inputs(step)
         found = await self._run("check", lambda client: self._locate(client, inputs))
+        refuse_newer_stamp(_what(inputs), found.stamp, step)
         satisfied = found.current_id == found.target_id
         return CheckResult(
             satisfied=satisfied,
-            observed=self._observed(inputs, found.floating_ip_id, found.current_id, found.target_id),
+            observed=self._observed(inputs, found.floating_ip_id, found.current_id, found.target_id, found.stamp),
             outputs=self._outputs(inputs, found.floating_ip_id, found.target_id) if satisfied else {},
         )
 
     async def apply(self, step: StepContext) -> ApplyResult:
-        """Assign the floating IP to the target server and wait for the API's action to succeed.
+        """Stamp the floating IP with the step's fencing token, assign it to the target server and wait for the
+        API's action to succeed.
 
-        Idempotent: when the IP already is on the target, no action is started (and a ``floating_ip_assigned``
-        answer is read as success once a fresh read confirms it). Budget: check()'s requests + 1 POST + the
-        action's polling (≤ ``action_timeout`` + one ``poll_interval``, each poll ≤ ``request_timeout``); give the
-        step a timeout above that. Raises Locked (another action runs), RateLimited, Conflict, Unavailable,
-        RequestTimedOut, ActionFailed (action ended in error), ActionTimedOut (retryable); NotFound,
-        Unauthorized, Forbidden, InvalidInput, Refused, PermanentDriverError (permanent).
+        Idempotent: when the IP already is on the target, nothing is written, not even the stamp (and a
+        ``floating_ip_assigned`` answer is read as success once a fresh read confirms it); a stamp already
+        equal to the token is not written again. Refuses (Fenced) an IP stamped with a newer token, as check().
+        Budget: check()'s requests + 1 PUT (the labels) + 1 POST + the action's polling (≤ ``action_timeout`` +
+        one ``poll_interval``, each poll ≤ ``request_timeout``); give the step a timeout above that. Raises
+        Locked (another action runs), RateLimited, Conflict, Unavailable, RequestTimedOut, ActionFailed
+        (action ended in error), ActionTimedOut (retryable); Fenced, NotFound, Unauthorized, Forbidden,
+        InvalidInput, Refused, PermanentDriverError (permanent).
         """
         inputs = self._inputs(step)
-        return await self._run("apply", lambda client: self._assign(client, inputs))
+        return await self._run("apply", lambda client: self._assign(client, inputs, step))
 
     async def verify(self, step: StepContext) -> ProbeResult:
-        """Read the floating IP afresh by id (never apply()'s answer): is it assigned to the target's id?
+        """Read the floating IP afresh by id (never apply()'s answer): is it assigned to the target's id, and
+        stamped with the step's own fencing token (which apply() wrote before assigning)?
 
-        Read-only and idempotent. Budget: check()'s requests + 1 GET. Raises as check().
+        Read-only and idempotent. Budget: check()'s requests + 1 GET. Raises as check(), but never Fenced: a
+        newer stamp is a failed probe (ok False), named in ``detail``.
         """
         inputs = self._inputs(step)
 
-        def probe(client: hcloud.Client) -> tuple[int, int | None, int]:
+        def probe(client: hcloud.Client) -> tuple[int, int | None, int, int | None]:
             found = self._locate(client, inputs)
             fresh = client.floating_ips.get_by_id(found.floating_ip_id)
             current = None if fresh.server is None else _id(fresh.server.id, "a server")
-            return found.floating_ip_id, current, found.target_id
+            return found.floating_ip_id, current, found.target_id, _stamp(fresh)
 
-        fip_id, current, target_id = await self._run("verify", probe)
-        ok = current == target_id
-        if ok:
+        fip_id, current, target_id, stamp = await self._run("verify", probe)
+        unstamped = stamp_mismatch(_what(inputs), stamp, step)
+        ok = current == target_id and not unstamped
+        if current == target_id:
             detail = f"{inputs.ip} is assigned to {inputs.target} (server {target_id})"
+            detail += f", but {unstamped}" if unstamped else f", stamped with fencing token {stamp}"
         elif current is None:
             detail = f"{inputs.ip} is not assigned to any server, not to {inputs.target} (server {target_id})"
         else:
             detail = f"{inputs.ip} is assigned to server {current}, not to {inputs.target} (server {target_id})"
-        return ProbeResult(ok=ok, probe=PROBE, observed=self._observed(inputs, fip_id, current, target_id), detail=detail)
+        observed = self._observed(inputs, fip_id, current, target_id, stamp)
+        return ProbeResult(ok=ok, probe=PROBE, observed=observed, detail=detail)
 
     async def compensate(self, step: StepContext) -> ApplyResult:
         """None: the driver does not know where the IP was before, and moving it back is the failback chain's
@@ -310,14 +338,28 @@ class HcloudDriver:
         if server is None:
             raise NotFound(f"hcloud: no server named {inputs.target!r} in the token's project", "not_found")
         current = None if fip.server is None else _id(fip.server.id, "a server")
-        return _Located(fip, server, _id(fip.id, "a floating IP"), _id(server.id, "a server"), current)
+        return _Located(fip, server, _id(fip.id, "a floating IP"), _id(server.id, "a server"), current, _stamp(fip))
 
-    def _assign(self, client: hcloud.Client, inputs: FloatingIp) -> ApplyResult:
+    def _assign(self, client: hcloud.Client, inputs: FloatingIp, step: StepContext) -> ApplyResult:
         found = self._locate(client, inputs)
+        refuse_newer_stamp(_what(inputs), found.stamp, step)  # again: the listing is read anyway, the check is free
         where = f"{inputs.ip} (floating IP {found.floating_ip_id}) → {inputs.target} (server {found.target_id})"
         outputs = self._outputs(inputs, found.floating_ip_id, found.target_id)
         if found.current_id == found.target_id:
             return ApplyResult(log=(f"{where}: already assigned, no action started",), outputs=outputs)
+        # The stamp first, then the assign. Hetzner has neither a request that does both nor a conditional
+        # write, so one of the two lands alone if the other fails. Stamped but not assigned: the IP only says
+        # that leader N acted (older leaders are refused, as they should be while N exists; N's retry goes on).
+        # Assigned but not stamped, the other order's failure: our change would sit under an older stamp or
+        # none, and an older leader could overwrite it, which is what the stamp is there to prevent.
+        # The labels PUT replaces all labels: the ones just listed are sent back with ours merged in.
+        token = str(step.fencing_token)
+        labels = dict(found.floating_ip.labels or {})
+        if labels.get(FENCING_LABEL) == token:
+            stamped = f"already stamped with fencing token {token}"
+        else:
+            client.floating_ips.update(found.floating_ip, labels={**labels, FENCING_LABEL: token})
+            stamped = f"stamped fencing token {token} (label {FENCING_LABEL}, was {labels.get(FENCING_LABEL) or 'none'})"
         began = time.monotonic()
         try:
             action = found.floating_ip.assign(found.target)
@@ -326,13 +368,12 @@ class HcloudDriver:
             if exc.code == "floating_ip_assigned":
                 fresh = client.floating_ips.get_by_id(found.floating_ip_id)
                 if fresh.server is not None and fresh.server.id == found.target_id:
-                    return ApplyResult(
-                        log=(f"{where}: already assigned (found so by the API), no action started",), outputs=outputs
-                    )
+                    line = f"{where}: {stamped}; already assigned (found so by the API), no action started"
+                    return ApplyResult(log=(line,), outputs=outputs)
             raise
         action.wait_until_finished(max_retries=self._poll_max_retries)
         was = "unassigned" if found.current_id is None else f"on server {found.current_id}"
-        line = f"{where}: was {was}; action {action.id} succeeded after {time.monotonic() - began:.2f}s"
+        line = f"{where}: was {was}; {stamped}; action {action.id} succeeded after {time.monotonic() - began:.2f}s"
         return ApplyResult(log=(line,), outputs=outputs)
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -411,13 +452,14 @@ class HcloudDriver:
         return inputs_of("hcloud", step.module, step.inputs, FloatingIp)
 
     @staticmethod
-    def _observed(inputs: FloatingIp, fip_id: int, current: int | None, target_id: int) -> dict[str, Any]:
+    def _observed(inputs: FloatingIp, fip_id: int, current: int | None, target_id: int, stamp: int | None) -> dict[str, Any]:
         return {
             "ip": inputs.ip,
             "floating_ip_id": fip_id,
             "server_id": current,
             "target": inputs.target,
             "target_server_id": target_id,
+            "fencing_token": stamp,
         }
 
     @staticmethod

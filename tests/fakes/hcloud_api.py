@@ -8,6 +8,13 @@ actions that go ``running`` → ``success`` (or ``error``), errors shaped ``{"er
 ``RateLimit-Limit`` / ``RateLimit-Remaining`` / ``RateLimit-Reset`` headers on every answer (a token bucket of
 ``rate_limit`` requests per hour that refills gradually, as the reference describes).
 
+Floating IPs carry ``labels`` (GET shows them); ``PUT /v1/floating_ips/{id}`` updates ``name``, ``description``
+and ``labels``, and labels sent REPLACE the whole set, as the reference says ("if you want to add a new label,
+you have to provide all existing labels plus the new label"). Labels are validated by the reference's rules
+(key: optional DNS-subdomain prefix ≤ 253 chars + ``/`` + a name of 1-63 alphanumerics with ``-_.`` inside;
+value: empty or ≤ 63 such characters; the ``hetzner.cloud/`` prefix is reserved): a bad one is 422
+``invalid_input`` "invalid input in field 'labels'", the real API's answer, and changes nothing.
+
 Only the official SDK talks to ``/v1``. Tests steer the fake from Python (``HcloudFake`` methods) or over HTTP:
 ``POST /_fake/faults``, ``GET /_fake/calls``, ``GET|POST /_fake/state`` (no token needed, never counted).
 
@@ -28,6 +35,7 @@ import contextlib
 import ipaddress
 import json
 import math
+import re
 import socket
 import threading
 import time
@@ -112,6 +120,31 @@ def _invalid_field(name: str, message: str) -> ApiError:
         f"invalid input in field '{name}'",
         {"fields": [{"name": name, "messages": [message]}]},
     )
+
+
+# The reference's label rules (https://docs.hetzner.cloud/#labels), as hcloud-go's ValidateResourceLabels spells them.
+_LABEL_NAME = r"[a-zA-Z0-9](?:[-_.a-zA-Z0-9]{0,61}[a-zA-Z0-9])?"
+_LABEL_PREFIX = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)*"
+_LABEL_KEY = re.compile(rf"(?:(?P<prefix>{_LABEL_PREFIX})/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"(?:{_LABEL_NAME})?")
+RESERVED_LABEL_PREFIX = "hetzner.cloud"
+
+
+def validate_labels(labels: Any) -> dict[str, str]:
+    """``labels`` as a dict of str to str, or the API's 422 for the first rule it breaks."""
+    if not isinstance(labels, dict):
+        raise _invalid_field("labels", "Not a valid mapping type.")
+    for key, value in labels.items():
+        if not isinstance(value, str):
+            raise _invalid_field("labels", f"invalid label value for key '{key}': not a string")
+        match = _LABEL_KEY.fullmatch(key)
+        if match is None or len(match["prefix"] or "") > 253:
+            raise _invalid_field("labels", f"invalid label key '{key}'")
+        if match["prefix"] == RESERVED_LABEL_PREFIX or (match["prefix"] or "").endswith("." + RESERVED_LABEL_PREFIX):
+            raise _invalid_field("labels", f"label key '{key}': the {RESERVED_LABEL_PREFIX}/ prefix is reserved")
+        if _LABEL_VALUE.fullmatch(value) is None:
+            raise _invalid_field("labels", f"invalid label value '{value}' (key: {key})")
+    return dict(labels)
 
 
 # --------------------------------------------------------------------------------------------- state
@@ -278,6 +311,16 @@ class FakeState:
     def floating_ip_id(self, ip: str) -> int:
         with self._lock:
             return self._fip_by_ip(ip).id
+
+    def labels(self, ip: str) -> dict[str, str]:
+        """The floating IP's labels, a copy."""
+        with self._lock:
+            return dict(self._fip_by_ip(ip).labels)
+
+    def set_labels(self, ip: str, labels: dict[str, str]) -> None:
+        """Replace the floating IP's labels behind the API's back: validated as the API would, not counted."""
+        with self._lock:
+            self._fip_by_ip(ip).labels = validate_labels(labels)
 
     def _server_id(self, server: str | int | None) -> int | None:
         if server is None:
@@ -640,6 +683,30 @@ def make_app(state: FakeState) -> web.Application:
                 raise ApiError("floating_ip_assigned", f"floating_ip {fip.id} is already assigned to server {server}")
             return _start("assign_floating_ip", fip, server)
 
+    async def update_floating_ip(request: web.Request) -> web.Response:
+        """PUT: ``name``, ``description``, ``labels`` (replacing the set); all validated before anything changes."""
+        fip_id = _path_id(request)
+        body = await _body(request)
+        with state._lock:
+            fip = fip_or_404(fip_id)
+            labels = validate_labels(body["labels"]) if "labels" in body else None
+            name = body.get("name")
+            if "name" in body:
+                if not isinstance(name, str) or not name:
+                    raise _invalid_field("name", "Not a valid string.")
+                if any(other.name == name and other.id != fip.id for other in state.floating_ips.values()):
+                    raise ApiError("uniqueness_error", f"floating_ip name '{name}' is already in use")
+            description = body.get("description")
+            if description is not None and not isinstance(description, str):
+                raise _invalid_field("description", "Not a valid string.")
+            if labels is not None:
+                fip.labels = labels
+            if isinstance(name, str):
+                fip.name = name
+            if "description" in body:
+                fip.description = description
+            return web.json_response({"floating_ip": state.floating_ip_json(fip)})
+
     async def unassign(request: web.Request) -> web.Response:
         with state._lock:
             return _start("unassign_floating_ip", fip_or_404(_path_id(request)), None)
@@ -727,7 +794,8 @@ def make_app(state: FakeState) -> web.Application:
         return web.json_response(state.snapshot())
 
     async def post_state(request: web.Request) -> web.Response:
-        """``{"servers": [name...], "floating_ips": [{"ip", "server"?, "name"?}], "assign": {"ip", "server": name|id|null}}``"""
+        """``{"servers": [name...], "floating_ips": [{"ip", "server"?, "name"?}], "assign": {"ip", "server": name|id|null},
+        "labels": {"ip", "labels": {...}}}`` (labels replaced behind the API's back)"""
         body = await request.json()
         try:
             for name in body.get("servers", []):
@@ -736,8 +804,12 @@ def make_app(state: FakeState) -> web.Application:
                 state.add_floating_ip(spec["ip"], spec.get("server"), spec.get("name"))
             if "assign" in body:
                 state.assign(body["assign"]["ip"], body["assign"].get("server"))
+            if "labels" in body:
+                state.set_labels(body["labels"]["ip"], body["labels"]["labels"])
         except (KeyError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        except ApiError as exc:
+            return web.json_response({"error": exc.details}, status=400)
         return web.json_response(state.snapshot())
 
     app = web.Application(middlewares=[api_middleware])
@@ -745,6 +817,7 @@ def make_app(state: FakeState) -> web.Application:
     app.router.add_get(f"{API}/floating_ips", list_floating_ips)
     app.router.add_get(f"{API}/floating_ips/actions/{{id}}", get_action)
     app.router.add_get(f"{API}/floating_ips/{{id}}", get_floating_ip)
+    app.router.add_put(f"{API}/floating_ips/{{id}}", update_floating_ip)
     app.router.add_post(f"{API}/floating_ips/{{id}}/actions/assign", assign)
     app.router.add_post(f"{API}/floating_ips/{{id}}/actions/unassign", unassign)
     app.router.add_get(f"{API}/floating_ips/{{id}}/actions/{{action_id}}", get_fip_action)
@@ -763,14 +836,22 @@ def make_app(state: FakeState) -> web.Application:
 
 
 class HcloudFake(FakeState):
-    """The fake served from a background thread on a free loopback port. ``endpoint`` is what
-    ``hcloud.Client(api_endpoint=...)`` takes; the state/fault/call methods are FakeState's."""
+    """The fake served from a background thread on a free port of ``host`` (loopback unless told otherwise, e.g. an
+    address a network namespace can reach). ``endpoint`` is what ``hcloud.Client(api_endpoint=...)`` takes; the
+    state/fault/call methods are FakeState's."""
 
-    def __init__(self, token: str = DEFAULT_TOKEN, action_delay: float = 0.2, rate_limit: int = 3600, seed: bool = True) -> None:
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        action_delay: float = 0.2,
+        rate_limit: int = 3600,
+        seed: bool = True,
+        host: str = "127.0.0.1",
+    ) -> None:
         super().__init__(token, action_delay, rate_limit)
         if seed:
             self.seed()
-        self.host = "127.0.0.1"
+        self.host = str(ipaddress.ip_address(host))  # an address: a name would bind one of its addresses, unsaid
         self.port = 0
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -779,14 +860,15 @@ class HcloudFake(FakeState):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def endpoint(self) -> str:
         return f"{self.url}{API}"
 
     def start(self, timeout: float = 10.0) -> HcloudFake:
-        sock = socket.socket()
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))  # the port is ours from here on: no race with another free_port() user
         self.port = int(sock.getsockname()[1])

@@ -14,13 +14,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import hcloud
 import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.models import HcloudDriverConfig, Step
-from hybridops_daemon.drivers.base import DriverError, PermanentDriverError, StepContext
+from hybridops_daemon.drivers.base import DriverError, Fenced, PermanentDriverError, StepContext
 from hybridops_daemon.drivers.hcloud import (
+    FENCING_LABEL,
     ActionFailed,
     ActionTimedOut,
     HcloudDriver,
@@ -42,6 +44,7 @@ FIP = "network/floating-ip@v1"
 IP = "203.0.113.10"
 ASSIGN = "/v1/floating_ips/{id}/actions/assign"
 LIST_FIPS = "/v1/floating_ips"
+UPDATE_FIP = "/v1/floating_ips/{id}"
 LANE = "drill"
 
 
@@ -58,8 +61,8 @@ def make_driver(
     return HcloudDriver(HcloudDriverConfig.model_validate({**settings, **config}), request_timeout=request_timeout)
 
 
-def step(target: str = "edge02", ip: str = IP, module: str = FIP, **inputs: Any) -> StepContext:
-    return StepContext("run-1", LANE, "fip", module, {"ip": ip, "target": target, **inputs}, {}, fencing_token=1)
+def step(target: str = "edge02", ip: str = IP, module: str = FIP, token: int = 1, **inputs: Any) -> StepContext:
+    return StepContext("run-1", LANE, "fip", module, {"ip": ip, "target": target, **inputs}, {}, fencing_token=token)
 
 
 async def poll(what: str, condition: Callable[[], Any], within: float = 10.0) -> Any:
@@ -101,6 +104,7 @@ async def test_apply_assigns_the_ip_through_one_action_polled_to_success(hcloud_
         "server_id": edge01,
         "target": "edge02",
         "target_server_id": edge02,
+        "fencing_token": None,
     }
     assert before.outputs == {}
 
@@ -110,6 +114,7 @@ async def test_apply_assigns_the_ip_through_one_action_polled_to_success(hcloud_
     assert result.outputs == {"ip": IP, "assigned_to": "edge02", "server_id": edge02, "floating_ip_id": fip_id}
     assert len(result.log) == 1 and f"was on server {edge01}" in result.log[0] and "succeeded" in result.log[0]
     assert hcloud_fake.calls("POST", ASSIGN) == 1
+    assert hcloud_fake.calls("PUT", UPDATE_FIP) == 1  # the fencing stamp
     assert hcloud_fake.calls("GET", "/v1/actions/{id}") >= 1  # the SDK polled the action until it succeeded
     assert [a["status"] for a in hcloud_fake.snapshot()["actions"]] == ["success"]
 
@@ -169,6 +174,104 @@ async def test_finds_the_ip_past_the_first_page_and_ipv6_networks(hcloud_fake: H
 
     # An IPv6 floating IP is a /64: any address in it names it.
     assert (await driver.check(step(ip="2001:db8:77::1"))).satisfied is True
+
+
+# --------------------------------------------------------------------------------------------- fencing stamp
+
+
+async def test_apply_stamps_the_token_beside_the_assignment_and_keeps_other_labels(
+    hcloud_fake: HcloudFake, driver: HcloudDriver
+) -> None:
+    hcloud_fake.set_labels(IP, {"env": "prod", "example.com/owner": "netops"})
+
+    result = await driver.apply(step(token=7))
+
+    assert hcloud_fake.labels(IP) == {"env": "prod", "example.com/owner": "netops", FENCING_LABEL: "7"}
+    assert hcloud_fake.assigned_to(IP) == "edge02"
+    assert hcloud_fake.calls("PUT", UPDATE_FIP) == 1 and hcloud_fake.calls("POST", ASSIGN) == 1
+    # The order the driver chose: the labels PUT before the assign POST (see HcloudDriver._assign).
+    writes = [(r["method"], r["path"]) for r in hcloud_fake.request_log if r["method"] in ("PUT", "POST")]
+    assert writes == [("PUT", UPDATE_FIP), ("POST", ASSIGN)]
+    assert f"stamped fencing token 7 (label {FENCING_LABEL}, was none)" in result.log[0]
+    probe = await driver.verify(step(token=7))
+    assert probe.ok, probe.detail
+    assert probe.observed["fencing_token"] == 7 and "stamped with fencing token 7" in probe.detail
+    check = await driver.check(step(token=7))
+    assert check.satisfied and check.observed["fencing_token"] == 7
+
+
+async def test_a_newer_stamp_fences_check_and_apply_and_nothing_is_written(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
+    await driver.apply(step(token=42))  # the newer leader moved the IP to edge02
+    hcloud_fake.assign(IP, "edge01")  # and someone moved it back since: an old leader would move it again
+    hcloud_fake.reset_calls()
+
+    for call in (driver.check, driver.apply):
+        with pytest.raises(Fenced) as caught:
+            await call(step(token=40))
+        assert caught.value.retryable is False and isinstance(caught.value, PermanentDriverError)
+        assert str(caught.value) == (
+            f"fenced: floating IP {IP} was changed under fencing token 42, newer than this run's 40; refusing to overwrite"
+        )
+    assert hcloud_fake.calls("PUT", UPDATE_FIP) == 0 and hcloud_fake.calls("POST", ASSIGN) == 0
+    assert hcloud_fake.labels(IP) == {FENCING_LABEL: "42"} and hcloud_fake.assigned_to(IP) == "edge01"
+    # A stamp that is not a token (someone's hand edit) proves no newer leadership: it does not block.
+    hcloud_fake.set_labels(IP, {FENCING_LABEL: "n-a"})
+    assert (await driver.check(step(token=40))).observed["fencing_token"] is None
+
+
+async def test_a_higher_token_proceeds_and_restamps_but_a_satisfied_step_is_left_alone(
+    hcloud_fake: HcloudFake, driver: HcloudDriver
+) -> None:
+    await driver.apply(step(token=3))
+    hcloud_fake.reset_calls()
+
+    # Already on edge02: satisfied, and neither re-stamped by check() nor by an apply() called regardless.
+    check = await driver.check(step(token=5))
+    assert check.satisfied and check.observed["fencing_token"] == 3
+    assert "already assigned, no action started" in (await driver.apply(step(token=5))).log[0]
+    assert hcloud_fake.labels(IP) == {FENCING_LABEL: "3"} and hcloud_fake.calls("PUT", UPDATE_FIP) == 0
+
+    # Moving it back is a change: the higher token goes ahead and re-stamps.
+    check = await driver.check(step("edge01", token=5))
+    assert not check.satisfied and check.observed["fencing_token"] == 3
+    result = await driver.apply(step("edge01", token=5))
+    assert "stamped fencing token 5 (label hybridops/fencing-token, was 3)" in result.log[0]
+    assert hcloud_fake.labels(IP) == {FENCING_LABEL: "5"} and hcloud_fake.assigned_to(IP) == "edge01"
+    assert hcloud_fake.calls("PUT", UPDATE_FIP) == 1 and hcloud_fake.calls("POST", ASSIGN) == 1
+    assert (await driver.verify(step("edge01", token=5))).ok
+
+
+async def test_verify_fails_when_the_stamp_is_not_the_runs_own(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
+    await driver.apply(step(token=5))
+    hcloud_fake.set_labels(IP, {FENCING_LABEL: "6"})  # a newer leader stamped it after our apply
+    probe = await driver.verify(step(token=5))
+    assert not probe.ok and probe.observed["fencing_token"] == 6
+    assert f"is assigned to edge02 (server {hcloud_fake.server_id('edge02')}), but floating IP {IP} is stamped" in probe.detail
+    assert "fencing token 6 (newer: fenced), not this run's 5" in probe.detail
+
+
+async def test_a_refused_stamp_assigns_nothing(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
+    hcloud_fake.fail_next(1, "invalid_input", message="invalid input in field 'labels'", method="PUT", path=UPDATE_FIP)
+    with pytest.raises(InvalidInput, match="invalid input in field 'labels'"):
+        await driver.apply(step(token=2))
+    assert hcloud_fake.assigned_to(IP) == "edge01" and hcloud_fake.calls("POST", ASSIGN) == 0
+
+
+def test_the_fake_replaces_and_validates_labels_as_the_api_does(hcloud_fake: HcloudFake) -> None:
+    client = hcloud.Client(token=hcloud_fake.token, api_endpoint=hcloud_fake.endpoint)
+    [fip] = client.floating_ips.get_all()
+    assert fip.labels == {}
+    client.floating_ips.update(fip, labels={"a": "1", "example.com/b": ""})
+    updated = client.floating_ips.update(fip, labels={"c": "3"})  # replaces the set, as documented
+    assert updated.labels == {"c": "3"} == client.floating_ips.get_by_id(fip.id).labels
+    for bad in ({"hetzner.cloud/x": "1"}, {"a": "-x"}, {"k" * 64: "v"}, {"a": "v" * 64}, {"Not_DNS/x": "1"}, {"": "1"}):
+        with pytest.raises(hcloud.APIException) as caught:
+            client.floating_ips.update(fip, labels=bad)
+        assert caught.value.code == "invalid_input" and caught.value.message == "invalid input in field 'labels'"
+        assert caught.value.details["fields"][0]["name"] == "labels"
+    assert client.floating_ips.get_by_id(fip.id).labels == {"c": "3"}  # a refused PUT changes nothing
+    assert client.floating_ips.update(fip, labels={"k" * 63: "v" * 63}).labels == {"k" * 63: "v" * 63}  # the limits
+    assert hcloud_fake.calls("PUT", UPDATE_FIP) == 9
 
 
 # --------------------------------------------------------------------------------------------- locked, rate limited
