@@ -188,7 +188,8 @@ class GcpComputeFake:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address in a URL takes brackets
+        return f"http://{host}:{self.port}"
 
     def set_status(self, instance: str, status: str) -> None:
         """Tamper: set (or create) an instance's status behind the SDK's back."""
