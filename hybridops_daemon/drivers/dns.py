@@ -11,6 +11,12 @@ Record content is parsed with dnspython as presentation format with names taken 
 ``target.example.org`` means ``target.example.org.``), so "the same record" means the same rdata whatever
 its spelling, and PowerDNS is sent the canonical text it expects (absolute names, quoted TXT).
 
+Fencing: each change also REPLACEs a TXT record beside the name, ``_hyops-fence.<name>``, holding
+``"token=<N> run=<run_id>"`` (the run's fencing token), in the same change as the record (one PATCH of both
+rrsets; one UPDATE message with both), so both land or neither. check() resolves it with the record and refuses
+(``Fenced``) a name stamped with a newer token than the run's; verify() wants the run's own token there. The
+stamp belongs to the name, so records of two types at one name share it.
+
 Errors: ``DnsUnavailable`` (retryable: 5xx, 429, refused connections, timeouts, SERVFAIL) and the permanent
 ``DnsAuthFailed``, ``ZoneNotFound``, ``RecordRejected``, ``UpdateRefused``, ``NoCompensation``. No message
 carries a secret: the API key and TSIG secret are resolved by reference at each use and never formatted.
@@ -22,7 +28,9 @@ import asyncio
 import binascii
 import ipaddress
 import json
+import re
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +46,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.TXT
 import dns.resolver
 import dns.tsig
 import dns.tsigkeyring
@@ -51,6 +60,9 @@ from hybridops_daemon.drivers.base import (
     PermanentDriverError,
     ProbeResult,
     StepContext,
+    parse_stamp,
+    refuse_newer_stamp,
+    stamp_mismatch,
 )
 from hybridops_daemon.drivers.modules import DnsRecord, inputs_of
 from hybridops_daemon.secrets import SecretUnavailable, resolve
@@ -58,6 +70,8 @@ from hybridops_daemon.secrets import SecretUnavailable, resolve
 MODULE = "dns/record@v1"
 DEFAULT_TIMEOUT = 5.0  # seconds per HTTP request / DNS exchange; see the constructors
 _SETTLE_INTERVAL = 0.5  # seconds between verify()'s probes while the servers converge
+FENCE_LABEL = "_hyops-fence"  # the stamp of <name> lives at _hyops-fence.<name>, TXT "token=<N> run=<run_id>"
+_TOKEN = re.compile(r"(?:^|\s)token=([0-9]+)(?:\s|$)")
 
 
 class DnsUnavailable(DriverError):
@@ -96,6 +110,7 @@ class _Record:
     zone: dns.name.Name
     rdtype: dns.rdatatype.RdataType
     rdata: dns.rdata.Rdata
+    fence: dns.name.Name  # _hyops-fence.<name>: where the fencing stamp is
 
     @property
     def content(self) -> str:
@@ -121,7 +136,17 @@ def _record(step: StepContext) -> _Record:
         raise RecordRejected(f"{inputs.fqdn} {inputs.type}: content does not parse as that type ({exc})") from None
     if not name.is_subdomain(zone):
         raise RecordRejected(f"{inputs.fqdn} is not inside zone {inputs.zone}")
-    return _Record(inputs, name, zone, rdtype, rdata)
+    try:
+        fence = dns.name.from_text(FENCE_LABEL, origin=name)
+    except dns.exception.DNSException:
+        raise RecordRejected(f"{inputs.fqdn} is too long to hold its fencing stamp at {FENCE_LABEL}.{inputs.fqdn}") from None
+    return _Record(inputs, name, zone, rdtype, rdata, fence)
+
+
+def _fence_rdata(step: StepContext) -> dns.rdata.Rdata:
+    """The stamp: one TXT string (at most 255 bytes, so a very long run id is cut; the token always fits)."""
+    text = f"token={step.fencing_token} run={step.run_id}".encode()[:255]
+    return dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, [text])
 
 
 def _secret(name: str, ref: SecretRef) -> str:
@@ -190,8 +215,22 @@ class _Answer:
         }.get(self.status, f"failed: {self.status}")
 
 
-async def _ask(server: str, want: _Record, seconds: float) -> _Answer:
-    """Resolve ``want`` at one server, without recursion, within ``seconds`` (name lookup included)."""
+def _stamp(answers: Mapping[str, _Answer]) -> int | None:
+    """The newest token any server holds at the fence name (a server lagging behind must not hide a newer one);
+    None when none holds a parsable one."""
+    tokens = []
+    for answer in answers.values():
+        for rdata in answer.rdatas if answer.status == "ok" else ():
+            text = b"".join(getattr(rdata, "strings", ())).decode(errors="replace")
+            found = _TOKEN.search(text)
+            token = parse_stamp(found.group(1)) if found else None
+            if token is not None:
+                tokens.append(token)
+    return max(tokens, default=None)
+
+
+async def _ask(server: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, seconds: float) -> _Answer:
+    """Resolve ``name``/``rdtype`` at one server, without recursion, within ``seconds`` (name lookup included)."""
     host, port = _host_port(server)
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -205,7 +244,7 @@ async def _ask(server: str, want: _Record, seconds: float) -> _Answer:
     resolver.timeout = resolver.lifetime = max(0.1, seconds - (loop.time() - began))  # one budget, lookup included
     resolver.cache = None  # every probe is fresh
     try:
-        answer = await resolver.resolve(want.name, want.rdtype, search=False, raise_on_no_answer=False)
+        answer = await resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:
         return _Answer("nxdomain", reachable=True)
     except dns.resolver.LifetimeTimeout:
@@ -235,35 +274,49 @@ class _ResolvingVerifier:
     _timeout: float
     _settle: float
 
-    async def _probe(self, want: _Record) -> dict[str, _Answer]:
-        # Concurrently, so a dead server costs one timeout in total, not one each.
-        answers = await asyncio.gather(*(_ask(server, want, self._timeout) for server in self._nameservers))
-        return dict(zip(self._nameservers, answers, strict=True))
+    async def _probe(self, want: _Record) -> tuple[dict[str, _Answer], dict[str, _Answer]]:
+        """What every server answers for the record and for its fence name (the stamp), all concurrently, so a
+        dead server costs one timeout in total, not one per server and question."""
+        servers = self._nameservers
+        asked = [_ask(server, want.name, want.rdtype, self._timeout) for server in servers]
+        asked += [_ask(server, want.fence, dns.rdatatype.TXT, self._timeout) for server in servers]
+        answers = await asyncio.gather(*asked)
+        return dict(zip(servers, answers[: len(servers)], strict=True)), dict(zip(servers, answers[len(servers) :], strict=True))
+
+    @staticmethod
+    def _observed(answers: Mapping[str, _Answer], stamp: int | None) -> dict[str, Any]:
+        return {**{server: answer.observed() for server, answer in answers.items()}, "fencing_token": stamp}
 
     async def check(self, step: StepContext) -> CheckResult:
         """Do all authoritative servers already answer exactly the desired record and TTL? Read-only, idempotent.
 
-        Budget: one DNS exchange per server, concurrently, each within ``timeout``. Raises DnsUnavailable when
-        a server cannot tell us (timeout, unreachable, SERVFAIL): unknown is neither satisfied nor not.
-        RecordRejected / PermanentDriverError on bad inputs.
+        The stamp at ``_hyops-fence.<name>`` is resolved alongside: a name stamped with a newer fencing token
+        than the step's (at any server) raises Fenced, satisfied or not. Budget: two DNS exchanges per server,
+        all concurrently, each within ``timeout``. Raises DnsUnavailable when a server cannot tell us (timeout,
+        unreachable, SERVFAIL): unknown is neither satisfied nor not. RecordRejected / PermanentDriverError on
+        bad inputs.
         """
         want = _record(step)
-        answers = await self._probe(want)
+        answers, fences = await self._probe(want)
         silent = [f"{server} {answer.describe()}" for server, answer in answers.items() if not answer.reachable]
+        silent += [f"{server} {fence.describe()} for {want.fence}" for server, fence in fences.items() if not fence.reachable]
         if silent:
             raise DnsUnavailable(f"cannot check {want.inputs.fqdn} {want.inputs.type}: {'; '.join(silent)}")
+        stamp = _stamp(fences)
+        refuse_newer_stamp(f"DNS name {want.inputs.fqdn}", stamp, step)
         satisfied = all(answer.matches(want) for answer in answers.values())
         return CheckResult(
             satisfied=satisfied,
-            observed={server: answer.observed() for server, answer in answers.items()},
+            observed=self._observed(answers, stamp),
             outputs=want.outputs() if satisfied else {},
         )
 
     async def verify(self, step: StepContext) -> ProbeResult:
         """Resolve afresh (never apply()'s word) at every authoritative server; ok only if all answer exactly
-        the desired record set with the desired TTL. Read-only, idempotent.
+        the desired record set with the desired TTL, and the name's stamp is the step's own fencing token (the
+        newest any server holds; it came in the same change). Read-only, idempotent.
 
-        Budget: one DNS exchange per server, concurrently, each within ``timeout``; with ``settle`` > 0, the
+        Budget: two DNS exchanges per server, all concurrently, each within ``timeout``; with ``settle`` > 0, the
         servers are asked again every 0.5 s until they all agree or ``settle`` has passed (so at most
         ``settle + timeout``: keep it under the step's timeout). A server that does not answer makes the probe
         fail (ok False, named in ``detail``) rather than raise, so the journal keeps what every other server
@@ -272,20 +325,29 @@ class _ResolvingVerifier:
         want = _record(step)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settle
-        answers = await self._probe(want)
+        what = f"DNS name {want.inputs.fqdn}"
+
+        def converged(answers: Mapping[str, _Answer], fences: Mapping[str, _Answer]) -> bool:
+            return all(a.matches(want) for a in answers.values()) and not stamp_mismatch(what, _stamp(fences), step)
+
+        answers, fences = await self._probe(want)
         # Secondaries converge after NOTIFY + transfer: within `settle`, ask again until all agree.
-        while not all(a.matches(want) for a in answers.values()) and loop.time() + _SETTLE_INTERVAL < deadline:
+        while not converged(answers, fences) and loop.time() + _SETTLE_INTERVAL < deadline:
             await asyncio.sleep(_SETTLE_INTERVAL)
-            answers = await self._probe(want)
+            answers, fences = await self._probe(want)
+        stamp = _stamp(fences)
+        servers = ", ".join(self._nameservers)
         wrong = [f"{server} {answer.describe()}" for server, answer in answers.items() if not answer.matches(want)]
+        unstamped = stamp_mismatch(what, stamp, step)
         if wrong:
             detail = f"want {want.describe()}, but " + "; ".join(wrong)
         else:
             detail = f"all {len(answers)} authoritative server(s) answer {want.describe()}"
+            detail += f", but {unstamped}" if unstamped else f", stamped with fencing token {stamp}"
         return ProbeResult(
-            ok=not wrong,
-            probe=f"resolve {want.inputs.fqdn} {want.inputs.type} at {', '.join(self._nameservers)} (no recursion)",
-            observed={server: answer.observed() for server, answer in answers.items()},
+            ok=not wrong and not unstamped,
+            probe=f"resolve {want.inputs.fqdn} {want.inputs.type} and {want.fence} TXT at {servers} (no recursion)",
+            observed=self._observed(answers, stamp),
             detail=detail,
         )
 
@@ -322,7 +384,8 @@ class PowerDnsDriver(_ResolvingVerifier):
         return f"{self._api}/api/v1/servers/{server}/zones/{urllib.parse.quote(zone + '.', safe='.')}"
 
     async def apply(self, step: StepContext) -> ApplyResult:
-        """REPLACE the rrset (name, type) with the one desired record and TTL: one PATCH to the zone.
+        """REPLACE the rrset (name, type) with the one desired record and TTL, and the fence TXT beside it with
+        the step's stamp: one PATCH to the zone (PowerDNS applies a PATCH's rrsets in one transaction).
 
         Idempotent in effect (the same REPLACE twice leaves the same rrset; PowerDNS bumps the zone serial
         each time, which is why the runner calls check() first). Budget: one HTTP request within ``timeout``.
@@ -330,6 +393,7 @@ class PowerDnsDriver(_ResolvingVerifier):
         ZoneNotFound (404), RecordRejected (400/422/other 4xx), PermanentDriverError (secret unavailable).
         """
         want = _record(step)
+        fence = _fence_rdata(step)
         body = {
             "rrsets": [
                 {
@@ -338,7 +402,14 @@ class PowerDnsDriver(_ResolvingVerifier):
                     "ttl": want.inputs.ttl,
                     "changetype": "REPLACE",
                     "records": [{"content": want.content, "disabled": False}],
-                }
+                },
+                {
+                    "name": want.fence.to_text(),
+                    "type": "TXT",
+                    "ttl": want.inputs.ttl,
+                    "changetype": "REPLACE",
+                    "records": [{"content": fence.to_text(), "disabled": False}],
+                },
             ]
         }
         key = _secret("powerdns.api_key", self._config.api_key)
@@ -356,7 +427,10 @@ class PowerDnsDriver(_ResolvingVerifier):
             raise DnsUnavailable(f"PowerDNS API at {self._api} unreachable: {type(exc).__name__}: {exc}") from None
         if 200 <= status < 300:
             return ApplyResult(
-                log=(f"PowerDNS {self._config.server_id}: zone {want.inputs.zone}. REPLACE {want.describe()}",),
+                log=(
+                    f"PowerDNS {self._config.server_id}: zone {want.inputs.zone}. REPLACE {want.describe()}"
+                    f" and {want.fence} TXT {fence.to_text()}",
+                ),
                 outputs=want.outputs(),
             )
         raise self._http_error(status, _error_text(text, key), want)
@@ -417,7 +491,7 @@ class Rfc2136Driver(_ResolvingVerifier):
         self._timeout = timeout
         self._settle = settle
 
-    def _message(self, want: _Record) -> dns.update.UpdateMessage:
+    def _message(self, want: _Record, fence: dns.rdata.Rdata) -> dns.update.UpdateMessage:
         config = self._config
         if config.tsig_name is None or config.tsig_secret is None:
             message = dns.update.UpdateMessage(want.zone)
@@ -431,18 +505,21 @@ class Rfc2136Driver(_ResolvingVerifier):
                 want.zone, keyring=keyring, keyname=dns.name.from_text(config.tsig_name), keyalgorithm=self._algorithm
             )
         message.replace(want.name, want.inputs.ttl, want.rdata)
+        message.replace(want.fence, want.inputs.ttl, fence)  # the stamp, in the same (atomic) update
         return message
 
     async def apply(self, step: StepContext) -> ApplyResult:
-        """Send one UPDATE that replaces the rrset (name, type) with the desired record and TTL.
+        """Send one UPDATE that replaces the rrset (name, type) with the desired record and TTL, and the fence
+        TXT beside it with the step's stamp.
 
-        Idempotent (delete-rrset + add in one atomic update). Budget: one TCP exchange within ``timeout``.
-        Raises DnsUnavailable (timeout, connection refused/reset, SERVFAIL), UpdateRefused (REFUSED, NOTAUTH,
-        TSIG rejected), ZoneNotFound (NOTZONE), RecordRejected (FORMERR and other rcodes),
-        PermanentDriverError (secret unavailable or not base64).
+        Idempotent (delete-rrset + add, twice, in one atomic update: both land or neither). Budget: one TCP
+        exchange within ``timeout``. Raises DnsUnavailable (timeout, connection refused/reset, SERVFAIL),
+        UpdateRefused (REFUSED, NOTAUTH, TSIG rejected), ZoneNotFound (NOTZONE), RecordRejected (FORMERR and
+        other rcodes), PermanentDriverError (secret unavailable or not base64).
         """
         want = _record(step)
-        message = self._message(want)
+        fence = _fence_rdata(step)
+        message = self._message(want, fence)
         host, port = self._config.server, self._config.port
         where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         signed = f" (TSIG {self._config.tsig_name})" if self._config.tsig_name else ""
@@ -468,7 +545,10 @@ class Rfc2136Driver(_ResolvingVerifier):
         rcode = response.rcode()
         if rcode == dns.rcode.NOERROR:
             return ApplyResult(
-                log=(f"DNS UPDATE to {where}{signed}: zone {want.inputs.zone}. replace {want.describe()}",),
+                log=(
+                    f"DNS UPDATE to {where}{signed}: zone {want.inputs.zone}. replace {want.describe()}"
+                    f" and {want.fence} TXT {fence.to_text()}",
+                ),
                 outputs=want.outputs(),
             )
         text = dns.rcode.to_text(rcode)

@@ -28,7 +28,7 @@ from aiohttp import web
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig, SecretRef, Step
-from hybridops_daemon.drivers.base import PermanentDriverError, StepContext
+from hybridops_daemon.drivers.base import Fenced, PermanentDriverError, StepContext
 from hybridops_daemon.drivers.dns import (
     DnsAuthFailed,
     DnsUnavailable,
@@ -55,9 +55,11 @@ Driver = PowerDnsDriver | Rfc2136Driver
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def ctx(name: str, content: str, ttl: int = 60, rtype: str = "A", zone: str = ZONE) -> StepContext:
+def ctx(
+    name: str, content: str, ttl: int = 60, rtype: str = "A", zone: str = ZONE, token: int = 1, run_id: str = "run-1"
+) -> StepContext:
     inputs = {"zone": zone, "name": name, "type": rtype, "content": content, "ttl": ttl}
-    return StepContext("run-1", "drill", "dns", MODULE, inputs, {}, fencing_token=1)
+    return StepContext(run_id, "drill", "dns", MODULE, inputs, {}, fencing_token=token)
 
 
 def secret_file(tmp_path: Path, name: str, value: str) -> SecretRef:
@@ -201,7 +203,7 @@ async def test_apply_is_seen_by_resolving_the_authoritative_server(kind: str, po
 
     before = await driver.check(step)
     assert not before.satisfied and before.outputs == {}
-    assert set(before.observed) == {powerdns.nameserver}
+    assert set(before.observed) == {powerdns.nameserver, "fencing_token"}
 
     result = await driver.apply(step)
     assert result.outputs == {"fqdn": "app.dr.example", "type": "A", "content": content, "ttl": 120}
@@ -210,7 +212,7 @@ async def test_apply_is_seen_by_resolving_the_authoritative_server(kind: str, po
     assert await answer(powerdns, "app.dr.example.") == ("NOERROR", [content], 120)
     after = await driver.check(step)
     assert after.satisfied and after.outputs == result.outputs
-    assert after.observed == {powerdns.nameserver: {"status": "ok", "content": [content], "ttl": 120}}
+    assert after.observed == {powerdns.nameserver: {"status": "ok", "content": [content], "ttl": 120}, "fencing_token": 1}
     probe = await driver.verify(step)
     assert probe.ok, probe.detail
     assert probe.observed == after.observed and powerdns.nameserver in probe.probe
@@ -249,11 +251,16 @@ async def test_verify_catches_tampering_behind_the_drivers_back(kind: str, power
     powerdns.tamper(f"tamper-{kind}", "198.51.100.66")
     probe = await driver.verify(step)
     assert not probe.ok
-    assert probe.observed == {powerdns.nameserver: {"status": "ok", "content": ["198.51.100.66"], "ttl": 60}}
+    assert probe.observed == {powerdns.nameserver: {"status": "ok", "content": ["198.51.100.66"], "ttl": 60}, "fencing_token": 1}
     assert "198.51.100.66" in probe.detail and "192.0.2.40" in probe.detail
     assert not (await driver.check(step)).satisfied
 
     powerdns.delete(f"tamper-{kind}")
+    gone = await driver.verify(step)
+    # The stamp at _hyops-fence.<name> keeps <name> in existence (an empty non-terminal): NODATA, not NXDOMAIN.
+    assert not gone.ok and gone.observed[powerdns.nameserver] == {"status": "noanswer"}
+    assert "NOANSWER" in gone.detail
+    powerdns.delete(f"_hyops-fence.tamper-{kind}", "TXT")
     gone = await driver.verify(step)
     assert not gone.ok and gone.observed[powerdns.nameserver] == {"status": "nxdomain"}
     assert "NXDOMAIN" in gone.detail
@@ -320,6 +327,7 @@ async def test_a_hanging_nameserver_is_bounded_and_fails_verify(kind: str, power
         assert probe.observed == {
             powerdns.nameserver: {"status": "ok", "content": ["192.0.2.80"], "ttl": 60},
             hanging: {"status": "timeout"},
+            "fencing_token": 1,
         }
         assert f"{hanging} did not answer in time" in probe.detail
 
@@ -340,7 +348,7 @@ async def test_every_nameserver_must_agree(kind: str, powerdns: PowerDns, tmp_pa
         await agreeing.apply(step)
         probe = await agreeing.verify(step)
         assert probe.ok, probe.detail
-        assert len(probe.observed) == 2
+        assert len(probe.observed) == 3  # two servers and the stamp
 
         lagging = make_driver(kind, powerdns, tmp_path, nameservers=(*nameservers, secondary))
         probe = await lagging.verify(step)
@@ -376,6 +384,82 @@ async def test_verify_settles_while_servers_converge(kind: str, powerdns: PowerD
     probe = await quick.verify(step)
     assert not probe.ok and probe.observed[powerdns.nameserver]["content"] == ["198.51.100.17"]
     assert 0.5 <= time.monotonic() - began < 1.0 + TIMEOUT + SLACK
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_apply_writes_the_stamp_beside_the_name_in_the_same_change(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    step = ctx(f"stamp-{kind}", "192.0.2.180", ttl=90, token=7, run_id="run-7")
+    serial = powerdns.serial()
+
+    result = await driver.apply(step)
+
+    fence = f"_hyops-fence.stamp-{kind}.dr.example."
+    assert await answer(powerdns, fence, "TXT") == ("NOERROR", ['"token=7 run=run-7"'], 90)
+    assert await answer(powerdns, f"stamp-{kind}.dr.example.") == ("NOERROR", ["192.0.2.180"], 90)
+    assert powerdns.serial() == serial + 1  # one change to the zone, not two
+    assert f'and {fence} TXT "token=7 run=run-7"' in result.log[0]
+    check = await driver.check(step)
+    assert check.satisfied and check.observed["fencing_token"] == 7
+    probe = await driver.verify(step)
+    assert probe.ok and probe.observed["fencing_token"] == 7 and "stamped with fencing token 7" in probe.detail
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_a_newer_stamp_fences_check_and_nothing_is_applied(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    await driver.apply(ctx(f"fenced-{kind}", "192.0.2.190", token=42, run_id="run-new"))
+    powerdns.tamper(f"fenced-{kind}", "198.51.100.19")  # moved since: an old leader would move it again
+    serial = powerdns.serial()
+
+    with pytest.raises(Fenced) as caught:
+        await driver.check(ctx(f"fenced-{kind}", "192.0.2.191", token=40))
+    assert caught.value.retryable is False
+    assert str(caught.value) == (
+        f"fenced: DNS name fenced-{kind}.dr.example was changed under fencing token 42, newer than this run's 40;"
+        " refusing to overwrite"
+    )
+    # The real runner stops at the check: one attempt (not retryable), no apply, nothing reaches PowerDNS.
+    inputs = {"zone": ZONE, "name": f"fenced-{kind}", "content": "192.0.2.191"}
+    with runner_for(tmp_path, kind, driver) as (runner, journal):
+        event = await runner.start(run_spec("run-old", kind, inputs))  # the runner's local lease: token 1
+        assert not event.ok and "fenced" in event.detail
+        checks = [r.body for r in journal.run_records("run-old") if r.kind == "step.check"]
+        assert [(c["retryable"], "under fencing token 42" in c["error"]) for c in checks] == [(False, True)]
+        assert "step.apply" not in [r.kind for r in journal.run_records("run-old")]
+    assert powerdns.serial() == serial
+    assert await answer(powerdns, f"fenced-{kind}.dr.example.") == ("NOERROR", ["198.51.100.19"], 60)
+    assert (await answer(powerdns, f"_hyops-fence.fenced-{kind}.dr.example.", "TXT"))[1] == ['"token=42 run=run-new"']
+
+    # A newer stamp showing up after our apply fails verify (the record itself is right).
+    await driver.apply(ctx(f"fenced-{kind}", "192.0.2.190", token=43))
+    powerdns.tamper(f"_hyops-fence.fenced-{kind}", '"token=44 run=run-newer"', rtype="TXT")
+    probe = await driver.verify(ctx(f"fenced-{kind}", "192.0.2.190", token=43))
+    assert not probe.ok and probe.observed["fencing_token"] == 44
+    assert "stamped with fencing token 44 (newer: fenced), not this run's 43" in probe.detail
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_a_higher_token_proceeds_and_restamps(kind: str, powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    await driver.apply(ctx(f"restamp-{kind}", "192.0.2.200", token=3, run_id="run-3"))
+    serial = powerdns.serial()
+
+    # Satisfied: a later run's check() says so and stamps nothing.
+    same = await driver.check(ctx(f"restamp-{kind}", "192.0.2.200", token=5))
+    assert same.satisfied and same.observed["fencing_token"] == 3
+    assert powerdns.serial() == serial
+
+    step = ctx(f"restamp-{kind}", "192.0.2.201", token=5, run_id="run-5")
+    check = await driver.check(step)
+    assert not check.satisfied and check.observed["fencing_token"] == 3
+    await driver.apply(step)
+    assert await answer(powerdns, f"restamp-{kind}.dr.example.") == ("NOERROR", ["192.0.2.201"], 60)
+    assert (await answer(powerdns, f"_hyops-fence.restamp-{kind}.dr.example.", "TXT"))[1] == ['"token=5 run=run-5"']
+    assert (await driver.verify(step)).ok
+    # A stamp that is not ours to read (a hand edit) blocks nothing: it proves no newer leadership.
+    powerdns.tamper(f"_hyops-fence.restamp-{kind}", '"edited by hand"', rtype="TXT")
+    assert (await driver.check(step)).observed["fencing_token"] is None
 
 
 @pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
@@ -420,9 +504,11 @@ async def test_powerdns_unknown_zone_and_rejected_record_are_permanent(powerdns:
     # PowerDNS (not dnspython) refuses this one: a CNAME next to an existing A rrset → HTTP 422.
     await driver.apply(ctx("both", "192.0.2.111"))
     with pytest.raises(RecordRejected, match="422") as rejected:
-        await driver.apply(ctx("both", "elsewhere.example.org", rtype="CNAME"))
+        await driver.apply(ctx("both", "elsewhere.example.org", rtype="CNAME", token=2))
     assert not rejected.value.retryable
     assert powerdns.api_key not in str(rejected.value)
+    # The stamp was in the same PATCH: refused with the record, it did not land either.
+    assert (await answer(powerdns, "_hyops-fence.both.dr.example.", "TXT"))[1] == ['"token=1 run=run-1"']
 
 
 async def test_powerdns_sends_canonical_content(powerdns: PowerDns, tmp_path: Path) -> None:
