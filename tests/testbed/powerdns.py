@@ -10,11 +10,16 @@ The zone ``dr.example.`` is created through the API (Native, an SOA and two NS r
 it need the sender's address to be allowed (``ALLOW-DNSUPDATE-FROM`` metadata, on top of the global setting)
 AND a TSIG signature with key ``TSIG_NAME`` (``TSIG-ALLOW-DNSUPDATE``), created through the ``tsigkeys`` API.
 ``start_powerdns`` is the plain function behind the fixture, for benchmarks.
+
+``PowerDns(directory, host=...)`` binds DNS and the API to another address (one a network namespace can reach)
+and allows API calls and updates from ``allow_from``: by default the loopback addresses for a loopback host, every
+address for an unspecified one (``0.0.0.0``, ``::``), else the host's /24 (IPv4) or /64 (IPv6) plus loopback.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import secrets
 import shutil
@@ -22,7 +27,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +42,27 @@ TSIG_ALGORITHM = "hmac-sha256"
 SCHEMA = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
 
 
+def _default_allow_from(host: str) -> tuple[str, ...]:
+    address = ipaddress.ip_address(host)
+    if address.is_loopback:  # only loopback clients reach a loopback listener: all of them, whichever source they use
+        return ("127.0.0.0/8", "::1/128")
+    if address.is_unspecified:
+        return ("0.0.0.0/0", "::/0")
+    network = ipaddress.ip_network(f"{address}/{24 if address.version == 4 else 64}", strict=False)
+    return (str(network), "127.0.0.1/32", "::1/128")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 class PowerDns:
     """One authoritative server. ``stop()``/``start()`` keep the ports, the key and the database (zone and records)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, host: str = HOST, allow_from: Sequence[str] | None = None) -> None:
         self.directory = directory
-        self.host = HOST
+        self.host = str(ipaddress.ip_address(host))
+        self.allow_from = tuple(allow_from) if allow_from is not None else _default_allow_from(self.host)
         self.dns_port = free_port()
         self.api_port = free_port()
         self.api_key = secrets.token_hex(16)
@@ -62,7 +82,7 @@ class PowerDns:
                 [
                     "launch=gsqlite3",
                     f"gsqlite3-database={database}",
-                    f"local-address={HOST}",
+                    f"local-address={self.host}",
                     f"local-port={self.dns_port}",
                     f"socket-dir={directory}",
                     "daemon=no",
@@ -73,11 +93,11 @@ class PowerDns:
                     "api=yes",
                     f"api-key={self.api_key}",
                     "webserver=yes",
-                    f"webserver-address={HOST}",
+                    f"webserver-address={self.host}",
                     f"webserver-port={self.api_port}",
-                    "webserver-allow-from=127.0.0.1,::1",
+                    f"webserver-allow-from={','.join(self.allow_from)}",
                     "dnsupdate=yes",
-                    "allow-dnsupdate-from=127.0.0.1/32",
+                    f"allow-dnsupdate-from={','.join(self.allow_from)}",
                     "",
                 ]
             )
@@ -85,12 +105,12 @@ class PowerDns:
 
     @property
     def api_url(self) -> str:
-        return f"http://{HOST}:{self.api_port}"
+        return f"http://{_url_host(self.host)}:{self.api_port}"
 
     @property
     def nameserver(self) -> str:
         """The DNS listener as a driver's ``nameservers`` entry."""
-        return f"{HOST}:{self.dns_port}"
+        return f"{_url_host(self.host)}:{self.dns_port}"
 
     def alive(self) -> bool:
         return self._process is not None and self._process.alive()
@@ -146,7 +166,7 @@ class PowerDns:
         )
 
     def allow_updates(self, zone: str) -> None:
-        """RFC 2136 to ``zone``: from 127.0.0.1, signed with the fixture's TSIG key (created once)."""
+        """RFC 2136 to ``zone``: from ``allow_from``, signed with the fixture's TSIG key (created once)."""
         status, _ = self.api("GET", f"/api/v1/servers/localhost/tsigkeys/{self.tsig_name}")
         if status == 404:
             self._ok(
@@ -155,7 +175,7 @@ class PowerDns:
                 {"name": self.tsig_name, "algorithm": self.tsig_algorithm, "key": self.tsig_secret},
             )
         base = f"/api/v1/servers/localhost/zones/{zone}/metadata"
-        self._ok("PUT", f"{base}/ALLOW-DNSUPDATE-FROM", {"metadata": ["127.0.0.1/32"]})
+        self._ok("PUT", f"{base}/ALLOW-DNSUPDATE-FROM", {"metadata": list(self.allow_from)})
         self._ok("PUT", f"{base}/TSIG-ALLOW-DNSUPDATE", {"metadata": [self.tsig_name]})
 
     def tamper(self, name: str, content: str, ttl: int = 60, rtype: str = "A", zone: str = ZONE) -> None:
@@ -198,13 +218,13 @@ class PowerDns:
         return None
 
 
-def start_powerdns() -> PowerDns:
+def start_powerdns(host: str = HOST, allow_from: Sequence[str] | None = None) -> PowerDns:
     """A running PowerDNS with ``dr.example.`` (updatable with TSIG); ``cleanup(server)`` stops it and removes its folder."""
     directory = Path(tempfile.mkdtemp(prefix="hyops-pdns-"))
     directory.chmod(0o755)
     server: PowerDns | None = None
     try:
-        server = PowerDns(directory)
+        server = PowerDns(directory, host, allow_from)
         server.start()
         server.create_zone(ZONE)
         server.allow_updates(ZONE)
