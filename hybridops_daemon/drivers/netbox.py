@@ -9,6 +9,12 @@ session whose every request carries ``config.timeout`` (connect and read), so a 
 NetBox by itself instead of lingering past the runner's step timeout. The token (a SecretRef in the config)
 is resolved at each use; pynetbox sends a v2 token (``nbt_<key>.<secret>``) as ``Authorization: Bearer ...``
 and a legacy v1 token as ``Token ...``. No message this module raises or returns contains the token.
+
+Fencing: the run's fencing token goes into the integer custom field ``hyops_fencing_token`` of the address, in
+the same POST or PATCH as the change. check() and apply() refuse (``Fenced``) an address stamped with a newer
+token than the run's; verify() wants the run's own token there. The field is the one NetBox setup step (see
+README): NetBox lists every custom field defined for IP addresses in ``custom_fields``, so its absence is seen
+there, and then the driver works unstamped and says so in apply()'s log instead of failing.
 """
 
 from __future__ import annotations
@@ -30,11 +36,15 @@ from hybridops_daemon.drivers.base import (
     PermanentDriverError,
     ProbeResult,
     StepContext,
+    refuse_newer_stamp,
+    stamp_mismatch,
 )
 from hybridops_daemon.drivers.modules import IpamAddress, validate_inputs
 from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "ipam/address@v1"
+FENCING_FIELD = "hyops_fencing_token"  # an integer custom field on ipam.ipaddress (README: the NetBox setup step)
+_HAS_FIELD = "_has_fencing_field"  # in a state dict: does NetBox define FENCING_FIELD? (never in observed)
 T = TypeVar("T")
 
 
@@ -83,10 +93,13 @@ def _desired(step: StepContext) -> tuple[IpamAddress, str]:
 
 
 def _state(record: Any) -> dict[str, Any]:
-    """The fields this module manages (plus identity and change time) from a pynetbox record."""
+    """The fields this module manages (plus identity, change time and the fencing stamp) from a pynetbox record."""
     data = dict(record)
     status = data.get("status")
     vrf = data.get("vrf")
+    custom = data.get("custom_fields")
+    custom = custom if isinstance(custom, Mapping) else {}
+    stamp = custom.get(FENCING_FIELD)
     return {
         "id": data.get("id"),
         "address": data.get("address"),
@@ -94,7 +107,39 @@ def _state(record: Any) -> dict[str, Any]:
         "description": data.get("description") or "",
         "vrf": vrf.get("name") if isinstance(vrf, Mapping) else vrf,
         "last_updated": data.get("last_updated"),
+        "fencing_token": stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else None,
+        _HAS_FIELD: FENCING_FIELD in custom,
     }
+
+
+def _observed(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What check() and verify() report: the state as NetBox holds it, with the stamp (None when absent)."""
+    if state is None:
+        return {"fencing_token": None}
+    return {key: value for key, value in state.items() if key != _HAS_FIELD}
+
+
+def _stamp_of(state: Mapping[str, Any] | None) -> int | None:
+    return None if state is None else state["fencing_token"]
+
+
+def _what(address: str) -> str:
+    return f"NetBox IP address {address}"
+
+
+_UNSTAMPED = f"not stamped: NetBox defines no custom field {FENCING_FIELD} for IP addresses (see README, NetBox)"
+
+
+def _field_missing(exc: Exception) -> bool:
+    """NetBox's 400 for a custom field it does not define: ``{"custom_fields": {FIELD: "... does not exist ..."}}``."""
+    if not isinstance(exc, pynetbox.RequestError) or int(exc.req.status_code) != 400:
+        return False
+    try:
+        body = exc.req.json()
+    except ValueError:
+        return False
+    custom = body.get("custom_fields") if isinstance(body, Mapping) else None
+    return isinstance(custom, Mapping) and FENCING_FIELD in custom
 
 
 def _same_address(stored: Any, address: str) -> bool:
@@ -176,45 +221,66 @@ class NetboxDriver:
     async def check(self, step: StepContext) -> CheckResult:
         """Does NetBox hold the address, in the global table, with the desired status and description?
 
-        Read-only and idempotent. Budget: one GET (``config.timeout``). Raises NetboxAuthFailed,
+        An address stamped with a newer fencing token than the step's raises Fenced, satisfied or not.
+        Read-only and idempotent. Budget: one GET (``config.timeout``). Raises Fenced, NetboxAuthFailed,
         NetboxRejected, NetboxAmbiguous (permanent); NetboxUnavailable / NetboxTimeout (retryable);
         PermanentDriverError on invalid inputs or an unavailable token.
         """
         inputs, address = _desired(step)
         state = await self._call("check", lambda api: self._find(api, address))
+        refuse_newer_stamp(_what(address), _stamp_of(state), step)
         satisfied = _matches(state, inputs, address)
-        return CheckResult(satisfied=satisfied, observed=state or {}, outputs=self._outputs(state) if satisfied and state else {})
+        outputs = self._outputs(state) if satisfied and state else {}
+        return CheckResult(satisfied=satisfied, observed=_observed(state), outputs=outputs)
 
     async def apply(self, step: StepContext) -> ApplyResult:
-        """Create the address, or PATCH its status and description in place; write nothing when already right.
+        """Create the address, or PATCH its status and description in place, with the step's fencing token in
+        the same request; write nothing when already right (not even the stamp).
 
         Idempotent: it re-reads first, so a retry after a timed-out write that landed changes nothing, and a
-        later run updates the one existing object rather than adding a second. Budget: one GET plus at most
-        one POST or PATCH, each ``config.timeout``. Raises as check(); NetboxRejected carries NetBox's reason
-        (e.g. ``status: x is not a valid choice.``).
+        later run updates the one existing object rather than adding a second. The re-read also refuses
+        (Fenced) an address stamped with a newer token, as check(). Budget: one GET plus at most one POST or
+        PATCH, each ``config.timeout`` (a second POST when NetBox lacks the custom field for a new address: the
+        first is refused, nothing created). Raises as check(); NetboxRejected carries NetBox's reason (e.g.
+        ``status: x is not a valid choice.``).
         """
         inputs, address = _desired(step)
+        stamp = {FENCING_FIELD: step.fencing_token}
+        stamped = f"stamped fencing token {step.fencing_token}"
 
         def write(api: Any) -> tuple[dict[str, Any], str]:
             found = self._find(api, address)
+            refuse_newer_stamp(_what(address), _stamp_of(found), step)
             if found is None:
-                created = api.ipam.ip_addresses.create(address=address, status=inputs.status, description=inputs.description)
-                return _state(created), f"created {address} in NetBox (status {inputs.status})"
+                fields = {"address": address, "status": inputs.status, "description": inputs.description}
+                try:
+                    created, note = api.ipam.ip_addresses.create(**fields, custom_fields=stamp), stamped
+                except pynetbox.RequestError as exc:
+                    if not _field_missing(exc):
+                        raise
+                    created, note = api.ipam.ip_addresses.create(**fields), _UNSTAMPED
+                return _state(created), f"created {address} in NetBox (status {inputs.status}); {note}"
             if _matches(found, inputs, address):
                 return found, f"{address} already {inputs.status} in NetBox (id {found['id']}): nothing written"
             was = _difference(found, inputs, address)
-            updated = api.ipam.ip_addresses.update(
-                [{"id": found["id"], "status": inputs.status, "description": inputs.description}]
-            )
-            return _state(updated[0]), f"updated {address} in NetBox (id {found['id']}; {was})"
+            change = {"id": found["id"], "status": inputs.status, "description": inputs.description}
+            if found[_HAS_FIELD]:
+                before = found["fencing_token"]
+                change["custom_fields"], note = stamp, f"{stamped} (was {'none' if before is None else before})"
+            else:
+                note = _UNSTAMPED
+            updated = api.ipam.ip_addresses.update([change])
+            return _state(updated[0]), f"updated {address} in NetBox (id {found['id']}; {was}); {note}"
 
         state, line = await self._call("apply", write)
         return ApplyResult(log=(line,), outputs=self._outputs(state))
 
     async def verify(self, step: StepContext) -> ProbeResult:
-        """Find the address afresh, then GET the object by id (a new request, never apply()'s answer) and compare.
+        """Find the address afresh, then GET the object by id (a new request, never apply()'s answer) and compare;
+        where NetBox defines the custom field, the stamp must be the step's own token.
 
-        Read-only and idempotent. Budget: two GETs, each ``config.timeout``. Raises as check().
+        Read-only and idempotent. Budget: two GETs, each ``config.timeout``. Raises as check(), but never
+        Fenced: a newer stamp is a failed probe (ok False), named in ``detail``.
         """
         inputs, address = _desired(step)
 
@@ -226,14 +292,20 @@ class NetboxDriver:
             return None if record is None else _state(record)
 
         state = await self._call("verify", probe)
-        ok = _matches(state, inputs, address)
+        has_field = state is not None and state[_HAS_FIELD]
+        unstamped = stamp_mismatch(_what(address), _stamp_of(state), step) if has_field else ""
+        matches = _matches(state, inputs, address)
         where = f"id {state['id']}" if state else "no object"
-        detail = (
-            f"NetBox holds {address} as {inputs.status} with the desired description ({where})"
-            if ok
-            else f"NetBox does not hold {address} as desired: {_difference(state, inputs, address)}"
-        )
-        return ProbeResult(ok=ok, probe="netbox GET /api/ipam/ip-addresses/{id}/", observed=state or {}, detail=detail)
+        if not matches:
+            detail = f"NetBox does not hold {address} as desired: {_difference(state, inputs, address)}"
+        else:
+            detail = f"NetBox holds {address} as {inputs.status} with the desired description ({where})"
+            if unstamped:
+                detail += f", but {unstamped}"
+            else:
+                detail += f", stamped with fencing token {_stamp_of(state)}" if has_field else f"; {_UNSTAMPED}"
+        ok = matches and not unstamped
+        return ProbeResult(ok=ok, probe="netbox GET /api/ipam/ip-addresses/{id}/", observed=_observed(state), detail=detail)
 
     async def compensate(self, step: StepContext) -> ApplyResult:
         """Not defined: an IPAM record of what a run did is history, not an effect to undo. Always raises."""

@@ -22,8 +22,9 @@ import pytest
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.models import NetboxDriverConfig, SecretRef, Step
-from hybridops_daemon.drivers.base import DriverError, PermanentDriverError, StepContext
+from hybridops_daemon.drivers.base import DriverError, Fenced, PermanentDriverError, StepContext
 from hybridops_daemon.drivers.netbox import (
+    FENCING_FIELD,
     NetboxAuthFailed,
     NetboxDriver,
     NetboxRejected,
@@ -41,9 +42,11 @@ TOKEN_ENV = "HYOPS_TEST_NETBOX_TOKEN"
 TEST_NETS = ("203.0.113.0/24", "2001:db8::/64")
 
 
-def ctx(address: str = "203.0.113.10", status: str = "active", run_id: str = "run-1", **extra: Any) -> StepContext:
+def ctx(
+    address: str = "203.0.113.10", status: str = "active", run_id: str = "run-1", token: int = 1, **extra: Any
+) -> StepContext:
     inputs = {"address": address, "status": status, "description": f"claimed by run {run_id}", **extra}
-    return StepContext(run_id, "prod", "ipam", MODULE, inputs, secrets={}, fencing_token=1)
+    return StepContext(run_id, "prod", "ipam", MODULE, inputs, secrets={}, fencing_token=token)
 
 
 def driver(url: str, monkeypatch: pytest.MonkeyPatch, token: str, timeout: float = 10.0) -> NetboxDriver:
@@ -84,10 +87,10 @@ async def test_apply_creates_the_host_address_and_verify_reads_it_back(nb: Netbo
     step = ctx("203.0.113.10")  # a bare IP: NetBox stores a host as /32
 
     before = await nb.check(step)
-    assert not before.satisfied and before.observed == {}
+    assert not before.satisfied and before.observed == {"fencing_token": None}
 
     result = await nb.apply(step)
-    assert result.log == ("created 203.0.113.10/32 in NetBox (status active)",)
+    assert result.log == ("created 203.0.113.10/32 in NetBox (status active); stamped fencing token 1",)
     assert result.outputs["address"] == "203.0.113.10/32" and result.outputs["status"] == "active"
 
     [record] = stored(admin, "203.0.113.10")
@@ -95,11 +98,13 @@ async def test_apply_creates_the_host_address_and_verify_reads_it_back(nb: Netbo
     assert record["status"]["value"] == "active"
     assert record["description"] == "claimed by run run-1"
     assert record["vrf"] is None
+    assert record["custom_fields"][FENCING_FIELD] == 1  # the stamp, written in the same POST
     assert result.outputs["id"] == record["id"]
 
     probe = await nb.verify(step)
     assert probe.ok, probe.detail
     assert probe.observed["id"] == record["id"] and probe.observed["status"] == "active"
+    assert probe.observed["fencing_token"] == 1 and "stamped with fencing token 1" in probe.detail
 
 
 async def test_ipv6_host_is_stored_as_128(nb: NetboxDriver, admin: Any) -> None:
@@ -172,7 +177,7 @@ async def test_verify_catches_tampering_behind_the_drivers_back(nb: NetboxDriver
 
     gone = await nb.verify(step)
     assert not gone.ok
-    assert gone.observed == {}
+    assert gone.observed == {"fencing_token": None}
     assert "203.0.113.10/32 is absent" in gone.detail
 
 
@@ -199,7 +204,7 @@ async def test_the_address_in_a_vrf_is_another_record(nb: NetboxDriver, admin: A
         step = ctx()
 
         check = await nb.check(step)
-        assert not check.satisfied and check.observed == {}
+        assert not check.satisfied and check.observed == {"fencing_token": None}
         await nb.apply(step)
         assert (await nb.verify(step)).ok
 
@@ -259,6 +264,96 @@ async def test_through_the_chain_runner_with_the_run_id_in_the_description(
         journal.close()
     [record] = stored(admin, "203.0.113.20")
     assert record["description"] == "claimed by run run-7f3a"
+
+
+# --------------------------------------------------------------------------------------------- fencing stamp
+
+
+async def test_the_stamp_lands_in_the_same_patch_as_the_change(nb: NetboxDriver, admin: Any) -> None:
+    first = await nb.apply(ctx(token=3))
+    object_id = first.outputs["id"]
+    logged = changes(admin, object_id)
+
+    result = await nb.apply(ctx(status="reserved", token=4))
+
+    assert result.log[0].endswith("; stamped fencing token 4 (was 3)")
+    [record] = stored(admin, "203.0.113.10")
+    assert record["status"]["value"] == "reserved" and record["custom_fields"][FENCING_FIELD] == 4
+    assert changes(admin, object_id) == logged + 1  # one write carried both
+    check = await nb.check(ctx(status="reserved", token=4))
+    assert check.satisfied and check.observed["fencing_token"] == 4
+
+
+async def test_a_newer_stamp_fences_check_and_apply_and_nothing_is_written(nb: NetboxDriver, admin: Any) -> None:
+    await nb.apply(ctx(run_id="run-new", token=42))
+    admin.ipam.ip_addresses.get(address="203.0.113.10/32").update({"status": "deprecated"})  # changed since
+    [before] = stored(admin, "203.0.113.10")
+    logged = changes(admin, before["id"])
+
+    for operation in (nb.check, nb.apply):
+        with pytest.raises(Fenced) as caught:
+            await operation(ctx(run_id="run-old", token=40))
+        assert not caught.value.retryable
+        assert str(caught.value) == (
+            "fenced: NetBox IP address 203.0.113.10/32 was changed under fencing token 42, newer than this run's 40;"
+            " refusing to overwrite"
+        )
+    [after] = stored(admin, "203.0.113.10")
+    assert after["last_updated"] == before["last_updated"] and changes(admin, after["id"]) == logged
+    assert after["status"]["value"] == "deprecated" and after["custom_fields"][FENCING_FIELD] == 42
+
+    # A newer stamp showing up after our apply fails verify, the fields themselves being right.
+    await nb.apply(ctx(token=43))
+    admin.ipam.ip_addresses.get(address="203.0.113.10/32").update({"custom_fields": {FENCING_FIELD: 44}})
+    probe = await nb.verify(ctx(token=43))
+    assert not probe.ok and probe.observed["fencing_token"] == 44
+    assert "stamped with fencing token 44 (newer: fenced), not this run's 43" in probe.detail
+
+
+async def test_a_higher_token_proceeds_and_restamps_but_a_satisfied_step_is_left_alone(nb: NetboxDriver, admin: Any) -> None:
+    first = await nb.apply(ctx(token=3))
+    logged = changes(admin, first.outputs["id"])
+
+    same = await nb.check(ctx(token=5))
+    assert same.satisfied and same.observed["fencing_token"] == 3
+    assert "nothing written" in (await nb.apply(ctx(token=5))).log[0]
+    assert changes(admin, first.outputs["id"]) == logged  # not re-stamped
+
+    later = ctx(status="reserved", run_id="run-5", token=5)
+    check = await nb.check(later)
+    assert not check.satisfied and check.observed["fencing_token"] == 3
+    await nb.apply(later)
+    [record] = stored(admin, "203.0.113.10")
+    assert record["status"]["value"] == "reserved" and record["custom_fields"][FENCING_FIELD] == 5
+    assert (await nb.verify(later)).ok
+
+
+@pytest.fixture
+def without_fencing_field(netbox: NetboxInstance, admin: Any) -> Iterator[None]:
+    """A NetBox that skipped the setup step; the field is defined again afterwards (the NetBox is shared)."""
+    netbox.drop_fencing_field()
+    try:
+        yield
+    finally:
+        netbox.define_fencing_field()
+
+
+async def test_without_the_custom_field_apply_proceeds_unstamped_and_says_so(
+    nb: NetboxDriver, admin: Any, without_fencing_field: None
+) -> None:
+    created = await nb.apply(ctx(token=9))  # NetBox refuses the stamp on the POST; the driver creates without it
+    assert created.log[0].startswith("created 203.0.113.10/32 in NetBox (status active); not stamped: NetBox defines no")
+    [record] = stored(admin, "203.0.113.10")
+    assert FENCING_FIELD not in record["custom_fields"] and len(stored(admin, "203.0.113.10")) == 1
+
+    updated = await nb.apply(ctx(status="reserved", token=9))  # an update knows from the object: no refused PATCH
+    assert updated.log[0].endswith(
+        f"not stamped: NetBox defines no custom field {FENCING_FIELD} for IP addresses (see README, NetBox)"
+    )
+    check = await nb.check(ctx(status="reserved", token=9))
+    assert check.satisfied and check.observed["fencing_token"] is None
+    probe = await nb.verify(ctx(status="reserved", token=9))
+    assert probe.ok and "not stamped" in probe.detail
 
 
 # --------------------------------------------------------------------------------------------- typed errors

@@ -3,8 +3,10 @@
 The slow parts are built once and cached outside the repo by ``scripts/netbox-testbed`` (the venv, ~1.5 min, and
 a migrated database dumped with ``pg_dump -Fc``, ~4-6 min): the first test session on a fresh machine pays for
 them, later sessions restore the dump in about a second. Per session: PostgreSQL (as user postgres, a temporary
-cluster on a free loopback port), redis-server, ``pg_restore``, ``netbox runserver --noreload``, and a v2 API
-token provisioned with the superuser's password from the dump. Everything is stopped by PID at the end.
+cluster on a free loopback port), redis-server, ``pg_restore``, ``netbox runserver --noreload``, a v2 API
+token provisioned with the superuser's password from the dump, and the integer custom field ``hyops_fencing_token``
+on IP addresses (the netbox driver's fencing stamp; README's one NetBox setup step), created through the API
+with that token. Everything is stopped by PID at the end.
 
 This module does not use tests/testbed/postgres.py on purpose: the replica tests own that one.
 """
@@ -28,6 +30,7 @@ from typing import Any
 import pynetbox  # type: ignore[import-untyped]
 import pytest
 
+from hybridops_daemon.drivers.netbox import FENCING_FIELD
 from tests.testbed.process import ComponentFailed, Process, free_port, require, wait_until
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "netbox-testbed"
@@ -48,6 +51,17 @@ class NetboxInstance:
     def api(self, token: str | None = None) -> Any:
         """A pynetbox client for the test itself (tampering, inspecting), with the superuser's token by default."""
         return pynetbox.api(self.url, token=self.token if token is None else token)
+
+    def define_fencing_field(self) -> None:
+        """The integer custom field ``hyops_fencing_token`` on IP addresses, as README's NetBox section says; idempotent."""
+        define_fencing_field(self.url, self.token)
+
+    def drop_fencing_field(self) -> None:
+        """Delete the custom field (and with it every address's stamp): a NetBox that skipped the setup step."""
+        for field_id in _fencing_field_ids(self.url, self.token):
+            status, body = _http("DELETE", f"{self.url}/api/extras/custom-fields/{field_id}/", token=self.token)
+            if status != 204:
+                raise ComponentFailed(f"NetBox DELETE custom field {FENCING_FIELD} answered {status}: {str(body)[:500]}")
 
 
 def _as_postgres(argv: Sequence[str]) -> list[str]:
@@ -76,9 +90,32 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None, token: str 
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status), json.load(response)
+            raw = response.read()
+            return int(response.status), json.loads(raw) if raw.strip() else None  # a DELETE answers 204, no body
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
+
+
+def _fencing_field_ids(url: str, token: str) -> list[int]:
+    status, body = _http("GET", f"{url}/api/extras/custom-fields/?name={FENCING_FIELD}", token=token)
+    if status != 200 or not isinstance(body, dict):
+        raise ComponentFailed(f"NetBox GET custom fields answered {status}: {str(body)[:500]}")
+    return [int(field["id"]) for field in body["results"]]
+
+
+def define_fencing_field(url: str, token: str) -> None:
+    if _fencing_field_ids(url, token):
+        return
+    field = {
+        "name": FENCING_FIELD,
+        "label": "HybridOps fencing token",
+        "object_types": ["ipam.ipaddress"],
+        "type": "integer",
+        "description": "The fencing token of the hybridops run that last changed this address",
+    }
+    status, body = _http("POST", f"{url}/api/extras/custom-fields/", field, token=token)
+    if status != 201:
+        raise ComponentFailed(f"NetBox POST custom field {FENCING_FIELD} answered {status}: {str(body)[:500]}")
 
 
 def _redis_pong(port: int) -> bool:
@@ -144,6 +181,7 @@ class NetboxTestbed:
         status, body = _http("GET", f"{url}/api/status/", token=token)
         if status != 200 or not isinstance(body, dict) or body.get("netbox-version") != NETBOX_VERSION:
             raise ComponentFailed(f"NetBox /api/status/ with the new token answered {status}: {str(body)[:500]}")
+        define_fencing_field(url, token)
         timings["token_s"] = time.monotonic() - mark
         timings["total_s"] = time.monotonic() - started
         return NetboxInstance(url=url, token=token, admin=admin, password=password, timings=timings)
