@@ -11,8 +11,13 @@ the refresh, so it cannot expire the key before that local deadline). A node cut
 learning anything. A node whose clock stood still (a paused VM) is caught by ``ensure()``: a transaction in etcd that
 the key still holds this node's name under this token.
 
-Each etcd call is bounded by ``op_timeout``. aetcd talks to one address per client, so there is one client per endpoint;
-a member that refuses the connection is skipped within the same call, one that hangs (no quorum on its side) at the next.
+Each etcd call is bounded by ``op_timeout``. aetcd talks to one address per client, so ``EtcdPool`` keeps one client per
+endpoint (shared by every lane's lease): a member that refuses the connection is skipped within the same call, one that
+hangs (no quorum on its side) at the next.
+
+The leader also keeps a *handover* document next to its key (what a successor needs to finish an interrupted run). It is
+written only by ``ensure(token, handover=...)``: in the same transaction that proves the key still holds this node under
+this token, so a fenced node can never overwrite its successor's document.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ _CHANNEL_OPTIONS = {
 }
 
 
-class _EtcdError(Exception):
+class EtcdUnavailable(Exception):
     """The call failed: no member answered within op_timeout, or etcd refused it."""
 
 
@@ -51,32 +56,81 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     return url.hostname, url.port
 
 
+class EtcdPool:
+    """One aetcd client per member; ``call`` tries them in turn within one ``op_timeout``. Close it last."""
+
+    def __init__(self, endpoints: Sequence[str], op_timeout: float) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        if op_timeout <= 0:
+            raise ValueError(f"op_timeout ({op_timeout}s) must be positive")
+        self.op_timeout = op_timeout
+        self._clients = [aetcd.Client(host, port, options=_CHANNEL_OPTIONS) for host, port in map(_host_port, endpoints)]
+        self._current = 0
+
+    async def call(self, what: str, op: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Run ``op(client)`` on the first member that answers; raise EtcdUnavailable naming ``what`` otherwise."""
+        last: Exception | None = None
+        try:
+            async with asyncio.timeout(self.op_timeout):
+                for _ in self._clients:
+                    try:
+                        return await op(self._clients[self._current])
+                    except aetcd.ConnectionFailedError as exc:  # refused at once: try the next member in the same budget
+                        self._current = (self._current + 1) % len(self._clients)
+                        last = exc
+                raise EtcdUnavailable(f"{what}: no etcd member reachable (last: {last})")
+        except aetcd.ClientError as exc:
+            raise EtcdUnavailable(f"{what}: {exc}") from None
+        except TimeoutError:
+            self._current = (self._current + 1) % len(self._clients)  # this member hangs: start elsewhere next time
+            raise EtcdUnavailable(f"{what}: no answer from etcd within {self.op_timeout:g}s (no quorum?)") from None
+
+    async def get(self, key: str) -> bytes | None:
+        """The value at ``key`` (a linearizable read: it needs quorum), or None. Raises EtcdUnavailable."""
+        got = await self.call(f"get {key}", lambda c: c.get(key.encode()))
+        return None if got is None else bytes(got.value)
+
+    async def close(self) -> None:
+        for client in self._clients:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.op_timeout):
+                    await client.close()
+
+    async def __aenter__(self) -> EtcdPool:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+
 class EtcdLease:
+    """One leader key. ``campaign`` → ``run`` (keepalive until lost) → ``ensure`` before every effect → ``resign``."""
+
     def __init__(
         self,
-        endpoints: Sequence[str],
+        pool: EtcdPool,
         key: str,
         node: str,
         ttl: float,
         *,
-        op_timeout: float,
+        handover_key: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not endpoints:
-            raise ValueError("no etcd endpoints")
-        if not 0 < op_timeout < ttl:
-            raise ValueError(f"op_timeout ({op_timeout}s) must be positive and shorter than the TTL ({ttl}s)")
-        self._clients = [aetcd.Client(host, port, options=_CHANNEL_OPTIONS) for host, port in map(_host_port, endpoints)]
-        self._current = 0
+        if not pool.op_timeout < ttl:
+            raise ValueError(f"op_timeout ({pool.op_timeout}s) must be shorter than the TTL ({ttl}s)")
+        self._pool = pool
         self._key = key.encode()
+        self._handover_key = handover_key.encode() if handover_key else None
         self._node = node.encode()  # aetcd's put wants bytes (its compares would convert)
         self._ttl = ttl
-        self._op_timeout = op_timeout
         self._clock = clock
         self._lease_id: int | None = None
         self._token = 0
         self._deadline = 0.0
         self._lost: str | None = "never campaigned"
+        self._lost_now = asyncio.Event()  # wakes run() at once when ensure() learns the holding is over
+        self.holder: str | None = None  # who holds the key, as last seen by a lost campaign (for status)
 
     @property
     def token(self) -> int:
@@ -97,15 +151,22 @@ class EtcdLease:
         return ""
 
     async def campaign(self) -> bool:
-        """Try to become the leader; False (see ``reason``) if another node holds the key or etcd does not answer."""
+        """Try to become the leader; False (see ``reason``) if another node holds the key or etcd does not answer.
+
+        While the key exists this costs one read; only a free key is contested (lease grant + one transaction)."""
         if self.leading:
             return True
         self._lease_id = None
         sent = self._clock()
         try:
-            grant = await self._call("lease grant", lambda c: c.lease(math.ceil(self._ttl)))
+            held = await self._pool.call("campaign", lambda c: c.get(self._key))
+            if held is not None:
+                self.holder = bytes(held.value).decode(errors="replace")
+                self._lost = f"held by {self.holder!r} under token {held.create_revision}"
+                return False
+            grant = await self._pool.call("lease grant", lambda c: c.lease(math.ceil(self._ttl)))
             lease_id = int(grant.id)
-            _, responses = await self._call(
+            _, responses = await self._pool.call(
                 "campaign",
                 lambda c: c.transaction(
                     compare=[c.transactions.create(self._key) == 0],
@@ -113,62 +174,90 @@ class EtcdLease:
                     failure=[c.transactions.get(self._key)],
                 ),
             )
-        except _EtcdError as exc:
+        except EtcdUnavailable as exc:
             self._lost = f"cannot campaign: {exc}"  # a lease granted before the failure expires by itself
+            self.holder = None
             return False
         kv = responses[-1][0][1] if responses[-1] else None
         # A retried transaction whose first attempt did land fails its compare yet finds our own lease on the key.
         if kv is None or int(kv.lease) != lease_id:
             self._lost = f"held by another node: {self._describe(responses[-1])}"
+            self.holder = responses[-1][0][0].decode(errors="replace") if responses[-1] else None
             await self._revoke(lease_id)
             return False
         self._lease_id = lease_id
         self._token = int(kv.create_revision)
         self._deadline = sent + self._ttl
         self._lost = None
+        self._lost_now.clear()
+        self.holder = self._node.decode()
         return True
 
     async def run(self) -> None:
         """Keep the lease alive every ttl/3 while leading; return once it is lost (``reason`` says why)."""
         lease_id = self._lease_id
         while lease_id is not None and self.leading:
-            await asyncio.sleep(self._ttl / 3)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._ttl / 3):
+                    await self._lost_now.wait()
             if not self.leading:
                 break
             sent = self._clock()
             try:
-                reply = await self._call("lease refresh", lambda c: c.refresh_lease(lease_id))
-            except _EtcdError as exc:
+                reply = await self._pool.call("lease refresh", lambda c: c.refresh_lease(lease_id))
+                if reply is None or int(reply.TTL) <= 0:  # etcd answers an expired lease with TTL 0, not an error
+                    self._lose("lease expired in etcd")
+                    break
+                # An etcd leader cut off from its peers still answers refreshes until it steps down (an election timeout
+                # later): only a linearizable read proves a quorum is behind the refresh, so only then does it count.
+                if not await self._holds(self._token, "leadership check"):
+                    break
+            except EtcdUnavailable as exc:
                 self._lose(f"lease refresh failed: {exc}")
-                break
-            if reply is None or int(reply.TTL) <= 0:  # etcd answers an expired lease with TTL 0, not an error
-                self._lose("lease expired in etcd")
                 break
             self._deadline = sent + self._ttl
         self._lose(self.reason)
         if lease_id is not None:
             await self._revoke(lease_id)  # the holding is over: the other node need not wait out the TTL
 
-    async def ensure(self, token: int) -> None:
-        """Raise LeaseLost unless this node leads and etcd still holds its key under ``token`` (bounded by op_timeout)."""
+    async def ensure(self, token: int, handover: bytes | None = None) -> None:
+        """Raise LeaseLost unless this node leads and etcd still holds its key under ``token`` (bounded by op_timeout).
+
+        With ``handover``, the same transaction writes it to the handover key: it lands only while the token is current.
+        """
         if token != self._token or not self.leading:
             raise LeaseLost(f"fencing token {token} is not current: {self.reason or f'this node holds token {self._token}'}")
+        hand = self._handover_key
+        writes = [(hand, handover)] if handover is not None and hand is not None else []
         try:
-            ok, responses = await self._call(
-                "fencing check",
-                lambda c: c.transaction(
-                    compare=[c.transactions.value(self._key) == self._node, c.transactions.create(self._key) == token],
-                    success=[],
-                    failure=[c.transactions.get(self._key)],
-                ),
-            )
-        except _EtcdError as exc:
+            held = await self._holds(token, "fencing check", writes)
+        except EtcdUnavailable as exc:
             raise LeaseLost(f"cannot confirm fencing token {token}: {exc}") from None
-        if not ok:
-            self._lose(f"fencing token {token} is no longer current in etcd: {self._describe(responses[0])}")
+        if not held:
             raise LeaseLost(self.reason)
         if not self.leading:
             raise LeaseLost(f"fencing token {token}: {self.reason}")
+
+    async def _holds(self, token: int, what: str, writes: Sequence[tuple[bytes, bytes]] = ()) -> bool:
+        """One transaction, linearizable: does the key still hold this node under ``token``? If so, apply ``writes``.
+        If not, leadership is lost (``reason`` says to whom). Raises EtcdUnavailable."""
+        ok, responses = await self._pool.call(
+            what,
+            lambda c: c.transaction(
+                compare=[c.transactions.value(self._key) == self._node, c.transactions.create(self._key) == token],
+                success=[c.transactions.put(key, value) for key, value in writes],
+                failure=[c.transactions.get(self._key)],
+            ),
+        )
+        if not ok:
+            self._lose(f"fencing token {token} is no longer current in etcd: {self._describe(responses[0])}")
+        return bool(ok)
+
+    async def handover(self) -> bytes | None:
+        """The handover document the last leader left (None if none). Raises EtcdUnavailable."""
+        if self._handover_key is None:
+            return None
+        return await self._pool.get(self._handover_key.decode())
 
     async def resign(self) -> None:
         """Stop leading and revoke the lease so the other node can take over at once (best effort: else the TTL does)."""
@@ -182,13 +271,11 @@ class EtcdLease:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.resign()
-        for client in self._clients:
-            async with asyncio.timeout(self._op_timeout):
-                await client.close()
 
     def _lose(self, reason: str) -> None:
         if self._lost is None:
             self._lost = reason
+        self._lost_now.set()
 
     def _describe(self, got: list[tuple[bytes, Any]]) -> str:
         if not got:
@@ -197,21 +284,5 @@ class EtcdLease:
         return f"{self._key.decode()} is held by {value.decode(errors='replace')!r} under token {kv.create_revision}"
 
     async def _revoke(self, lease_id: int) -> None:
-        with contextlib.suppress(_EtcdError):  # already expired, or etcd is away: the TTL ends it either way
-            await self._call("lease revoke", lambda c: c.revoke_lease(lease_id))
-
-    async def _call(self, what: str, op: Callable[[Any], Awaitable[_T]]) -> _T:
-        try:
-            async with asyncio.timeout(self._op_timeout):
-                for _ in self._clients:
-                    try:
-                        return await op(self._clients[self._current])
-                    except aetcd.ConnectionFailedError as exc:  # refused at once: try the next member in the same budget
-                        self._current = (self._current + 1) % len(self._clients)
-                        last = exc
-                raise _EtcdError(f"{what}: no etcd member reachable (last: {last})")
-        except aetcd.ClientError as exc:
-            raise _EtcdError(f"{what}: {exc}") from None
-        except TimeoutError:
-            self._current = (self._current + 1) % len(self._clients)  # this member hangs: start elsewhere next time
-            raise _EtcdError(f"{what}: no answer from etcd within {self._op_timeout:g}s") from None
+        with contextlib.suppress(EtcdUnavailable):  # already expired, or etcd is away: the TTL ends it either way
+            await self._pool.call("lease revoke", lambda c: c.revoke_lease(lease_id))

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from hybridops_daemon.lease.base import LeaseLost
-from hybridops_daemon.lease.etcd import EtcdLease
+from hybridops_daemon.lease.etcd import EtcdLease, EtcdPool
 from tests.testbed.etcd import EtcdCluster
 
 TTL = 2.0
@@ -31,16 +31,18 @@ def cluster(etcd_cluster: EtcdCluster) -> EtcdCluster:
 async def make_lease(cluster: EtcdCluster) -> AsyncIterator[LeaseFactory]:
     """Leases for nodes on one fresh leader key per test; all closed (and resigned) at the end."""
     key = f"/hyops/test/{uuid.uuid4().hex}/leader"
-    made: list[EtcdLease] = []
+    made: list[tuple[EtcdLease, EtcdPool]] = []
 
     def make(node: str, clock: Callable[[], float] = time.monotonic) -> EtcdLease:
-        lease = EtcdLease(cluster.endpoints, key, node, TTL, op_timeout=OP_TIMEOUT, clock=clock)
-        made.append(lease)
+        pool = EtcdPool(cluster.endpoints, OP_TIMEOUT)  # one per node, as each daemon has its own
+        lease = EtcdLease(pool, key, node, TTL, clock=clock)
+        made.append((lease, pool))
         return lease
 
     yield make
-    for lease in made:
-        await lease.__aexit__(None, None, None)
+    for lease, pool in made:
+        await lease.resign()
+        await pool.close()
 
 
 async def poll(what: str, attempt: Callable[[], Awaitable[bool]], within: float, interval: float = 0.1) -> float:
