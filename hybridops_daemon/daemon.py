@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -17,16 +18,25 @@ from typing import Any, Literal
 import structlog
 
 from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
-from hybridops_daemon.chain.runner import ChainRunner, RunSpec
+from hybridops_daemon.chain.runner import ChainRunner, RunReleased, RunSpec
 from hybridops_daemon.config.loader import ConfigInvalid, load_profile
-from hybridops_daemon.config.models import DaemonConfig, PeerSource, Profile, RetentionConfig
+from hybridops_daemon.config.models import (
+    DaemonConfig,
+    EtcdLeaseConfig,
+    LocalLeaseConfig,
+    PeerSource,
+    Profile,
+    RetentionConfig,
+)
 from hybridops_daemon.config.models import Source as SourceConfig
 from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
 from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.drivers.base import Driver
 from hybridops_daemon.drivers.registry import DRIVER_MODULES, build_drivers
 from hybridops_daemon.journal.redact import Redactor
-from hybridops_daemon.journal.store import Journal, JournalError
+from hybridops_daemon.journal.store import RUN_RELEASED, Journal, JournalError
+from hybridops_daemon.lease.base import LeaseLost
+from hybridops_daemon.lease.lanes import EtcdLaneLeadership, Handover, LaneLeadership, LocalLaneLeadership
 from hybridops_daemon.lease.local import LocalLease
 from hybridops_daemon.metrics import Metrics, MetricsServer
 from hybridops_daemon.observations import ObservationStore
@@ -60,6 +70,18 @@ class _Lane:
     state: LaneState
     drivers: Mapping[str, Driver]
     last_decision: Decision | None = None
+    leadership: LaneLeadership | None = None
+    led: bool = False  # this node leads the lane and has adopted its state: only then does the loop decide for it
+    situation: str = ""  # leading / following X / no quorum: journaled and logged when it changes
+    run_decision: dict[str, Any] | None = None  # the decision that started the active run (a successor rebuilds it)
+    run_progress: dict[str, Any] | None = None  # the active run's start, finished steps and end, for the handover
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)  # the handover changed: publish it
+    chain: asyncio.Task[None] | None = None
+    chain_run: str | None = None  # the run ``chain`` works on
+
+    @property
+    def leads(self) -> bool:
+        return self.led and self.leadership is not None and self.leadership.leading
 
 
 @dataclass
@@ -68,9 +90,14 @@ class _QueuedIntent:
     reply: asyncio.Future[Decision] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-def record_decision(journal: Journal, decision: Decision, profile: Profile, state: LaneState) -> None:
+def record_decision(journal: Journal, decision: Decision, profile: Profile, state: LaneState, fencing_token: int) -> None:
     """Make a notable decision durable, with the lane state it leaves behind (what a restart resumes from)."""
-    body = {**decision.to_dict(), "profile": {"name": profile.name, "version": profile.version}, "state": state.durable()}
+    body = {
+        **decision.to_dict(),
+        "profile": {"name": profile.name, "version": profile.version},
+        "state": state.durable(),
+        "fencing_token": fencing_token,
+    }
     journal.append("decision", body, ts=decision.at, lane=decision.lane, run_id=decision.run_id)
 
 
@@ -115,7 +142,9 @@ class Daemon:
 
     async def run(self) -> None:
         config = self.config
-        lease = LocalLease(config.lease.path or config.state_dir / "lease.lock").acquire()
+        local = None
+        if isinstance(config.lease, LocalLeaseConfig):
+            local = LocalLease(config.lease.path or config.state_dir / "lease.lock").acquire()
         loop = asyncio.get_running_loop()
         for signum, handler in (
             (signal.SIGTERM, self.request_stop),
@@ -126,20 +155,27 @@ class Daemon:
         try:
             with Journal.open(config.journal_path, self.redactor) as journal:
                 self.journal = journal
-                await self._serve(journal, lease)
+                await self._serve(journal, local)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-            lease.release()
+            if local is not None:
+                local.release()
 
-    async def _serve(self, journal: Journal, lease: LocalLease) -> None:
+    @property
+    def _shared_lease(self) -> bool:
+        """Leadership is shared with another node (etcd): lanes are led only after a won campaign."""
+        return isinstance(self.config.lease, EtcdLeaseConfig)
+
+    async def _serve(self, journal: Journal, local: LocalLease | None) -> None:
         config = self.config
         unclean = self._previous_stop_was_unclean(journal)
         journal.append(
             "daemon.start",
             {
                 "node": config.node,
-                "fencing_token": lease.token,
+                "lease": config.lease.type,
+                "fencing_token": local.token if local is not None else None,
                 "previous_shutdown": "unclean" if unclean else "clean",
                 "lanes": {name: profile.ref for name, profile in self._profiles_at_start.items()},
             },
@@ -149,27 +185,32 @@ class Daemon:
         for name, lane_config in config.lanes.items():
             profile = self._profiles_at_start[name]
             self.lanes[name] = _Lane(name, profile, self._restore_state(journal, name), build_drivers(name, lane_config))
-        runner = ChainRunner(
-            journal,
-            {name: lane.drivers for name, lane in self.lanes.items()},
-            lease,
-            self.approvals,
-            self.redactor,
-            self.clock,
-            on_step=self.metrics.step,
-        )
-        for name, lane in self.lanes.items():
-            self.metrics.lane_state(name, lane.state.status.value)
-            self.metrics.leadership(name, True, lease.token)  # the local lease is held for the daemon's lifetime
         async with contextlib.AsyncExitStack() as stack:
+            self._make_leaderships(local, stack)
+            runner = ChainRunner(
+                journal,
+                {name: lane.drivers for name, lane in self.lanes.items()},
+                {name: lane.leadership for name, lane in self.lanes.items() if lane.leadership is not None},
+                self.approvals,
+                self.redactor,
+                self.clock,
+                on_step=self.metrics.step,
+                on_record=self._on_run_record,
+            )
+            for name, lane in self.lanes.items():
+                self.metrics.lane_state(name, lane.state.status.value)
+                self.metrics.leadership(name, False, 0)
             group = await stack.enter_async_context(asyncio.TaskGroup())
             await stack.enter_async_context(ControlServer(config.socket_path, _ControlBackend(self), group=config.control.group))
             if config.metrics is not None:
                 await stack.enter_async_context(MetricsServer(config.metrics, self.metrics))
             profiles = {name: lane.profile for name, lane in self.lanes.items()}
             self.drills = await stack.enter_async_context(DrillScheduler(profiles, self._scheduled_drill))
+            self._warn_of_orphan_runs(journal)
+            # Leadership first: with a local lease each lane is taken (and its interrupted run recovered) before any
+            # retention cut, which must not remove the ended runs a recovery reads.
+            leaders = [group.create_task(self._lead(lane, journal, runner, group)) for lane in self.lanes.values()]
             sources = [group.create_task(self._source(spec)) for spec in config.sources]
-            self._recover_runs(journal, runner, group)  # before any retention cut: it reads the ended runs
             if config.retention is not None:
                 sources.append(group.create_task(self._retention(journal, config.retention)))
             if self.notifier.watchdog_interval:
@@ -183,9 +224,31 @@ class Daemon:
                 for task in sources:
                     task.cancel()
                 self._refuse_queued_intents()
-                await self._drain()
+                await self._drain()  # the lease is still kept alive: a draining step may still apply
+                for task in leaders:
+                    task.cancel()
+                await asyncio.wait(leaders)
+                for lane in self.lanes.values():
+                    if lane.leadership is not None:
+                        await lane.leadership.resign()  # a clean stop hands over at once, not after the TTL
                 journal.append("daemon.stop", {"node": config.node, "reason": "signal"}, ts=self.clock())
                 log.info("daemon stopped")
+
+    def _make_leaderships(self, local: LocalLease | None, stack: contextlib.AsyncExitStack) -> None:
+        lease = self.config.lease
+        if local is not None:
+            for lane in self.lanes.values():
+                lane.leadership = LocalLaneLeadership(local, self.config.node)
+            return
+        assert isinstance(lease, EtcdLeaseConfig)
+        from hybridops_daemon.lease.etcd import EtcdLease, EtcdPool
+
+        pool = EtcdPool(lease.endpoints, lease.op_timeout)
+        stack.push_async_callback(pool.close)  # closed after every lane resigned
+        for lane in self.lanes.values():
+            key = f"{lease.prefix}/lanes/{lane.name}"
+            etcd = EtcdLease(pool, f"{key}/leader", self.config.node, lease.ttl, handover_key=f"{key}/handover")
+            lane.leadership = EtcdLaneLeadership(etcd, functools.partial(self._handover_document, lane))
 
     def _refuse_queued_intents(self) -> None:
         """Answer intents the loop will never reach; chain ends stay in the journal and are replayed on restart."""
@@ -203,6 +266,195 @@ class Daemon:
             except SecretUnavailable as exc:
                 log.warning("secret not available yet; the driver or source that needs it will say so", detail=str(exc))
 
+    # ------------------------------------------------------------------------------------------ leadership
+
+    async def _lead(self, lane: _Lane, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup) -> None:
+        """Campaign for the lane, take it over (adopt its state, continue its interrupted run), keep it while the
+        lease holds, publish its handover as it changes; on loss stop deciding for it and campaign again."""
+        leadership = lane.leadership
+        assert leadership is not None
+        retry = self.config.lease.campaign_every if isinstance(self.config.lease, EtcdLeaseConfig) else 1.0
+        while True:
+            if not await leadership.campaign():
+                self._note_leadership(journal, lane)
+                await asyncio.sleep(retry)
+                continue
+            try:
+                handover = await leadership.handover()
+            except LeaseLost as exc:
+                log.warning("cannot read the lane's handover; giving the lane up", lane=lane.name, reason=str(exc))
+                await leadership.resign()
+                self._note_leadership(journal, lane)
+                await asyncio.sleep(retry)
+                continue
+            if lane.chain is not None:  # a run of an earlier holding still winding down here: its token is stale
+                await asyncio.wait({lane.chain})
+            self._take_lane(journal, runner, group, lane, handover)
+            try:
+                async with asyncio.TaskGroup() as held:
+                    publisher = held.create_task(self._publish(lane))
+                    await leadership.hold()
+                    publisher.cancel()
+            finally:
+                lane.led = False
+                self.metrics.leadership(lane.name, False, leadership.token)
+            if self._shared_lease:
+                journal.append(
+                    "lease.lost",
+                    {"lane": lane.name, "node": self.config.node, "fencing_token": leadership.token, "reason": leadership.reason},
+                    ts=self.clock(),
+                    lane=lane.name,
+                )
+            log.warning("lane leadership lost", lane=lane.name, token=leadership.token, reason=leadership.reason)
+            self._note_leadership(journal, lane)
+
+    async def _publish(self, lane: _Lane) -> None:
+        """Store the lane's handover whenever it changes (fenced: only the current holding's document lands)."""
+        assert lane.leadership is not None
+        lane.dirty.set()
+        while True:
+            await lane.dirty.wait()
+            lane.dirty.clear()
+            try:
+                await lane.leadership.publish()
+            except LeaseLost as exc:
+                # etcd slow or away: keep it marked and retry; a fenced token ends the holding (hold() returns).
+                log.warning("handover not stored yet", lane=lane.name, reason=str(exc))
+                lane.dirty.set()
+                await asyncio.sleep(0.2)
+
+    def _note_leadership(self, journal: Journal, lane: _Lane) -> None:
+        """Journal and log the lane's leadership situation when it changes (not on every campaign)."""
+        leadership = lane.leadership
+        assert leadership is not None
+        if lane.leads:
+            situation = "leading"
+        elif leadership.holder is not None:
+            situation = f"following {leadership.holder}"
+        else:
+            situation = "no quorum"  # etcd did not answer: nobody can be sure who leads, so nobody acts
+        if situation == lane.situation:
+            return
+        lane.situation = situation
+        self.notifier.status(self._status_line())
+        if not self._shared_lease:
+            return
+        body = {
+            "lane": lane.name,
+            "node": self.config.node,
+            "situation": situation,
+            "fencing_token": leadership.token if situation == "leading" else None,
+            "reason": leadership.reason,
+        }
+        journal.append("lease.status", body, ts=self.clock(), lane=lane.name)
+        log.info("lane leadership", **body)
+        if leadership.holder is not None and not lane.leads:
+            self._release_runs(journal, lane, f"{leadership.holder} leads the lane: the run is its to finish")
+
+    def _release_runs(self, journal: Journal, lane: _Lane, reason: str, keep: str | None = None) -> None:
+        """Close, in this journal, the lane's runs this node started and can no longer finish (a crash or a lost lease
+        interrupted them and the lane has moved on): so retention and a restart do not wait for them forever."""
+        winding_down = lane.chain_run if lane.chain is not None and not lane.chain.done() else None
+        for run_id in journal.unfinished_runs():
+            records = journal.run_records(run_id)
+            if run_id not in (keep, winding_down) and records and records[0].lane == lane.name:  # a live chain ends itself
+                body = {"run_id": run_id, "step": None, "reason": reason}
+                journal.append(RUN_RELEASED, body, ts=self.clock(), lane=lane.name, run_id=run_id)
+                log.info("run released", lane=lane.name, run_id=run_id, reason=reason)
+
+    def _take_lane(
+        self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup, lane: _Lane, handover: Handover | None
+    ) -> None:
+        """Adopt the lane as the last holding left it and finish what it left unfinished. Without a handover (a local
+        lease, or a fresh etcd) this node's own journal is the lane's memory."""
+        leadership = lane.leadership
+        assert leadership is not None
+        lane.run_decision = lane.run_progress = None
+        if handover is None:
+            self._recover_lane(journal, runner, group, lane)
+        else:
+            self._adopt_handover(journal, runner, group, lane, handover)
+        lane.led = True
+        self.metrics.leadership(lane.name, True, leadership.token)
+        self.metrics.lane_state(lane.name, lane.state.status.value)
+        self._note_leadership(journal, lane)
+        self._wake.set()
+
+    def _adopt_handover(
+        self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup, lane: _Lane, handover: Handover
+    ) -> None:
+        assert lane.leadership is not None
+        lane.state = LaneState.from_durable(handover["state"])
+        active = lane.state.active_run
+        run: Mapping[str, Any] = handover.get("run") or {}
+        decision: Mapping[str, Any] = handover.get("decision") or {}
+        previous = {"node": handover.get("node"), "fencing_token": handover.get("fencing_token")}
+        journal.append(
+            "lease.acquired",
+            {
+                "lane": lane.name,
+                "node": self.config.node,
+                "fencing_token": lane.leadership.token,
+                "previous": previous,
+                "state": lane.state.durable(),
+                "active_run": active,
+            },
+            ts=self.clock(),
+            lane=lane.name,
+        )
+        # Runs this node had started and lost: the lane's handover is the truth now, and it ends or continues them.
+        self._release_runs(journal, lane, f"superseded: the lane's handover names run {active}", keep=active)
+        if active is None:
+            return
+        lane.run_decision = dict(decision) if decision.get("run_id") == active else None
+        start = run.get("start") or {}
+        if start.get("run_id") == active and run.get("end"):
+            end = run["end"]
+            lane.run_progress = dict(run)
+            self._events.put_nowait(ChainEvent(lane.name, active, bool(end["ok"]), str(end["reason"])))
+        elif start.get("run_id") == active:
+            lane.run_progress = {"start": dict(start), "done": dict(run.get("done") or {}), "end": None}
+            log.info("taking over run", lane=lane.name, run_id=active, previous=previous)
+            self._spawn_chain(group, lane, active, runner.take_over(start, run.get("done") or {}, previous))
+        elif lane.run_decision is not None:
+            log.info("starting the run the previous leader decided", lane=lane.name, run_id=active, previous=previous)
+            spec = self._spec_from_decision(lane, lane.run_decision)
+            self._spawn_chain(group, lane, active, runner.start(spec))
+        else:
+            log.error("the handover names an active run but neither its plan nor its decision; pausing", run_id=active)
+            self._events.put_nowait(ChainEvent(lane.name, active, False, "takeover: the handover lacks the run's plan"))
+
+    def _handover_document(self, lane: _Lane) -> dict[str, Any]:
+        """What a successor needs: the lane's durable state, the decision behind its active run, the run's progress."""
+        leadership = lane.leadership
+        return {
+            "node": self.config.node,
+            "fencing_token": leadership.token if leadership is not None else None,
+            "state": lane.state.durable(),
+            "decision": lane.run_decision,
+            "run": lane.run_progress,
+            "at": self.clock(),
+        }
+
+    def _on_run_record(self, kind: str, spec: RunSpec, body: Mapping[str, Any]) -> None:
+        """Keep the lane's handover in step with its run (called for every run record the runner journals)."""
+        lane = self.lanes.get(spec.lane)
+        if lane is None or lane.state.active_run != spec.run_id:
+            return
+        progress = lane.run_progress
+        if kind == "run.start":
+            done = progress["done"] if progress is not None and progress["start"].get("run_id") == spec.run_id else {}
+            lane.run_progress = {"start": dict(body), "done": done, "end": None}
+        elif progress is None:
+            return
+        elif kind == "step.done":
+            progress["done"][body["step"]] = body.get("outputs") or {}
+        elif kind == "run.end":
+            progress["end"] = {"ok": body["ok"], "reason": body["reason"]}
+        else:
+            return
+        lane.dirty.set()
+
     async def _loop(self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
@@ -218,15 +470,31 @@ class Daemon:
             readings = self.store.snapshot()
             while not self._events.empty():
                 event = self._events.get_nowait()
-                if isinstance(event, ChainEvent):
-                    self._step_lane(self.lanes[event.lane], event, readings, journal, runner, group)
+                lane = self.lanes[event.lane if isinstance(event, ChainEvent) else event.intent.lane]
+                if not lane.leads:
+                    self._drop_event(lane, event)
+                elif isinstance(event, ChainEvent):
+                    self._step_lane(lane, event, readings, journal, runner, group)
                 else:
-                    lane = self.lanes[event.intent.lane]
                     decision = self._step_lane(lane, event.intent, readings, journal, runner, group)
                     if not event.reply.done():
                         event.reply.set_result(decision)
             for lane in self.lanes.values():
-                self._step_lane(lane, None, readings, journal, runner, group)
+                if lane.leads:
+                    self._step_lane(lane, None, readings, journal, runner, group)
+
+    def _drop_event(self, lane: _Lane, event: ChainEvent | _QueuedIntent) -> None:
+        """An event for a lane this node no longer leads: the lane's next leader decides (from the handover)."""
+        if isinstance(event, _QueuedIntent):
+            if not event.reply.done():
+                event.reply.set_exception(CommandRefused(self._not_leading(lane)))
+        else:
+            log.info("chain end not decided here: the lane is led elsewhere now", lane=lane.name, run_id=event.run_id)
+
+    def _not_leading(self, lane: _Lane) -> str:
+        leadership = lane.leadership
+        why = leadership.reason if leadership is not None else "starting"
+        return f"{self.config.node} does not lead lane {lane.name!r} ({lane.situation or 'starting'}: {why})"
 
     def _step_lane(
         self,
@@ -249,19 +517,23 @@ class Daemon:
             )
         # A chain's end is always on record, even when it leaves the status as it was (a lane paused mid-run).
         if decision.notable or isinstance(event, ChainEvent):
-            record_decision(journal, decision, lane.profile, lane.state)
+            assert lane.leadership is not None
+            record_decision(journal, decision, lane.profile, lane.state, lane.leadership.token)
+            lane.dirty.set()
             lane.last_decision = decision
             self.metrics.decision(lane.name, decision.kind.value)
             self.metrics.lane_state(lane.name, lane.state.status.value)
             log.info("decision", lane=lane.name, kind=decision.kind.value, status=lane.state.status.value, reason=decision.reason)
             self.notifier.status(self._status_line())
         if decision.chain is not None and decision.run_id is not None:
-            spec = self._spec_from_decision(lane, decision.to_dict())
-            self._spawn_chain(group, lane.name, spec.run_id, runner.start(spec))
+            lane.run_decision, lane.run_progress = decision.to_dict(), None
+            spec = self._spec_from_decision(lane, lane.run_decision)
+            self._spawn_chain(group, lane, spec.run_id, runner.start(spec))
         return decision
 
-    def _spawn_chain(self, group: asyncio.TaskGroup, lane: str, run_id: str, work: Coroutine[Any, Any, ChainEvent]) -> None:
-        task = group.create_task(self._chain(lane, run_id, work))
+    def _spawn_chain(self, group: asyncio.TaskGroup, lane: _Lane, run_id: str, work: Coroutine[Any, Any, ChainEvent]) -> None:
+        task = group.create_task(self._chain(lane.name, run_id, work))
+        lane.chain, lane.chain_run = task, run_id
         self._chain_tasks.add(task)
         task.add_done_callback(self._chain_tasks.discard)
 
@@ -270,6 +542,8 @@ class Daemon:
             event = await work
         except asyncio.CancelledError:
             raise
+        except RunReleased:
+            return  # the lane's leadership moved on mid-run: its next leader ends the run (the journal says why)
         except Exception as exc:  # a bug in a driver must fail the run, never the daemon
             log.exception("chain crashed", run_id=run_id)
             event = ChainEvent(lane, run_id, ok=False, detail=f"internal error: {type(exc).__name__}")
@@ -404,24 +678,27 @@ class Daemon:
             return LaneState(lane=lane, since=self.clock())
         return LaneState.from_durable(record.body["state"])
 
-    def _recover_runs(self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup) -> None:
-        """Finish what a crash interrupted: resume started runs, start decided-but-unstarted ones, replay ends."""
-        unfinished = set(journal.unfinished_runs())
-        for lane in self.lanes.values():
-            run_id = lane.state.active_run
-            if run_id is None:
-                continue
-            records = journal.run_records(run_id)
-            end = next((r for r in records if r.kind == "run.end"), None)
-            if run_id in unfinished:
-                self._spawn_chain(group, lane.name, run_id, runner.resume(run_id))
-            elif end is not None:
-                self._events.put_nowait(ChainEvent(lane.name, run_id, bool(end.body["ok"]), str(end.body["reason"])))
-            else:
-                decision = next(r for r in records if r.kind == "decision")
-                self._spawn_chain(group, lane.name, run_id, runner.start(self._spec_from_decision(lane, decision.body)))
-            log.info("recovering run", lane=lane.name, run_id=run_id)
-        for run_id in unfinished - {lane.state.active_run for lane in self.lanes.values()}:
+    def _recover_lane(self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup, lane: _Lane) -> None:
+        """Finish what a crash interrupted, from this node's journal: resume a started run, start a decided-but-unstarted
+        one, replay an end the loop never decided on."""
+        lane.state = self._restore_state(journal, lane.name)
+        run_id = lane.state.active_run
+        if run_id is None:
+            return
+        records = journal.run_records(run_id)
+        end = next((r for r in records if r.kind == "run.end"), None)
+        decision = next((r for r in records if r.kind == "decision"), None)
+        lane.run_decision = dict(decision.body) if decision is not None else None
+        if run_id in journal.unfinished_runs():
+            self._spawn_chain(group, lane, run_id, runner.resume(run_id))
+        elif end is not None:
+            self._events.put_nowait(ChainEvent(lane.name, run_id, bool(end.body["ok"]), str(end.body["reason"])))
+        elif decision is not None:
+            self._spawn_chain(group, lane, run_id, runner.start(self._spec_from_decision(lane, decision.body)))
+        log.info("recovering run", lane=lane.name, run_id=run_id)
+
+    def _warn_of_orphan_runs(self, journal: Journal) -> None:
+        for run_id in set(journal.unfinished_runs()) - {lane.state.active_run for lane in self.lanes.values()}:
             log.warning("unfinished run belongs to no lane's state; leaving it for an operator", run_id=run_id)
 
     def _spec_from_decision(self, lane: _Lane, body: Mapping[str, Any]) -> RunSpec:
@@ -476,6 +753,8 @@ class Daemon:
             raise CommandRefused("the daemon is starting")
         if self._stopping:  # the loop decides nothing more: refuse before journaling an intent it would never answer
             raise CommandRefused("the daemon is stopping")
+        if not self.lanes[lane].leads:  # only the lane's leader decides: send the operator to it, journal nothing here
+            raise CommandRefused(self._not_leading(self.lanes[lane]))
         kind = "operator" if trigger is Trigger.OPERATOR else "schedule"
         record = self.journal.append(
             kind, {"command": command.value, "lane": lane, "actor": actor, "trigger": trigger.value}, ts=self.clock(), lane=lane
@@ -514,6 +793,13 @@ class _ControlBackend:
                     "paused_by": lane.state.paused_by,
                     "last_decision": {"kind": last.kind.value, "reason": last.reason, "at": last.at} if last else None,
                     "next_drill": next_drills[lane.name].isoformat() if lane.name in next_drills else None,
+                    "leadership": {
+                        "leading": lane.leads,
+                        "situation": lane.situation or "starting",
+                        "holder": lane.leadership.holder if lane.leadership is not None else None,
+                        "fencing_token": lane.leadership.token if lane.leadership is not None else None,
+                        "reason": lane.leadership.reason if lane.leadership is not None else "starting",
+                    },
                 }
             )
         pending = [
@@ -530,7 +816,13 @@ class _ControlBackend:
                     "malformed": health.malformed if health is not None else 0,
                 }
             )
-        return {"node": daemon.config.node, "lanes": lanes, "pending_approvals": pending, "sources": sources}
+        return {
+            "node": daemon.config.node,
+            "lease": daemon.config.lease.type,
+            "lanes": lanes,
+            "pending_approvals": pending,
+            "sources": sources,
+        }
 
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
         daemon = self._daemon

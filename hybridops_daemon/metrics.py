@@ -178,7 +178,10 @@ class Metrics:
         )
         self._leader = Gauge("hybridops_leader", "1 while this node holds the lane's lease.", ["lane"], registry=self.registry)
         self._fencing_token = Gauge(
-            "hybridops_fencing_token", "The fencing token of the lease this node holds.", registry=self.registry
+            "hybridops_fencing_token",
+            "The fencing token of this node's current (or last) holding of the lane.",
+            ["lane"],
+            registry=self.registry,
         )
         build_info = Gauge(
             "hybridops_build_info", "Always 1; the daemon's version as a label.", ["version"], registry=self.registry
@@ -220,7 +223,7 @@ class Metrics:
 
     def leadership(self, lane: str, held: bool, token: int) -> None:
         self._leader.labels(lane).set(1.0 if held else 0.0)
-        self._fencing_token.set(token)
+        self._fencing_token.labels(lane).set(token)
 
     def exposition(self) -> bytes:
         """The text exposition format, as served on ``/metrics``."""

@@ -22,7 +22,7 @@ from hybridops_daemon.chain.templating import UnresolvedReference, render
 from hybridops_daemon.config.models import Step
 from hybridops_daemon.drivers.base import CheckResult, Driver, DriverError, StepContext
 from hybridops_daemon.journal.redact import Redactor
-from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.journal.store import RUN_RELEASED, Journal
 from hybridops_daemon.lease.base import Lease, LeaseLost
 from hybridops_daemon.policy.types import ChainEvent
 from hybridops_daemon.secrets import SecretUnavailable, resolve, resolve_all
@@ -103,6 +103,10 @@ class StepFailed(Exception):
     pass
 
 
+class RunReleased(Exception):
+    """This node lost the lane's leadership mid-run and stopped; the run is the next leader's to finish."""
+
+
 class ChainRunner:
     """Runs chains for every lane of this node. Drivers are per lane, so a drill never reaches prod's targets."""
 
@@ -110,17 +114,20 @@ class ChainRunner:
         self,
         journal: Journal,
         drivers: Mapping[str, Mapping[str, Driver]],
-        lease: Lease,
+        leases: Lease | Mapping[str, Lease],
         approvals: ApprovalBook,
         redactor: Redactor,
         clock: Callable[[], float] = time.time,
         max_backoff: float = 30.0,
         on_step: Callable[[str, str, StepOutcome, float], None] | None = None,
+        on_record: Callable[[str, RunSpec, Mapping[str, Any]], None] | None = None,
     ) -> None:
         self._on_step = on_step  # (lane, step, outcome, seconds): metrics, without the chain knowing about them
+        self._on_record = on_record  # (kind, spec, body) of every run record: the daemon's handover document
         self._journal = journal
         self._drivers = drivers
-        self._lease = lease
+        # Per lane (or one for all): the fencing token of each step, re-checked before every apply().
+        self._leases: Callable[[str], Lease] = leases.__getitem__ if isinstance(leases, Mapping) else lambda _lane: leases
         self._approvals = approvals
         self._redactor = redactor
         self._clock = clock
@@ -128,6 +135,8 @@ class ChainRunner:
 
     def _record(self, kind: str, spec: RunSpec, body: Mapping[str, Any]) -> None:
         self._journal.append(kind, body, ts=self._clock(), lane=spec.lane, run_id=spec.run_id)
+        if self._on_record is not None:
+            self._on_record(kind, spec, body)
 
     def _register_secrets(self, spec: RunSpec) -> None:
         """Teach the redactor every secret the run may touch before its first record is written."""
@@ -139,8 +148,24 @@ class ChainRunner:
 
     async def start(self, spec: RunSpec) -> ChainEvent:
         self._register_secrets(spec)
-        self._record("run.start", spec, {**spec.start_body(), "fencing_token": self._lease.token})
+        self._record("run.start", spec, {**spec.start_body(), "fencing_token": self._leases(spec.lane).token})
         return await self._execute(spec, done={}, started=time.monotonic())
+
+    async def take_over(
+        self, start: Mapping[str, Any], done: Mapping[str, Mapping[str, Any]], previous: Mapping[str, Any]
+    ) -> ChainEvent:
+        """Continue a run another holding of the lane started (``start`` is its ``run.start`` body, ``done`` the steps it
+        finished with their outputs, ``previous`` who held it). Journaled as this node's ``run.start`` naming the run it
+        continues; every unfinished step starts again at check(), so what already landed is skipped, not repeated."""
+        spec = RunSpec.from_start(start)
+        self._register_secrets(spec)
+        finished = {step: dict(outputs) for step, outputs in done.items()}
+        pending = [s.id for s in spec.steps if s.id not in finished]
+        continued = {**previous, "completed_steps": [s.id for s in spec.steps if s.id in finished]}
+        body = {**spec.start_body(), "fencing_token": self._leases(spec.lane).token, "continued_from": continued}
+        self._record("run.start", spec, body)
+        log.info("run taken over", run_id=spec.run_id, from_step=pending[0] if pending else None, previous=dict(previous))
+        return await self._execute(spec, done=finished, started=time.monotonic())
 
     async def resume(self, run_id: str) -> ChainEvent:
         """Continue an unfinished run from check() of its first unfinished step."""
@@ -159,7 +184,7 @@ class ChainRunner:
                 "completed_steps": [s.id for s in spec.steps if s.id in done],
                 "interrupted_after_seq": records[-1].seq,
                 "interrupted_at_kind": records[-1].kind,
-                "fencing_token": self._lease.token,
+                "fencing_token": self._leases(spec.lane).token,
             },
         )
         log.info("run resumed", run_id=run_id, from_step=pending[0] if pending else None)
@@ -180,6 +205,15 @@ class ChainRunner:
         except StepFailed as exc:
             self._report(spec.lane, current, "failed", time.monotonic() - step_began)
             detail = self._redactor.redact_text(f"step {current} failed: {exc}")
+            try:
+                # A step that fails because this node was cut off, or because the target carries a newer leader's
+                # stamp, has not failed the run: the lane moved on. Only a current holder may end it.
+                await self._leases(spec.lane).ensure(self._leases(spec.lane).token)
+            except LeaseLost as lost:
+                reason = f"{detail}; and this node no longer leads the lane: {lost}"
+                self._record(RUN_RELEASED, spec, {"run_id": spec.run_id, "step": current, "reason": reason})
+                log.warning("run released: leadership lost", run_id=spec.run_id, step=current, reason=reason)
+                raise RunReleased(reason) from None
             self._record("step.failed", spec, {"step": current, "error": detail})
             self._record(
                 "run.end",
@@ -194,6 +228,10 @@ class ChainRunner:
             )
             log.warning("run failed", run_id=spec.run_id, step=current, error=detail)
             return ChainEvent(spec.lane, spec.run_id, ok=False, detail=detail)
+        except RunReleased as exc:
+            self._record(RUN_RELEASED, spec, {"run_id": spec.run_id, "step": current, "reason": str(exc)})
+            log.warning("run released: leadership lost", run_id=spec.run_id, step=current, reason=str(exc))
+            raise
         except asyncio.CancelledError:
             # SIGTERM past the grace period: say where we stopped; resume() picks it up on the next start.
             self._record("run.interrupted", spec, {"run_id": spec.run_id, "step": current, "reason": "daemon stopping"})
@@ -233,7 +271,7 @@ class ChainRunner:
             self._redactor.add_secret(value)  # again: a secret rotated since the run started is still hidden
 
         attempts = sum(1 for r in self._journal.run_records(spec.run_id) if r.kind == "step.intent" and r.body["step"] == step.id)
-        token = self._lease.token
+        token = self._leases(spec.lane).token
         attempt = attempts + 1
         self._record(
             "step.intent",
@@ -274,9 +312,12 @@ class ChainRunner:
     async def _apply_with_retries(self, spec: RunSpec, step: Step, driver: Driver, ctx: StepContext) -> dict[str, Any]:
         for attempt in range(1, step.retries + 2):
             try:
-                await self._lease.ensure(ctx.fencing_token)
+                await self._leases(spec.lane).ensure(ctx.fencing_token)
             except LeaseLost as exc:
-                raise StepFailed(f"refused to apply: {exc}") from None
+                # Not a failure of the run: this node may no longer act on it. The journal says why it stopped.
+                reason = f"refused to apply {step.id} under fencing token {ctx.fencing_token}: {exc}"
+                self._record("step.refused", spec, {"step": step.id, "fencing_token": ctx.fencing_token, "reason": str(exc)})
+                raise RunReleased(reason) from None
             began = time.monotonic()
             try:
                 async with asyncio.timeout(step.timeout):

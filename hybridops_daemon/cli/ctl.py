@@ -250,17 +250,26 @@ def _ago(ts: float | None, now: float) -> str:
 
 
 def render_status(result: Mapping[str, Any], now: float) -> str:
-    lines = [f"node {result['node']}"]
+    lines = [f"node {result['node']}" + (f" (lease: {result['lease']})" if result.get("lease") else "")]
     rows = []
+    idle: list[str] = []  # lanes this node does not act on, and why (no quorum, another node leads)
     for lane in result["lanes"]:
         status = lane["status"] if not lane.get("paused_by") else f"{lane['status']} (by {lane['paused_by']})"
         last = lane.get("last_decision")
         decision = f"{last['kind']} {_ago(last['at'], now)}: {_clip(last['reason'], _REASON_CHARS)}" if last else None
-        rows.append([lane["lane"], status, _ago(lane.get("since"), now), lane.get("profile"), lane.get("active_run"), decision])
+        leader = lane.get("leadership") or {}
+        situation = leader.get("situation", "-")
+        if leader.get("leading"):
+            situation = f"leading (token {leader.get('fencing_token')})"
+        elif leader.get("reason"):
+            idle.append(f"{lane['lane']}: {situation}, not acting here: {leader['reason']}")
+        since = _ago(lane.get("since"), now)
+        rows.append([lane["lane"], status, situation, since, lane.get("profile"), lane.get("active_run"), decision])
     if rows:
-        lines.append(format_table(["LANE", "STATUS", "SINCE", "PROFILE", "RUN", "LAST DECISION"], rows))
+        lines.append(format_table(["LANE", "STATUS", "LEADERSHIP", "SINCE", "PROFILE", "RUN", "LAST DECISION"], rows))
     else:
         lines.append("no lanes configured")
+    lines += idle
     approvals = result.get("pending_approvals") or []
     if approvals:
         lines += ["", "pending approvals:"]

@@ -529,8 +529,42 @@ class ControlConfig(Strict):
 
 
 class LocalLeaseConfig(Strict):
+    """One node: an exclusive file lock held for the daemon's lifetime. Cannot keep two edges apart."""
+
     type: Literal["local"] = "local"
     path: Path | None = Field(default=None, description="default: <state_dir>/lease.lock")
+
+
+class EtcdLeaseConfig(Strict):
+    """The edge pair: per lane, a leader key in a three-member etcd bound to a lease this node keeps alive.
+
+    A node stops acting when a refresh fails and at the latest ``ttl`` after its last successful one; a successor
+    takes over once etcd expires the key (``ttl`` after the leader's last refresh) and it next campaigns."""
+
+    type: Literal["etcd"]
+    endpoints: tuple[str, ...] = Field(min_length=1, description="client URLs of the members, http://HOST:PORT")
+    prefix: str = Field(default="/hybridops", pattern=r"^/[A-Za-z0-9_./-]*[^/]$", description="keys: <prefix>/lanes/<lane>/...")
+    ttl: Duration = Field(default=5.0, description="lease TTL; etcd 3.4 raises TTLs under its minimum (about 2s)")
+    op_timeout: Duration = Field(default=1.0, description="bound on every etcd call")
+    campaign_every: Duration = Field(default=0.5, description="how often a follower looks for a free leader key")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _http_endpoints(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        for endpoint in endpoints:
+            if not re.fullmatch(r"http://[^/:]+:\d+/?", endpoint):
+                raise ValueError(f"{endpoint!r}: expected http://HOST:PORT (the aetcd client speaks plaintext gRPC only)")
+        return endpoints
+
+    @model_validator(mode="after")
+    def _timeouts_fit_the_ttl(self) -> EtcdLeaseConfig:
+        # A refresh is sent every ttl/3; one that takes longer than that could let the TTL run out unnoticed.
+        if self.op_timeout * 3 > self.ttl:
+            raise ValueError(f"op_timeout ({self.op_timeout:g}s) must be at most a third of the ttl ({self.ttl:g}s)")
+        return self
+
+
+LeaseConfig = Annotated[LocalLeaseConfig | EtcdLeaseConfig, Field(discriminator="type")]
 
 
 class MetricsConfig(Strict):
@@ -559,7 +593,7 @@ class DaemonConfig(Strict):
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig | None = None
     retention: RetentionConfig | None = None
-    lease: LocalLeaseConfig = LocalLeaseConfig()
+    lease: LeaseConfig = LocalLeaseConfig()
     sources: tuple[Source, ...] = ()
     lanes: dict[Name, LaneConfig] = Field(min_length=1)
 
@@ -608,9 +642,9 @@ class DaemonConfig(Strict):
                 "control": self.control.model_copy(
                     update={"socket": rel(self.control.socket) if self.control.socket else state / "hyops.sock"}
                 ),
-                "lease": self.lease.model_copy(
-                    update={"path": rel(self.lease.path) if self.lease.path else state / "lease.lock"}
-                ),
+                "lease": self.lease.model_copy(update={"path": rel(self.lease.path) if self.lease.path else state / "lease.lock"})
+                if isinstance(self.lease, LocalLeaseConfig)
+                else self.lease,
                 "lanes": lanes,
             }
         )

@@ -70,6 +70,8 @@ SCHEMA_VERSION = 1
 GENESIS_HASH = "0" * 64
 RUN_START = "run.start"
 RUN_END = "run.end"
+# This node stopped working on a run because it lost the lane's leadership: over here, not over (the next leader ends it).
+RUN_RELEASED = "run.released"
 PRUNED = "journal.pruned"
 # What a restart reads back: the newest of each per lane survives a cut as a copy in the summary.
 CARRIED_KINDS = ("decision", "daemon.start", "daemon.stop")
@@ -106,7 +108,7 @@ BEGIN SELECT RAISE(ABORT, 'journal records are append-only'); END;
 
 _COLUMNS = "seq, ts, lane, run_id, kind, body, prev_hash, hash"
 
-RunStatus = Literal["running", "succeeded", "failed"]
+RunStatus = Literal["running", "succeeded", "failed", "released"]
 
 
 class JournalError(Exception):
@@ -404,12 +406,12 @@ class Journal:
         Relies on the runner appending ``run.start`` and ``run.end`` with ``run_id=``. Raises JournalError.
         """
         sql = (
-            "SELECT s.run_id, s.lane, s.ts, s.body, e.ts, e.body FROM records s"
+            "SELECT s.run_id, s.lane, s.ts, s.body, e.ts, e.body, e.kind FROM records s"
             " LEFT JOIN records e ON e.seq ="
-            " (SELECT MAX(seq) FROM records WHERE run_id = s.run_id AND kind = ?)"
+            " (SELECT MIN(seq) FROM records WHERE run_id = s.run_id AND kind IN (?, ?) AND seq > s.seq)"
             " WHERE s.kind = ?"
         )
-        params: list[Any] = [RUN_END, RUN_START]
+        params: list[Any] = [RUN_END, RUN_RELEASED, RUN_START]
         if lane is not None:
             sql += " AND s.lane = ?"
             params.append(lane)
@@ -418,10 +420,12 @@ class Journal:
         with _sqlite_errors("query"):
             rows = self._conn.execute(sql, params).fetchall()
         summaries: list[RunSummary] = []
-        for run_id, run_lane, started_at, start_text, ended_at, end_text in rows:
+        for run_id, run_lane, started_at, start_text, ended_at, end_text, end_kind in rows:
             start = json.loads(start_text)
             end = json.loads(end_text) if end_text is not None else None
             status: RunStatus = "running" if end is None else ("succeeded" if end.get("ok") else "failed")
+            if end_kind == RUN_RELEASED:
+                status = "released"
             summaries.append(
                 RunSummary(
                     run_id=run_id if run_id is not None else start.get("run_id"),
@@ -440,16 +444,15 @@ class Journal:
         return summaries
 
     def unfinished_runs(self) -> list[str]:
-        """Run ids with a ``run.start`` but no ``run.end``, oldest first: what a restart must resume.
-
-        Raises JournalError.
+        """Run ids whose newest ``run.start`` has no ``run.end`` or ``run.released`` after it, oldest first: what a
+        restart must resume (a run taken over again after a release is open again). Raises JournalError.
         """
         sql = (
-            "SELECT s.run_id FROM records s WHERE s.kind = ? AND s.run_id IS NOT NULL AND NOT EXISTS"
-            " (SELECT 1 FROM records e WHERE e.run_id = s.run_id AND e.kind = ?) ORDER BY s.seq"
+            "SELECT run_id FROM records WHERE run_id IS NOT NULL AND kind IN (?, ?, ?) GROUP BY run_id"
+            " HAVING MAX(CASE WHEN kind = ? THEN seq END) = MAX(seq) ORDER BY MIN(seq)"
         )
         with _sqlite_errors("query"):
-            return [row[0] for row in self._conn.execute(sql, (RUN_START, RUN_END))]
+            return [row[0] for row in self._conn.execute(sql, (RUN_START, RUN_END, RUN_RELEASED, RUN_START))]
 
     def size_bytes(self) -> int:
         """Bytes on disk: the database file plus its write-ahead log."""
@@ -599,12 +602,12 @@ class Journal:
         """
         runs: tuple[str, bool, int] | None = None
         while end >= start:
-            row = self._conn.execute(_OPEN_RUN_SQL, (start, end, end, RUN_END)).fetchone()
+            row = self._conn.execute(_OPEN_RUN_SQL, (start, end, end, RUN_END, RUN_RELEASED)).fetchone()
             if row is None:
                 break
             end, run_id = row[0] - 1, row[1]
             last, ends = self._conn.execute(
-                "SELECT MAX(seq), SUM(kind = ?) FROM records WHERE run_id = ?", (RUN_END, run_id)
+                "SELECT MAX(seq), SUM(kind IN (?, ?)) FROM records WHERE run_id = ?", (RUN_END, RUN_RELEASED, run_id)
             ).fetchone()
             unfinished = not ends
             if runs is None:
@@ -651,7 +654,7 @@ SELECT g.first, g.run_id FROM (
     SELECT run_id, MIN(seq) AS first FROM records WHERE seq BETWEEN ? AND ? AND run_id IS NOT NULL GROUP BY run_id
 ) AS g
 WHERE EXISTS (SELECT 1 FROM records x WHERE x.run_id = g.run_id AND x.seq > ?)
-   OR NOT EXISTS (SELECT 1 FROM records x WHERE x.run_id = g.run_id AND x.kind = ?)
+   OR NOT EXISTS (SELECT 1 FROM records x WHERE x.run_id = g.run_id AND x.kind IN (?, ?))
 ORDER BY g.first LIMIT 1
 """
 

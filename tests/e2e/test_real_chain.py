@@ -154,6 +154,8 @@ class World:
 
     def _reset_dns_and_ipam(self) -> None:
         self.powerdns.tamper("app.dr.example.", "192.0.2.20", ttl=60)
+        # Each test starts a fresh lease (token 1): an earlier test's newer stamp would rightly fence it out.
+        self.powerdns.delete("_hyops-fence.app.dr.example.", "TXT")
         api = self.netbox.api()
         for address in api.ipam.ip_addresses.filter(address=f"{FIP}/32"):
             address.delete()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook, PendingApproval, Verdict
-from hybridops_daemon.chain.runner import ChainRunner, RunSpec
+from hybridops_daemon.chain.runner import ChainRunner, RunReleased, RunSpec
 from hybridops_daemon.config.models import Step
 from hybridops_daemon.drivers.modules import resource_key, validate_inputs
 from hybridops_daemon.drivers.sandbox import SandboxDriver, SandboxWorld
@@ -538,10 +538,13 @@ async def test_unanswered_approval_expires(env: Env) -> None:
 async def test_released_lease_refuses_apply(env: Env) -> None:
     env.lease.release()
 
-    event = await env.runner().start(spec("run-fenced", fip_step(), dns_step()))
+    # Not a failed run: this node may no longer act on it. It stops, says why, and leaves the run to the next leader.
+    with pytest.raises(RunReleased, match=f"refused to apply fip under fencing token {env.lease.token}"):
+        await env.runner().start(spec("run-fenced", fip_step(), dns_step()))
 
-    assert_failed_run(env, "run-fenced", event, "fip", "refused to apply", f"fencing token {env.lease.token} is not current")
-    assert env.kinds("run-fenced", "fip") == ["step.intent", "step.check", "step.failed"]
+    assert env.kinds("run-fenced", "fip") == ["step.intent", "step.check", "step.refused", "run.released"]
+    assert f"fencing token {env.lease.token} is not current" in env.only("run-fenced", "step.refused").body["reason"]
+    assert "run.end" not in env.kinds("run-fenced")
     assert env.world.read()["applies"] == {}
 
 
@@ -556,11 +559,10 @@ async def test_token_from_before_a_lease_change_is_refused(env: Env) -> None:
     assert env.lease.token == old + 1
 
     env.approvals.answer("run-stale", "fip", Verdict(approved=True, actor="alice"))
-    event = await asyncio.wait_for(task, 5)
+    with pytest.raises(RunReleased, match=f"fencing token {old} is not current \\(holding {old + 1}\\)"):
+        await asyncio.wait_for(task, 5)
 
-    assert_failed_run(
-        env, "run-stale", event, "fip", "refused to apply", f"fencing token {old} is not current (holding {old + 1})"
-    )
+    assert env.kinds("run-stale")[-2:] == ["step.refused", "run.released"]
     assert "step.apply" not in env.kinds("run-stale")
     assert env.world.applies(FIP_KEY) == 0
 

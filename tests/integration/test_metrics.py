@@ -126,7 +126,7 @@ def test_every_metric_has_its_labels_and_values() -> None:
     assert value(s, "hybridops_chain_step_duration_seconds_count", lane="prod", step="dns", outcome="skipped") == 1
     assert value(s, "hybridops_chain_runs_total", lane="prod", chain="cutover", outcome="succeeded") == 1
     assert value(s, "hybridops_leader", lane="prod") == 1
-    assert value(s, "hybridops_fencing_token") == 7
+    assert value(s, "hybridops_fencing_token", lane="prod") == 7
     assert value(s, "hybridops_journal_size_bytes") == 4096
     assert value(s, "hybridops_build_info", version=__version__) == 1
 
@@ -135,7 +135,7 @@ def test_every_metric_has_its_labels_and_values() -> None:
     s = bed.scrape()
     assert value(s, "hybridops_source_up", source="mqtt") == 1
     assert value(s, "hybridops_leader", lane="prod") == 0
-    assert value(s, "hybridops_fencing_token") == 8
+    assert value(s, "hybridops_fencing_token", lane="prod") == 8
 
 
 def test_a_lane_reads_exactly_one_state() -> None:

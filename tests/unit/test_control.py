@@ -28,6 +28,7 @@ from hybridops_daemon.policy.types import Command
 
 STATUS: dict[str, Any] = {
     "node": "edge01",
+    "lease": "etcd",
     "lanes": [
         {
             "lane": "prod",
@@ -37,6 +38,7 @@ STATUS: dict[str, Any] = {
             "active_run": None,
             "paused_by": None,
             "last_decision": {"kind": "hold", "reason": "all signals healthy", "at": 1_900.0},
+            "leadership": {"leading": True, "situation": "leading", "holder": "edge01", "fencing_token": 7, "reason": ""},
         },
         {
             "lane": "drill",
@@ -46,6 +48,13 @@ STATUS: dict[str, Any] = {
             "active_run": None,
             "paused_by": "uid=0(root) pid=4242",
             "last_decision": None,
+            "leadership": {
+                "leading": False,
+                "situation": "no quorum",
+                "holder": None,
+                "fencing_token": 5,
+                "reason": "cannot campaign: no answer from etcd within 1s (no quorum?)",
+            },
         },
     ],
     "pending_approvals": [{"run_id": "cutover-1", "step": "promote-db", "lane": "prod", "since": 1_950.0, "expires_at": 2_100.0}],

@@ -37,10 +37,12 @@ async def ctl(*argv: str) -> int:
 async def test_status_prints_a_lane_table_and_pending_approvals(served: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert await ctl("--socket", str(served), "status") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "node edge01"
-    assert re.match(r"LANE +STATUS +SINCE +PROFILE +RUN +LAST DECISION$", lines[1])
-    assert re.match(r"prod +PRIMARY +\S+ ago +prod@v3 +- +hold \S+ ago: all signals healthy$", lines[2])
-    assert lines[3].startswith("drill  PAUSED (by uid=0(root) pid=4242)")
+    assert lines[0] == "node edge01 (lease: etcd)"
+    assert re.match(r"LANE +STATUS +LEADERSHIP +SINCE +PROFILE +RUN +LAST DECISION$", lines[1])
+    assert re.match(r"prod +PRIMARY +leading \(token 7\) +\S+ ago +prod@v3 +- +hold \S+ ago: all signals healthy$", lines[2])
+    assert re.match(r"drill +PAUSED \(by uid=0\(root\) pid=4242\) +no quorum +", lines[3])
+    # Why a lane is not acted on here is spelled out, not left to a column.
+    assert lines[4] == "drill: no quorum, not acting here: cannot campaign: no answer from etcd within 1s (no quorum?)"
     assert "pending approvals:" in lines
     assert re.match(r"cutover-1 +promote-db +prod +\S+ ago +expired$", lines[-1])
 
