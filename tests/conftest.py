@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.testbed.netbox",
     "tests.testbed.fakes",
     "tests.testbed.etcd",
+    "tests.testbed.edgenet",
 ]

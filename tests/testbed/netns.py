@@ -37,17 +37,20 @@ def netns_exec(ns: str) -> list[str]:
     return ["ip", "netns", "exec", ns]
 
 
-def black_hole(ns: str, dev: str, address: str, mac: str) -> None:
-    """Make ``ns`` send frames for ``address`` over ``dev`` to ``mac``, which nobody owns: they are dropped silently.
+def black_hole(ns: str | None, dev: str, address: str, mac: str) -> None:
+    """Make ``ns`` (None: the root namespace) send frames for ``address`` over ``dev`` to ``mac``, which nobody owns:
+    they are dropped silently.
 
     No interface or route changes, so nothing but a timeout notices (the kernel here has neither netem nor tc
     classifiers). ``unblack_hole`` undoes it; the next frame then resolves the address by ARP again.
     """
-    sh(*netns_exec(ns), "ip", "neigh", "replace", address, "lladdr", mac, "dev", dev, "nud", "permanent")
+    prefix = netns_exec(ns) if ns is not None else []
+    sh(*prefix, "ip", "neigh", "replace", address, "lladdr", mac, "dev", dev, "nud", "permanent")
 
 
-def unblack_hole(ns: str, dev: str, address: str) -> None:
-    sh(*netns_exec(ns), "ip", "neigh", "del", address, "dev", dev, check=False)
+def unblack_hole(ns: str | None, dev: str, address: str) -> None:
+    prefix = netns_exec(ns) if ns is not None else []
+    sh(*prefix, "ip", "neigh", "del", address, "dev", dev, check=False)
 
 
 @dataclass(frozen=True)
