@@ -36,6 +36,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.decide_throughput
 	$(BIN)/python -m benchmarks.mqtt_ingest
 	$(BIN)/python -m benchmarks.replay_throughput
+	$(BIN)/python -m benchmarks.takeover
 
 # The walk-through: take the demo primary down (watch the cutover), and bring it back.
 stop-primary:
