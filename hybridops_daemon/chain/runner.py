@@ -291,7 +291,8 @@ class ChainRunner:
         check = await self._check(spec, step, driver, ctx)
         if check.satisfied:
             published = dict(check.outputs)
-            self._record("step.done", spec, {"step": step.id, "outcome": "skipped (already satisfied)", "outputs": published})
+            done = {"step": step.id, "outcome": "skipped (already satisfied)", "outputs": published, "fencing_token": token}
+            self._record("step.done", spec, done)
             return published, "skipped"
 
         if step.approval:
@@ -306,7 +307,7 @@ class ChainRunner:
         )
         if not probe.ok:
             raise StepFailed(f"verify failed ({probe.probe}): {probe.detail}")
-        self._record("step.done", spec, {"step": step.id, "outcome": "applied", "outputs": published})
+        self._record("step.done", spec, {"step": step.id, "outcome": "applied", "outputs": published, "fencing_token": token})
         return published, "applied"
 
     async def _apply_with_retries(self, spec: RunSpec, step: Step, driver: Driver, ctx: StepContext) -> dict[str, Any]:
@@ -331,6 +332,7 @@ class ChainRunner:
                     {
                         "step": step.id,
                         "attempt": attempt,
+                        "fencing_token": ctx.fencing_token,
                         "ok": False,
                         "error": error,
                         "retryable": retryable,
@@ -353,6 +355,7 @@ class ChainRunner:
                 {
                     "step": step.id,
                     "attempt": attempt,
+                    "fencing_token": ctx.fencing_token,
                     "ok": True,
                     "log": list(result.log),
                     "outputs": dict(result.outputs),

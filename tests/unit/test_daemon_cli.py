@@ -120,6 +120,34 @@ def test_check_config_warns_that_a_peer_with_a_local_lease_cannot_prevent_split_
     code, out, _ = run(capsys, "check-config", str(config))
     assert code == 0 and "warning" not in out
 
+    # With the etcd lease the pair is kept apart: no warning either.
+    etcd = "lease: {type: etcd, endpoints: ['http://10.0.0.1:2379', 'http://10.0.0.2:2379', 'http://10.0.0.3:2379']}\n"
+    write(tmp_path / "daemon.yaml", DAEMON_CONFIG + "peer: edge02\n" + etcd)
+    code, out, _ = run(capsys, "check-config", str(config))
+    assert code == 0 and "warning" not in out, out
+
+
+@pytest.mark.parametrize(
+    ("lease", "message"),
+    [
+        ("{type: etcd, endpoints: []}", "lease.endpoints: Tuple should have at least 1 item"),
+        ("{type: etcd, endpoints: ['https://e1:2379']}", "expected http://HOST:PORT"),
+        ("{type: etcd, endpoints: ['http://e1:2379'], ttl: 2s, op_timeout: 1s}", "must be at most a third of the ttl"),
+        ("{type: etcd, endpoints: ['http://e1:2379'], prefix: hybridops}", "lease.prefix: String should match pattern"),
+        ("{type: zookeeper}", "lease.type: must be one of 'local', 'etcd'"),
+    ],
+)
+def test_check_config_refuses_a_bad_etcd_lease(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lease: str, message: str
+) -> None:
+    write(tmp_path / "prod.yaml", PROFILE)
+    config = write(tmp_path / "daemon.yaml", DAEMON_CONFIG + f"lease: {lease}\n")
+
+    code, out, _ = run(capsys, "check-config", str(config))
+
+    assert code == 2
+    assert message in out, out
+
 
 # --------------------------------------------------------------------------------------------- schema
 
