@@ -21,6 +21,8 @@ test: $(VENV)/.dev
 	$(BIN)/ruff check hybridops_daemon tests benchmarks simulations
 	$(BIN)/mypy --strict hybridops_daemon
 	$(BIN)/pytest
+	# Issue #7's takeover figures, printed into the log; it fails if any takeover applied an effect twice.
+	$(BIN)/python -m benchmarks.takeover
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check hybridops_daemon tests benchmarks simulations

@@ -1,0 +1,130 @@
+"""Issue #7: a randomized fault schedule over many cutover/failback cycles of the edge pair.
+
+Each chain may meet one fault at a random moment: the leader (sometimes the follower) is killed with SIGKILL and
+restarted, frozen with SIGSTOP for a random while (shorter or longer than the TTL), or cut off the network and healed.
+After every chain the lane must settle on its new side, the targets must agree with it, no step may have been applied
+twice or by both edges, and both journals must verify. The seed is printed (and in every failure message): set
+``HYOPS_FAULT_SEED`` to replay a schedule, ``HYOPS_FAULT_CYCLES`` to run more or fewer cycles.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.e2e.edge_pair import EXPECTED, STEPS, TTL, Edge, Pair
+from tests.e2e.harness import wait_for
+from tests.testbed.edgenet import EdgeTestbed
+
+pytestmark = pytest.mark.e2e
+
+CYCLES = int(os.environ.get("HYOPS_FAULT_CYCLES", "50"))
+SEED = int(os.environ.get("HYOPS_FAULT_SEED", str(random.SystemRandom().randrange(2**32))))
+FAULTS = ("none", "kill", "stop", "cut")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # one of FAULTS
+    victim: str  # "leader" or "follower"
+    after: float  # seconds after the chain was started
+    lasts: float  # how long the node stays stopped, cut off or dead
+
+    def __str__(self) -> str:
+        if self.kind == "none":
+            return "no fault"
+        return f"{self.kind} the {self.victim} {self.after:.2f}s into the chain for {self.lasts:.2f}s"
+
+
+def schedule(rng: random.Random) -> Fault:
+    kind = rng.choices(FAULTS, weights=(2, 3, 3, 3))[0]
+    # Short stops and cuts (under the TTL) must leave leadership alone; long ones must move it.
+    return Fault(kind, rng.choices(("leader", "follower"), weights=(4, 1))[0], rng.uniform(0.0, 2.5), rng.uniform(0.3, 2 * TTL))
+
+
+def command(pair: Pair, verb: str, context: str) -> str:
+    """Start the chain on whichever edge leads (a fault in the previous chain may have moved the lane)."""
+
+    def attempt() -> str | None:
+        leader = pair.leader(timeout=TTL + 15)
+        done = leader.command(verb)
+        if done.returncode != 0:
+            return None  # lost the lane between the look and the command: look again
+        run_id: str = json.loads(done.stdout)["decision"]["run_id"]
+        return run_id
+
+    found: str = wait_for(f"{verb} accepted ({context})", attempt, timeout=TTL + 20, interval=0.2)
+    return found
+
+
+def inject(pair: Pair, bed: EdgeTestbed, fault: Fault, began: float) -> None:
+    if fault.kind == "none":
+        return
+    time.sleep(max(0.0, began + fault.after - time.monotonic()))
+    leaders = [edge for edge in pair if edge.leads()]
+    leader = leaders[0] if leaders else pair.edges["edge01"]
+    victim: Edge = leader if fault.victim == "leader" else pair.other(leader)
+    if fault.kind == "kill":
+        victim.kill9()
+        time.sleep(fault.lasts)
+        victim.start()
+    elif fault.kind == "stop":
+        victim.freeze()
+        time.sleep(fault.lasts)
+        victim.thaw()
+    else:
+        bed.net.cut(victim.name)
+        time.sleep(fault.lasts)
+        bed.net.heal(victim.name)
+
+
+def settle(pair: Pair, status: str, run_id: str, context: str) -> Edge:
+    """The lane ends the run on its new side on whichever edge leads; every edge answers again."""
+    leader = pair.settled(status, timeout=TTL + 45, context=f"{run_id}, {context}")
+    for edge in pair:
+        wait_for(f"{edge.name} to answer ({context})", lambda e=edge: e.status() is not None, timeout=30)
+    return leader
+
+
+def check_cycle(pair: Pair, leader: Edge, run_id: str, cut_over: bool, before: dict[str, int], context: str) -> dict[str, int]:
+    targets = pair.targets
+    assert targets.consistent(cut_over) == EXPECTED[cut_over], f"{context}: targets disagree with the lane"
+    effects = targets.effects()
+    delta = {key: effects[key] - before[key] for key in effects}
+    wanted = {"gcp_start": int(cut_over), "gcp_stop": int(not cut_over), "hcloud_assign": 1}
+    assert delta == wanted, f"{context}: effects {delta}, wanted {wanted}"
+    applied = [(edge, step) for edge, run, step in pair.applied(run_id) if run == run_id]
+    twice = [step for step, n in collections.Counter(step for _, step in applied).items() if n > 1]
+    assert not twice, f"{context}: applied more than once: {applied}"
+    assert {step for _, step in applied} <= set(STEPS)
+    token = leader.lane()["leadership"]["fencing_token"]  # type: ignore[index]
+    for stamp in targets.stamp():
+        assert stamp is None or stamp <= token, f"{context}: a target carries token {stamp}, newer than the leader's {token}"
+    for edge in pair:
+        verified = edge.verify()
+        assert verified.returncode == 0, f"{context}: {edge.name}'s journal does not verify: {verified.stdout}{verified.stderr}"
+    return effects
+
+
+def test_randomized_faults_over_many_cutover_failback_cycles(pair: Pair, edge_net: EdgeTestbed) -> None:
+    rng = random.Random(SEED)
+    print(f"\n[edge-faults] seed {SEED} (replay: HYOPS_FAULT_SEED={SEED}), {CYCLES} cycles, TTL {TTL:g}s")
+    effects = pair.targets.effects()
+    tally: collections.Counter[str] = collections.Counter()
+    for cycle in range(1, CYCLES + 1):
+        for verb, status in (("cutover", "ON_STANDBY"), ("failback", "PRIMARY")):
+            fault = schedule(rng)
+            context = f"seed {SEED}, cycle {cycle} {verb}, {fault}"
+            began = time.monotonic()
+            run_id = command(pair, verb, context)
+            inject(pair, edge_net, fault, began)
+            leader = settle(pair, status, run_id, context)
+            effects = check_cycle(pair, leader, run_id, verb == "cutover", effects, context)
+            tally[fault.kind if fault.kind == "none" else f"{fault.kind} {fault.victim}"] += 1
+    print(f"[edge-faults] seed {SEED}: {CYCLES} cycles ({2 * CYCLES} chains) consistent; faults: {dict(sorted(tally.items()))}")
