@@ -370,6 +370,18 @@ class Daemon:
         leadership = lane.leadership
         assert leadership is not None
         lane.run_decision = lane.run_progress = None
+        lane.state = LaneState.from_durable(handover["state"]) if handover else self._restore_state(journal, lane.name)
+        if self._shared_lease:
+            previous = {"node": handover.get("node"), "fencing_token": handover.get("fencing_token")} if handover else None
+            body = {
+                "lane": lane.name,
+                "node": self.config.node,
+                "fencing_token": leadership.token,
+                "previous": previous,  # None: etcd had no handover, this node's journal is the lane's memory
+                "state": lane.state.durable(),
+                "active_run": lane.state.active_run,
+            }
+            journal.append("lease.acquired", body, ts=self.clock(), lane=lane.name)
         if handover is None:
             self._recover_lane(journal, runner, group, lane)
         else:
@@ -383,25 +395,10 @@ class Daemon:
     def _adopt_handover(
         self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup, lane: _Lane, handover: Handover
     ) -> None:
-        assert lane.leadership is not None
-        lane.state = LaneState.from_durable(handover["state"])
-        active = lane.state.active_run
+        active = lane.state.active_run  # the caller adopted the handover's state
         run: Mapping[str, Any] = handover.get("run") or {}
         decision: Mapping[str, Any] = handover.get("decision") or {}
         previous = {"node": handover.get("node"), "fencing_token": handover.get("fencing_token")}
-        journal.append(
-            "lease.acquired",
-            {
-                "lane": lane.name,
-                "node": self.config.node,
-                "fencing_token": lane.leadership.token,
-                "previous": previous,
-                "state": lane.state.durable(),
-                "active_run": active,
-            },
-            ts=self.clock(),
-            lane=lane.name,
-        )
         # Runs this node had started and lost: the lane's handover is the truth now, and it ends or continues them.
         self._release_runs(journal, lane, f"superseded: the lane's handover names run {active}", keep=active)
         if active is None:

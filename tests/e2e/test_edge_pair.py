@@ -52,6 +52,8 @@ def test_leader_killed_mid_chain_the_other_edge_completes_it_applying_each_effec
     # The new leader's journal names the run it continued, whom from, and what was already done.
     assert taken.body["continued_from"]["node"] == leader.name
     completed = taken.body["continued_from"]["completed_steps"]
+    acquired = next(r for r in follower.records("lease.acquired") if r.seq < taken.seq)
+    assert acquired.body["previous"]["node"] == leader.name and acquired.body["active_run"] == run_id
     assert set(completed) <= {r.body["step"] for r in leader.records("step.done", run_id=run_id)}
     assert taken.body["fencing_token"] > taken.body["continued_from"]["fencing_token"]
     assert taken.ts - killed_at <= TTL + 1.5, f"takeover {taken.ts - killed_at:.2f}s after the kill (TTL {TTL}s)"
