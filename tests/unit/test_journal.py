@@ -315,6 +315,23 @@ def test_runs_and_unfinished_runs(journal: Journal) -> None:
     assert [r.kind for r in journal.run_records("prod-1")][0::9] == ["run.start", "run.end"]
 
 
+def test_a_released_run_is_closed_here_and_open_again_once_taken_over(journal: Journal) -> None:
+    """A node that lost the lane mid-run releases it (not failed: another node finishes it); if the lane comes back
+    to this node still running it, the node's new run.start opens it again."""
+    run_records(journal, "prod-1", ok=None, ts=100.0)
+    journal.append("run.released", {"run_id": "prod-1", "reason": "lease lost"}, ts=110.0, lane="prod", run_id="prod-1")
+    assert journal.unfinished_runs() == []
+    assert [(r.run_id, r.status, r.outcome) for r in journal.runs()] == [("prod-1", "released", "lease lost")]
+
+    run_records(journal, "prod-1", ok=True, ts=200.0)  # taken over again later, and finished here
+    assert journal.unfinished_runs() == []
+    assert [(r.run_id, r.status) for r in journal.runs()] == [("prod-1", "succeeded"), ("prod-1", "released")]
+    run_records(journal, "prod-2", ok=None, ts=300.0)
+    journal.append("run.released", {"run_id": "prod-2", "reason": "lease lost"}, ts=310.0, lane="prod", run_id="prod-2")
+    run_records(journal, "prod-2", ok=None, ts=320.0)
+    assert journal.unfinished_runs() == ["prod-2"]
+
+
 # ------------------------------------------------------------------------------------------------ export
 
 
