@@ -30,8 +30,9 @@ def require(binary: str) -> str:
     return path
 
 
-def wait_until(what: str, ready: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1,
-               proc: Process | None = None) -> Any:
+def wait_until(
+    what: str, ready: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, proc: Process | None = None
+) -> Any:
     """Poll ``ready`` until it returns something truthy; fail with ``what`` (and the process's log) on timeout."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -53,14 +54,21 @@ def wait_until(what: str, ready: Callable[[], Any], timeout: float = 20.0, inter
 class Process:
     """A foreground daemon started as a subprocess with its output in a log file; stopped by PID."""
 
-    def __init__(self, name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log = log
         with log.open("ab") as out:
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                          env={**os.environ, **(env or {})}, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:

@@ -79,9 +79,7 @@ async def test_cutover_with_confirm_is_submitted(
 
 async def test_drill_reports_the_decision_and_run(served: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert await ctl("--socket", str(served), "drill", "--lane", "drill") == 0
-    assert capsys.readouterr().out == (
-        "drill accepted (intent #42): operator drill on lane drill\n"
-    )
+    assert capsys.readouterr().out == ("drill accepted (intent #42): operator drill on lane drill\n")
 
 
 async def test_an_intent_not_yet_decided_says_so(
