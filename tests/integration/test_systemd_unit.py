@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hybridops_daemon.config.loader import check_config
+from hybridops_daemon.config.models import LocalLeaseConfig
 from hybridops_daemon.control import server as control_server
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.journal.store import BUSY_TIMEOUT_S
@@ -249,7 +250,10 @@ def test_the_unit_agrees_with_the_example_config() -> None:
     runtime_dir = Path("/run") / one(settings, "RuntimeDirectory")
     assert config.state_dir == state_dir
     assert config.journal_path.parent == state_dir
-    assert config.lease.path is not None and config.lease.path.parent == state_dir
+    # The example leads on etcd (no lease file); a local lease file would sit in the state directory.
+    assert config.lease.type == "etcd"
+    local = config.model_copy(update={"lease": LocalLeaseConfig()}).resolved(Path("/"))
+    assert local.lease.type == "local" and local.lease.path is not None and local.lease.path.parent == state_dir
     assert config.socket_path.parent == runtime_dir
     assert one(settings, "RuntimeDirectoryMode") == one(settings, "StateDirectoryMode") == "0750"
     # The daemon sets the socket's group; without CAP_CHOWN that must be a group it runs with.
