@@ -305,7 +305,7 @@ class Daemon:
                     ts=self.clock(),
                     lane=lane.name,
                 )
-            log.warning("lane leadership lost", lane=lane.name, token=leadership.token, reason=leadership.reason)
+            log.warning("lane leadership lost", lane=lane.name, fencing_token=leadership.token, reason=leadership.reason)
             self._note_leadership(journal, lane)
 
     async def _publish(self, lane: _Lane) -> None:
@@ -424,7 +424,7 @@ class Daemon:
     def _handover_document(self, lane: _Lane) -> dict[str, Any]:
         """What a successor needs: the lane's durable state, the decision behind its active run, the run's progress."""
         leadership = lane.leadership
-        return {
+        document = {
             "node": self.config.node,
             "fencing_token": leadership.token if leadership is not None else None,
             "state": lane.state.durable(),
@@ -432,6 +432,11 @@ class Daemon:
             "run": lane.run_progress,
             "at": self.clock(),
         }
+        # Redacted like the journal (the same records, and a successor resumes from them as a restart does from
+        # the journal): no secret reaches etcd.
+        redacted = self.redactor.redact(document)
+        assert isinstance(redacted, dict)
+        return redacted
 
     def _on_run_record(self, kind: str, spec: RunSpec, body: Mapping[str, Any]) -> None:
         """Keep the lane's handover in step with its run (called for every run record the runner journals)."""
