@@ -277,6 +277,8 @@ class Daemon:
         while True:
             if not await leadership.campaign():
                 self._note_leadership(journal, lane)
+                if leadership.holder is not None:
+                    await self._mirror(lane)
                 await asyncio.sleep(retry)
                 continue
             try:
@@ -307,6 +309,18 @@ class Daemon:
                 )
             log.warning("lane leadership lost", lane=lane.name, fencing_token=leadership.token, reason=leadership.reason)
             self._note_leadership(journal, lane)
+
+    async def _mirror(self, lane: _Lane) -> None:
+        """While another node leads, show the lane as its leader last published it (status and metrics only: a
+        follower decides nothing), so both edges tell an operator the same state."""
+        assert lane.leadership is not None
+        try:
+            handover = await lane.leadership.handover()
+        except LeaseLost:
+            return  # etcd away: keep showing the last state seen; the leadership column says why
+        if handover is not None and handover.get("state"):
+            lane.state = LaneState.from_durable(handover["state"])
+            self.metrics.lane_state(lane.name, lane.state.status.value)
 
     async def _publish(self, lane: _Lane) -> None:
         """Store the lane's handover whenever it changes (fenced: only the current holding's document lands)."""

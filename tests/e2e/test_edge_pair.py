@@ -86,6 +86,10 @@ def test_leader_killed_mid_chain_the_other_edge_completes_it_applying_each_effec
     before = leader.records(run_id=run_id)
     leader.start()  # back as a follower: it continues nothing, applies nothing
     wait_for(f"{leader.name} to follow", lambda: leader.lane()["leadership"]["situation"] == f"following {follower.name}")  # type: ignore[index]
+    # As a follower it shows the lane as its leader published it, so both edges tell an operator the same thing.
+    wait_for(f"{leader.name} to show the leader's state", lambda: leader.lane()["status"] == "ON_STANDBY")  # type: ignore[index]
+    text = leader.ctl("status").stdout
+    assert f"prod: following {follower.name}, not acting here: held by '{follower.name}'" in text, text
     # Its journal closes the run it can no longer finish, and says who has it; nothing else happens to it here.
     wait_for("the released run", lambda: len(leader.records(run_id=run_id)) > len(before))
     after = leader.records(run_id=run_id)
