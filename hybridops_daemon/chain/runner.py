@@ -191,6 +191,7 @@ class ChainRunner:
         return await self._execute(spec, done=done, started=time.monotonic())
 
     async def _execute(self, spec: RunSpec, done: dict[str, dict[str, Any]], started: float) -> ChainEvent:
+        holding = self._leases(spec.lane).token  # the holding this node runs the run under, to the end
         outputs = dict(done)
         current = ""
         step_began = time.monotonic()
@@ -208,7 +209,7 @@ class ChainRunner:
             try:
                 # A step that fails because this node was cut off, or because the target carries a newer leader's
                 # stamp, has not failed the run: the lane moved on. Only a current holder may end it.
-                await self._leases(spec.lane).ensure(self._leases(spec.lane).token)
+                await self._leases(spec.lane).ensure(holding)
             except LeaseLost as lost:
                 reason = f"{detail}; and this node no longer leads the lane: {lost}"
                 self._record(RUN_RELEASED, spec, {"run_id": spec.run_id, "step": current, "reason": reason})

@@ -273,6 +273,14 @@ class Edge:
         argv = [DAEMON, "journal", "verify", "--db", str(self.journal_path)]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
+    def unfinished(self) -> list[str]:
+        """Runs this node started (or continued) and has not ended or released: work it may still be doing."""
+        open_runs: dict[str, bool] = {}
+        for record in self.records("run.start", "run.end", "run.released"):
+            if record.run_id is not None:
+                open_runs[record.run_id] = record.kind == "run.start"
+        return [run for run, still_open in open_runs.items() if still_open]
+
     def applied(self, run_id: str | None = None) -> list[tuple[str | None, str]]:
         """(run, step) of every apply() this node's journal says succeeded."""
         return [(r.run_id, r.body["step"]) for r in self.records("step.apply", run_id=run_id) if r.body.get("ok")]

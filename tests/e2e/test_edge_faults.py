@@ -85,10 +85,18 @@ def inject(pair: Pair, bed: EdgeTestbed, fault: Fault, began: float) -> None:
 
 
 def settle(pair: Pair, status: str, run_id: str, context: str) -> Edge:
-    """The lane ends the run on its new side on whichever edge leads; every edge answers again."""
+    """The lane ends the run on its new side on whichever edge leads; every edge answers again, and a deposed edge
+    has wound its copy of the run down.
+
+    That last wait is a known limit, not a nicety: a request a deposed leader sent just before a partition can sit in
+    its kernel's retransmit queue and land after the heal. Within the same run it writes what the run wants anyway;
+    but if the next chain had already changed that target, the late write would undo it (none of these APIs has a
+    conditional write the fencing stamp could ride on). Seed 3339454507 without this wait reproduces it.
+    """
     leader = pair.settled(status, timeout=TTL + 45, context=f"{run_id}, {context}")
     for edge in pair:
         wait_for(f"{edge.name} to answer ({context})", lambda e=edge: e.status() is not None, timeout=30)
+        wait_for(f"{edge.name} to wind down ({context})", lambda e=edge: not e.unfinished(), timeout=60)
     return leader
 
 
