@@ -99,6 +99,13 @@ def _step_from_plan(entry: Mapping[str, Any]) -> Step:
     return Step.model_validate(data)
 
 
+def _failure(exc: DriverError | TimeoutError, step: Step) -> tuple[str, bool]:
+    """What a failed driver call journals: its error in words, and whether trying again may help."""
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {step.timeout:g}s", True
+    return str(exc) or type(exc).__name__, exc.retryable
+
+
 class StepFailed(Exception):
     pass
 
@@ -212,8 +219,7 @@ class ChainRunner:
                 await self._leases(spec.lane).ensure(holding)
             except LeaseLost as lost:
                 reason = f"{detail}; and this node no longer leads the lane: {lost}"
-                self._record(RUN_RELEASED, spec, {"run_id": spec.run_id, "step": current, "reason": reason})
-                log.warning("run released: leadership lost", run_id=spec.run_id, step=current, reason=reason)
+                self._release(spec, current, reason)
                 raise RunReleased(reason) from None
             self._record("step.failed", spec, {"step": current, "error": detail})
             self._record(
@@ -230,8 +236,7 @@ class ChainRunner:
             log.warning("run failed", run_id=spec.run_id, step=current, error=detail)
             return ChainEvent(spec.lane, spec.run_id, ok=False, detail=detail)
         except RunReleased as exc:
-            self._record(RUN_RELEASED, spec, {"run_id": spec.run_id, "step": current, "reason": str(exc)})
-            log.warning("run released: leadership lost", run_id=spec.run_id, step=current, reason=str(exc))
+            self._release(spec, current, str(exc))
             raise
         except asyncio.CancelledError:
             # SIGTERM past the grace period: say where we stopped; resume() picks it up on the next start.
@@ -251,6 +256,11 @@ class ChainRunner:
         )
         log.info("run succeeded", run_id=spec.run_id, chain=spec.chain)
         return ChainEvent(spec.lane, spec.run_id, ok=True, detail=reason)
+
+    def _release(self, spec: RunSpec, step: str, reason: str) -> None:
+        """Journal that this node stops working on the run (its leadership is gone); the next leader finishes it."""
+        self._record(RUN_RELEASED, spec, {"run_id": spec.run_id, "step": step, "reason": reason})
+        log.warning("run released: leadership lost", run_id=spec.run_id, step=step, reason=reason)
 
     def _report(self, lane: str, step: str, outcome: StepOutcome, seconds: float) -> None:
         if self._on_step is not None:
@@ -325,8 +335,7 @@ class ChainRunner:
                 async with asyncio.timeout(step.timeout):
                     result = await driver.apply(ctx)
             except (DriverError, TimeoutError) as exc:
-                error = f"timed out after {step.timeout:g}s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-                retryable = isinstance(exc, TimeoutError) or exc.retryable
+                error, retryable = _failure(exc, step)
                 self._record(
                     "step.apply",
                     spec,
@@ -342,7 +351,7 @@ class ChainRunner:
                 )
                 last = not retryable or attempt > step.retries
                 if not last:
-                    await asyncio.sleep(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
+                    await asyncio.sleep(self._backoff(step, attempt))
                 # A timed-out or failed apply may still have landed: look before trying again, or before giving up.
                 check = await self._check(spec, step, driver, ctx)
                 if check.satisfied:
@@ -366,6 +375,9 @@ class ChainRunner:
             return dict(result.outputs)
         raise AssertionError("unreachable: the loop returns or raises")
 
+    def _backoff(self, step: Step, attempt: int) -> float:
+        return float(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
+
     async def _check(self, spec: RunSpec, step: Step, driver: Driver, ctx: StepContext) -> CheckResult:
         """check(), journaled. A retryable failure (the target briefly unreachable) is retried with the step's
         backoff: failing the step would pause the lane over a blip, and applying blind could act twice."""
@@ -374,12 +386,11 @@ class ChainRunner:
                 async with asyncio.timeout(step.timeout):
                     check = await driver.check(ctx)
             except (DriverError, TimeoutError) as exc:
-                error = f"timed out after {step.timeout:g}s" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-                retryable = isinstance(exc, TimeoutError) or exc.retryable
+                error, retryable = _failure(exc, step)
                 self._record("step.check", spec, {"step": step.id, "attempt": attempt, "error": error, "retryable": retryable})
                 if not retryable or attempt > step.retries:
                     raise StepFailed(f"check failed: {error}") from None
-                await asyncio.sleep(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
+                await asyncio.sleep(self._backoff(step, attempt))
                 continue
             self._record("step.check", spec, {"step": step.id, "satisfied": check.satisfied, "observed": dict(check.observed)})
             return check
