@@ -385,8 +385,8 @@ class Daemon:
         assert leadership is not None
         lane.run_decision = lane.run_progress = None
         lane.state = LaneState.from_durable(handover["state"]) if handover else self._restore_state(journal, lane.name)
+        previous = {"node": handover.get("node"), "fencing_token": handover.get("fencing_token")} if handover else None
         if self._shared_lease:
-            previous = {"node": handover.get("node"), "fencing_token": handover.get("fencing_token")} if handover else None
             body = {
                 "lane": lane.name,
                 "node": self.config.node,
@@ -396,10 +396,10 @@ class Daemon:
                 "active_run": lane.state.active_run,
             }
             journal.append("lease.acquired", body, ts=self.clock(), lane=lane.name)
-        if handover is None:
+        if handover is None or previous is None:
             self._recover_lane(journal, runner, group, lane)
         else:
-            self._adopt_handover(journal, runner, group, lane, handover)
+            self._adopt_handover(journal, runner, group, lane, handover, previous)
         lane.led = True
         self.metrics.leadership(lane.name, True, leadership.token)
         self.metrics.lane_state(lane.name, lane.state.status.value)
@@ -407,12 +407,17 @@ class Daemon:
         self._wake.set()
 
     def _adopt_handover(
-        self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup, lane: _Lane, handover: Handover
+        self,
+        journal: Journal,
+        runner: ChainRunner,
+        group: asyncio.TaskGroup,
+        lane: _Lane,
+        handover: Handover,
+        previous: Mapping[str, Any],
     ) -> None:
         active = lane.state.active_run  # the caller adopted the handover's state
         run: Mapping[str, Any] = handover.get("run") or {}
         decision: Mapping[str, Any] = handover.get("decision") or {}
-        previous = {"node": handover.get("node"), "fencing_token": handover.get("fencing_token")}
         # Runs this node had started and lost: the lane's handover is the truth now, and it ends or continues them.
         self._release_runs(journal, lane, f"superseded: the lane's handover names run {active}", keep=active)
         if active is None:
@@ -695,9 +700,8 @@ class Daemon:
         return LaneState.from_durable(record.body["state"])
 
     def _recover_lane(self, journal: Journal, runner: ChainRunner, group: asyncio.TaskGroup, lane: _Lane) -> None:
-        """Finish what a crash interrupted, from this node's journal: resume a started run, start a decided-but-unstarted
-        one, replay an end the loop never decided on."""
-        lane.state = self._restore_state(journal, lane.name)
+        """Finish what a crash interrupted, from this node's journal (the caller restored the lane's state from it):
+        resume a started run, start a decided-but-unstarted one, replay an end the loop never decided on."""
         run_id = lane.state.active_run
         if run_id is None:
             return
