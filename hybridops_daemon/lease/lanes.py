@@ -14,18 +14,18 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from hybridops_daemon.lease.base import LeaseLost
+from hybridops_daemon.lease.base import Lease, LeaseLost
 from hybridops_daemon.lease.etcd import EtcdLease, EtcdUnavailable
 from hybridops_daemon.lease.local import LocalLease
 
 Handover = Mapping[str, Any]
 
 
-class LaneLeadership(Protocol):
-    @property
-    def token(self) -> int:
-        """The fencing token of the current (or last) holding."""
-        ...
+class LaneLeadership(Lease, Protocol):
+    """A Lease (``token``, and ``ensure`` before every apply()) that also campaigns, holds and hands over.
+
+    With etcd, ``ensure`` stores the lane's handover document in the same transaction that checks the token, so the
+    successor knows everything up to this effect."""
 
     @property
     def leading(self) -> bool: ...
@@ -46,11 +46,6 @@ class LaneLeadership(Protocol):
 
     async def hold(self) -> None:
         """Keep leading; return once leadership is lost (``reason`` says why)."""
-        ...
-
-    async def ensure(self, token: int) -> None:
-        """Raise LeaseLost unless ``token`` is still current; the check before every apply(). With etcd, the same
-        transaction stores the lane's handover document, so the successor knows everything up to this effect."""
         ...
 
     async def publish(self) -> None:
