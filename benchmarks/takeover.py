@@ -87,9 +87,8 @@ def one_run(pair: Pair, index: int) -> Run:
     assert lane is not None and lane["active_run"] is None, lane
     verb = VERB[lane["status"]]
     before = pair.targets.effects()
-    started = leader.command(verb)
-    assert started.returncode == 0, f"{verb} on {leader.name}: {started.stdout}{started.stderr}"
-    run_id = json.loads(started.stdout)["decision"]["run_id"]
+    run_id = leader.start_chain(verb)
+    assert run_id, f"{verb} refused on {leader.name}:\n{leader.logs()[-2000:]}"
 
     wait_for_record(leader, "step.done", lambda r: r.run_id == run_id)  # the first step: the kill lands mid-chain
     killed_at = time.time()
@@ -109,7 +108,7 @@ def one_run(pair: Pair, index: int) -> Run:
     leader.start()
     wait_for(
         f"{leader.name} to follow {successor.name}",
-        lambda: (leader.lane() or {}).get("leadership", {}).get("situation") == f"following {successor.name}",
+        lambda: leader.situation() == f"following {successor.name}",
         interval=0.05,
     )
     return Run(

@@ -249,6 +249,19 @@ class Edge:
         extra = ["--confirm"] if verb == "cutover" else []
         return self.ctl("--json", verb, "--lane", LANE, *extra)
 
+    def start_chain(self, verb: str) -> str | None:
+        """``verb`` ("cutover" or "failback") through hyopsctl; the id of the run it started, None if refused."""
+        done = self.command(verb)
+        if done.returncode != 0:
+            return None
+        run_id: str | None = json.loads(done.stdout)["decision"]["run_id"]
+        return run_id
+
+    def situation(self) -> str | None:
+        """The lane's leadership here: "leading", "following edge0N" or "no quorum"; None if it does not answer."""
+        lane = self.lane()
+        return str(lane["leadership"]["situation"]) if lane else None
+
     # ---------------------------------------------------------------------------------------- journal
 
     def records(self, *kinds: str, run_id: str | None = None) -> list[Record]:

@@ -10,7 +10,6 @@ twice or by both edges, and both journals must verify. The seed is printed (and 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import random
 import time
@@ -52,12 +51,8 @@ def command(pair: Pair, verb: str, context: str) -> str:
     """Start the chain on whichever edge leads (a fault in the previous chain may have moved the lane)."""
 
     def attempt() -> str | None:
-        leader = pair.leader(timeout=TTL + 15)
-        done = leader.command(verb)
-        if done.returncode != 0:
-            return None  # lost the lane between the look and the command: look again
-        run_id: str = json.loads(done.stdout)["decision"]["run_id"]
-        return run_id
+        # None: the edge lost the lane between the look and the command; look again.
+        return pair.leader(timeout=TTL + 15).start_chain(verb)
 
     found: str = wait_for(f"{verb} accepted ({context})", attempt, timeout=TTL + 20, interval=0.2)
     return found

@@ -4,7 +4,6 @@ etcd member in its own network namespace behind a bridge; the fake Hetzner and G
 from __future__ import annotations
 
 import collections
-import json
 import time
 
 import pytest
@@ -17,10 +16,8 @@ pytestmark = pytest.mark.e2e
 
 
 def start_run(leader: Edge, verb: str) -> str:
-    done = leader.command(verb)
-    assert done.returncode == 0, f"{verb} on {leader.name}: {done.stdout}{done.stderr}"
-    run_id: str = json.loads(done.stdout)["decision"]["run_id"]
-    assert run_id, done.stdout
+    run_id = leader.start_chain(verb)
+    assert run_id, f"{verb} refused on {leader.name}:\n{leader.logs()[-2000:]}"
     return run_id
 
 
@@ -45,7 +42,7 @@ def assert_journals_verify(pair: Pair) -> None:
 def test_leader_killed_mid_chain_the_other_edge_completes_it_applying_each_effect_once(pair: Pair) -> None:
     leader = pair.leader()
     follower = pair.other(leader)
-    assert follower.lane()["leadership"]["situation"] == f"following {leader.name}"  # type: ignore[index]
+    assert follower.situation() == f"following {leader.name}"
     run_id = start_run(leader, "cutover")
     wait_for_record(leader, "step.check", lambda r: r.run_id == run_id and r.body["step"] == "floating-ip")
     time.sleep(0.2)  # inside the floating IP's apply: its action takes 0.5 s on the fake
@@ -87,7 +84,7 @@ def test_leader_killed_mid_chain_the_other_edge_completes_it_applying_each_effec
 
     before = leader.records(run_id=run_id)
     leader.start()  # back as a follower: it continues nothing, applies nothing
-    wait_for(f"{leader.name} to follow", lambda: leader.lane()["leadership"]["situation"] == f"following {follower.name}")  # type: ignore[index]
+    wait_for(f"{leader.name} to follow", lambda: leader.situation() == f"following {follower.name}")
     # As a follower it shows the lane as its leader published it, so both edges tell an operator the same thing.
     wait_for(f"{leader.name} to show the leader's state", lambda: leader.lane()["status"] == "ON_STANDBY")  # type: ignore[index]
     text = leader.ctl("status").stdout
@@ -120,7 +117,7 @@ def test_partition_the_cut_off_leader_stops_within_the_ttl_and_the_other_edge_ta
     # The cut-off node still has its in-flight step to wind down; give it the step timeout, then heal.
     wait_for_record(leader, "run.released", lambda r: r.run_id == run_id, timeout=15)
     edge_net.net.heal(leader.name)
-    wait_for(f"{leader.name} to follow again", lambda: leader.lane()["leadership"]["situation"] == f"following {follower.name}")  # type: ignore[index]
+    wait_for(f"{leader.name} to follow again", lambda: leader.situation() == f"following {follower.name}")
 
     assert pair.targets.effects() == {"gcp_start": 1, "gcp_stop": 0, "hcloud_assign": 1}
     assert pair.targets.consistent(True) == EXPECTED[True]
@@ -148,7 +145,7 @@ def test_a_frozen_leader_wakes_up_fenced_and_changes_nothing(pair: Pair) -> None
     # Its next step is refused (by its lease's token, or by the newer stamp on the target), and it says so.
     released = wait_for_record(leader, "run.released", lambda r: r.run_id == run_id, timeout=15)
     assert "fencing token" in released.body["reason"] or "fenced" in released.body["reason"], released.body
-    wait_for(f"{leader.name} to follow", lambda: leader.lane()["leadership"]["situation"] == f"following {follower.name}")  # type: ignore[index]
+    wait_for(f"{leader.name} to follow", lambda: leader.situation() == f"following {follower.name}")
     # An apply it had sent before it froze may finish (and be recorded) after it wakes; none may start.
     late = applies_started_after(leader, woke_at)
     assert not late, f"{leader.name} applied after waking: {late}"
@@ -165,9 +162,7 @@ def test_without_etcd_quorum_nobody_acts_and_both_say_so_then_quorum_returns(pai
         edge_net.etcd.kill(edge_net.member(node))
 
     for edge in pair:
-        wait_for(
-            f"{edge.name} to report no quorum", lambda e=edge: e.lane()["leadership"]["situation"] == "no quorum", timeout=TTL + 5
-        )
+        wait_for(f"{edge.name} to report no quorum", lambda e=edge: e.situation() == "no quorum", timeout=TTL + 5)
         text = edge.ctl("status")
         assert text.returncode == 0 and "no quorum, not acting here" in text.stdout, text.stdout
         refused = edge.command("cutover")
