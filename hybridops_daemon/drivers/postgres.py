@@ -226,9 +226,7 @@ class PostgresDriver:
         PermanentDriverError on bad inputs.
         """
         inputs, _guards = parse_inputs(step)
-        site = self._site(inputs.cluster, inputs.primary)
-        where = self._where(inputs.cluster, inputs.primary, site)
-        async with self._connect(inputs.cluster, inputs.primary, site) as conn:
+        async with self._connect(inputs.cluster, inputs.primary) as (conn, where):
             state = await self._state(conn, where)
         satisfied = not state.in_recovery
         return CheckResult(
@@ -254,9 +252,7 @@ class PostgresDriver:
         """
         inputs, guards = parse_inputs(step)
         cluster, target = inputs.cluster, inputs.primary
-        site = self._site(cluster, target)
-        where = self._where(cluster, target, site)
-        async with self._connect(cluster, target, site) as conn:
+        async with self._connect(cluster, target) as (conn, where):
             before = await self._state(conn, where)
             if not before.in_recovery:
                 note = f"{where} already is a primary (timeline {before.timeline}, LSN {before.lsn}): pg_promote not called"
@@ -301,9 +297,7 @@ class PostgresDriver:
         """
         inputs, _guards = parse_inputs(step)
         cluster, target = inputs.cluster, inputs.primary
-        site = self._site(cluster, target)
-        where = self._where(cluster, target, site)
-        async with self._connect(cluster, target, site) as conn:
+        async with self._connect(cluster, target) as (conn, where):
             state = await self._state(conn, where)
             observed = state.observed()
             if state.in_recovery:
@@ -388,14 +382,14 @@ class PostgresDriver:
         return max(candidates) if candidates else None
 
     async def _peers(self, cluster: str, target: str) -> list[PeerState]:
-        others = [(name, site) for name, site in self._config.clusters[cluster].items() if name != target]
-        return list(await asyncio.gather(*(self._peer(cluster, name, site) for name, site in others)))
+        others = [name for name in self._config.clusters[cluster] if name != target]
+        return list(await asyncio.gather(*(self._peer(cluster, name) for name in others)))
 
-    async def _peer(self, cluster: str, name: str, site: PostgresSite) -> PeerState:
+    async def _peer(self, cluster: str, name: str) -> PeerState:
         """How another site looks: down (unreachable), replica, primary, or unknown (answers but cannot be read)."""
         try:
-            async with self._connect(cluster, name, site) as conn:
-                state = await self._state(conn, self._where(cluster, name, site))
+            async with self._connect(cluster, name) as (conn, where):
+                state = await self._state(conn, where)
         except Unreachable as exc:
             # A server that answers "starting up" (crash recovery) may be writable a moment later: not down.
             if exc.answered and "shutting down" not in str(exc):
@@ -445,8 +439,10 @@ class PostgresDriver:
         return f"{cluster}/{name} ({host}:{params.get('port') or 5432})"
 
     @asynccontextmanager
-    async def _connect(self, cluster: str, name: str, site: PostgresSite) -> AsyncIterator[Connection]:
-        """A fresh autocommit connection, within ``connect_timeout``; typed errors, the password scrubbed."""
+    async def _connect(self, cluster: str, name: str) -> AsyncIterator[tuple[Connection, str]]:
+        """A fresh autocommit connection to the site, within ``connect_timeout``, and how messages name the site;
+        typed errors (UnknownSite for a site not configured), the password scrubbed."""
+        site = self._site(cluster, name)
         where = self._where(cluster, name, site)
         password: str | None = None
         if site.password is not None:
@@ -468,7 +464,7 @@ class PostgresDriver:
         except psycopg.Error as exc:  # e.g. a malformed DSN (ProgrammingError)
             raise PermanentDriverError(f"{where}: cannot connect: {_scrub(_first_line(exc), password)}") from None
         try:
-            yield conn
+            yield conn, where
         finally:
             with suppress(Exception):
                 async with asyncio.timeout(timeout):
