@@ -26,6 +26,7 @@ from hybridops_daemon.config.models import BgpSource
 from hybridops_daemon.signals.base import UpstreamError
 from hybridops_daemon.signals.bgp import BgpPoller, run_bounded
 from hybridops_daemon.signals.sample import Sample
+from tests.testbed import sources
 from tests.testbed.bird import BirdPair
 from tests.testbed.frr import FrrPair
 from tests.testbed.netns import NetnsPair
@@ -124,12 +125,8 @@ class Seen:
 @asynccontextmanager
 async def running(poller: BgpPoller) -> AsyncIterator[Seen]:
     seen = Seen()
-    async with poller, asyncio.TaskGroup() as group:
-        task = group.create_task(poller.run(seen))
-        try:
-            yield seen
-        finally:
-            task.cancel()
+    async with sources.running(poller, seen):
+        yield seen
 
 
 async def off_loop(action: Callable[[], None]) -> None:

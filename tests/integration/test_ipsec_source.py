@@ -11,8 +11,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -22,6 +21,7 @@ from hybridops_daemon.config.models import IpsecSource, IpsecTunnel
 from hybridops_daemon.signals.base import UpstreamError
 from hybridops_daemon.signals.ipsec import IpsecPoller
 from hybridops_daemon.signals.sample import Sample
+from tests.testbed import sources
 from tests.testbed.strongswan import CharonPair
 
 INTERVAL = 0.25
@@ -64,16 +64,6 @@ class Samples:
         raise AssertionError(f"no {signal}={value} within {within}s; last samples: {recent}")
 
 
-@asynccontextmanager
-async def running(poller: IpsecPoller, samples: Samples) -> AsyncIterator[None]:
-    async with poller, asyncio.TaskGroup() as group:
-        task = group.create_task(poller.run(samples))
-        try:
-            yield
-        finally:
-            task.cancel()  # a cancelled child does not fail the group
-
-
 async def blocking(call: Callable[[], object], within: float = 30.0) -> None:
     await asyncio.wait_for(asyncio.to_thread(call), within)
 
@@ -81,7 +71,7 @@ async def blocking(call: Callable[[], object], within: float = 30.0) -> None:
 async def test_tunnel_down_and_up_again(charon_pair: CharonPair) -> None:
     poller = make_poller(charon_pair.vici, ("dr", "net", "tunnel_up"), ("dr", None, "ike_up"))
     samples = Samples()
-    async with running(poller, samples):
+    async with sources.running(poller, samples):
         await samples.wait("tunnel_up", 1.0)
         await samples.wait("ike_up", 1.0)
 
@@ -102,7 +92,7 @@ async def test_tunnel_down_and_up_again(charon_pair: CharonPair) -> None:
 async def test_child_not_installed_while_ike_is_up(charon_pair: CharonPair) -> None:
     poller = make_poller(charon_pair.vici, ("dr", "net", "tunnel_up"), ("dr", None, "ike_up"))
     samples = Samples()
-    async with running(poller, samples):
+    async with sources.running(poller, samples):
         await samples.wait("tunnel_up", 1.0)
 
         await blocking(charon_pair.terminate_child)  # the IKE SA stays ESTABLISHED without a CHILD SA
@@ -126,7 +116,7 @@ async def test_unknown_names_read_unknown_and_are_counted(charon_pair: CharonPai
         ("dr", "other", "typo_child"),
     )
     samples = Samples()
-    async with running(poller, samples):
+    async with sources.running(poller, samples):
         await samples.wait("typo_ike", None)
         await samples.wait("typo_child", None)
         await samples.wait("tunnel_up", 1.0)  # a bad name does not hide the good ones
@@ -140,7 +130,7 @@ async def test_unknown_names_read_unknown_and_are_counted(charon_pair: CharonPai
 async def test_charon_stopped_means_no_samples_and_upstream_down(charon_pair: CharonPair) -> None:
     poller = make_poller(charon_pair.vici, ("dr", "net", "tunnel_up"))
     samples = Samples()
-    async with running(poller, samples):
+    async with sources.running(poller, samples):
         await samples.wait("tunnel_up", 1.0)
 
         await blocking(charon_pair.a.stop)
@@ -231,7 +221,7 @@ async def test_a_missing_socket_is_an_os_error_and_run_emits_nothing(vici_path: 
     with pytest.raises(FileNotFoundError):
         await asyncio.wait_for(poller.poll(), TIMEOUT + 5)
     samples = Samples()
-    async with running(poller, samples):
+    async with sources.running(poller, samples):
         await asyncio.sleep(3 * INTERVAL)
     assert samples.all == []
     assert poller.health.upstream_down

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from hybridops_daemon.config.models import PrometheusSource
 from hybridops_daemon.signals.prometheus import PrometheusPoller
 from hybridops_daemon.signals.sample import Sample
+from tests.testbed import sources
 from tests.testbed.prometheus import Exporter, Prometheus
 
 
@@ -72,12 +73,8 @@ def spec(url: str, *queries: dict[str, Any]) -> PrometheusSource:
 @asynccontextmanager
 async def running(poller: PrometheusPoller) -> AsyncIterator[Seen]:
     seen = Seen()
-    async with poller, asyncio.TaskGroup() as group:
-        task = group.create_task(poller.run(seen))
-        try:
-            yield seen
-        finally:
-            task.cancel()
+    async with sources.running(poller, seen):
+        yield seen
 
 
 async def test_values_track_the_exporter(bed: Exporter, prometheus: Prometheus) -> None:
