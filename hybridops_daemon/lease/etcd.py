@@ -224,7 +224,21 @@ class EtcdLease:
         """Raise LeaseLost unless this node leads and etcd still holds its key under ``token`` (bounded by op_timeout).
 
         With ``handover``, the same transaction writes it to the handover key: it lands only while the token is current.
-        """
+
+        A check that fails for any reason, etcd merely not answering in time included, ends the holding ``token`` names:
+        the caller refuses its effect and hands its run on, and only a new holding (this node's or the other's) takes a
+        handed-on run up again. Were the holding kept, a lease refresh that succeeds a moment later would leave this
+        node leading a lane whose run nobody works on."""
+        try:
+            await self.store_handover(token, handover)
+        except LeaseLost as exc:
+            if token == self._token:  # an earlier holding's token must not end the current one
+                self._lose(str(exc))
+            raise
+
+    async def store_handover(self, token: int, handover: bytes | None) -> None:
+        """``ensure`` without ending the holding when etcd does not answer: for the handover publisher, which retries
+        (a fenced token still ends it: then the key is someone else's). Raises LeaseLost."""
         if token != self._token or not self.leading:
             raise LeaseLost(f"fencing token {token} is not current: {self.reason or f'this node holds token {self._token}'}")
         hand = self._handover_key

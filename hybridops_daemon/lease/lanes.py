@@ -132,10 +132,13 @@ class EtcdLaneLeadership:
         await self._lease.run()
 
     async def ensure(self, token: int) -> None:
-        await self._lease.ensure(token, json.dumps(self._document(), sort_keys=True).encode())
+        await self._lease.ensure(token, self._encoded())
 
     async def publish(self) -> None:
-        await self.ensure(self._lease.token)
+        await self._lease.store_handover(self._lease.token, self._encoded())
+
+    def _encoded(self) -> bytes:
+        return json.dumps(self._document(), sort_keys=True).encode()
 
     async def handover(self) -> Handover | None:
         try:
