@@ -341,8 +341,24 @@ class Pair:
                     raise AssertionError(f"{context}: the lane paused on {edge.name}: {lane['last_decision']}")
             return None
 
-        found: Edge = wait_for(f"the lane to settle in {status} ({context})", done, timeout=timeout, interval=0.1)
+        try:
+            found: Edge = wait_for(f"the lane to settle in {status} ({context})", done, timeout=timeout, interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.describe()}") from None
         return found
+
+    def describe(self, records: int = 25, log_lines: int = 15) -> str:
+        """Where each edge stands, for a failure message: its lane as status shows it, the tail of its journal, and
+        its log's last warnings (CI keeps no temporary files, so the message must carry what a diagnosis needs)."""
+        lines = []
+        for edge in self:
+            lines.append(f"--- {edge.name} (alive: {edge.alive()}, frozen: {edge.frozen}) lane: {edge.lane()}")
+            for r in edge.records()[-records:]:
+                brief = {k: r.body[k] for k in ("step", "ok", "reason", "situation", "fencing_token", "kind") if k in r.body}
+                lines.append(f"  {r.seq} {r.ts:.3f} {r.kind} {r.run_id or ''} {brief}")
+            noisy = [line for line in edge.logs().splitlines() if '"level": "info"' not in line]
+            lines.extend(f"  log: {line[:400]}" for line in noisy[-log_lines:])
+        return "\n".join(lines)
 
     def applied(self, run_id: str | None = None) -> list[tuple[str | None, str, str]]:
         """(edge, run, step) of every successful apply() across both journals."""

@@ -1,7 +1,9 @@
 """Issue #7: a randomized fault schedule over many cutover/failback cycles of the edge pair.
 
 Each chain may meet one fault at a random moment: the leader (sometimes the follower) is killed with SIGKILL and
-restarted, frozen with SIGSTOP for a random while (shorter or longer than the TTL), or cut off the network and healed.
+restarted, frozen with SIGSTOP for a random while (shorter or longer than the TTL), or cut off the network and healed;
+and it starts with etcd's own leader on the victim's member or on the witness's (a cut of etcd's leader forces an
+election, which stalls both edges' etcd calls).
 After every chain the lane must settle on its new side, the targets must agree with it, no step may have been applied
 twice or by both edges, and both journals must verify. The seed is printed (and in every failure message): set
 ``HYOPS_FAULT_SEED`` to replay a schedule, ``HYOPS_FAULT_CYCLES`` to run more or fewer cycles.
@@ -20,6 +22,7 @@ import pytest
 from tests.e2e.edge_pair import EXPECTED, STEPS, TTL, Edge, Pair, Record
 from tests.e2e.harness import wait_for
 from tests.testbed.edgenet import EdgeTestbed
+from tests.testbed.process import ComponentFailed
 
 pytestmark = pytest.mark.e2e
 
@@ -34,17 +37,37 @@ class Fault:
     victim: str  # "leader" or "follower"
     after: float  # seconds after the chain was started
     lasts: float  # how long the node stays stopped, cut off or dead
+    etcd_on_victim: bool  # the etcd leader is the victim's member (else the witness's) when the chain starts
 
     def __str__(self) -> str:
+        etcd = f"etcd leader on the {self.victim if self.etcd_on_victim else 'witness'}"
         if self.kind == "none":
-            return "no fault"
-        return f"{self.kind} the {self.victim} {self.after:.2f}s into the chain for {self.lasts:.2f}s"
+            return f"no fault, {etcd}"
+        return f"{self.kind} the {self.victim} {self.after:.2f}s into the chain for {self.lasts:.2f}s, {etcd}"
 
 
 def schedule(rng: random.Random) -> Fault:
     kind = rng.choices(FAULTS, weights=(2, 3, 3, 3))[0]
     # Short stops and cuts (under the TTL) must leave leadership alone; long ones must move it.
-    return Fault(kind, rng.choices(("leader", "follower"), weights=(4, 1))[0], rng.uniform(0.0, 2.5), rng.uniform(0.3, 2 * TTL))
+    victim = rng.choices(("leader", "follower"), weights=(4, 1))[0]
+    after, lasts = rng.uniform(0.0, 2.5), rng.uniform(0.3, 2 * TTL)
+    # Where etcd's own leader sits decides what a cut does to etcd: cutting its member forces an election, which
+    # stalls every lease refresh and fencing check for about a second, on the edge that was not cut too.
+    return Fault(kind, victim, after, lasts, rng.random() < 0.5)
+
+
+def place_etcd_leader(pair: Pair, bed: EdgeTestbed, fault: Fault) -> bool:
+    """Move etcd's leader where ``fault`` wants it before the chain starts; False if etcd would not move it in time
+    (right after a heal an election may still be settling): the chain then runs with the leader where it is."""
+    leader = pair.leader(timeout=TTL + 15)
+    node = (leader if fault.victim == "leader" else pair.other(leader)).name if fault.etcd_on_victim else "witness"
+    for _ in range(3):
+        try:
+            bed.move_leader(node)
+            return True
+        except ComponentFailed:
+            time.sleep(0.5)
+    return False
 
 
 def command(pair: Pair, verb: str, context: str) -> str:
@@ -145,10 +168,12 @@ def test_randomized_faults_over_many_cutover_failback_cycles(
     effects = pair.targets.effects()
     tally: collections.Counter[str] = collections.Counter()
     overlaps: list[str] = []  # steps a call in flight at its leader's loss also applied (the documented limit)
+    placed = 0  # chains that began with etcd's leader where the schedule put it
     for cycle in range(1, CYCLES + 1):
         for verb, status in (("cutover", "ON_STANDBY"), ("failback", "PRIMARY")):
             fault = schedule(rng)
             context = f"seed {SEED}, cycle {cycle} {verb}, {fault}"
+            placed += place_etcd_leader(pair, edge_net, fault)
             began = time.monotonic()
             run_id = command(pair, verb, context)
             inject(pair, edge_net, fault, began)
@@ -158,5 +183,6 @@ def test_randomized_faults_over_many_cutover_failback_cycles(
     with capsys.disabled():
         print(
             f"[edge-faults] seed {SEED}: {CYCLES} cycles ({2 * CYCLES} chains) consistent; "
-            f"faults: {dict(sorted(tally.items()))}; in-flight overlaps: {len(overlaps)} {overlaps}"
+            f"faults: {dict(sorted(tally.items()))}; etcd leader placed as scheduled for {placed} of {2 * CYCLES} chains; "
+            f"in-flight overlaps: {len(overlaps)} {overlaps}"
         )
