@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 import urllib.parse
@@ -86,11 +87,6 @@ class EtcdPool:
             self._current = (self._current + 1) % len(self._clients)  # this member hangs: start elsewhere next time
             raise EtcdUnavailable(f"{what}: no answer from etcd within {self.op_timeout:g}s (no quorum?)") from None
 
-    async def get(self, key: str) -> bytes | None:
-        """The value at ``key`` (a linearizable read: it needs quorum), or None. Raises EtcdUnavailable."""
-        got = await self.call(f"get {key}", lambda c: c.get(key.encode()))
-        return None if got is None else bytes(got.value)
-
     async def close(self) -> None:
         for client in self._clients:
             with contextlib.suppress(TimeoutError):
@@ -130,6 +126,7 @@ class EtcdLease:
         self._deadline = 0.0
         self._lost: str | None = "never campaigned"
         self._lost_now = asyncio.Event()  # wakes run() at once when ensure() learns the holding is over
+        self._handover_rev = 0  # the handover's mod revision as this node last saw it (0: absent); see _holds()
         self.holder: str | None = None  # who holds the key, as last seen by a lost campaign (for status)
 
     @property
@@ -241,10 +238,9 @@ class EtcdLease:
         (a fenced token still ends it: then the key is someone else's). Raises LeaseLost."""
         if token != self._token or not self.leading:
             raise LeaseLost(f"fencing token {token} is not current: {self.reason or f'this node holds token {self._token}'}")
-        hand = self._handover_key
-        writes = [(hand, handover)] if handover is not None and hand is not None else []
+        document = handover if self._handover_key is not None else None
         try:
-            held = await self._holds(token, "fencing check", writes)
+            held = await self._holds(token, "fencing check", document)
         except EtcdUnavailable as exc:
             raise LeaseLost(f"cannot confirm fencing token {token}: {exc}") from None
         if not held:
@@ -252,26 +248,52 @@ class EtcdLease:
         if not self.leading:
             raise LeaseLost(f"fencing token {token}: {self.reason}")
 
-    async def _holds(self, token: int, what: str, writes: Sequence[tuple[bytes, bytes]] = ()) -> bool:
-        """One transaction, linearizable: does the key still hold this node under ``token``? If so, apply ``writes``.
-        If not, leadership is lost (``reason`` says to whom). Raises EtcdUnavailable."""
-        ok, responses = await self._pool.call(
-            what,
-            lambda c: c.transaction(
-                compare=[c.transactions.value(self._key) == self._node, c.transactions.create(self._key) == token],
-                success=[c.transactions.put(key, value) for key, value in writes],
-                failure=[c.transactions.get(self._key)],
-            ),
-        )
-        if not ok:
-            self._lose(f"fencing token {token} is no longer current in etcd: {self._describe(responses[0])}")
-        return bool(ok)
+    async def _holds(self, token: int, what: str, handover: bytes | None = None) -> bool:
+        """One transaction, linearizable: does the key still hold this node under ``token``? If so, store ``handover``.
+        If not, leadership is lost (``reason`` says to whom). Raises EtcdUnavailable.
+
+        The handover is written only over the revision this node last saw of it. A write that timed out here can still
+        be applied by etcd later (seen during an etcd leader transfer): unconditional, it would overwrite a newer
+        document with an older one, and a successor would take over a lane without the run it was running. When only
+        the revision differs (one of this holding's own earlier writes landed late), learn it and write again."""
+        writes = handover is not None and self._handover_key is not None
+        for _ in range(3):
+            ok, responses = await self._pool.call(
+                what, functools.partial(self._fenced_txn, token=token, handover=handover, expected=self._handover_rev)
+            )
+            if ok:
+                if writes:
+                    self._handover_rev = int(responses[-1][0][1].mod_revision)
+                return True
+            holder = responses[0]
+            if not writes or not holder or holder[0][0] != self._node or int(holder[0][1].create_revision) != token:
+                self._lose(f"fencing token {token} is no longer current in etcd: {self._describe(holder)}")
+                return False
+            current = responses[1]
+            self._handover_rev = int(current[0][1].mod_revision) if current else 0
+        raise EtcdUnavailable(f"{what}: the handover kept changing under this node's own writes")
+
+    def _fenced_txn(self, c: Any, token: int, handover: bytes | None, expected: int) -> Awaitable[tuple[bool, list[Any]]]:
+        """The transaction of ``_holds``: the key holds this node under ``token`` (and the handover is still at revision
+        ``expected``) → store ``handover``; else read back what differs."""
+        key, hand = self._key, self._handover_key
+        compare = [c.transactions.value(key) == self._node, c.transactions.create(key) == token]
+        success, failure = [], [c.transactions.get(key)]
+        if handover is not None and hand is not None:
+            compare.append(c.transactions.mod(hand) == expected)
+            success = [c.transactions.put(hand, handover), c.transactions.get(hand)]
+            failure.append(c.transactions.get(hand))
+        transaction: Awaitable[tuple[bool, list[Any]]] = c.transaction(compare=compare, success=success, failure=failure)
+        return transaction
 
     async def handover(self) -> bytes | None:
-        """The handover document the last leader left (None if none). Raises EtcdUnavailable."""
+        """The handover document the last leader left (None if none); its revision is what this node's next write of
+        the handover must find (see ``_holds``). Raises EtcdUnavailable."""
         if self._handover_key is None:
             return None
-        return await self._pool.get(self._handover_key.decode())
+        got = await self._pool.call("handover", lambda c: c.get(self._handover_key))
+        self._handover_rev = int(got.mod_revision) if got is not None else 0
+        return None if got is None else bytes(got.value)
 
     async def resign(self) -> None:
         """Stop leading and revoke the lease so the other node can take over at once (best effort: else the TTL does)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -169,6 +171,35 @@ async def test_a_fencing_check_etcd_does_not_answer_ends_the_holding_though_etcd
     print(f"edge02 won {took:.2f}s after edge01's holding ended")
     with pytest.raises(LeaseLost):
         await a.ensure(a.token)
+
+
+async def test_a_handover_write_etcd_applies_late_never_overwrites_a_newer_one(cluster: EtcdCluster) -> None:
+    # Seen in the fault schedule: a handover write timed out during an etcd leader transfer and etcd applied it after a
+    # newer one, so the successor adopted a lane without the run it was running. A late write is a request built
+    # earlier: here, the transaction a write would have sent then, handed to etcd now.
+    base = f"/hyops/test/{uuid.uuid4().hex}"
+    async with EtcdPool(cluster.endpoints, OP_TIMEOUT) as pool:
+        a = EtcdLease(pool, f"{base}/leader", "edge01", TTL, handover_key=f"{base}/handover")
+        try:
+            assert await a.campaign()
+            assert await a.handover() is None
+
+            def built_now(document: bytes) -> Callable[[Any], Awaitable[tuple[bool, list[Any]]]]:
+                return functools.partial(a._fenced_txn, token=a.token, handover=document, expected=a._handover_rev)
+
+            older = built_now(b"older")
+            await a.ensure(a.token, b"newer")
+            landed, _ = await pool.call("the older write, applied late", older)
+            assert not landed and await a.handover() == b"newer"
+
+            # The other order: the older write lands first; the newer one then finds the handover moved under it,
+            # sees the leader key is still its own, and writes over it.
+            landed, _ = await pool.call("the older write, applied first", built_now(b"older"))
+            assert landed
+            await a.ensure(a.token, b"newest")
+            assert await a.handover() == b"newest"
+        finally:
+            await a.resign()
 
 
 async def test_quorum_loss_stops_everyone_and_quorum_return_restores_leadership(
