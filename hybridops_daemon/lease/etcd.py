@@ -16,8 +16,9 @@ endpoint (shared by every lane's lease): a member that refuses the connection is
 hangs (no quorum on its side) at the next.
 
 The leader also keeps a *handover* document next to its key (what a successor needs to finish an interrupted run). It is
-written only by ``ensure(token, handover=...)``: in the same transaction that proves the key still holds this node under
-this token, so a fenced node can never overwrite its successor's document.
+written only by ``ensure``/``confirm(token, handover)``: in the same transaction that proves the key still holds this node
+under this token, so a fenced node can never overwrite its successor's document, and only over the handover revision the
+writer last saw, so a write etcd applies late cannot replace a newer document of its own.
 """
 
 from __future__ import annotations
@@ -227,20 +228,19 @@ class EtcdLease:
         handed-on run up again. Were the holding kept, a lease refresh that succeeds a moment later would leave this
         node leading a lane whose run nobody works on."""
         try:
-            await self.store_handover(token, handover)
+            await self.confirm(token, handover)
         except LeaseLost as exc:
             if token == self._token:  # an earlier holding's token must not end the current one
                 self._lose(str(exc))
             raise
 
-    async def store_handover(self, token: int, handover: bytes | None) -> None:
+    async def confirm(self, token: int, handover: bytes | None) -> None:
         """``ensure`` without ending the holding when etcd does not answer: for the handover publisher, which retries
         (a fenced token still ends it: then the key is someone else's). Raises LeaseLost."""
         if token != self._token or not self.leading:
             raise LeaseLost(f"fencing token {token} is not current: {self.reason or f'this node holds token {self._token}'}")
-        document = handover if self._handover_key is not None else None
         try:
-            held = await self._holds(token, "fencing check", document)
+            held = await self._holds(token, "fencing check", handover)
         except EtcdUnavailable as exc:
             raise LeaseLost(f"cannot confirm fencing token {token}: {exc}") from None
         if not held:
@@ -256,17 +256,18 @@ class EtcdLease:
         be applied by etcd later (seen during an etcd leader transfer): unconditional, it would overwrite a newer
         document with an older one, and a successor would take over a lane without the run it was running. When only
         the revision differs (one of this holding's own earlier writes landed late), learn it and write again."""
-        writes = handover is not None and self._handover_key is not None
+        if self._handover_key is None:
+            handover = None  # a lease without a handover key only checks the token
         for _ in range(3):
             ok, responses = await self._pool.call(
                 what, functools.partial(self._fenced_txn, token=token, handover=handover, expected=self._handover_rev)
             )
             if ok:
-                if writes:
+                if handover is not None:
                     self._handover_rev = int(responses[-1][0][1].mod_revision)
                 return True
             holder = responses[0]
-            if not writes or not holder or holder[0][0] != self._node or int(holder[0][1].create_revision) != token:
+            if handover is None or not holder or holder[0][0] != self._node or int(holder[0][1].create_revision) != token:
                 self._lose(f"fencing token {token} is no longer current in etcd: {self._describe(holder)}")
                 return False
             current = responses[1]
@@ -279,7 +280,8 @@ class EtcdLease:
         key, hand = self._key, self._handover_key
         compare = [c.transactions.value(key) == self._node, c.transactions.create(key) == token]
         success, failure = [], [c.transactions.get(key)]
-        if handover is not None and hand is not None:
+        if handover is not None:
+            assert hand is not None, "_holds() drops the handover of a lease without a handover key"
             compare.append(c.transactions.mod(hand) == expected)
             success = [c.transactions.put(hand, handover), c.transactions.get(hand)]
             failure.append(c.transactions.get(hand))

@@ -135,7 +135,7 @@ class EtcdLaneLeadership:
         await self._lease.ensure(token, self._encoded())
 
     async def publish(self) -> None:
-        await self._lease.store_handover(self._lease.token, self._encoded())
+        await self._lease.confirm(self._lease.token, self._encoded())
 
     def _encoded(self) -> bytes:
         return json.dumps(self._document(), sort_keys=True).encode()
