@@ -26,9 +26,11 @@ from typing import Any, Self
 
 import aiomqtt
 
-from hybridops_daemon.config.models import MqttBroker, MqttSource
-from hybridops_daemon.secrets import SecretUnavailable, resolve
+from hybridops_daemon import cancel
+from hybridops_daemon.config.models import MqttSource
+from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.base import Emit, InputHealth, labelled
+from hybridops_daemon.signals.mqtt_connection import connection
 from hybridops_daemon.signals.sample import Sample
 
 MAX_PAYLOAD = 64 * 1024
@@ -51,36 +53,6 @@ class MalformedPayload(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ broker
-
-
-def client_kwargs(broker: MqttBroker, client_id: str) -> dict[str, Any]:
-    """Keyword arguments for ``aiomqtt.Client`` from a broker config.
-
-    The result holds the resolved password: pass it to the client, never log it. Raises ``SecretUnavailable``
-    when the password reference points at nothing, ``ValueError`` for a password without a username.
-    """
-    kwargs: dict[str, Any] = {
-        "hostname": broker.host,
-        "port": broker.port,
-        "identifier": client_id,
-        "keepalive": max(1, math.ceil(broker.keepalive)) if broker.keepalive > 0 else 0,
-        "timeout": broker.connect_timeout,
-    }
-    if broker.password is not None and broker.username is None:
-        # MQTT 3.1.1 sends a password only with a username; paho would silently drop it.
-        raise ValueError("an MQTT broker password needs a username")
-    if broker.username is not None:
-        kwargs["username"] = broker.username
-        if broker.password is not None:
-            kwargs["password"] = resolve("mqtt password", broker.password)
-    if broker.tls is not None:
-        tls = broker.tls
-        kwargs["tls_params"] = aiomqtt.TLSParameters(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-        )
-    return kwargs
 
 
 # ------------------------------------------------------------------------------------------------ payloads
@@ -301,22 +273,15 @@ class MqttIngest:
             floor = max(broker.reconnect_min, 0.05)  # never a hot loop, whatever the config says
             ceiling = max(floor, min(broker.reconnect_max, floor * 2.0 ** min(failures, 32)))
             failures += 1
-            await asyncio.sleep(self._rng.uniform(floor, ceiling))
+            await cancel.sleep(self._rng.uniform(floor, ceiling))
 
     async def _session(self) -> None:
         """One connection: connect and subscribe within ``connect_timeout``, then handle messages until the broker
         goes away (MqttError) or the task is cancelled (a clean DISCONNECT)."""
         broker = self.spec.broker
-        client = aiomqtt.Client(**client_kwargs(broker, self.client_id), queue_type=self._queue_type)
-        client._client.connect_timeout = broker.connect_timeout  # paho's TCP connect, in aiomqtt's executor thread
-        try:
+        async with connection(broker, self.client_id, queue_type=self._queue_type) as client:
             async with asyncio.timeout(broker.connect_timeout):
-                await client.__aenter__()
-                granted = await client.subscribe(self._subscriptions, timeout=math.inf)
-        except BaseException:
-            _discard(client)
-            raise
-        try:
+                granted = await client.subscribe(self._subscriptions)
             refused = [t.filter for t, code in zip(self.spec.topics, granted, strict=False) if _code(code) >= 0x80]
             if refused:
                 raise aiomqtt.MqttError(f"broker refused the subscription to {', '.join(refused)}")
@@ -326,9 +291,6 @@ class MqttIngest:
             # waits for the connection to drop, and then raises MqttError.
             async for _ in client.messages:
                 pass
-        except BaseException:
-            await _close(client)
-            raise
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         """The per-message path: route (cached per topic), parse, emit. Never raises for bad input."""
@@ -390,35 +352,6 @@ def _handoff_queue(handler: Callable[[aiomqtt.Message], None]) -> type[asyncio.Q
             handler(item)
 
     return Handoff
-
-
-async def _close(client: aiomqtt.Client) -> None:
-    """Leave a connected client: a DISCONNECT if the broker is still there (bounded by the client's timeout)."""
-    try:
-        await client.__aexit__(None, None, None)
-    except aiomqtt.MqttError:
-        pass
-    finally:
-        _discard(client)
-
-
-def _discard(client: aiomqtt.Client) -> None:
-    """Release whatever a connection attempt left behind (aiomqtt private state, aiomqtt <3 / paho 2).
-
-    aiomqtt keeps the socket, reader and keepalive task of an attempt that timed out or was cancelled between TCP
-    connect and CONNACK; a cancelled attempt may even open its socket later, from the executor thread running
-    paho's connect(). And it may hold a disconnection error nobody retrieves ("exception never retrieved").
-    """
-    paho = client._client
-    paho.on_socket_open = _close_late_socket
-    paho._sock_close()  # calls aiomqtt's on_socket_close: removes the reader, cancels the keepalive task
-    for future in (client._connected, client._disconnected):
-        if future.done() and not future.cancelled():
-            future.exception()  # mark retrieved
-
-
-def _close_late_socket(_client: Any, _userdata: Any, sock: Any) -> None:
-    sock.close()  # paho's connect() then fails in its thread, unobserved: the attempt was abandoned
 
 
 def _code(code: object) -> int:

@@ -26,10 +26,11 @@ from typing import Any, Self
 
 import aiomqtt
 
+from hybridops_daemon import cancel
 from hybridops_daemon.config.models import PeerSource
 from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.base import Backoff, Emit, InputHealth
-from hybridops_daemon.signals.mqtt import client_kwargs
+from hybridops_daemon.signals.mqtt_connection import connection
 from hybridops_daemon.signals.sample import Sample
 
 MAX_SUMMARY_BYTES = 256 * 1024
@@ -139,24 +140,23 @@ class PeerLink:
         backoff = Backoff(broker.reconnect_min, broker.reconnect_max)
         offline = json.dumps({"node": self.node, "online": False}).encode()
         will = aiomqtt.Will(self._status_topic(self.node), offline, qos=1)
+        client_id = broker.client_id or f"hybridops-{self.node}-{self.name}"
         while True:
             try:
-                kwargs = client_kwargs(broker, broker.client_id or f"hybridops-{self.node}-{self.name}")
-            except (SecretUnavailable, ValueError) as exc:
-                self.health.upstream_failed(str(exc))  # e.g. the password file is not there yet: keep trying
-                await asyncio.sleep(backoff.next())
-                continue
-            try:
-                async with aiomqtt.Client(**kwargs, will=will) as client:
+                async with connection(broker, client_id, will=will) as client:
                     await self._connected(client)
                     backoff.reset()
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._publish_forever(client))
                         await self._read_forever(client, emit)
-            except* aiomqtt.MqttError as group_error:
+            except* (SecretUnavailable, ValueError) as group_error:
+                # e.g. the password file is not there yet: keep trying
                 self.health.upstream_failed(str(group_error.exceptions[0]))
+            except* (aiomqtt.MqttError, TimeoutError) as group_error:
                 # While we cannot hear the peer, its samples simply stop: UNKNOWN by age in decide().
-                await asyncio.sleep(backoff.next())
+                self.health.upstream_failed(str(group_error.exceptions[0]) or "connect/publish timed out")
+            # A cancel that arrived as a child failed was turned into the children's ExceptionGroup: see cancel.
+            await cancel.sleep(backoff.next())
 
     async def _connected(self, client: aiomqtt.Client) -> None:
         timeout = self.spec.broker.connect_timeout
@@ -175,7 +175,7 @@ class PeerLink:
                 async with asyncio.timeout(self.spec.broker.connect_timeout):
                     await client.publish(self._topic(lane, self.node), json.dumps(body, separators=(",", ":")), qos=0)
                 self.published += 1
-            await asyncio.sleep(self.spec.publish_interval)
+            await cancel.sleep(self.spec.publish_interval)
 
     async def _read_forever(self, client: aiomqtt.Client, emit: Emit) -> None:
         status_topic = self._status_topic(self.peer)

@@ -159,6 +159,7 @@ def check_cycle(
     return effects
 
 
+@pytest.mark.timeout(1800)  # 50 cycles take 7-8 min here; the suite's 10 min limit is for one ordinary test
 def test_randomized_faults_over_many_cutover_failback_cycles(
     pair: Pair, edge_net: EdgeTestbed, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from hybridops_daemon.config.models import MqttBroker, MqttSource, MqttTls, MqttTopic, SecretRef
 from hybridops_daemon.secrets import SecretUnavailable
-from hybridops_daemon.signals.mqtt import MAX_PAYLOAD, MalformedPayload, MqttIngest, client_kwargs, match_topic, parse_payload
+from hybridops_daemon.signals.mqtt import MAX_PAYLOAD, MalformedPayload, MqttIngest, match_topic, parse_payload
+from hybridops_daemon.signals.mqtt_connection import client_kwargs
 
 
 @pytest.mark.parametrize(
@@ -185,7 +186,7 @@ def test_client_kwargs_resolve_the_password_by_reference(monkeypatch: pytest.Mon
         "port": 8883,
         "identifier": "hybridops-edge01-mqtt",
         "keepalive": 15,
-        "timeout": 5.0,
+        "timeout": math.inf,  # aiomqtt's own timeout is off: the callers bound each call (asyncio.timeout)
         "username": "edge",
         "password": "s3cret",
     }
