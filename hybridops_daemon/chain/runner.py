@@ -25,6 +25,7 @@ from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import RUN_RELEASED, Journal
 from hybridops_daemon.lease.base import Lease, LeaseLost
 from hybridops_daemon.policy.types import ChainEvent
+from hybridops_daemon.retry import Backoff
 from hybridops_daemon.secrets import SecretUnavailable, resolve, resolve_all
 
 log = structlog.get_logger("hybridops.chain")
@@ -322,6 +323,7 @@ class ChainRunner:
         return published, "applied"
 
     async def _apply_with_retries(self, spec: RunSpec, step: Step, driver: Driver, ctx: StepContext) -> dict[str, Any]:
+        backoff = Backoff(step.backoff, self._max_backoff)
         for attempt in range(1, step.retries + 2):
             try:
                 await self._leases(spec.lane).ensure(ctx.fencing_token)
@@ -351,7 +353,7 @@ class ChainRunner:
                 )
                 last = not retryable or attempt > step.retries
                 if not last:
-                    await asyncio.sleep(self._backoff(step, attempt))
+                    await backoff.wait()
                 # A timed-out or failed apply may still have landed: look before trying again, or before giving up.
                 check = await self._check(spec, step, driver, ctx)
                 if check.satisfied:
@@ -375,12 +377,10 @@ class ChainRunner:
             return dict(result.outputs)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _backoff(self, step: Step, attempt: int) -> float:
-        return float(min(step.backoff * 2 ** (attempt - 1), self._max_backoff))
-
     async def _check(self, spec: RunSpec, step: Step, driver: Driver, ctx: StepContext) -> CheckResult:
         """check(), journaled. A retryable failure (the target briefly unreachable) is retried with the step's
         backoff: failing the step would pause the lane over a blip, and applying blind could act twice."""
+        backoff = Backoff(step.backoff, self._max_backoff)
         for attempt in range(1, step.retries + 2):
             try:
                 async with asyncio.timeout(step.timeout):
@@ -390,7 +390,7 @@ class ChainRunner:
                 self._record("step.check", spec, {"step": step.id, "attempt": attempt, "error": error, "retryable": retryable})
                 if not retryable or attempt > step.retries:
                     raise StepFailed(f"check failed: {error}") from None
-                await asyncio.sleep(self._backoff(step, attempt))
+                await backoff.wait()
                 continue
             self._record("step.check", spec, {"step": step.id, "satisfied": check.satisfied, "observed": dict(check.observed)})
             return check

@@ -9,7 +9,6 @@ transition (ok → failing, failing → ok), never once per message.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -17,6 +16,8 @@ from typing import Protocol, Self
 
 import structlog
 
+from hybridops_daemon import cancel
+from hybridops_daemon.retry import Backoff
 from hybridops_daemon.signals.sample import Sample
 
 Emit = Callable[[Sample], None]
@@ -121,7 +122,7 @@ class PollingSource:
 
     async def run(self, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
-        delay = 0.0
+        backoff = Backoff(self.interval, max(self.interval, self.max_backoff))
         while True:
             started = loop.time()
             try:
@@ -129,36 +130,14 @@ class PollingSource:
                     samples = list(await self.poll())
             except (OSError, TimeoutError, UpstreamError) as exc:
                 self.health.upstream_failed(str(exc) or type(exc).__name__)
-                delay = min(max(self.interval, delay * 2), self.max_backoff)
-                await asyncio.sleep(delay)
+                await backoff.wait()
                 continue
-            delay = 0.0
+            backoff.succeeded()
             self.health.upstream_ok()
             for sample in samples:
                 emit(sample)
-            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+            await cancel.sleep(max(0.0, self.interval - (loop.time() - started)))
 
 
 class UpstreamError(Exception):
     """The upstream answered, but not usefully (an error status, an unparseable reply): retry later."""
-
-
-class Backoff:
-    """Exponential backoff with full jitter between ``low`` and ``high`` seconds, for reconnect loops.
-
-    Jitter spreads the reconnects of both edges after a broker restart; it is I/O timing, never policy.
-    """
-
-    def __init__(self, low: float, high: float, rng: random.Random | None = None) -> None:
-        self.low = low
-        self.high = max(high, low)
-        self._rng = rng or random.Random()
-        self._ceiling = low
-
-    def next(self) -> float:
-        delay = self._rng.uniform(self.low, self._ceiling)
-        self._ceiling = min(self._ceiling * 2, self.high)
-        return delay
-
-    def reset(self) -> None:
-        self._ceiling = self.low

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import random
 import re
 import time
 from collections.abc import Callable
@@ -26,16 +25,14 @@ from typing import Any, Self
 
 import aiomqtt
 
-from hybridops_daemon import cancel
 from hybridops_daemon.config.models import MqttSource
 from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.base import Emit, InputHealth, labelled
-from hybridops_daemon.signals.mqtt_connection import connection
+from hybridops_daemon.signals.mqtt_connection import connection, reconnect_backoff
 from hybridops_daemon.signals.sample import Sample
 
 MAX_PAYLOAD = 64 * 1024
 MAX_FUTURE_SKEW = 60.0  # a ts further ahead than this is not clock skew (milliseconds sent as seconds?)
-STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff; a flapping one does not
 ROUTE_CACHE_SIZE = 4096  # topic → signal name; bounded, since publishers choose the topics
 
 _WORDS = {"true": 1.0, "up": 1.0, "1": 1.0, "false": 0.0, "down": 0.0, "0": 0.0}
@@ -219,7 +216,7 @@ class MqttIngest:
         self._source = f"mqtt:{spec.name}"
         if spec.broker.password is not None and spec.broker.username is None:
             raise ValueError(f"mqtt source {spec.name!r}: a broker password needs a username")
-        self._rng = random.Random()
+        self._backoff = reconnect_backoff(spec.broker)
         self._routes: list[tuple[TopicFilter, str, tuple[str, ...]]] = []
         for topic in spec.topics:
             matcher = TopicFilter(topic.filter)
@@ -236,13 +233,13 @@ class MqttIngest:
         # topic → (signal, None) or (None, why it is dropped): most deployments publish a few topics, often.
         self._cache: dict[str, tuple[str | None, str | None]] = {}
         self._emit: Emit | None = None
-        self._connected_at: float | None = None
+        self._connected = False
         self._queue_type = _handoff_queue(self._on_message)
 
     @property
     def connected(self) -> bool:
         """Connected and subscribed (status, tests)."""
-        return self._connected_at is not None
+        return self._connected
 
     async def __aenter__(self) -> Self:
         return self
@@ -253,27 +250,14 @@ class MqttIngest:
     async def run(self, emit: Emit) -> None:
         """Connect, subscribe, emit until cancelled; reconnect with backoff after any broker trouble."""
         self._emit = emit
-        broker = self.spec.broker
-        loop = asyncio.get_running_loop()
-        failures = 0
         while True:
             try:
                 await self._session()
                 reason = "session ended"  # not reached: a session ends by an error or by cancellation
             except (aiomqtt.MqttError, OSError, TimeoutError, SecretUnavailable, ValueError) as exc:
                 reason = _reason(exc)
-            except BaseException:  # cancelled: no longer connected either
-                self._connected_at = None
-                raise
             self.health.upstream_failed(reason)
-            if self._connected_at is not None and loop.time() - self._connected_at >= STABLE_AFTER:
-                failures = 0
-            self._connected_at = None
-            # Full jitter over [min, min·2^n] (capped at max): reconnecting edges spread out instead of stampeding.
-            floor = max(broker.reconnect_min, 0.05)  # never a hot loop, whatever the config says
-            ceiling = max(floor, min(broker.reconnect_max, floor * 2.0 ** min(failures, 32)))
-            failures += 1
-            await cancel.sleep(self._rng.uniform(floor, ceiling))
+            await self._backoff.wait()
 
     async def _session(self) -> None:
         """One connection: connect and subscribe within ``connect_timeout``, then handle messages until the broker
@@ -285,12 +269,16 @@ class MqttIngest:
             refused = [t.filter for t, code in zip(self.spec.topics, granted, strict=False) if _code(code) >= 0x80]
             if refused:
                 raise aiomqtt.MqttError(f"broker refused the subscription to {', '.join(refused)}")
-            self._connected_at = asyncio.get_running_loop().time()
+            self._backoff.succeeded()
             self.health.upstream_ok()
-            # Messages are handled as paho decodes them (see _handoff_queue): this iterator never yields, it only
-            # waits for the connection to drop, and then raises MqttError.
-            async for _ in client.messages:
-                pass
+            self._connected = True
+            try:
+                # Messages are handled as paho decodes them (see _handoff_queue): this iterator never yields, it
+                # only waits for the connection to drop, and then raises MqttError.
+                async for _ in client.messages:
+                    pass
+            finally:
+                self._connected = False
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         """The per-message path: route (cached per topic), parse, emit. Never raises for bad input."""

@@ -17,7 +17,10 @@ from typing import Any
 import aiomqtt
 
 from hybridops_daemon.config.models import MqttBroker
+from hybridops_daemon.retry import Backoff
 from hybridops_daemon.secrets import resolve
+
+STABLE_AFTER = 10.0  # a connection that lasted this long resets the reconnect backoff; a flapping one does not
 
 
 def client_kwargs(broker: MqttBroker, client_id: str) -> dict[str, Any]:
@@ -48,6 +51,12 @@ def client_kwargs(broker: MqttBroker, client_id: str) -> dict[str, Any]:
             keyfile=str(tls.key_file) if tls.key_file else None,
         )
     return kwargs
+
+
+def reconnect_backoff(broker: MqttBroker) -> Backoff:
+    """Full jitter, so that reconnecting edges spread out instead of stampeding; never a hot loop whatever the
+    config says; reset only by a connection that lasted ``STABLE_AFTER`` (a flapping broker keeps its backoff)."""
+    return Backoff(max(broker.reconnect_min, 0.05), broker.reconnect_max, jitter=True, healthy_after=STABLE_AFTER)
 
 
 @contextlib.asynccontextmanager

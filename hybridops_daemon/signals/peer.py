@@ -29,8 +29,8 @@ import aiomqtt
 from hybridops_daemon import cancel
 from hybridops_daemon.config.models import PeerSource
 from hybridops_daemon.secrets import SecretUnavailable
-from hybridops_daemon.signals.base import Backoff, Emit, InputHealth
-from hybridops_daemon.signals.mqtt_connection import connection
+from hybridops_daemon.signals.base import Emit, InputHealth
+from hybridops_daemon.signals.mqtt_connection import connection, reconnect_backoff
 from hybridops_daemon.signals.sample import Sample
 
 MAX_SUMMARY_BYTES = 256 * 1024
@@ -137,7 +137,7 @@ class PeerLink:
 
     async def run(self, emit: Emit) -> None:
         broker = self.spec.broker
-        backoff = Backoff(broker.reconnect_min, broker.reconnect_max)
+        backoff = reconnect_backoff(broker)
         offline = json.dumps({"node": self.node, "online": False}).encode()
         will = aiomqtt.Will(self._status_topic(self.node), offline, qos=1)
         client_id = broker.client_id or f"hybridops-{self.node}-{self.name}"
@@ -145,7 +145,7 @@ class PeerLink:
             try:
                 async with connection(broker, client_id, will=will) as client:
                     await self._connected(client)
-                    backoff.reset()
+                    backoff.succeeded()
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._publish_forever(client))
                         await self._read_forever(client, emit)
@@ -156,7 +156,7 @@ class PeerLink:
                 # While we cannot hear the peer, its samples simply stop: UNKNOWN by age in decide().
                 self.health.upstream_failed(str(group_error.exceptions[0]) or "connect/publish timed out")
             # A cancel that arrived as a child failed was turned into the children's ExceptionGroup: see cancel.
-            await cancel.sleep(backoff.next())
+            await backoff.wait()
 
     async def _connected(self, client: aiomqtt.Client) -> None:
         timeout = self.spec.broker.connect_timeout
