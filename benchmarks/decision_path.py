@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from hybridops_daemon.config.models import Profile
-from hybridops_daemon.daemon import record_decision
+from hybridops_daemon.daemon.decisions import record_decision
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.observations import ObservationStore
@@ -62,7 +62,7 @@ def run(runs: int, directory: Path) -> dict[str, dict[str, float]]:
         began = time.perf_counter_ns()
         store.put(Sample("primary_http", 0.0, now, "http_probe", "edge01"))
         decision, state = decide(state, Observation(store.snapshot(), "edge01"), PROFILE, now)
-        record_decision(journal, decision, PROFILE, state)
+        record_decision(journal, decision, PROFILE, state, fencing_token=1)
         path_ms.append((time.perf_counter_ns() - began) / 1e6)
         assert decision.kind is DecisionKind.CUTOVER, decision.reason
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(path: Path, level: str, pretty: bool | None) -> int:
     from hybridops_daemon.config.loader import check_config
-    from hybridops_daemon.daemon import Daemon
+    from hybridops_daemon.daemon.app import Daemon
     from hybridops_daemon.drivers.registry import DRIVER_MODULES
     from hybridops_daemon.lease.base import LeaseLost
     from hybridops_daemon.logs import configure

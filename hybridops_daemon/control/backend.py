@@ -1,0 +1,140 @@
+"""What the control socket may ask of the daemon: read state, record intent, hand over approvals. It never acts:
+an intent is journaled and queued for the decision loop, which decides and starts chains."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
+from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
+from hybridops_daemon.daemon.lane import Lane
+from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.policy.types import Command, Decision
+from hybridops_daemon.scheduler import DrillScheduler
+from hybridops_daemon.signals.base import Source
+
+Submit = Callable[[Command, str, str], Awaitable[tuple[int, Decision]]]
+
+
+class DaemonBackend:
+    def __init__(
+        self,
+        node: str,
+        lease: str,
+        lanes: Mapping[str, Lane],
+        journal: Journal,
+        approvals: ApprovalBook,
+        sources: Mapping[str, Source],
+        submit: Submit,
+        clock: Callable[[], float],
+        drills: Callable[[], DrillScheduler | None] = lambda: None,
+    ) -> None:
+        self._node = node
+        self._lease = lease
+        self._lanes = lanes
+        self._journal = journal
+        self._approvals = approvals
+        self._sources = sources
+        self._submit = submit
+        self._clock = clock
+        self._drills = drills  # started after the control socket: a status call may come first
+
+    async def status(self) -> dict[str, Any]:
+        drills = self._drills()
+        next_drills = drills.next_runs() if drills is not None else {}
+        pending = [
+            {"run_id": p.run_id, "step": p.step, "lane": p.lane, "since": p.since, "expires_at": p.expires_at}
+            for p in self._approvals.pending()
+        ]
+        sources = []
+        for name, source in self._sources.items():
+            health = getattr(source, "health", None)
+            sources.append(
+                {
+                    "source": name,
+                    "upstream": "down" if health is not None and health.upstream_down else "ok",
+                    "malformed": health.malformed if health is not None else 0,
+                }
+            )
+        return {
+            "node": self._node,
+            "lease": self._lease,
+            "lanes": [_lane_status(lane, next_drills.get(lane.name)) for lane in self._lanes.values()],
+            "pending_approvals": pending,
+            "sources": sources,
+        }
+
+    async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
+        verb = Command(command)
+        if lane is not None and lane not in self._lanes:
+            raise NotFound(f"no lane {lane!r}; lanes: {', '.join(self._lanes)}")
+        if lane is None and verb not in (Command.PAUSE, Command.RESUME):
+            raise CommandRefused(f"{command} needs --lane")
+        targets = [lane] if lane is not None else list(self._lanes)
+        answers = [await self._submit(verb, name, str(actor)) for name in targets]
+        decisions = [decision for _, decision in answers]
+        refused = [d for d in decisions if d.kind.value == "refuse"]
+        if refused and len(refused) == len(decisions):
+            raise CommandRefused("; ".join(d.reason for d in refused))
+        last = decisions[-1]
+        return {
+            "intent_id": answers[-1][0],
+            "decision": {
+                "kind": last.kind.value,
+                "reason": last.reason,
+                "status_after": last.status_after.value,
+                "run_id": last.run_id,
+            },
+            "decisions": [{"lane": d.lane, "kind": d.kind.value, "reason": d.reason} for d in decisions],
+        }
+
+    async def approval(self, run_id: str, step: str, approve: bool, actor: Actor) -> dict[str, Any]:
+        pending = next((p for p in self._approvals.pending() if (p.run_id, p.step) == (run_id, step)), None)
+        if pending is None:
+            raise NotFound(f"no step {step!r} of run {run_id!r} is waiting for approval")
+        # Durable first: the operator's word is on record before the step can act on it.
+        self._journal.append(
+            "operator",
+            {"command": "approve" if approve else "reject", "run_id": run_id, "step": step, "actor": str(actor)},
+            ts=self._clock(),
+            lane=pending.lane,
+            run_id=run_id,
+        )
+        self._approvals.answer(run_id, step, Verdict(approve, str(actor)))
+        return {"run_id": run_id, "step": step, "lane": pending.lane, "approved": approve}
+
+    async def journal_list(self, lane: str | None, limit: int) -> list[dict[str, Any]]:
+        return [asdict(run) for run in self._journal.runs(lane=lane, limit=limit)]
+
+    async def journal_show(self, run_id: str) -> list[dict[str, Any]]:
+        records = self._journal.run_records(run_id)
+        if not records:
+            raise NotFound(f"no run {run_id!r} in the journal")
+        return [record.to_dict() for record in records]
+
+    async def journal_verify(self) -> dict[str, Any]:
+        return asdict(self._journal.verify())
+
+
+def _lane_status(lane: Lane, next_drill: Any) -> dict[str, Any]:
+    last = lane.last_decision
+    leadership = lane.leadership
+    return {
+        "lane": lane.name,
+        "status": lane.state.status.value,
+        "since": lane.state.since,
+        "profile": lane.profile.ref,
+        "active_run": lane.state.active_run,
+        "paused_by": lane.state.paused_by,
+        "last_decision": {"kind": last.kind.value, "reason": last.reason, "at": last.at} if last else None,
+        "next_drill": next_drill.isoformat() if next_drill is not None else None,
+        "leadership": {
+            "leading": lane.leads,
+            "situation": lane.situation or "starting",
+            "holder": leadership.holder if leadership is not None else None,
+            "fencing_token": leadership.token if leadership is not None else None,
+            "reason": leadership.reason if leadership is not None else "starting",
+        },
+    }

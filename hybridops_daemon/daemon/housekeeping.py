@@ -1,0 +1,87 @@
+"""Housekeeping beside the decision loop: journal retention, scheduled drills, profile reload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
+
+from hybridops_daemon.config.loader import ConfigInvalid, load_profile
+from hybridops_daemon.config.models import DaemonConfig, Profile, RetentionConfig
+from hybridops_daemon.control.protocol import CommandRefused
+from hybridops_daemon.daemon.lane import Lane
+from hybridops_daemon.drivers.registry import DRIVER_MODULES
+from hybridops_daemon.journal.store import Journal, JournalError
+from hybridops_daemon.policy.types import Command, Decision, Trigger
+from hybridops_daemon.scheduler import DrillScheduler
+
+log = structlog.get_logger("hybridops.daemon")
+
+Submit = Callable[[Command, str, str, Trigger], Awaitable[tuple[int, Decision]]]
+
+
+async def keep_retention(journal: Journal, retention: RetentionConfig, clock: Callable[[], float]) -> None:
+    """Cut the journal's oldest records to the configured age/size, one bounded batch at a time, so the loop (and the
+    watchdog it feeds) keep running; every cut leaves a summary that verify() proves from."""
+    while True:
+        before = clock() - retention.days * 86400 if retention.days is not None else None
+        max_bytes = int(retention.max_mb * 1024 * 1024) if retention.max_mb is not None else None
+        try:
+            while (report := journal.prune(before_ts=before, max_bytes=max_bytes, now=clock())) is not None:
+                if report.removed:
+                    log.info("journal pruned", removed=report.removed, held=report.held)
+                elif report.held:
+                    log.warning("journal retention held", held=report.held)
+                if not report.more:
+                    break
+                await asyncio.sleep(0)
+        except JournalError:
+            log.exception("journal retention failed; the next check retries")
+        await asyncio.sleep(retention.check_every)
+
+
+def scheduled_drill(submit: Submit) -> Callable[[str], Awaitable[None]]:
+    """What the drill scheduler fires: a drill intent, as an operator's would be, journaled with trigger `schedule`."""
+
+    async def fire(lane: str) -> None:
+        try:
+            _, decision = await submit(Command.DRILL, lane, "schedule", Trigger.SCHEDULE)
+        except (CommandRefused, TimeoutError) as exc:
+            log.warning("scheduled drill not submitted", lane=lane, reason=str(exc))
+            return
+        log.info("scheduled drill", lane=lane, kind=decision.kind.value, reason=decision.reason)
+
+    return fire
+
+
+def _load_profiles(config: DaemonConfig) -> tuple[dict[str, Profile], list[str]]:
+    loaded: dict[str, Profile] = {}
+    errors: list[str] = []
+    for name, lane_config in config.lanes.items():
+        try:
+            loaded[name] = load_profile(lane_config.profile, DRIVER_MODULES)
+        except ConfigInvalid as exc:
+            errors.extend(str(error) for error in exc.errors)
+    return loaded, errors
+
+
+async def reload_profiles(
+    config: DaemonConfig, lanes: Mapping[str, Lane], drills: DrillScheduler | None, journal: Journal, now: Callable[[], float]
+) -> None:
+    """Read every lane's profile again (off the event loop: a large file must not stall status or the watchdog's
+    view of progress) and swap them all, or none, keeping the running ones and saying why."""
+    loaded, errors = await asyncio.to_thread(_load_profiles, config)
+    if not errors and drills is not None:
+        try:
+            drills.reschedule(loaded)
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        journal.append("profile.reload_refused", {"errors": errors}, ts=now())
+        log.error("profile reload refused; keeping the running profiles", errors=errors)
+        return
+    for name, profile in loaded.items():
+        lanes[name].profile = profile
+    journal.append("profile.reloaded", {"lanes": {n: p.ref for n, p in loaded.items()}}, ts=now())
+    log.info("profiles reloaded", lanes={n: p.ref for n, p in loaded.items()})
