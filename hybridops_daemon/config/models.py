@@ -32,6 +32,24 @@ _DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string
 Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA, mode="validation")]
 
 
+def _above_zero(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError('must be a duration above 0, like "30s"')
+    return seconds
+
+
+# Intervals and timeouts: zero would spin a loop or fail every wait, so it is refused here, not at run time.
+_POSITIVE_DURATION_SCHEMA = {
+    "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": DURATION_PATTERN.pattern}]
+}
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    AfterValidator(_above_zero),
+    WithJsonSchema(_POSITIVE_DURATION_SCHEMA, mode="validation"),
+]
+
+
 def _named(pattern: str, hint: str) -> Callable[[str], str]:
     compiled = re.compile(pattern)
 
@@ -62,7 +80,7 @@ class Strict(BaseModel):
 class SignalSpec(Strict):
     """A signal the profile reads. Older than ``max_age`` (or absent) it is UNKNOWN."""
 
-    max_age: Duration
+    max_age: PositiveDuration
     description: str = ""
 
 
@@ -178,7 +196,7 @@ class Step(Strict):
     inputs: dict[str, Any] = Field(default_factory=dict)
     secrets: dict[str, SecretRef] = Field(default_factory=dict)
     approval: bool = Field(default=False, description="wait for `hyopsctl approve RUN STEP`")
-    timeout: Duration = 30.0
+    timeout: PositiveDuration = 30.0
     retries: int = Field(default=2, ge=0, le=20)
     backoff: Duration = 1.0
     hourly_cost_usd: float = Field(default=0.0, ge=0, description="cloud capacity this step keeps running")
@@ -203,7 +221,7 @@ class Profile(Strict):
     action_limit: ActionLimit = ActionLimit()
     failback: FailbackPolicy = FailbackPolicy()
     drill: DrillPolicy = DrillPolicy()
-    approval_timeout: Duration = 3600.0
+    approval_timeout: PositiveDuration = 3600.0
     cost: CostGuardrail | None = None
     chains: Chains
 
@@ -264,10 +282,10 @@ class HttpProbeSource(Strict):
     name: str = Field(default="", description="default: http_probe:<signal>")
     signal: SignalName
     url: str
-    interval: Duration = 1.0
-    timeout: Duration = 2.0
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
     expect_status: int = Field(default=200, ge=100, le=599)
-    max_latency: Duration | None = None
+    max_latency: PositiveDuration | None = None
 
     @model_validator(mode="after")
     def _named_after_its_signal(self) -> HttpProbeSource:
@@ -306,9 +324,9 @@ class MqttBroker(Strict):
     password: SecretRef | None = Field(default=None, description="by reference (env or file), never inline")
     tls: MqttTls | None = None
     keepalive: Duration = 30.0
-    connect_timeout: Duration = 5.0
-    reconnect_min: Duration = 0.5
-    reconnect_max: Duration = 30.0
+    connect_timeout: PositiveDuration = 5.0
+    reconnect_min: PositiveDuration = 0.5
+    reconnect_max: PositiveDuration = 30.0
 
 
 class MqttTopic(Strict):
@@ -344,8 +362,8 @@ class PrometheusSource(Strict):
     type: Literal["prometheus"]
     name: str = "prometheus"
     url: str
-    interval: Duration = 5.0
-    timeout: Duration = 3.0
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 3.0
     queries: tuple[PrometheusQuery, ...] = Field(min_length=1)
 
 
@@ -382,8 +400,8 @@ class BgpSource(Strict):
     name: str = "bgp"
     daemon: Literal["frr", "bird"]
     socket: Path = Field(description="FRR: the vty socket directory (vtysh --vty_socket); BIRD: the control socket")
-    interval: Duration = 1.0
-    timeout: Duration = 2.0
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
     peers: tuple[BgpPeer, ...] = Field(min_length=1)
 
 
@@ -399,8 +417,8 @@ class IpsecSource(Strict):
     type: Literal["ipsec"]
     name: str = "ipsec"
     vici: Path = Path("/var/run/charon.vici")
-    interval: Duration = 1.0
-    timeout: Duration = 2.0
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
     tunnels: tuple[IpsecTunnel, ...] = Field(min_length=1)
 
 
@@ -411,7 +429,7 @@ class PeerSource(Strict):
     name: str = "peer"
     broker: MqttBroker = MqttBroker()
     topic_prefix: str = "hybridops/peer"
-    publish_interval: Duration = 1.0
+    publish_interval: PositiveDuration = 1.0
 
 
 Source = Annotated[
@@ -544,9 +562,9 @@ class EtcdLeaseConfig(Strict):
     type: Literal["etcd"]
     endpoints: tuple[str, ...] = Field(min_length=1, description="client URLs of the members, http://HOST:PORT")
     prefix: str = Field(default="/hybridops", pattern=r"^/[A-Za-z0-9_./-]*[^/]$", description="keys: <prefix>/lanes/<lane>/...")
-    ttl: Duration = Field(default=5.0, description="lease TTL; etcd 3.4 raises TTLs under its minimum (about 2s)")
-    op_timeout: Duration = Field(default=1.0, description="bound on every etcd call")
-    campaign_every: Duration = Field(default=0.5, description="how often a follower looks for a free leader key")
+    ttl: PositiveDuration = Field(default=5.0, description="lease TTL; etcd 3.4 raises TTLs under its minimum (about 2s)")
+    op_timeout: PositiveDuration = Field(default=1.0, description="bound on every etcd call")
+    campaign_every: PositiveDuration = Field(default=0.5, description="how often a follower looks for a free leader key")
 
     @field_validator("endpoints")
     @classmethod
@@ -580,7 +598,7 @@ class RetentionConfig(Strict):
 
     days: float | None = Field(default=None, gt=0)
     max_mb: float | None = Field(default=None, gt=0)
-    check_every: Duration = 3600.0
+    check_every: PositiveDuration = 3600.0
 
 
 class DaemonConfig(Strict):
@@ -588,7 +606,7 @@ class DaemonConfig(Strict):
     peer: Name | None = None
     state_dir: Path
     journal: Path | None = Field(default=None, description="default: <state_dir>/journal.db")
-    tick: Duration = 1.0
+    tick: PositiveDuration = 1.0
     shutdown_grace: Duration = 10.0
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig | None = None
