@@ -26,7 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[impo
 from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:  # config validation imports validate_cron from here: no import cycle at run time
-    from hybridops_daemon.config.models import Profile
+    from hybridops_daemon.config.profile import Profile
 
 log = structlog.get_logger("hybridops.scheduler")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from hybridops_daemon.config.models import Profile, Step
+from hybridops_daemon.config.profile import Profile, Step
 from hybridops_daemon.durations import format_duration
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.policy.decide import decide

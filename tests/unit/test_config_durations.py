@@ -8,23 +8,17 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from hybridops_daemon.config.models import (
-    ActionLimit,
     BgpSource,
     DaemonConfig,
-    DrillPolicy,
     EtcdLeaseConfig,
-    FailbackPolicy,
     HttpProbeSource,
     IpsecSource,
     MqttBroker,
     PeerSource,
-    Profile,
     PrometheusSource,
     RetentionConfig,
-    Rule,
-    SignalSpec,
-    Step,
 )
+from hybridops_daemon.config.profile import ActionLimit, DrillPolicy, FailbackPolicy, Profile, Rule, SignalSpec, Step
 
 STEP = {"id": "fip", "module": "network/floating-ip@v1"}
 MINIMAL: dict[type[BaseModel], dict[str, Any]] = {

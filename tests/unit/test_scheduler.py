@@ -19,7 +19,7 @@ from apscheduler.events import (  # type: ignore[import-untyped]
 )
 from structlog.testing import capture_logs
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.scheduler import DrillScheduler, cron_trigger, validate_cron
 
 EVERY_MINUTE = "* * * * *"
