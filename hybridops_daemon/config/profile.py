@@ -99,7 +99,7 @@ class DrillPolicy(Strict):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None:
-            from hybridops_daemon.scheduler import validate_cron  # APScheduler is imported only when a schedule is set
+            from hybridops_daemon.cron import validate_cron  # APScheduler is imported only when a schedule is set
 
             problem = validate_cron(value)
             if problem is not None:

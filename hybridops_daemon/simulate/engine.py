@@ -294,7 +294,7 @@ def scheduled_drills(profile: Profile, end: float) -> list[float]:
     1970-01-01T00:00:00Z, a Thursday) the way the daemon's scheduler reads it."""
     if profile.drill.schedule is None or not profile.drill.allowed:
         return []
-    from hybridops_daemon.scheduler import cron_trigger
+    from hybridops_daemon.cron import cron_trigger
 
     trigger = cron_trigger(profile.drill.schedule)
     origin = datetime(1970, 1, 1, tzinfo=UTC)
