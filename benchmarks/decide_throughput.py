@@ -21,7 +21,7 @@ import statistics
 import time
 from collections import Counter
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import ChainEvent, Decision, DecisionKind, LaneState, Observation

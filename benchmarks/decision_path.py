@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.daemon.decisions import record_decision
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal

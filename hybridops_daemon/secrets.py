@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from hybridops_daemon.config.models import SecretRef
+from hybridops_daemon.config.base import SecretRef
 
 
 class SecretUnavailable(Exception):

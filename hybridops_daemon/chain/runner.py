@@ -19,7 +19,7 @@ import structlog
 
 from hybridops_daemon.chain.approvals import ApprovalBook, PendingApproval
 from hybridops_daemon.chain.templating import UnresolvedReference, render
-from hybridops_daemon.config.models import Step
+from hybridops_daemon.config.profile import Step
 from hybridops_daemon.drivers.base import CheckResult, Driver, DriverError, StepContext
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import RUN_RELEASED, Journal

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from hybridops_daemon.config.models import DaemonConfig, LaneDrivers, Profile, profile_problems
+from hybridops_daemon.config.models import DaemonConfig, LaneDrivers
+from hybridops_daemon.config.profile import Profile, profile_problems
 
 KeyPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)

@@ -1,260 +1,21 @@
-"""The two files an operator writes: the daemon config (one per node) and the profile (one per lane version).
+"""The daemon config (one per node): its signal sources, each lane's profile and drivers, the lease.
 
-Both are frozen pydantic models with ``extra="forbid"`` so a typo is an error, not a silently ignored key.
-Durations are written as strings ("30s") and held as float seconds. Cross-references (a rule naming an
-unknown signal, a step bound to a driver that cannot run its module) are checked by ``profile_problems``
-after the structure validates, so that every problem is reported with its own key path.
+Durations are written as strings ("30s") and held as float seconds; paths resolve against the config file's
+folder (``DaemonConfig.resolved``). The profile's models are in ``config.profile``, the shared ones in ``config.base``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
-from hybridops_daemon.durations import DURATION_PATTERN, parse_duration
+from hybridops_daemon.config.base import Duration, Name, PositiveDuration, SignalName, Strict
 
-# The JSON schema must accept what operators write ("30s"), not only the float the model holds.
-_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN.pattern}]}
-Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA, mode="validation")]
-
-
-def _named(pattern: str, hint: str) -> Callable[[str], str]:
-    compiled = re.compile(pattern)
-
-    def check(value: str) -> str:
-        if not compiled.fullmatch(value):
-            raise ValueError(hint)
-        return value
-
-    return check
-
-
-# Names checked by validators rather than Field(pattern=...), so an operator reads a hint, not a regex.
-Name = Annotated[
-    str,
-    AfterValidator(_named(r"[a-z][a-z0-9_-]{0,62}", "must be a lowercase name like prod or floating-ip (a-z, 0-9, _ and -)")),
-    WithJsonSchema({"type": "string", "pattern": r"^[a-z][a-z0-9_-]{0,62}$"}),
-]
-ModuleRef = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*/[a-z][a-z0-9_-]*@v[0-9]+$")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-
-# --------------------------------------------------------------------------------------------- profile
-
-
-class SignalSpec(Strict):
-    """A signal the profile reads. Older than ``max_age`` (or absent) it is UNKNOWN."""
-
-    max_age: Duration
-    description: str = ""
-
-
-class Direction(StrEnum):
-    BELOW = "below"  # breaching while value < trip, cleared once value >= clear
-    ABOVE = "above"  # breaching while value > trip, cleared once value <= clear
-
-
-class UnknownMeans(StrEnum):
-    HOLD = "hold"  # UNKNOWN neither confirms nor clears the rule; it only blocks failback
-    BREACH = "breach"  # UNKNOWN counts as breaching, timed by `for` alone (no samples to count)
-
-
-class Rule(Strict):
-    """A threshold with direction, confirmation time, consecutive count and hysteresis."""
-
-    name: Name
-    signal: str
-    direction: Direction
-    trip: float
-    clear: float | None = Field(default=None, description="level at which a tripped rule clears; defaults to trip")
-    for_: Duration = Field(default=0.0, alias="for", description="breach must last this long")
-    consecutive: int = Field(default=1, ge=1, description="breaching samples in a row needed")
-    unknown: UnknownMeans = UnknownMeans.HOLD
-
-    @property
-    def clear_level(self) -> float:
-        return self.trip if self.clear is None else self.clear
-
-    @model_validator(mode="after")
-    def _hysteresis_points_the_right_way(self) -> Rule:
-        if self.clear is None:
-            return self
-        if self.direction is Direction.BELOW and self.clear < self.trip:
-            raise ValueError("clear must be >= trip for a 'below' rule (hysteresis band)")
-        if self.direction is Direction.ABOVE and self.clear > self.trip:
-            raise ValueError("clear must be <= trip for an 'above' rule (hysteresis band)")
-        return self
-
-
-class Corroboration(Strict):
-    """Cut over only when ``min_rules`` of ``rules`` (default: all rules) are tripped."""
-
-    min_rules: int = Field(default=1, ge=1)
-    rules: tuple[str, ...] | None = None
-    both_edges: bool = Field(default=False, description="a rule counts only when tripped on this edge and on the peer")
-
-
-class FailbackPolicy(Strict):
-    automatic: bool = False
-    stable_for: Duration = 600.0
-
-
-class ActionLimit(Strict):
-    """At most ``max_actions`` automatic actions in any ``window``."""
-
-    max_actions: int = Field(default=3, ge=1)
-    window: Duration = 86400.0
-
-
-class CostGuardrail(Strict):
-    budget_usd_per_hour: float = Field(ge=0, description="an automatic cutover or a drill whose capacity costs more is refused")
-    always_on_usd_per_hour: float | None = Field(
-        default=None, ge=0, description="the baseline: an always-on cloud standby; default: the cutover chain's capacity, 24/7"
-    )
-
-
-class DrillPolicy(Strict):
-    allowed: bool = True
-    teardown_after: Duration = 900.0
-    schedule: str | None = Field(
-        default=None, description='cron expression (5 fields, UTC) for scheduled drills, e.g. "0 3 1 * *"'
-    )
-
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None:
-            from hybridops_daemon.scheduler import validate_cron  # APScheduler is imported only when a schedule is set
-
-            problem = validate_cron(value)
-            if problem is not None:
-                raise ValueError(problem)
-        return value
-
-
-class SecretRef(Strict):
-    """Where a secret lives: an environment variable or a file. Never the secret itself."""
-
-    env: str | None = None
-    file: Path | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _by_reference(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError("secrets are given by reference, {env: VAR} or {file: path}, never inline")
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("a secret reference names exactly one of 'env' or 'file'")
-        return self
-
-
-class Step(Strict):
-    """One module of a chain: the intent (module + inputs) and the driver bound to run it."""
-
-    id: Name
-    module: ModuleRef
-    driver: Name = "sandbox"
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    secrets: dict[str, SecretRef] = Field(default_factory=dict)
-    approval: bool = Field(default=False, description="wait for `hyopsctl approve RUN STEP`")
-    timeout: Duration = 30.0
-    retries: int = Field(default=2, ge=0, le=20)
-    backoff: Duration = 1.0
-    hourly_cost_usd: float = Field(default=0.0, ge=0, description="cloud capacity this step keeps running")
-    expected_duration: Duration = Field(default=5.0, description="used by the simulator")
-
-
-class Chains(Strict):
-    cutover: tuple[Step, ...]
-    failback: tuple[Step, ...]
-
-
-class Profile(Strict):
-    """Policy and defaults for one lane, versioned (``prod@v3``)."""
-
-    name: Name
-    version: int = Field(ge=1)
-    description: str = ""
-    signals: dict[str, SignalSpec] = Field(default_factory=dict)
-    rules: tuple[Rule, ...] = ()
-    corroboration: Corroboration = Corroboration()
-    cooldown: Duration = 300.0
-    action_limit: ActionLimit = ActionLimit()
-    failback: FailbackPolicy = FailbackPolicy()
-    drill: DrillPolicy = DrillPolicy()
-    approval_timeout: Duration = 3600.0
-    cost: CostGuardrail | None = None
-    chains: Chains
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@v{self.version}"
-
-    def chain(self, which: Literal["cutover", "failback"]) -> tuple[Step, ...]:
-        return self.chains.cutover if which == "cutover" else self.chains.failback
-
-    def hourly_cost(self) -> float:
-        """Cloud cost per hour while the cutover chain's capacity runs."""
-        return sum(step.hourly_cost_usd for step in self.chains.cutover)
-
-
-def profile_problems(profile: Profile, known_drivers: dict[str, frozenset[str]]) -> list[tuple[tuple[str | int, ...], str]]:
-    """Cross-reference checks, as (key path, message). ``known_drivers`` maps driver → supported modules."""
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    names = [rule.name for rule in profile.rules]
-    for i, rule in enumerate(profile.rules):
-        if rule.signal not in profile.signals:
-            problems.append((("rules", i, "signal"), f"unknown signal {rule.signal!r}; declare it under signals"))
-        if names.count(rule.name) > 1 and names.index(rule.name) != i:
-            problems.append((("rules", i, "name"), f"duplicate rule name {rule.name!r}"))
-    chosen = profile.corroboration.rules
-    for i, name in enumerate(chosen or ()):
-        if name not in names:
-            problems.append((("corroboration", "rules", i), f"unknown rule {name!r}"))
-    pool = len(chosen) if chosen is not None else len(names)
-    if profile.rules and profile.corroboration.min_rules > pool:
-        problems.append(
-            (("corroboration", "min_rules"), f"needs {profile.corroboration.min_rules} rules but only {pool} can count")
-        )
-    for which in ("cutover", "failback"):
-        ids: set[str] = set()
-        for i, step in enumerate(profile.chain(which)):
-            where: tuple[str | int, ...] = ("chains", which, i)
-            if step.id in ids:
-                problems.append(((*where, "id"), f"duplicate step id {step.id!r}"))
-            ids.add(step.id)
-            supported = known_drivers.get(step.driver)
-            if supported is None:
-                problems.append(
-                    ((*where, "driver"), f"unknown driver {step.driver!r}; known: {', '.join(sorted(known_drivers))}")
-                )
-            elif step.module not in supported:
-                problems.append(((*where, "module"), f"driver {step.driver!r} cannot run {step.module!r}"))
-    return problems
-
-
-# --------------------------------------------------------------------------------------------- daemon config
+# Re-exported (the `as` form) for drivers/dns.py, which imports it from here until the drivers' rewrite lands.
+from hybridops_daemon.config.base import SecretRef as SecretRef
 
 
 class HttpProbeSource(Strict):
@@ -264,10 +25,10 @@ class HttpProbeSource(Strict):
     name: str = Field(default="", description="default: http_probe:<signal>")
     signal: SignalName
     url: str
-    interval: Duration = 1.0
-    timeout: Duration = 2.0
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
     expect_status: int = Field(default=200, ge=100, le=599)
-    max_latency: Duration | None = None
+    max_latency: PositiveDuration | None = None
 
     @model_validator(mode="after")
     def _named_after_its_signal(self) -> HttpProbeSource:
@@ -281,13 +42,6 @@ class HttpProbeSource(Strict):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value
-
-
-SignalName = Annotated[
-    str,
-    AfterValidator(_named(r"[a-z][a-z0-9_]*", "must be a lowercase signal name like primary_http (a-z, 0-9 and _)")),
-    WithJsonSchema({"type": "string", "pattern": r"^[a-z][a-z0-9_]*$"}),
-]
 
 
 class MqttTls(Strict):
@@ -306,9 +60,9 @@ class MqttBroker(Strict):
     password: SecretRef | None = Field(default=None, description="by reference (env or file), never inline")
     tls: MqttTls | None = None
     keepalive: Duration = 30.0
-    connect_timeout: Duration = 5.0
-    reconnect_min: Duration = 0.5
-    reconnect_max: Duration = 30.0
+    connect_timeout: PositiveDuration = 5.0
+    reconnect_min: PositiveDuration = 0.5
+    reconnect_max: PositiveDuration = 30.0
 
 
 class MqttTopic(Strict):
@@ -344,8 +98,8 @@ class PrometheusSource(Strict):
     type: Literal["prometheus"]
     name: str = "prometheus"
     url: str
-    interval: Duration = 5.0
-    timeout: Duration = 3.0
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 3.0
     queries: tuple[PrometheusQuery, ...] = Field(min_length=1)
 
 
@@ -382,8 +136,8 @@ class BgpSource(Strict):
     name: str = "bgp"
     daemon: Literal["frr", "bird"]
     socket: Path = Field(description="FRR: the vty socket directory (vtysh --vty_socket); BIRD: the control socket")
-    interval: Duration = 1.0
-    timeout: Duration = 2.0
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
     peers: tuple[BgpPeer, ...] = Field(min_length=1)
 
 
@@ -399,8 +153,8 @@ class IpsecSource(Strict):
     type: Literal["ipsec"]
     name: str = "ipsec"
     vici: Path = Path("/var/run/charon.vici")
-    interval: Duration = 1.0
-    timeout: Duration = 2.0
+    interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
     tunnels: tuple[IpsecTunnel, ...] = Field(min_length=1)
 
 
@@ -411,7 +165,7 @@ class PeerSource(Strict):
     name: str = "peer"
     broker: MqttBroker = MqttBroker()
     topic_prefix: str = "hybridops/peer"
-    publish_interval: Duration = 1.0
+    publish_interval: PositiveDuration = 1.0
 
 
 Source = Annotated[
@@ -544,9 +298,9 @@ class EtcdLeaseConfig(Strict):
     type: Literal["etcd"]
     endpoints: tuple[str, ...] = Field(min_length=1, description="client URLs of the members, http://HOST:PORT")
     prefix: str = Field(default="/hybridops", pattern=r"^/[A-Za-z0-9_./-]*[^/]$", description="keys: <prefix>/lanes/<lane>/...")
-    ttl: Duration = Field(default=5.0, description="lease TTL; etcd 3.4 raises TTLs under its minimum (about 2s)")
-    op_timeout: Duration = Field(default=1.0, description="bound on every etcd call")
-    campaign_every: Duration = Field(default=0.5, description="how often a follower looks for a free leader key")
+    ttl: PositiveDuration = Field(default=5.0, description="lease TTL; etcd 3.4 raises TTLs under its minimum (about 2s)")
+    op_timeout: PositiveDuration = Field(default=1.0, description="bound on every etcd call")
+    campaign_every: PositiveDuration = Field(default=0.5, description="how often a follower looks for a free leader key")
 
     @field_validator("endpoints")
     @classmethod
@@ -580,7 +334,7 @@ class RetentionConfig(Strict):
 
     days: float | None = Field(default=None, gt=0)
     max_mb: float | None = Field(default=None, gt=0)
-    check_every: Duration = 3600.0
+    check_every: PositiveDuration = 3600.0
 
 
 class DaemonConfig(Strict):
@@ -588,7 +342,7 @@ class DaemonConfig(Strict):
     peer: Name | None = None
     state_dir: Path
     journal: Path | None = Field(default=None, description="default: <state_dir>/journal.db")
-    tick: Duration = 1.0
+    tick: PositiveDuration = 1.0
     shutdown_grace: Duration = 10.0
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig | None = None

@@ -18,8 +18,9 @@ import structlog
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, LocalLeaseConfig, PeerSource, Profile
+from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, LocalLeaseConfig, PeerSource
 from hybridops_daemon.config.models import Source as SourceConfig
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.control.backend import DaemonBackend
 from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.daemon.chains import ChainSupervisor

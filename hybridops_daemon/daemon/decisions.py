@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.control.protocol import CommandRefused
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.inbox import Event, Inbox, QueuedIntent

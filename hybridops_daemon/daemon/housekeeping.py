@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 
 from hybridops_daemon.config.loader import ConfigInvalid, load_profile
-from hybridops_daemon.config.models import DaemonConfig, Profile, RetentionConfig
+from hybridops_daemon.config.models import DaemonConfig, RetentionConfig
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.control.protocol import CommandRefused
 from hybridops_daemon.daemon.lane import Lane
 from hybridops_daemon.drivers.registry import DRIVER_MODULES

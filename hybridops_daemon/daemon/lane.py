@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hybridops_daemon.chain.runner import RunSpec
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.drivers.base import Driver
 from hybridops_daemon.lease.lanes import LaneLeadership
 from hybridops_daemon.policy.types import Decision, LaneState

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from hybridops_daemon.config.models import Direction, Profile, Rule
+from hybridops_daemon.config.profile import Direction, Profile, Rule
 from hybridops_daemon.durations import format_duration
 from hybridops_daemon.policy.rules import advance, evidence
 from hybridops_daemon.policy.types import (

@@ -7,7 +7,7 @@ decision carries.
 
 from __future__ import annotations
 
-from hybridops_daemon.config.models import Direction, Rule, UnknownMeans
+from hybridops_daemon.config.profile import Direction, Rule, UnknownMeans
 from hybridops_daemon.policy.types import RuleEvidence, RuleMemory
 from hybridops_daemon.signals.sample import Sample
 

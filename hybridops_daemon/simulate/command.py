@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from hybridops_daemon.config.loader import ConfigInvalid, load_profile
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.durations import parse_duration
 from hybridops_daemon.simulate.engine import Replay, replay

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from hybridops_daemon.config.models import Profile, Step
+from hybridops_daemon.config.profile import Profile, Step
 from hybridops_daemon.durations import format_duration
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.policy.decide import decide
@@ -294,7 +294,7 @@ def scheduled_drills(profile: Profile, end: float) -> list[float]:
     1970-01-01T00:00:00Z, a Thursday) the way the daemon's scheduler reads it."""
     if profile.drill.schedule is None or not profile.drill.allowed:
         return []
-    from hybridops_daemon.scheduler import cron_trigger
+    from hybridops_daemon.cron import cron_trigger
 
     trigger = cron_trigger(profile.drill.schedule)
     origin = datetime(1970, 1, 1, tzinfo=UTC)

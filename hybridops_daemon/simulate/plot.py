@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.policy.types import LaneStatus
 from hybridops_daemon.simulate.engine import Replay
 from hybridops_daemon.simulate.trace import Trace

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.simulate.cost import cost_of
 from hybridops_daemon.simulate.engine import Replay
 from hybridops_daemon.simulate.trace import Trace

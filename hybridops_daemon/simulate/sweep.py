@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from hybridops_daemon.config.loader import render_path
-from hybridops_daemon.config.models import Profile, profile_problems
+from hybridops_daemon.config.profile import Profile, profile_problems
 
 
 class SweepError(ValueError):

@@ -20,7 +20,7 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook, PendingApproval, Verdict
 from hybridops_daemon.chain.runner import ChainRunner, RunReleased, RunSpec
-from hybridops_daemon.config.models import Step
+from hybridops_daemon.config.profile import Step
 from hybridops_daemon.drivers.modules import resource_key, validate_inputs
 from hybridops_daemon.drivers.sandbox import SandboxDriver, SandboxWorld
 from hybridops_daemon.journal.redact import REDACTED, Redactor

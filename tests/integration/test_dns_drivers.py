@@ -27,7 +27,9 @@ from aiohttp import web
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig, SecretRef, Step
+from hybridops_daemon.config.base import SecretRef
+from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig
+from hybridops_daemon.config.profile import Step
 from hybridops_daemon.drivers.base import Fenced, PermanentDriverError, StepContext
 from hybridops_daemon.drivers.dns import (
     DnsAuthFailed,

@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import GcpDriverConfig, SecretRef, Step
+from hybridops_daemon.config.base import SecretRef
+from hybridops_daemon.config.models import GcpDriverConfig
+from hybridops_daemon.config.profile import Step
 from hybridops_daemon.drivers.base import DriverError, PermanentDriverError, StepContext
 from hybridops_daemon.drivers.gcp import (
     CredentialsUnavailable,

@@ -19,7 +19,8 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import HcloudDriverConfig, Step
+from hybridops_daemon.config.models import HcloudDriverConfig
+from hybridops_daemon.config.profile import Step
 from hybridops_daemon.drivers.base import DriverError, Fenced, PermanentDriverError, StepContext
 from hybridops_daemon.drivers.hcloud import (
     FENCING_LABEL,

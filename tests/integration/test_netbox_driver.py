@@ -21,7 +21,9 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import NetboxDriverConfig, SecretRef, Step
+from hybridops_daemon.config.base import SecretRef
+from hybridops_daemon.config.models import NetboxDriverConfig
+from hybridops_daemon.config.profile import Step
 from hybridops_daemon.drivers.base import DriverError, Fenced, PermanentDriverError, StepContext
 from hybridops_daemon.drivers.netbox import (
     FENCING_FIELD,

@@ -9,7 +9,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from hybridops_daemon.config.models import MqttBroker, PeerSource, Profile
+from hybridops_daemon.config.models import MqttBroker, PeerSource
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import DecisionKind, LaneState, Observation

@@ -15,7 +15,9 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import PostgresDriverConfig, PostgresSite, SecretRef, Step
+from hybridops_daemon.config.base import SecretRef
+from hybridops_daemon.config.models import PostgresDriverConfig, PostgresSite
+from hybridops_daemon.config.profile import Step
 from hybridops_daemon.drivers.base import DriverError, PermanentDriverError, StepContext
 from hybridops_daemon.drivers.postgres import (
     MODULE,

@@ -149,6 +149,38 @@ def test_check_config_refuses_a_bad_etcd_lease(
     assert message in out, out
 
 
+ZERO_INTERVAL_SOURCES = {
+    "prometheus": "{type: prometheus, url: 'http://127.0.0.1:9090', queries: [{signal: up, query: up}], interval: 0s}",
+    "bgp": "{type: bgp, daemon: frr, socket: /run/frr, peers: [{peer: 10.0.0.1, signal: bgp}], interval: 0s}",
+    "ipsec": "{type: ipsec, tunnels: [{ike: onprem, signal: ipsec}], interval: 0s}",
+    "http_probe": "{type: http_probe, signal: up, url: 'http://127.0.0.1:8081/health', interval: 0s}",
+}
+
+
+# A zero interval validated once crash-looped the source in the daemon; a zero tick spun a core.
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        *[(f"sources:\n  - {source}\n", "sources[0].interval") for source in ZERO_INTERVAL_SOURCES.values()],
+        ("tick: 0s\n", "tick"),
+    ],
+    ids=[*ZERO_INTERVAL_SOURCES, "tick"],
+)
+def test_check_config_refuses_a_zero_interval_naming_file_line_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, extra: str, error: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "prod.yaml", PROFILE)
+    write(tmp_path / "daemon.yaml", DAEMON_CONFIG + extra)
+    line = len(DAEMON_CONFIG.splitlines()) + len(extra.splitlines())
+
+    code, out, err = run(capsys, "check-config", "daemon.yaml")
+
+    assert code == 2
+    assert out.splitlines() == [f'daemon.yaml:{line} {error}: must be a duration above 0, like "30s"']
+    assert err.strip() == "1 error(s)"
+
+
 # --------------------------------------------------------------------------------------------- schema
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import (
     ChainEvent,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridops_daemon.config.models import DaemonConfig, SecretRef
+from hybridops_daemon.config.base import SecretRef
+from hybridops_daemon.config.models import DaemonConfig
 from hybridops_daemon.secrets import SecretUnavailable, referenced, resolve
 
 

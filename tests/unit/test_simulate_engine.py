@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hybridops_daemon.config.models import Profile
+from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.simulate.engine import Replay, replay
 from hybridops_daemon.simulate.trace import Trace, load_trace
 
