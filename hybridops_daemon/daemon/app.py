@@ -122,16 +122,7 @@ class Daemon:
             self.lanes[name] = Lane(name, self._profiles_at_start[name], state, build_drivers(name, lane_config))
         async with contextlib.AsyncExitStack() as stack:
             self._make_leaderships(local, stack)
-            runner = ChainRunner(
-                journal,
-                {name: lane.drivers for name, lane in self.lanes.items()},
-                {name: lane.lease for name, lane in self.lanes.items()},
-                self.approvals,
-                self.redactor,
-                self.clock,
-                on_step=self.metrics.step,
-                on_record=self._track,
-            )
+            runner = self._runner(journal)
             for name, lane in self.lanes.items():
                 self.metrics.lane_state(name, lane.state.status.value)
                 self.metrics.leadership(name, False, 0)
@@ -215,6 +206,18 @@ class Daemon:
             await lane.lease.resign()  # a clean stop hands over at once, not after the TTL
         journal.append("daemon.stop", {"node": self.config.node, "reason": "signal"}, ts=self.clock())
         log.info("daemon stopped")
+
+    def _runner(self, journal: Journal) -> ChainRunner:
+        return ChainRunner(
+            journal,
+            {name: lane.drivers for name, lane in self.lanes.items()},
+            {name: lane.lease for name, lane in self.lanes.items()},
+            self.approvals,
+            self.redactor,
+            self.clock,
+            on_step=self.metrics.step,
+            on_record=self._track,
+        )
 
     def _track(self, kind: str, spec: RunSpec, body: Mapping[str, Any]) -> None:
         """Every run record the runner journals keeps its lane's handover in step."""
