@@ -21,6 +21,11 @@ test: $(VENV)/.dev
 	$(BIN)/ruff check hybridops_daemon tests benchmarks simulations
 	$(BIN)/mypy --strict hybridops_daemon
 	$(BIN)/pytest
+	# Every benchmark once, in a quick mode (seconds, figures printed, no threshold), so that none can rot.
+	$(BIN)/python -m benchmarks.decision_path --runs 500
+	$(BIN)/python -m benchmarks.decide_throughput --samples 20000 --repeat 1
+	$(BIN)/python -m benchmarks.mqtt_ingest --messages 5000 --repeat 1
+	$(BIN)/python -m benchmarks.replay_throughput --repeat 1 --trace simulations/scenarios/slow-degradation.jsonl --profile simulations/profiles/prod.yaml
 	# Issue #7's takeover figures, printed into the log; it fails if any takeover applied an effect twice.
 	$(BIN)/python -m benchmarks.takeover
 

@@ -48,14 +48,16 @@ def store_only(trace: Trace) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--trace", type=Path, default=TRACE, help="default: the year scenario")
+    parser.add_argument("--profile", type=Path, default=PROFILE)
     args = parser.parse_args()
-    profile = load_profile(PROFILE, DRIVER_MODULES)
+    profile = load_profile(args.profile, DRIVER_MODULES)
     parse, floor, whole = [], [], []
     trace: Trace | None = None
     calls = 0
     for _ in range(args.repeat):  # interleaved, so all three see the same machine conditions
         began = time.perf_counter()
-        trace = load_trace(TRACE)
+        trace = load_trace(args.trace)
         parse.append(time.perf_counter() - began)
         floor.append(store_only(trace))
         began = time.perf_counter()
@@ -65,7 +67,7 @@ def main() -> None:
     assert trace is not None
     out = result(profile, trace, replayed, tick=1.0, grace=60.0)
     n, days = len(trace), trace.duration / 86400
-    print(f"replay throughput: {TRACE.name}, {n:,} samples over {days:.0f} days, {profile.ref}, best of {args.repeat}, one core")
+    print(f"replay throughput: {args.trace.name}, {n:,} samples over {days:.0f} days, {profile.ref}, best of {args.repeat}, one core")
     print(
         f"  outcome: {out['cutovers']} cutovers, {out['failbacks']} failbacks, detection {out['detection_latency_s']} s, "
         f"{out['false_cutovers']} false; saving {out['cost']['saving_ratio']:.4f} vs always-on"
@@ -73,10 +75,10 @@ def main() -> None:
     print(f"  decide() calls: {calls:,} ({calls - n:,} ticks; the daemon's 1 s tick would make {int(trace.duration):,})")
     for name, times in (("parse (gzip+JSONL)", parse), ("store only (floor)", floor), ("replay through decide()", whole)):
         best = min(times)
-        print(f"  {name:24} {n / best:>10,.0f} samples/s   the year in {best:6.2f} s (median {statistics.median(times):.2f} s)")
+        print(f"  {name:24} {n / best:>10,.0f} samples/s   the trace in {best:6.2f} s (median {statistics.median(times):.2f} s)")
     beyond_floor = min(whole) - min(floor)
     print(f"  decide() + engine        {n / beyond_floor:>10,.0f} samples/s   (replay minus the floor; aim: >= 200,000)")
-    print(f"  end to end (parse + replay): the year in {min(parse) + min(whole):.2f} s")
+    print(f"  end to end (parse + replay): the trace in {min(parse) + min(whole):.2f} s")
 
 
 if __name__ == "__main__":
