@@ -47,7 +47,7 @@ from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.retention import CARRIED_KINDS, PRUNE_BATCH, PruneReport
 from hybridops_daemon.journal.verify import MAX_PROBLEMS, VerifyReport, verify_chain, verify_file
 
-# Callers import these from here, as before the journal was split into modules.
+# The journal's public names, wherever they are defined: callers import them from the store.
 __all__ = [
     "BUSY_TIMEOUT_S",
     "CARRIED_KINDS",
