@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from hybridops_daemon.journal import retention
 from hybridops_daemon.journal.store import PRUNED, Journal, JournalError, PruneReport, Record, VerifyReport, record_hash
 from tests.unit.test_journal import run_records, tamper
 
@@ -360,10 +361,10 @@ def test_a_failed_prune_removes_nothing_and_keeps_the_table_append_only(
 ) -> None:
     notes(journal, 10)
 
-    def failing_insert(self: Journal, kind: str, text: str, **kwargs: Any) -> Record:
+    def failing_insert(conn: sqlite3.Connection, kind: str, text: str, **kwargs: Any) -> Record:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(Journal, "_insert", failing_insert)
+    monkeypatch.setattr(retention, "insert", failing_insert)  # the summary's append, after the cut's DELETE
     with pytest.raises(JournalError, match="prune failed: disk I/O error"):
         journal.prune(before_ts=1005.0, now=9000.0)
     monkeypatch.undo()

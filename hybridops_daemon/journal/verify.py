@@ -1,0 +1,174 @@
+"""Verification: walk the hash chain and report every record that was altered, removed or moved.
+
+A journal pruned by retention (``journal/retention.py``) no longer starts at record 1. ``verify`` proves it from its
+first record onward when:
+
+- the newest summary ends right before the first record, with the hash that record chains from;
+- every summary is intact (it is an ordinary chained record), claims only records that are gone, and follows on
+  from the summary before it (``first_seq`` = the previous one's ``last_seq + 1``).
+
+A removal no summary explains, and an altered summary, are reported like any other break. A writer able to append a
+forged summary could append anything else too: as for every record, the defence is a head hash kept elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from hybridops_daemon.journal.records import (
+    COLUMNS,
+    GENESIS_HASH,
+    PRUNED,
+    JournalError,
+    canonical_json,
+    hash_matches,
+    missing,
+    sqlite_errors,
+)
+
+MAX_PROBLEMS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Result of walking the chain.
+
+    Removal of the *newest* records leaves a shorter but valid chain, which no walk can tell from a journal that
+    never had them. ``head_seq`` and ``head_hash`` are what an operator anchors elsewhere (a ticket, the peer edge,
+    an export) so that a later verify can show the chain still reaches that head.
+    """
+
+    ok: bool
+    count: int
+    head_seq: int
+    head_hash: str
+    problems: list[str]
+    first_seq: int = 0  # above 1: retention removed the records before it (proven by its summaries when ok)
+
+
+def verify_chain(conn: sqlite3.Connection) -> VerifyReport:
+    """Walk the chain in seq order and report every record that was altered, removed or moved.
+
+    Reads one consistent snapshot; appends may continue meanwhile. Raises JournalError if SQLite fails.
+    """
+    problems: list[str] = []
+    unlisted = 0
+
+    def problem(text: str) -> None:
+        nonlocal unlisted
+        if len(problems) < MAX_PROBLEMS:
+            problems.append(text)
+        else:
+            unlisted += 1
+
+    count = 0
+    first_seq, first_prev = 0, GENESIS_HASH
+    prev_seq, prev_hash = 0, GENESIS_HASH
+    summaries: list[tuple[int, str]] = []
+    with sqlite_errors("verify"):
+        # One SELECT is one read transaction: the walk sees a single snapshot even while the daemon appends.
+        for row in conn.execute(f"SELECT {COLUMNS} FROM records ORDER BY seq"):
+            seq, kind, body, stored_prev, stored_hash = row[0], row[4], row[5], row[6], row[7]
+            count += 1
+            if not hash_matches(row):
+                problem(f"record {seq} was altered (its hash does not match its content)")
+            if count == 1:
+                first_seq, first_prev = seq, stored_prev
+                if seq > 1:  # a cut: whether retention made it is for the summaries to prove, after the walk
+                    prev_seq, prev_hash = seq - 1, stored_prev
+            if seq != prev_seq + 1:
+                problem(f"{missing(prev_seq + 1, seq - 1)} missing: chain broken between {prev_seq} and {seq}")
+            elif stored_prev != prev_hash:
+                follows = f"record {prev_seq}" if prev_seq else "the genesis hash"
+                problem(
+                    f"chain broken between {prev_seq} and {seq}: record {seq} does not follow {follows}"
+                    " (rewritten, replaced or reordered)"
+                )
+            if kind == PRUNED:
+                summaries.append((seq, body))
+            prev_seq, prev_hash = seq, stored_hash
+    _check_cuts(first_seq, first_prev, summaries, problem)
+    if unlisted:
+        problems.append(f"... and {unlisted} more problems")
+    return VerifyReport(
+        ok=not problems, count=count, head_seq=prev_seq, head_hash=prev_hash, problems=problems, first_seq=first_seq
+    )
+
+
+def verify_file(path: Path) -> VerifyReport:
+    """``verify`` on a journal file opened read-only: needs no writer, no running daemon, no write access.
+
+    SQLite needs the -shm file to read a WAL database; where it cannot create one (a read-only directory) and
+    no -wal file exists (so no writer has the file open and everything is in the main file), the file is read
+    as immutable instead. Raises FileNotFoundError, or JournalError if the file cannot be read as a journal.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"no journal at {path}")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    with sqlite_errors("open"):
+        conn = _connect_ro(uri)
+        if conn is None and not Path(f"{path}-wal").exists():
+            conn = _connect_ro(uri + "&immutable=1")
+    if conn is None:
+        raise JournalError(f"cannot open {path} read-only (a writer may hold its WAL; run as its owner)")
+    try:
+        return verify_chain(conn)
+    finally:
+        conn.close()
+
+
+def _connect_ro(uri: str) -> sqlite3.Connection | None:
+    """A read-only connection that has actually read the schema (opening alone is lazy), or None."""
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, sqlite3.OperationalError):  # cannot open this way; not a verdict on the content
+            return None
+        raise
+    return conn
+
+
+def _check_cuts(first_seq: int, first_prev: str, summaries: list[tuple[int, str]], problem: Callable[[str], None]) -> None:
+    """Check the retention summaries against the chain that remains (the rules are in the module docstring)."""
+    newest: tuple[int, int, str] | None = None  # (summary seq, last_seq, last_removed_hash) of the newest summary
+    for seq, text in summaries:
+        try:
+            body = json.loads(text)
+            start, end, count = int(body["first_seq"]), int(body["last_seq"]), int(body["count"])
+            last_hash = str(body["last_removed_hash"])
+            carried = list(body["carried"])
+        except (ValueError, TypeError, KeyError):
+            problem(f"record {seq} is not a well-formed {PRUNED} summary")
+            continue
+        if count != end - start + 1:
+            problem(f"summary {seq} counts {count} records in {start}..{end}: some were missing before the cut")
+        if end >= first_seq:
+            problem(f"summary {seq} says records {start}..{end} were pruned, but record {first_seq} is present")
+        if newest is not None and start != newest[1] + 1:
+            problem(f"summary {seq} starts its cut at {start}, but summary {newest[0]} ended at {newest[1]}")
+        for item in carried:
+            try:
+                fields = [item[key] for key in ("seq", "ts", "lane", "run_id", "kind", "body", "prev_hash", "hash")]
+                intact = int(item["seq"]) <= end and hash_matches((*fields[:5], canonical_json(fields[5]), *fields[6:]))
+            except (ValueError, TypeError, KeyError):
+                intact = False
+            if not intact:
+                problem(f"summary {seq} carries a copy of a record that does not match its hash")
+        newest = (seq, end, last_hash)
+    if first_seq <= 1:
+        return
+    if newest is None:
+        problem(f"{missing(1, first_seq - 1)} missing: chain broken between 0 and {first_seq} (no {PRUNED} summary)")
+    elif newest[1] < first_seq - 1:
+        problem(f"{missing(newest[1] + 1, first_seq - 1)} missing: the newest summary ({newest[0]}) ends at {newest[1]}")
+    elif newest[1] == first_seq - 1 and newest[2] != first_prev:
+        problem(f"chain broken before {first_seq}: it does not follow the last record summary {newest[0]} removed")
