@@ -68,7 +68,8 @@ def main() -> None:
     out = result(profile, trace, replayed, tick=1.0, grace=60.0)
     n, days = len(trace), trace.duration / 86400
     print(
-        f"replay throughput: {args.trace.name}, {n:,} samples over {days:.1f} days, {profile.ref}, best of {args.repeat}, one core"
+        f"replay throughput: {args.trace.name}, {n:,} samples over {days:.1f} days, {profile.ref}, "
+        f"best of {args.repeat}, one core"
     )
     print(
         f"  outcome: {out['cutovers']} cutovers, {out['failbacks']} failbacks, detection {out['detection_latency_s']} s, "
