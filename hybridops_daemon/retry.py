@@ -17,7 +17,8 @@ from hybridops_daemon import cancel
 
 
 class Backoff:
-    """Delays of ``low``, ``2·low``, ``4·low`` … up to ``high`` (with jitter: uniform between ``low`` and that)."""
+    """Delays of ``low``, ``2·low``, ``4·low`` … up to ``high`` (with jitter: uniform between ``low`` and that).
+    ``high`` is a cap, also over ``low``: a profile's 30 s step backoff does not outlast the runner's 50 ms cap."""
 
     def __init__(
         self,
@@ -29,13 +30,13 @@ class Backoff:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.low = low
-        self.high = max(high, low)
+        self.high = high  # the cap: no delay is ever longer, whatever the floor says
+        self.low = min(low, high)
         self.jitter = jitter
         self.healthy_after = healthy_after
         self._rng = rng or random.Random()
         self._clock = clock
-        self._ceiling = low
+        self._ceiling = self.low
         self._healthy_since: float | None = None
 
     def next(self) -> float:

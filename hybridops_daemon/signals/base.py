@@ -122,7 +122,7 @@ class PollingSource:
 
     async def run(self, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
-        backoff = Backoff(self.interval, max(self.interval, self.max_backoff))
+        backoff = Backoff(self.interval, self.max_backoff)
         while True:
             started = loop.time()
             try:

@@ -24,6 +24,11 @@ def test_delays_double_up_to_the_ceiling() -> None:
     assert [backoff.next() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
 
 
+def test_the_ceiling_caps_the_floor_too() -> None:
+    backoff = Backoff(30.0, 0.05)
+    assert [backoff.next(), backoff.next()] == [0.05, 0.05]
+
+
 def test_a_success_resets_at_once_without_a_healthy_period() -> None:
     backoff = Backoff(0.5, 30.0)
     backoff.next(), backoff.next(), backoff.next()
