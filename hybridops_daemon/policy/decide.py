@@ -14,8 +14,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from hybridops_daemon.config.profile import Direction, Profile, Rule
+from hybridops_daemon.config.profile import Profile, Rule
 from hybridops_daemon.durations import format_duration
+from hybridops_daemon.policy.compiled import CompiledProfile, compile_profile
 from hybridops_daemon.policy.rules import advance, evidence
 from hybridops_daemon.policy.types import (
     EMPTY_MEMORY,
@@ -38,14 +39,14 @@ K = DecisionKind
 
 
 def decide(state: LaneState, observation: Observation, profile: Profile, now: float) -> tuple[Decision, LaneState]:
-    evaluation = _evaluate(state, observation, profile, now)
+    evaluation = _evaluate(state, observation, compile_profile(profile), now)
     state = evaluation.state
     event = observation.event
     if isinstance(event, ChainEvent):
         return _on_chain_event(state, event, evaluation, now)
     if isinstance(event, Intent):
         return _on_intent(state, event, evaluation, profile, now)
-    return _on_tick(state, evaluation, profile, now)
+    return _on_tick(state, evaluation, now)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -55,7 +56,7 @@ _Fact = tuple[Rule, str, Sample | None, RuleMemory, bool, bool]  # rule, edge, r
 
 
 class _Evaluation:
-    __slots__ = ("_evidence", "clear", "corroborated", "degraded", "facts", "now", "state", "tripped_rules", "unknown")
+    __slots__ = ("_evidence", "clear", "corroborated", "degraded", "facts", "now", "plan", "state", "tripped_rules", "unknown")
 
     def __init__(
         self,
@@ -66,6 +67,7 @@ class _Evaluation:
         degraded: bool,
         clear: bool,
         unknown: tuple[str, ...],
+        plan: CompiledProfile,
         now: float,
     ) -> None:
         self.state = state
@@ -75,6 +77,7 @@ class _Evaluation:
         self.degraded = degraded
         self.clear = clear
         self.unknown = unknown
+        self.plan = plan  # the compiled profile: the outcomes read its timers
         self.now = now
         self._evidence: tuple[RuleEvidence, ...] | None = None
 
@@ -88,53 +91,9 @@ class _Evaluation:
         return self._evidence
 
 
-class _Compiled:
-    """A rule with its lookups done once: the signal's max age, its levels, whether it counts for corroboration."""
-
-    __slots__ = ("_keys", "below", "counts", "max_age", "name", "rule", "signal", "trip")
-
-    def __init__(self, rule: Rule, max_age: float, counts: bool) -> None:
-        self.rule = rule
-        self.name = rule.name
-        self.signal = rule.signal
-        self.max_age = max_age
-        self.counts = counts
-        self.trip = rule.trip
-        self.below = rule.direction is Direction.BELOW
-        self._keys: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {}
-
-    def keys(self, edge: str) -> tuple[tuple[str, str], tuple[str, str]]:
-        """(memory key, reading key) for ``edge``, built once per edge rather than twice per call."""
-        keys = self._keys.get(edge)
-        if keys is None:
-            keys = self._keys[edge] = ((self.name, edge), (self.signal, edge))
-        return keys
-
-
-_PLANS: dict[int, tuple[Profile, tuple[_Compiled, ...]]] = {}
-
-
-def _plan(profile: Profile) -> tuple[_Compiled, ...]:
-    """Memoized per profile object (kept alive in the cache so its id cannot be reused): still pure, since a
-    profile is frozen."""
-    cached = _PLANS.get(id(profile))
-    if cached is not None and cached[0] is profile:
-        return cached[1]
-    counted = profile.corroboration.rules
-    plan = tuple(
-        _Compiled(rule, profile.signals[rule.signal].max_age, counted is None or rule.name in counted) for rule in profile.rules
-    )
-    if len(_PLANS) > 64:  # profiles change only on reload; a small bound is plenty
-        _PLANS.clear()
-    _PLANS[id(profile)] = (profile, plan)
-    return plan
-
-
-def _evaluate(state: LaneState, observation: Observation, profile: Profile, now: float) -> _Evaluation:
+def _evaluate(state: LaneState, observation: Observation, plan: CompiledProfile, now: float) -> _Evaluation:
     self_edge = observation.self_edge
-    edges: tuple[str, ...] = (self_edge,)
-    if profile.corroboration.both_edges:
-        edges = (self_edge, observation.peer_edge or "peer")
+    edges = plan.edges(self_edge, observation.peer_edge)
     readings = observation.readings
     memories = state.rules
     changed: dict[tuple[str, str], RuleMemory] | None = None
@@ -143,8 +102,7 @@ def _evaluate(state: LaneState, observation: Observation, profile: Profile, now:
     unknown: list[str] = []
     degraded = False
     clear = True
-    plan = _plan(profile)
-    for item in plan:
+    for item in plan.rules:
         rule, counts = item.rule, item.counts
         tripped_everywhere = True
         for edge in edges:
@@ -169,7 +127,7 @@ def _evaluate(state: LaneState, observation: Observation, profile: Profile, now:
             ):
                 is_unknown, tripped = False, memory.tripped
             else:
-                new_memory, is_unknown, tripped = advance(rule, memory, reading, item.max_age, now)
+                new_memory, is_unknown, tripped = advance(item, memory, reading, now)
                 if new_memory is not memory:
                     if changed is None:
                         changed = dict(memories)
@@ -188,12 +146,12 @@ def _evaluate(state: LaneState, observation: Observation, profile: Profile, now:
         if tripped_everywhere and counts:
             tripped_rules.append(item.name)
 
-    corroborated = bool(plan) and len(tripped_rules) >= profile.corroboration.min_rules
+    corroborated = bool(plan.rules) and len(tripped_rules) >= plan.profile.corroboration.min_rules
     # Failback stability counts from the first tick on which every rule was known and clear.
-    clear_since = (state.clear_since if state.clear_since is not None else now) if clear and plan else None
+    clear_since = (state.clear_since if state.clear_since is not None else now) if clear and plan.rules else None
     if changed is not None or clear_since != state.clear_since:
         state = state.evolved(MappingProxyType(changed) if changed is not None else state.rules, clear_since)
-    return _Evaluation(state, facts, tuple(tripped_rules), corroborated, degraded, clear, tuple(unknown), now)
+    return _Evaluation(state, facts, tuple(tripped_rules), corroborated, degraded, clear, tuple(unknown), plan, now)
 
 
 # ------------------------------------------------------------------------------------------------ outcomes
@@ -257,19 +215,16 @@ def _tripped_summary(evaluation: _Evaluation) -> str:
     return ", ".join(parts)
 
 
-def _guardrail(state: LaneState, profile: Profile, now: float) -> tuple[str, str] | None:
+def _guardrail(state: LaneState, plan: CompiledProfile, now: float) -> tuple[str, str] | None:
     """Why an automatic action may not run now, as (code, reason); None when it may."""
-    if state.last_action_at is not None and now - state.last_action_at < profile.cooldown:
-        left = profile.cooldown - (now - state.last_action_at)
+    if state.last_action_at is not None and now - state.last_action_at < plan.cooldown:
+        left = plan.cooldown - (now - state.last_action_at)
         return "cooldown", f"cooldown after the last action: {format_duration(left)} left"
-    window = profile.action_limit.window
+    window = plan.action_window
     recent = sum(1 for t in state.automatic_actions if now - t < window)
-    if recent >= profile.action_limit.max_actions:
-        return (
-            "limit",
-            f"{recent} automatic actions in the last {format_duration(window)} (limit {profile.action_limit.max_actions})",
-        )
-    return _cost_guardrail(profile)
+    if recent >= plan.max_actions:
+        return "limit", f"{recent} automatic actions in the last {format_duration(window)} (limit {plan.max_actions})"
+    return _cost_guardrail(plan.profile)
 
 
 def _cost_guardrail(profile: Profile) -> tuple[str, str] | None:
@@ -281,8 +236,8 @@ def _cost_guardrail(profile: Profile) -> tuple[str, str] | None:
     return None
 
 
-def _record_automatic(state: LaneState, profile: Profile, now: float) -> dict[str, object]:
-    window = profile.action_limit.window
+def _record_automatic(state: LaneState, plan: CompiledProfile, now: float) -> dict[str, object]:
+    window = plan.action_window
     kept = tuple(t for t in state.automatic_actions if now - t < window)
     return {"automatic_actions": (*kept, now), "last_action_at": now}
 
@@ -290,11 +245,11 @@ def _record_automatic(state: LaneState, profile: Profile, now: float) -> dict[st
 # ------------------------------------------------------------------------------------------------ tick
 
 
-def _on_tick(state: LaneState, evaluation: _Evaluation, profile: Profile, now: float) -> tuple[Decision, LaneState]:
+def _on_tick(state: LaneState, evaluation: _Evaluation, now: float) -> tuple[Decision, LaneState]:
     status = state.status
     if status in (S.PRIMARY, S.DEGRADED):
         if evaluation.corroborated:
-            return _automatic_cutover(state, evaluation, profile, now)
+            return _automatic_cutover(state, evaluation, now)
         if evaluation.degraded:
             reason = "degraded: " + _breaching_summary(evaluation)
             return _decision(K.HOLD, state, _moved(state, S.DEGRADED, now, refusal=None), reason, evaluation, now)
@@ -313,19 +268,20 @@ def _on_tick(state: LaneState, evaluation: _Evaluation, profile: Profile, now: f
             after = _start_run(state, S.FAILING_BACK, now, drill_deadline=None)
             reason = f"drill teardown deadline reached; failing back (run {after.active_run})"
             return _decision(K.FAILBACK, state, after, reason, evaluation, now, trigger=Trigger.SCHEDULE, chain="failback")
-        if profile.failback.automatic and state.drill_deadline is None and state.clear_since is not None:
+        plan = evaluation.plan
+        if plan.profile.failback.automatic and state.drill_deadline is None and state.clear_since is not None:
             stable = now - state.clear_since
-            if stable >= profile.failback.stable_for:
-                blocked = _guardrail(state, profile, now)
+            if stable >= plan.stable_for:
+                blocked = _guardrail(state, plan, now)
                 if blocked is None or blocked[0] == "cost":  # failing back saves money: cost never blocks it
-                    after = _start_run(state, S.FAILING_BACK, now, **_record_automatic(state, profile, now))
+                    after = _start_run(state, S.FAILING_BACK, now, **_record_automatic(state, plan, now))
                     reason = (
-                        f"primary stable for {format_duration(stable)} (window {format_duration(profile.failback.stable_for)}); "
+                        f"primary stable for {format_duration(stable)} (window {format_duration(plan.stable_for)}); "
                         f"failing back (run {after.active_run})"
                     )
                     return _decision(K.FAILBACK, state, after, reason, evaluation, now, chain="failback")
                 return _hold(state, evaluation, now, f"failback waits: {blocked[1]}")
-        return _decision(K.HOLD, state, state, "on standby: " + _standby_reason(state, profile, now), evaluation, now)
+        return _decision(K.HOLD, state, state, "on standby: " + _standby_reason(state, plan, now), evaluation, now)
 
     if status in (S.CUTTING_OVER, S.FAILING_BACK):
         return _decision(K.HOLD, state, state, f"run {state.active_run} in progress", evaluation, now)
@@ -338,14 +294,14 @@ def _hold(state: LaneState, evaluation: _Evaluation, now: float, reason: str) ->
     return _decision(K.HOLD, state, state, reason, evaluation, now)
 
 
-def _standby_reason(state: LaneState, profile: Profile, now: float) -> str:
+def _standby_reason(state: LaneState, plan: CompiledProfile, now: float) -> str:
     if state.drill_deadline is not None:
         return f"drill teardown in {format_duration(max(0.0, state.drill_deadline - now))}"
-    if not profile.failback.automatic:
+    if not plan.profile.failback.automatic:
         return "failback is manual (hyopsctl failback)"
     if state.clear_since is None:
         return "primary not yet healthy on every rule"
-    return f"primary stable for {format_duration(now - state.clear_since)} of {format_duration(profile.failback.stable_for)}"
+    return f"primary stable for {format_duration(now - state.clear_since)} of {format_duration(plan.stable_for)}"
 
 
 def _breaching_summary(evaluation: _Evaluation) -> str:
@@ -357,8 +313,9 @@ def _breaching_summary(evaluation: _Evaluation) -> str:
     return ", ".join(parts) or "no rule"
 
 
-def _automatic_cutover(state: LaneState, evaluation: _Evaluation, profile: Profile, now: float) -> tuple[Decision, LaneState]:
-    blocked = _guardrail(state, profile, now)
+def _automatic_cutover(state: LaneState, evaluation: _Evaluation, now: float) -> tuple[Decision, LaneState]:
+    plan = evaluation.plan
+    blocked = _guardrail(state, plan, now)
     tripped = _tripped_summary(evaluation)
     if blocked is not None:
         code, why = blocked
@@ -368,8 +325,8 @@ def _automatic_cutover(state: LaneState, evaluation: _Evaluation, profile: Profi
             return _decision(K.HOLD, state, degraded, f"cutover still refused: {why}", evaluation, now)
         after = degraded._replace(refusal=code)
         return _decision(K.REFUSE, state, after, f"cutover refused: {why}; tripped: {tripped}", evaluation, now)
-    after = _start_run(state, S.CUTTING_OVER, now, **_record_automatic(state, profile, now))
-    needed = profile.corroboration.min_rules
+    after = _start_run(state, S.CUTTING_OVER, now, **_record_automatic(state, plan, now))
+    needed = plan.profile.corroboration.min_rules
     reason = f"cutover: {len(evaluation.tripped_rules)} of {needed} required rules tripped: {tripped} (run {after.active_run})"
     return _decision(K.CUTOVER, state, after, reason, evaluation, now, chain="cutover")
 
@@ -447,7 +404,7 @@ def _on_intent(
         if status not in (S.PRIMARY, S.DEGRADED):
             return refuse(f"lane is {status.value}")
         after = _start_run(state, S.CUTTING_OVER, now, last_action_at=now)
-        overridden = _guardrail(state, profile, now)
+        overridden = _guardrail(state, evaluation.plan, now)
         reason = f"cutover forced by {intent.actor} (run {after.active_run})"
         if overridden is not None:
             reason += f"; overrides: {overridden[1]}"

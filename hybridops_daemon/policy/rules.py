@@ -1,45 +1,45 @@
 """Rule confirmation: threshold with direction, `for`, consecutive count, hysteresis, and UNKNOWN handling.
 
-``advance`` moves one (rule, edge) memory forward given the latest reading and ``now``; it is pure and runs on
-the daemon's hot path, so it returns bare flags. ``evidence`` turns the same facts into the record a notable
-decision carries.
+``advance`` moves one (rule, edge) memory forward given the latest reading and ``now``, reading the compiled rule's
+levels and timers (the ones the horizon reads too); it is pure and runs on the daemon's hot path, so it returns bare
+flags. ``evidence`` turns the same facts into the record a notable decision carries.
 """
 
 from __future__ import annotations
 
-from hybridops_daemon.config.profile import Direction, Rule, UnknownMeans
+from hybridops_daemon.config.profile import Rule
+from hybridops_daemon.policy.compiled import CompiledRule
 from hybridops_daemon.policy.types import RuleEvidence, RuleMemory
 from hybridops_daemon.signals.sample import Sample
 
 
-def is_breaching(rule: Rule, value: float) -> bool:
-    return value < rule.trip if rule.direction is Direction.BELOW else value > rule.trip
+def is_breaching(rule: CompiledRule, value: float) -> bool:
+    return value < rule.trip if rule.below else value > rule.trip
 
 
-def is_clear(rule: Rule, value: float) -> bool:
+def is_clear(rule: CompiledRule, value: float) -> bool:
     """Past the clear level: a tripped rule un-trips. Between trip and clear (the band) a tripped rule stays tripped."""
-    level = rule.clear_level
-    return value >= level if rule.direction is Direction.BELOW else value <= level
+    return value >= rule.clear if rule.below else value <= rule.clear
 
 
-def advance(rule: Rule, memory: RuleMemory, reading: Sample | None, max_age: float, now: float) -> tuple[RuleMemory, bool, bool]:
+def advance(rule: CompiledRule, memory: RuleMemory, reading: Sample | None, now: float) -> tuple[RuleMemory, bool, bool]:
     """Return (memory after seeing ``reading`` at ``now``, whether the signal is UNKNOWN, whether the rule counts as tripped).
 
     A tripped rule whose signal went UNKNOWN keeps its memory but does not count as tripped under ``unknown: hold``.
     """
-    unknown = reading is None or reading.value is None or now - reading.observed_at > max_age
+    unknown = reading is None or reading.value is None or now - reading.observed_at > rule.max_age
     breaching_since = memory.breaching_since
     consecutive = memory.consecutive
     last_sample_at = memory.last_sample_at
     tripped = memory.tripped
 
     if unknown:
-        if rule.unknown is UnknownMeans.BREACH:
+        if rule.unknown_breaches:
             if not tripped:
                 # No samples to count: UNKNOWN is a continuous breach, confirmed by time alone.
                 if breaching_since is None:
                     breaching_since = now
-                if now - breaching_since >= rule.for_:
+                if now - breaching_since >= rule.confirm:
                     tripped = True
             counts = tripped
         else:
@@ -59,8 +59,8 @@ def advance(rule: Rule, memory: RuleMemory, reading: Sample | None, max_age: flo
                 breaching_since = None
                 if tripped and is_clear(rule, reading.value):
                     tripped = False
-        if not tripped and breaching_since is not None and consecutive >= rule.consecutive and now - breaching_since >= rule.for_:
-            tripped = True
+        if not tripped and breaching_since is not None and consecutive >= rule.consecutive:
+            tripped = now - breaching_since >= rule.confirm
         counts = tripped
 
     if (

@@ -16,15 +16,15 @@ it at once. Commands other than approve/reject become Intents (trigger operator,
 Ticks that provably change nothing are skipped: after a tick (or wake) that left the lane state unchanged and
 decided a plain hold, decide() returns the same until the time crosses one of the levels it compares ``now``
 with (a reading's max age, a rule's ``for``, the cooldown, the action window, the failback window, a drill's
-deadline). The engine runs the first tick at or after the nearest such level. ``every_tick=True`` runs them
+deadline: the policy's ``Horizon``, read from the compiled profile decide() evaluates). The engine runs the first
+tick at or after the nearest such level. ``every_tick=True`` runs them
 all; the tests check that both give the same result.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -33,6 +33,7 @@ from hybridops_daemon.config.profile import Profile, Step
 from hybridops_daemon.durations import format_duration
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.policy.decide import decide
+from hybridops_daemon.policy.horizon import EPS, Horizon
 from hybridops_daemon.policy.types import (
     ChainEvent,
     Command,
@@ -49,7 +50,6 @@ from hybridops_daemon.simulate.trace import Trace, TraceCommand
 
 ACTOR = "trace"
 _HOLD = DecisionKind.HOLD
-_EPS = 1e-6  # a tick this close before a level runs anyway: an extra identical tick is harmless, a missed one is not
 _INF = math.inf
 
 
@@ -131,48 +131,6 @@ class _Chain:
         self.due, self.ok, self.detail = now, False, f"step {self.gate.id}: rejected by {ACTOR}"
 
 
-class _Horizon:
-    """The earliest time, at or after ``now``, at which decide() may answer differently with the same state and readings."""
-
-    def __init__(self, profile: Profile, node: str, peer: str | None) -> None:
-        edges = (node, peer or "peer") if profile.corroboration.both_edges else (node,)
-        keys = {(rule.signal, edge): profile.signals[rule.signal].max_age for rule in profile.rules for edge in edges}
-        self.readings = tuple(keys.items())
-        self.confirm = {rule.name: rule.for_ for rule in profile.rules}
-        self.profile = profile
-        self._state: LaneState | None = None
-        self._levels: tuple[float, ...] = ()
-
-    def __call__(self, state: LaneState, readings: Mapping[tuple[str, str], Sample], now: float) -> float:
-        if state is not self._state:
-            self._state, self._levels = state, self._state_levels(state)
-        floor = now - _EPS
-        levels = self._levels
-        at = bisect_left(levels, floor)
-        horizon = levels[at] if at < len(levels) else _INF
-        for key, max_age in self.readings:
-            reading = readings.get(key)
-            if reading is not None and floor <= reading.observed_at + max_age < horizon:
-                horizon = reading.observed_at + max_age
-        return horizon
-
-    def _state_levels(self, state: LaneState) -> tuple[float, ...]:
-        profile = self.profile
-        levels = [
-            memory.breaching_since + self.confirm[name]
-            for (name, _), memory in state.rules.items()
-            if memory.breaching_since is not None and name in self.confirm
-        ]
-        levels.extend(t + profile.action_limit.window for t in state.automatic_actions)
-        if state.last_action_at is not None:
-            levels.append(state.last_action_at + profile.cooldown)
-        if state.clear_since is not None:
-            levels.append(state.clear_since + profile.failback.stable_for)
-        if state.drill_deadline is not None:
-            levels.append(state.drill_deadline)
-        return tuple(sorted(levels))
-
-
 def _effective(state: LaneState) -> LaneStatus:
     """What runs, pause or not: a lane paused on standby is still served from the cloud."""
     return (state.paused_from or state.status) if state.status is LaneStatus.PAUSED else state.status
@@ -189,7 +147,7 @@ class _Simulation:
         self.state = LaneState(lane=lane, since=0.0)
         self.result = Replay(lane=lane, node=node)
         self.chain: _Chain | None = None
-        self.horizon = _Horizon(profile, node, peer)
+        self.horizon = Horizon(profile, node, peer)
         self._standby_since: float | None = None
         self._billed_since: float | None = None
 
@@ -376,6 +334,6 @@ def replay(
         if level == _INF or (i < n and level >= times[i]):
             next_tick = level  # no tick before the next sample: the exact tick is computed after it
         else:
-            next_tick = now + max(1, math.ceil((level - _EPS - now) / tick)) * tick
+            next_tick = now + max(1, math.ceil((level - EPS - now) / tick)) * tick
     sim.result.decide_calls += calls
     return sim.finish()
