@@ -62,9 +62,8 @@ def router(request: pytest.FixtureRequest) -> Router:
         return Router("frr", frr.socket_a, frr.neighbor_of_a, "10.99.0.77", frr.pair,
                       frr.shutdown_neighbor, frr.enable_neighbor, frr.a.processes["bgpd"])  # fmt: skip
     bird: BirdPair = request.getfixturevalue("bird_pair")
-    assert bird.a.process is not None
     return Router("bird", bird.ctl_a, bird.proto_a, "no_such_proto", bird.pair, bird.disable, bird.enable,
-                  bird.a.process)  # fmt: skip
+                  bird.a.processes["bird"])  # fmt: skip
 
 
 def spec(router: Router, timeout: float = 1.0) -> BgpSource:
