@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from tests.testbed.process import ComponentFailed
 
@@ -20,14 +20,20 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-Check = Callable[[], T | bool | None] | Callable[[], Awaitable[T | bool | None]]
-
 
 def _timed_out(what: str, within: float, last: object) -> str:
     return f"timed out after {within}s waiting for {what} (last seen: {last!r})"
 
 
-async def eventually(what: str, check: Check[T], within: float = 10.0, every: float = 0.05) -> T:
+@overload
+async def eventually(what: str, check: Callable[[], Awaitable[T | None]], within: float = ..., every: float = ...) -> T: ...
+
+
+@overload
+async def eventually(what: str, check: Callable[[], T | None], within: float = ..., every: float = ...) -> T: ...
+
+
+async def eventually(what: str, check: Callable[[], object], within: float = 10.0, every: float = 0.05) -> Any:
     """Await ``check()`` (sync or async) every ``every`` s until it is truthy, and return it; fail after ``within`` s."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -41,7 +47,7 @@ async def eventually(what: str, check: Check[T], within: float = 10.0, every: fl
             last = exc
         else:
             if result:
-                return result  # type: ignore[return-value]  # truthy: neither None nor False
+                return result
             last = result
         if loop.time() >= deadline:
             raise AssertionError(_timed_out(what, within, last))
@@ -49,7 +55,7 @@ async def eventually(what: str, check: Check[T], within: float = 10.0, every: fl
 
 
 def eventually_sync(
-    what: str, check: Callable[[], T | bool | None], within: float = 20.0, every: float = 0.1, proc: Process | None = None
+    what: str, check: Callable[[], T | None], within: float = 20.0, every: float = 0.1, proc: Process | None = None
 ) -> T:
     """``eventually`` for blocking code, mostly the testbed's readiness waits: hence the longer defaults (components
     start slowly on a busy machine, and a check often runs a client process). With ``proc``, fails at once, with its
@@ -65,7 +71,7 @@ def eventually_sync(
             last = exc
         else:
             if result:
-                return result  # type: ignore[return-value]
+                return result
             last = result
         if time.monotonic() >= deadline:
             tail = f"\n{proc.log_tail()}" if proc is not None else ""
