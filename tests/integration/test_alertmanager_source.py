@@ -17,6 +17,7 @@ from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.alertmanager import AlertmanagerReceiver
 from hybridops_daemon.signals.sample import Sample
 from tests.testbed.alertmanager import Alertmanager
+from tests.testbed.sources import Seen, running
 
 TOKEN = "test-only-webhook-token"
 TOKEN_ENV = "HYOPS_TEST_ALERTMANAGER_TOKEN"
@@ -45,43 +46,12 @@ def spec(**overrides: Any) -> AlertmanagerSource:
     )
 
 
-class Seen:
-    def __init__(self) -> None:
-        self.samples: list[Sample] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, sample: Sample) -> None:
-        self.samples.append(sample)
-        self._changed.set()
-
-    def of(self, signal: str) -> list[Sample]:
-        return [s for s in self.samples if s.signal == signal]
-
-    async def until(self, what: str, check: Callable[[], bool], within: float = 10.0) -> None:
-        """Wait until ``check()``, re-checked whenever a sample arrives."""
-        try:
-            async with asyncio.timeout(within):
-                while not check():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}; seen: {self.samples[-5:]}") from None
-
-    async def value(self, signal: str, value: float) -> None:
-        await self.until(f"{signal} == {value}", lambda: bool(self.of(signal)) and self.of(signal)[-1].value == value)
-
-
 @asynccontextmanager
 async def receiving(source: AlertmanagerSource, refresh: float = 60.0) -> AsyncIterator[tuple[AlertmanagerReceiver, Seen, str]]:
     """A running receiver (a long ``refresh`` by default, so every sample seen comes from a webhook) and its URL."""
-    seen = Seen()
     receiver = AlertmanagerReceiver(source, "edge01", clock=lambda: 1000.0, refresh=refresh)
-    async with receiver, asyncio.TaskGroup() as group:
-        task = group.create_task(receiver.run(seen))
-        try:
-            yield receiver, seen, f"http://127.0.0.1:{receiver.port}{source.path}"
-        finally:
-            task.cancel()
+    async with running(receiver) as seen:
+        yield receiver, seen, f"http://127.0.0.1:{receiver.port}{source.path}"
 
 
 def webhook(*alerts: tuple[str, dict[str, str]]) -> dict[str, Any]:
@@ -125,8 +95,18 @@ async def test_real_alertmanager_webhooks_drive_the_routes(alertmanager_factory:
 
 
 async def test_known_routes_are_re_emitted_and_unknown_ones_stay_absent() -> None:
-    async with receiving(spec(token=None), refresh=0.1) as (_, seen, url), aiohttp.ClientSession() as http:
-        await asyncio.sleep(0.35)
+    async with receiving(spec(token=None), refresh=0.1) as (receiver, seen, url), aiohttp.ClientSession() as http:
+        # The receiver keeps no count of its refresh ticks: count the calls of the method each tick makes.
+        ticks = 0
+        emit_known = receiver._emit_known
+
+        def counted() -> None:
+            nonlocal ticks
+            ticks += 1
+            emit_known()
+
+        receiver._emit_known = counted  # type: ignore[method-assign]
+        await seen.until("three refresh ticks", lambda: ticks >= 3)
         assert seen.samples == [], "before any webhook nothing is emitted, however many refresh ticks"
         async with http.post(url, json=webhook(("firing", AMS)), timeout=aiohttp.ClientTimeout(total=5)) as response:
             assert response.status == 200  # no token configured: none needed

@@ -9,15 +9,12 @@ measured from the moment the fault is injected to the first 0.0 sample, and prin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -26,11 +23,11 @@ from hybridops_daemon.config.models import BgpSource
 from hybridops_daemon.signals.base import UpstreamError
 from hybridops_daemon.signals.bgp import BgpPoller, run_bounded
 from hybridops_daemon.signals.sample import Sample
-from tests.testbed import sources
 from tests.testbed.bird import BirdPair
 from tests.testbed.frr import FrrPair
 from tests.testbed.netns import NetnsPair
 from tests.testbed.process import Process
+from tests.testbed.sources import Seen, running
 
 INTERVAL = 0.25
 HOLD = 3.0  # both fixtures: FRR "timers 1 3", BIRD "hold time 3" / "keepalive time 1"
@@ -62,9 +59,8 @@ def router(request: pytest.FixtureRequest) -> Router:
         return Router("frr", frr.socket_a, frr.neighbor_of_a, "10.99.0.77", frr.pair,
                       frr.shutdown_neighbor, frr.enable_neighbor, frr.a.processes["bgpd"])  # fmt: skip
     bird: BirdPair = request.getfixturevalue("bird_pair")
-    assert bird.a.process is not None
     return Router("bird", bird.ctl_a, bird.proto_a, "no_such_proto", bird.pair, bird.disable, bird.enable,
-                  bird.a.process)  # fmt: skip
+                  bird.a.processes["bird"])  # fmt: skip
 
 
 def spec(router: Router, timeout: float = 1.0) -> BgpSource:
@@ -77,56 +73,16 @@ def spec(router: Router, timeout: float = 1.0) -> BgpSource:
     )  # fmt: skip
 
 
-class Seen:
-    """The samples a source emitted, each with the monotonic time it arrived."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, Sample]] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, sample: Sample) -> None:
-        self.samples.append((time.monotonic(), sample))
-        self._changed.set()
-
-    def of(self, signal: str, since: float = 0.0) -> list[tuple[float, Sample]]:
-        return [(t, s) for t, s in self.samples if s.signal == signal and t >= since]
-
-    def partner(self, sample: Sample, signal: str) -> Sample:
-        """The sample of ``signal`` from the same poll (same observed_at)."""
-        return next(s for _, s in self.samples if s.signal == signal and s.observed_at == sample.observed_at)
-
-    async def until(self, what: str, check: Callable[[], Any], within: float = 15.0) -> Any:
-        try:
-            async with asyncio.timeout(within):
-                while not (result := check()):
-                    self._changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.05)
-        except TimeoutError:
-            tail = [(s.signal, s.value) for _, s in self.samples[-4:]]
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last samples: {tail}") from None
-        return result
-
-    async def first(self, signal: str, value: float, since: float, within: float = 15.0) -> tuple[float, Sample]:
-        """The first sample of ``signal`` == ``value`` that arrived after ``since``."""
-        result: tuple[float, Sample] = await self.until(
-            f"{signal} == {value}", lambda: next(((t, s) for t, s in self.of(signal, since) if s.value == value), None),
-            within,
-        )  # fmt: skip
-        return result
-
-    async def up_with_prefixes(self, since: float, within: float = 15.0) -> None:
-        def check() -> bool:
-            return any(s.value == 1.0 and (self.partner(s, "bgp_b_prefixes").value or 0) >= 1 for _, s in self.of("bgp_b", since))
-
-        await self.until("bgp_b == 1.0 with bgp_b_prefixes >= 1", check, within)
+def partner(seen: Seen, sample: Sample, signal: str) -> Sample:
+    """The sample of ``signal`` from the same poll (same observed_at)."""
+    return next(s for s in seen.samples if s.signal == signal and s.observed_at == sample.observed_at)
 
 
-@asynccontextmanager
-async def running(poller: BgpPoller) -> AsyncIterator[Seen]:
-    seen = Seen()
-    async with sources.running(poller, seen):
-        yield seen
+async def up_with_prefixes(seen: Seen, since: int = 0, within: float = 15.0) -> None:
+    def check() -> bool:
+        return any(s.value == 1.0 and (partner(seen, s, "bgp_b_prefixes").value or 0) >= 1 for s in seen.of("bgp_b", since))
+
+    await seen.until("bgp_b == 1.0 with bgp_b_prefixes >= 1", check, within)
 
 
 async def off_loop(action: Callable[[], None]) -> None:
@@ -156,12 +112,12 @@ async def test_session_up_shutdown_cut_and_silent_partition(router: Router) -> N
     poller = BgpPoller(spec(router), "edge01")
     with capture_logs() as logs:
         async with running(poller) as seen:
-            await seen.up_with_prefixes(since=0.0)
-            up = seen.of("bgp_b")[-1][1]
+            await up_with_prefixes(seen)
+            up = seen.of("bgp_b")[-1]
             assert (up.source, up.edge) == ("bgp", "edge01")
 
             # A peer the router does not know: UNKNOWN (None) for both signals, counted as malformed, never 1.
-            ghosts = [s.value for _, s in seen.of("bgp_ghost") + seen.of("bgp_ghost_prefixes")]
+            ghosts = [s.value for s in seen.of("bgp_ghost") + seen.of("bgp_ghost_prefixes")]
             assert ghosts and all(value is None for value in ghosts)
             assert poller.health.malformed >= 1 and not poller.health.upstream_down
 
@@ -170,22 +126,22 @@ async def test_session_up_shutdown_cut_and_silent_partition(router: Router) -> N
                 ("link cut", router.net.cut, router.net.heal),
                 ("silent partition", router.net.silence, router.net.unsilence),
             ):
-                started = time.monotonic()
+                mark, started = seen.mark(), time.monotonic()
                 await off_loop(inject)
-                at, down = await seen.first("bgp_b", 0.0, since=started, within=FLIP_LIMIT + 5)
-                flip = at - started
+                down = await seen.first("bgp_b", 0.0, since=mark, within=FLIP_LIMIT + 5)
+                flip = seen.arrival(down) - started
                 FLIPS[f"{router.kind} {fault}"] = flip
                 print(f"\n{router.kind}: {fault} → bgp_b 0.0 after {flip:.3f}s")
-                assert seen.partner(down, "bgp_b_prefixes").value == 0.0
+                assert partner(seen, down, "bgp_b_prefixes").value == 0.0
                 if fault == "admin shutdown":  # the router drops the session at once; only our polling delays it
                     assert flip <= 2 * INTERVAL + MARGIN, flip
                 else:
                     assert flip <= FLIP_LIMIT, flip
                 if fault == "silent partition":  # the hold timer, not an interface event, ended the session
                     assert flip >= HOLD - KEEPALIVE - 0.3, flip
-                repaired = time.monotonic()
+                mark = seen.mark()
                 await off_loop(repair)
-                await seen.up_with_prefixes(since=repaired, within=20)
+                await up_with_prefixes(seen, since=mark, within=20)
 
     assert poller.health.failures == 0
     malformed_logs = [e for e in logs if e["event"].startswith("malformed input")]
@@ -208,14 +164,14 @@ async def test_daemon_hung_then_stopped_emits_nothing(router: Router) -> None:
 
 async def hang_then_stop(router: Router, poller: BgpPoller) -> None:
     async with running(poller) as seen:
-        await seen.up_with_prefixes(since=0.0)
+        await up_with_prefixes(seen)
 
         # Hung daemon: the client connects but never gets an answer; each poll times out and kills it.
         os.kill(router.daemon.pid, signal.SIGSTOP)
         try:
             await seen.until("upstream down (hung daemon)", lambda: poller.health.upstream_down, within=5)
-            count = len(seen.samples)
-            await asyncio.sleep(1.5)  # ≥ 2 timed-out polls
+            count, failures = len(seen.samples), poller.health.failures
+            await seen.until("two more timed-out polls", lambda: poller.health.failures >= failures + 2, within=5)
             assert len(seen.samples) == count, "nothing is emitted while the daemon does not answer"
             assert poller.health.failures >= 2
             zombies = [c for c in children("vtysh", "birdc") if c[2] == "Z"]
@@ -229,7 +185,7 @@ async def hang_then_stop(router: Router, poller: BgpPoller) -> None:
         await off_loop(router.daemon.stop)
         await seen.until("upstream down (stopped daemon)", lambda: poller.health.upstream_down, within=5)
         count, failures = len(seen.samples), poller.health.failures
-        await asyncio.sleep(1.5)
+        await seen.until("two more failed polls", lambda: poller.health.failures >= failures + 2, within=5)
         assert len(seen.samples) == count, "nothing is emitted while the daemon is stopped"
         assert poller.health.failures > failures
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.testbed.edgenet import BRIDGE_ADDRESS, NODES, EdgeTestbed
 from tests.testbed.etcd import MIN_LEASE_TTL
-from tests.testbed.process import wait_until
+from tests.testbed.wait import eventually_sync
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ def key() -> str:
     return f"/hyops/test/{uuid.uuid4().hex}"
 
 
-def at_once(*calls: Callable[[], T]) -> list[T]:
+def at_once(*calls: Callable[[], Any]) -> list[Any]:  # calls of different types
     """Run blocking calls (each waits out its own timeout) side by side: the test waits for the slowest only."""
     with ThreadPoolExecutor(len(calls)) as pool:
         return [future.result() for future in [pool.submit(call) for call in calls]]
@@ -133,16 +133,19 @@ def test_from_inside_edge01_writes_and_reads_go_through_its_own_member_and_throu
 
 def accept_from(server: socket.socket, child: subprocess.Popen[str], within: float = 30.0) -> tuple[socket.socket, Any]:
     """The connection ``child`` makes to ``server``; fails as soon as the child exits without making it."""
-    server.settimeout(0.1)
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    server.settimeout(0.1)  # each attempt waits this long for the connection
+
+    def accepted() -> tuple[socket.socket | None, Any] | None:
         try:
             return server.accept()
         except TimeoutError:
-            if child.poll() is not None:
-                err = child.stderr.read() if child.stderr else ""
-                raise AssertionError(f"the child exited ({child.returncode}) without connecting:\n{err}") from None
-    raise AssertionError(f"the child did not connect within {within}s")
+            return (None, "exited") if child.poll() is not None else None
+
+    conn, peer = eventually_sync("the child to connect", accepted, within=within, every=0)
+    if conn is None:
+        err = child.stderr.read() if child.stderr else ""
+        raise AssertionError(f"the child exited ({child.returncode}) without connecting:\n{err}")
+    return conn, peer
 
 
 def test_etcd_raises_a_1s_lease_to_its_minimum_ttl(bed: EdgeTestbed) -> None:
@@ -169,7 +172,7 @@ def test_a_cut_off_leader_edge_cannot_write_but_the_other_edge_can_and_the_cut_e
             lambda: timed(lambda: put(bed, "edge01", f"{key}/lost", "lost", via="edge02", timeout=OP_TIMEOUT)),  # unreachable
             lambda: timed(lambda: get(bed, "edge01", key, timeout=OP_TIMEOUT)),
             lambda: timed(lambda: get(bed, "edge01", key, serializable=True)),
-            lambda: timed(lambda: wait_until("a write from edge02 (e2 + e3 have quorum)", edge02_writes, timeout=FAILOVER)),
+            lambda: timed(lambda: eventually_sync("a write from edge02 (e2 + e3 have quorum)", edge02_writes, within=FAILOVER)),
         )
         assert own.returncode != 0 and other.returncode != 0, (own.stdout, other.stdout)
         assert OP_TIMEOUT - 0.1 <= took <= OP_TIMEOUT + SLACK, f"the write failed after {took:.2f}s, not at its timeout"
@@ -180,8 +183,8 @@ def test_a_cut_off_leader_edge_cannot_write_but_the_other_edge_can_and_the_cut_e
     finally:
         bed.net.heal("edge01")
     healed_at = time.monotonic()
-    wait_until("edge01 reading the write made during the cut", lambda: get(bed, "edge01", key, timeout=POLL) == "during",
-               timeout=FAILOVER)  # fmt: skip
+    eventually_sync("edge01 reading the write made during the cut", lambda: get(bed, "edge01", key, timeout=POLL) == "during",
+                    within=FAILOVER)  # fmt: skip
     caught_up = time.monotonic() - healed_at
     print(f"\n{fault}: edge01's write failed at its {OP_TIMEOUT:g}s timeout ({took:.2f}s); edge02 wrote "
           f"{carried_on:.2f}s after the {fault}; edge01 caught up {caught_up:.2f}s after the heal")  # fmt: skip
@@ -199,7 +202,7 @@ def test_a_write_that_timed_out_on_a_cut_follower_lands_after_the_heal(bed: Edge
     finally:
         bed.net.heal("edge01")
     healed_at = time.monotonic()
-    wait_until("the timed-out write landing", lambda: get(bed, "witness", key, timeout=POLL) == "late", timeout=FAILOVER)
+    eventually_sync("the timed-out write landing", lambda: get(bed, "witness", key, timeout=POLL) == "late", within=FAILOVER)
     landed = time.monotonic() - healed_at
     print(f"\n{fault}: the write that timed out during the {fault} was committed {landed:.2f}s after the heal")
 

@@ -15,6 +15,7 @@ import pytest
 from hybridops_daemon.lease.base import LeaseLost
 from hybridops_daemon.lease.etcd import EtcdLease, EtcdPool
 from tests.testbed.etcd import EtcdCluster
+from tests.testbed.wait import eventually
 
 TTL = 2.0
 OP_TIMEOUT = 1.0
@@ -47,14 +48,11 @@ async def make_lease(cluster: EtcdCluster) -> AsyncIterator[LeaseFactory]:
         await pool.close()
 
 
-async def poll(what: str, attempt: Callable[[], Awaitable[bool]], within: float, interval: float = 0.1) -> float:
-    """Await ``attempt()`` until it returns True; the seconds it took."""
+async def timed(what: str, attempt: Callable[[], Awaitable[bool]], within: float) -> float:
+    """The seconds until ``attempt()`` (tried every 0.1 s) returns True."""
     began = time.monotonic()
-    while time.monotonic() - began < within:
-        if await attempt():
-            return time.monotonic() - began
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what} did not happen within {within}s")
+    await eventually(what, attempt, within, every=0.1)
+    return time.monotonic() - began
 
 
 async def test_keepalive_holds_the_lease_past_its_ttl_and_the_other_node_cannot_campaign(make_lease: LeaseFactory) -> None:
@@ -101,7 +99,7 @@ async def test_an_unrefreshed_leader_loses_within_the_ttl_and_etcd_refuses_its_t
     b = make_lease("edge02")
     assert await a.campaign()  # and never run(): no refresh ever reaches etcd
     old = a.token
-    took = await poll("edge02 taking over", b.campaign, within=TTL + 3 * SLACK)
+    took = await timed("edge02 taking over", b.campaign, within=TTL + 3 * SLACK)
     assert took <= TTL + SLACK, f"takeover took {took:.2f}s with a {TTL}s TTL"
     assert b.token > old
     assert a.leading  # by its own frozen clock it still leads...
@@ -117,7 +115,7 @@ async def test_the_create_revision_fences_an_old_holding_of_the_same_node_name(m
     restarted = make_lease("edge01")  # the same node's daemon, restarted while the old process was paused
     assert await stale.campaign()
     old = stale.token
-    await poll("the restarted daemon winning", restarted.campaign, within=TTL + 3 * SLACK)
+    await eventually("the restarted daemon winning", restarted.campaign, within=TTL + 3 * SLACK, every=0.1)
     assert restarted.token > old
     # The key's value is the same node name again: only the create-revision compare tells the holdings apart.
     with pytest.raises(
@@ -134,11 +132,8 @@ async def test_a_leader_cut_off_from_etcd_stops_by_its_local_clock(make_lease: L
     for i in range(3):
         cluster.freeze(i)
 
-    async def stopped_leading() -> bool:
-        return not a.leading
-
     try:
-        await poll("edge01 to stop leading", stopped_leading, within=TTL + SLACK, interval=0.02)
+        await eventually("edge01 to stop leading", lambda: not a.leading, within=TTL + SLACK, every=0.02)
         stopped = time.monotonic() - began
         assert stopped <= TTL + 0.1, f"still leading {stopped:.2f}s after its lease was requested, TTL {TTL}s"
         assert "ran out on the local clock" in a.reason
@@ -167,7 +162,7 @@ async def test_a_fencing_check_etcd_does_not_answer_ends_the_holding_though_etcd
     assert not a.leading, "a fencing check that failed left the holding standing (its TTL has not run out yet)"
     assert "cannot confirm fencing token" in a.reason
     await asyncio.wait_for(a.run(), OP_TIMEOUT + SLACK)  # returns at once, revoking the lease: no TTL to wait out
-    took = await poll("edge02 to win the lane", b.campaign, within=TTL + SLACK)
+    took = await timed("edge02 to win the lane", b.campaign, within=TTL + SLACK)
     print(f"edge02 won {took:.2f}s after edge01's holding ended")
     with pytest.raises(LeaseLost):
         await a.ensure(a.token)
@@ -226,7 +221,7 @@ async def test_quorum_loss_stops_everyone_and_quorum_return_restores_leadership(
     cluster.start(2)
     await asyncio.to_thread(cluster.wait_healthy)
     # a's lease (revoked while etcd was away, in vain) still binds the key until it expires after quorum returns.
-    took = await poll("a campaign after quorum returns", b.campaign, within=TTL + 5 * SLACK)
+    took = await timed("a campaign after quorum returns", b.campaign, within=TTL + 5 * SLACK)
     print(f"campaign succeeded {took:.2f}s after quorum returned")
     await b.ensure(b.token)
     assert not await a.campaign()

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from hybridops_daemon.config.models import HttpProbeSource
 from hybridops_daemon.signals.http_probe import HttpProbe
 from hybridops_daemon.signals.sample import Sample
+from tests.testbed.sources import running
 
 
 class Target:
@@ -135,22 +136,17 @@ async def test_credentials_are_used_but_never_shown(target: Target) -> None:
 async def test_run_keeps_a_fixed_cadence_and_stops_cleanly_on_cancel(target: Target) -> None:
     target.delay = 0.03  # each probe takes a while: a sleep(interval) loop would drift by this much per probe
     interval = 0.1
-    loop = asyncio.get_running_loop()
-    seen: list[tuple[float, Sample]] = []
     with capture_logs() as logs:
-        async with HttpProbe(spec(target.url, interval=interval), "edge01") as http:
-            async with asyncio.TaskGroup() as group:
-                task = group.create_task(http.run(lambda sample: seen.append((loop.time(), sample))))
-                await asyncio.sleep(1.05)
-                task.cancel()
-            assert task.cancelled()
-            emitted = len(seen)
-            await asyncio.sleep(0.25)
-            assert len(seen) == emitted  # nothing runs after cancellation
+        # running() also fails the test if run() swallows the cancellation that ends the block.
+        async with running(HttpProbe(spec(target.url, interval=interval), "edge01")) as seen:
+            await asyncio.sleep(1.05)  # the span whose probes are counted, not a wait for something
+        emitted = len(seen.samples)
+        await asyncio.sleep(0.25)
+        assert len(seen.samples) == emitted  # nothing runs after cancellation
     assert 9 <= emitted <= 11
-    assert all(sample.value == 1.0 for _, sample in seen)
+    assert all(sample.value == 1.0 for sample in seen.samples)
     # The n-th sample lands at n × interval after the first, not n × (interval + probe time).
-    span = seen[-1][0] - seen[0][0]
+    span = seen.arrived[-1] - seen.arrived[0]
     assert abs(span - (emitted - 1) * interval) < 0.05
     assert logs == []  # a healthy target logs nothing, however many probes
 

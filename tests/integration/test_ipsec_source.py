@@ -20,9 +20,9 @@ import pytest
 from hybridops_daemon.config.models import IpsecSource, IpsecTunnel
 from hybridops_daemon.signals.base import UpstreamError
 from hybridops_daemon.signals.ipsec import IpsecPoller
-from hybridops_daemon.signals.sample import Sample
-from tests.testbed import sources
+from tests.testbed.sources import running
 from tests.testbed.strongswan import CharonPair
+from tests.testbed.wait import eventually
 
 INTERVAL = 0.25
 TIMEOUT = 1.0
@@ -41,70 +41,45 @@ def make_poller(vici: Path, *tunnels: tuple[str, str | None, str]) -> IpsecPolle
     return IpsecPoller(spec, "edge01")
 
 
-class Samples:
-    """Collects what the poller emits; ``wait`` polls it (never a fixed sleep)."""
-
-    def __init__(self) -> None:
-        self.all: list[Sample] = []
-
-    def __call__(self, sample: Sample) -> None:
-        self.all.append(sample)
-
-    def mark(self) -> int:
-        return len(self.all)
-
-    async def wait(self, signal: str, value: float | None, since: int = 0, within: float = PROMPT) -> float:
-        """Seconds until a sample of ``signal`` with ``value`` arrives (after index ``since``)."""
-        started = time.monotonic()
-        while time.monotonic() - started < within:
-            if any(s.signal == signal and s.value == value for s in self.all[since:]):
-                return time.monotonic() - started
-            await asyncio.sleep(0.02)
-        recent = [(s.signal, s.value) for s in self.all[since:][-6:]]
-        raise AssertionError(f"no {signal}={value} within {within}s; last samples: {recent}")
-
-
 async def blocking(call: Callable[[], object], within: float = 30.0) -> None:
     await asyncio.wait_for(asyncio.to_thread(call), within)
 
 
 async def test_tunnel_down_and_up_again(charon_pair: CharonPair) -> None:
     poller = make_poller(charon_pair.vici, ("dr", "net", "tunnel_up"), ("dr", None, "ike_up"))
-    samples = Samples()
-    async with sources.running(poller, samples):
-        await samples.wait("tunnel_up", 1.0)
-        await samples.wait("ike_up", 1.0)
+    async with running(poller) as samples:
+        await samples.first("tunnel_up", 1.0, within=PROMPT)
+        await samples.first("ike_up", 1.0, within=PROMPT)
 
         await blocking(charon_pair.terminate)
         mark = samples.mark()
-        await samples.wait("tunnel_up", 0.0, mark)
-        await samples.wait("ike_up", 0.0, mark)
+        await samples.first("tunnel_up", 0.0, mark, within=PROMPT)
+        await samples.first("ike_up", 0.0, mark, within=PROMPT)
 
         await blocking(charon_pair.initiate)
         mark = samples.mark()
-        await samples.wait("tunnel_up", 1.0, mark)
-        await samples.wait("ike_up", 1.0, mark)
+        await samples.first("tunnel_up", 1.0, mark, within=PROMPT)
+        await samples.first("ike_up", 1.0, mark, within=PROMPT)
     assert poller.health.malformed == 0
     assert poller.health.failures == 0
-    assert all(s.source == "ipsec" and s.edge == "edge01" for s in samples.all)
+    assert all(s.source == "ipsec" and s.edge == "edge01" for s in samples.samples)
 
 
 async def test_child_not_installed_while_ike_is_up(charon_pair: CharonPair) -> None:
     poller = make_poller(charon_pair.vici, ("dr", "net", "tunnel_up"), ("dr", None, "ike_up"))
-    samples = Samples()
-    async with sources.running(poller, samples):
-        await samples.wait("tunnel_up", 1.0)
+    async with running(poller) as samples:
+        await samples.first("tunnel_up", 1.0, within=PROMPT)
 
         await blocking(charon_pair.terminate_child)  # the IKE SA stays ESTABLISHED without a CHILD SA
         mark = samples.mark()
-        await samples.wait("tunnel_up", 0.0, mark)
+        await samples.first("tunnel_up", 0.0, mark, within=PROMPT)
         # from then on: the child reads down while the IKE SA reads up, in the same polls
         mark = samples.mark()
-        await samples.wait("ike_up", 1.0, mark)
-        assert not [s for s in samples.all[mark:] if s.signal == "tunnel_up" and s.value != 0.0]
+        await samples.first("ike_up", 1.0, mark, within=PROMPT)
+        assert not [s for s in samples.samples[mark:] if s.signal == "tunnel_up" and s.value != 0.0]
 
         await blocking(charon_pair.initiate_child)
-        await samples.wait("tunnel_up", 1.0, samples.mark())
+        await samples.first("tunnel_up", 1.0, samples.mark(), within=PROMPT)
     assert poller.health.malformed == 0
 
 
@@ -115,35 +90,30 @@ async def test_unknown_names_read_unknown_and_are_counted(charon_pair: CharonPai
         ("nope", None, "typo_ike"),
         ("dr", "other", "typo_child"),
     )
-    samples = Samples()
-    async with sources.running(poller, samples):
-        await samples.wait("typo_ike", None)
-        await samples.wait("typo_child", None)
-        await samples.wait("tunnel_up", 1.0)  # a bad name does not hide the good ones
+    async with running(poller) as samples:
+        await samples.first("typo_ike", None, within=PROMPT)
+        await samples.first("typo_child", None, within=PROMPT)
+        await samples.first("tunnel_up", 1.0, within=PROMPT)  # a bad name does not hide the good ones
         polls = poller.health.malformed
-        await samples.wait("typo_ike", None, samples.mark())
+        await samples.first("typo_ike", None, samples.mark(), within=PROMPT)
     assert poller.health.malformed > polls >= 1  # counted on every poll (logged once)
     assert not poller.health.upstream_down
-    assert {s.value for s in samples.all if s.signal in ("typo_ike", "typo_child")} == {None}
+    assert {s.value for s in samples.samples if s.signal in ("typo_ike", "typo_child")} == {None}
 
 
 async def test_charon_stopped_means_no_samples_and_upstream_down(charon_pair: CharonPair) -> None:
     poller = make_poller(charon_pair.vici, ("dr", "net", "tunnel_up"))
-    samples = Samples()
-    async with sources.running(poller, samples):
-        await samples.wait("tunnel_up", 1.0)
+    async with running(poller) as samples:
+        await samples.first("tunnel_up", 1.0, within=PROMPT)
 
         await blocking(charon_pair.a.stop)
-        started = time.monotonic()
-        while not poller.health.upstream_down:
-            assert time.monotonic() - started < PROMPT, "upstream_down not set after charon stopped"
-            await asyncio.sleep(0.02)
-        mark = samples.mark()
-        await asyncio.sleep(4 * INTERVAL)
-        assert samples.all[mark:] == [], "a source without its upstream must emit nothing (UNKNOWN by age)"
+        await samples.until("upstream_down after charon stopped", lambda: poller.health.upstream_down, within=PROMPT)
+        mark, failures = samples.mark(), poller.health.failures
+        await samples.until("two more failed polls", lambda: poller.health.failures >= failures + 2)
+        assert samples.samples[mark:] == [], "a source without its upstream must emit nothing (UNKNOWN by age)"
     assert poller.health.failures >= 1
     # the poll after the stop that was still answered (if any) read the tunnel down, never UNKNOWN
-    assert all(s.value in (0.0, 1.0) for s in samples.all)
+    assert all(s.value in (0.0, 1.0) for s in samples.samples)
 
 
 # --- the time bound, against VICI peers that misbehave (no charon needed) ---
@@ -197,11 +167,9 @@ async def test_a_stuck_vici_peer_times_out_and_frees_the_thread(vici_path: Path,
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(poller.poll(), TIMEOUT + 5)  # the outer bound only guards the test
         assert time.monotonic() - started < TIMEOUT + 0.3
-        for _ in range(50):  # up to 1 s
-            if not vici_threads():
-                break
-            await asyncio.sleep(0.02)
-        assert vici_threads() == [], "the worker thread is still blocked in vici after the poll gave up"
+        await eventually(
+            "the worker thread to leave vici's blocking read after the poll gave up", lambda: vici_threads() == [], within=1.0
+        )
         assert seen and seen[0], "the poller never sent its request"
         server.close()
 
@@ -220,10 +188,9 @@ async def test_a_missing_socket_is_an_os_error_and_run_emits_nothing(vici_path: 
     poller = make_poller(vici_path, ("dr", None, "ike_up"))
     with pytest.raises(FileNotFoundError):
         await asyncio.wait_for(poller.poll(), TIMEOUT + 5)
-    samples = Samples()
-    async with sources.running(poller, samples):
-        await asyncio.sleep(3 * INTERVAL)
-    assert samples.all == []
+    async with running(poller) as samples:
+        await samples.until("two failed polls", lambda: poller.health.failures >= 2)
+    assert samples.samples == []
     assert poller.health.upstream_down
     assert poller.health.failures >= 1
 

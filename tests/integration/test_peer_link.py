@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 from hybridops_daemon.config.models import MqttBroker, PeerSource
 from hybridops_daemon.config.profile import Profile
@@ -16,7 +15,10 @@ from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import DecisionKind, LaneState, Observation
 from hybridops_daemon.signals.peer import PeerLink
 from hybridops_daemon.signals.sample import Sample
+from tests.testbed import sources
 from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.sources import Seen
+from tests.testbed.wait import eventually
 
 LANES = {"prod": {"primary_http": 3.0}}
 PROFILE = Profile.model_validate(
@@ -57,25 +59,9 @@ class Node:
         return decision.kind
 
 
-@asynccontextmanager
-async def running(node: Node) -> AsyncIterator[asyncio.Task[None]]:
-    async with node.link:
-        task = asyncio.create_task(node.link.run(node.store.put))  # type: ignore[arg-type]
-        try:
-            yield task
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-
-async def until(what: str, check: Callable[[], object], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.05)
+def running(node: Node) -> AbstractAsyncContextManager[Seen]:
+    """The node's link running, handing what it hears from the peer to the node's store."""
+    return sources.running(node.link, Seen(node.store.put))
 
 
 async def test_both_edges_agree_before_anything_acts(mosquitto: Mosquitto) -> None:
@@ -83,11 +69,11 @@ async def test_both_edges_agree_before_anything_acts(mosquitto: Mosquitto) -> No
     async with running(edge01), running(edge02):
         edge01.see(0.0)  # edge01 sees the primary down
         edge02.see(1.0)  # edge02 still sees it up
-        await until("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0)
+        await eventually("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0)
         assert edge01.decide() is DecisionKind.HOLD  # one edge's word is not enough
 
         edge02.see(0.0)
-        await until("edge01 hears edge02 see it down", lambda: (s := edge01.heard()) is not None and s.value == 0.0)
+        await eventually("edge01 hears edge02 see it down", lambda: (s := edge01.heard()) is not None and s.value == 0.0)
         edge01.see(0.0)
         heard = edge01.heard()
         assert heard is not None and heard.source == "peer:edge02" and time.time() - heard.observed_at < 1.0
@@ -99,10 +85,14 @@ async def test_a_dead_peer_is_unknown_at_once_not_healthy(mosquitto: Mosquitto) 
     async with running(edge01):
         async with running(edge02):
             edge02.see(1.0)
-            await until("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0)
+            await eventually("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0)
         # edge02's link is gone without a clean goodbye from its side's view: the broker publishes its will
         # only on an unclean loss, so the clean close here leaves edge01 to age the signal out instead.
-        await until("the peer's signal to go stale", lambda: time.time() - edge01.heard().observed_at > 3.0, within=6)  # type: ignore[union-attr]
+        await eventually(
+            "the peer's signal to go stale",
+            lambda: (s := edge01.heard()) is not None and time.time() - s.observed_at > 3.0,
+            within=6,
+        )
         edge01.see(0.0)
         observation = Observation(edge01.store.snapshot(), "edge01", "edge02")
         now = time.time()
@@ -136,11 +126,13 @@ async def test_losing_the_peer_uncleanly_marks_its_signals_unknown_via_the_will(
         )
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
         try:
-            await until("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0, within=15)
+            await eventually("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0, within=15)
             proc.kill()
             await proc.wait()
             killed_at = time.time()
-            await until("the will marks edge02 unknown", lambda: (s := edge01.heard()) is not None and s.value is None, within=6)
+            await eventually(
+                "the will marks edge02 unknown", lambda: (s := edge01.heard()) is not None and s.value is None, within=6
+            )
             assert time.time() - killed_at < 3.0, "the will should beat the 3 s max age"
         finally:
             if proc.returncode is None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,9 +11,8 @@ from structlog.testing import capture_logs
 
 from hybridops_daemon.config.models import PrometheusSource
 from hybridops_daemon.signals.prometheus import PrometheusPoller
-from hybridops_daemon.signals.sample import Sample
-from tests.testbed import sources
 from tests.testbed.prometheus import Exporter, Prometheus
+from tests.testbed.sources import running
 
 
 @pytest.fixture
@@ -29,52 +25,10 @@ def bed(exporter: Exporter, prometheus: Prometheus) -> Iterator[Exporter]:
     yield exporter
 
 
-class Seen:
-    """The samples a source emitted, with waiting helpers (poll, never sleep for the first sample)."""
-
-    def __init__(self) -> None:
-        self.samples: list[Sample] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, sample: Sample) -> None:
-        self.samples.append(sample)
-        self._changed.set()
-
-    def latest(self, signal: str) -> Sample | None:
-        return next((s for s in reversed(self.samples) if s.signal == signal), None)
-
-    async def until(self, what: str, check: Callable[[], Any], within: float = 15.0) -> Any:
-        """Wait until ``check()`` is truthy: re-checked on every sample, and every 50 ms for health changes."""
-        try:
-            async with asyncio.timeout(within):
-                while not (result := check()):
-                    self._changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.05)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}; last samples: {self.samples[-4:]}") from None
-        return result
-
-    async def value(self, signal: str, value: float | None, within: float = 15.0) -> Sample:
-        def check() -> Sample | None:
-            sample = self.latest(signal)
-            return sample if sample is not None and sample.value == value else None
-
-        result: Sample = await self.until(f"{signal} == {value}", check, within)
-        return result
-
-
 def spec(url: str, *queries: dict[str, Any]) -> PrometheusSource:
     return PrometheusSource.model_validate(
         {"type": "prometheus", "url": url, "interval": 0.2, "timeout": 1.0, "queries": queries}
     )
-
-
-@asynccontextmanager
-async def running(poller: PrometheusPoller) -> AsyncIterator[Seen]:
-    seen = Seen()
-    async with sources.running(poller, seen):
-        yield seen
 
 
 async def test_values_track_the_exporter(bed: Exporter, prometheus: Prometheus) -> None:
@@ -175,8 +129,8 @@ async def test_prometheus_down_emits_nothing_then_recovers(bed: Exporter, promet
             await seen.value("primary_up", 1.0)
             prometheus.stop()
             await seen.until("upstream down", lambda: poller.health.upstream_down)
-            count = len(seen.samples)
-            await asyncio.sleep(1.5)  # several failed polls (backoff 0.2, 0.4, 0.8 s)
+            count, failures = len(seen.samples), poller.health.failures
+            await seen.until("two more failed polls", lambda: poller.health.failures >= failures + 2)
             assert len(seen.samples) == count, "nothing is emitted while Prometheus is down"
             assert poller.health.failures >= 2
             prometheus.start()

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.testbed.process import ComponentFailed, Process, free_port, require, wait_until
+from tests.testbed.process import ComponentFailed, Process, free_port, require
+from tests.testbed.wait import eventually_sync
 
 
 class Alertmanager:
@@ -49,7 +50,7 @@ class Alertmanager:
         ]
         self.process = Process("alertmanager", argv, workdir / "alertmanager.log", cwd=workdir)
         try:
-            wait_until("alertmanager /-/ready", self._ready, timeout=20, proc=self.process)
+            eventually_sync("alertmanager /-/ready", self._ready, within=20, proc=self.process)
         except ComponentFailed:
             self.process.stop()  # a hung, never-ready one must not outlive the test
             raise

@@ -1,25 +1,22 @@
 """Testbed fixtures: a BIRD 2.0 BGP pair in the two namespaces of ``netns_pair``.
 
-Router A (AS 65001, 10.99.0.1) and B (AS 65002, 10.99.0.2) each run one ``bgp`` protocol towards the other
-(``hold time 3``, ``connect retry time 1``) and export their lo /24 from a ``static`` protocol. BIRD runs in
-the foreground (``-f``) under ``Process``, so the test owns and reaps it.
+A and B (tests/testbed/routers.py) each run one ``bgp`` protocol towards the other (``hold time 3``, ``connect retry
+time 1``) and export their lo /24 from a ``static`` protocol. BIRD runs in the foreground (``-f``), so the test owns
+and reaps it.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.testbed.netns import NetnsPair, Peer
-from tests.testbed.process import ComponentFailed, Process, require, wait_until
-
-AS_A, AS_B = 65001, 65002
+from tests.testbed.netns import NetnsPair
+from tests.testbed.process import ComponentFailed, require
+from tests.testbed.routers import Router, RouterPair, booted
 
 BIRD_CONF = """\
 router id {router_id};
@@ -59,53 +56,35 @@ def protocol_state(ctl: Path, proto: str) -> tuple[str, str] | None:
     return state, bgp
 
 
-@dataclass
-class BirdRouter:
-    peer: Peer
-    neighbor: Peer
-    asn: int
-    proto: str  # the name of its bgp protocol towards the other router
-    dir: Path
-    process: Process | None = field(default=None)
+class BirdRouter(Router):
+    @property
+    def proto(self) -> str:
+        """The name of its bgp protocol towards the other router: ``to_b`` on A, ``to_a`` on B."""
+        return "to_b" if self.side == "a" else "to_a"
 
     @property
     def ctl(self) -> Path:
         return self.dir / "r.ctl"
 
-    def boot(self, remote_as: int) -> None:
+    def boot(self) -> None:
         self.dir.mkdir()
         conf = self.dir / "r.conf"
         conf.write_text(
             BIRD_CONF.format(
-                router_id=self.peer.router_id, network=self.peer.inner.rsplit(".", 1)[0] + ".0/24",
-                proto=self.proto, address=self.peer.address, asn=self.asn, neighbor=self.neighbor.address,
-                remote_as=remote_as,
+                router_id=self.peer.router_id, network=self.network, proto=self.proto, address=self.peer.address,
+                asn=self.asn, neighbor=self.neighbor.address, remote_as=self.remote_as,
             )
         )  # fmt: skip
-        argv = ["ip", "netns", "exec", self.peer.ns, require("bird"), "-f",
-                "-c", str(conf), "-s", str(self.ctl), "-P", str(self.dir / "r.pid")]  # fmt: skip
-        self.process = Process(f"bird@{self.peer.ns}", argv, self.dir.parent / f"{self.dir.name}-bird.log")
-        wait_until(f"bird in {self.peer.ns} to answer on {self.ctl}",
-                   lambda: birdc(self.ctl, "show", "status", timeout=5.0).returncode == 0,
-                   timeout=15, proc=self.process)  # fmt: skip
+        argv = [require("bird"), "-f", "-c", str(conf), "-s", str(self.ctl), "-P", str(self.dir / "r.pid")]
+        self.start("bird", argv, lambda: birdc(self.ctl, "show", "status", timeout=5.0).returncode == 0)
 
     def established(self) -> bool:
         return protocol_state(self.ctl, self.proto) == ("up", "Established")
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=10)
-
-    def logs(self) -> str:
-        return f"--- bird@{self.peer.ns}:\n{self.process.log_tail()}" if self.process else ""
-
 
 @dataclass
-class BirdPair:
-    pair: NetnsPair
-    a: BirdRouter
-    b: BirdRouter
-    root: Path
+class BirdPair(RouterPair[BirdRouter]):
+    kind = "BIRD"
 
     @property
     def ctl_a(self) -> Path:
@@ -135,30 +114,11 @@ class BirdPair:
     def enable(self) -> None:
         self._control_a("enable")
 
-    def wait_established(self, timeout: float = 20.0) -> None:
-        try:
-            wait_until("the BIRD session A↔B to be up/Established on both sides",
-                       lambda: self.a.established() and self.b.established(), timeout=timeout)  # fmt: skip
-        except ComponentFailed as exc:
-            raise ComponentFailed(f"{exc}\n{self.a.logs()}\n{self.b.logs()}") from None
-
 
 @pytest.fixture
 def bird_pair(netns_pair: NetnsPair) -> Iterator[BirdPair]:
     """BIRD on A (AS 65001, protocol ``to_b``) and B (AS 65002, ``to_a``), Established before the test starts."""
     require("bird")
     require("birdc")
-    # A short private dir, not tmp_path: Unix socket paths are limited to 107 bytes.
-    root = Path(tempfile.mkdtemp(prefix="hybird-"))
-    a = BirdRouter(netns_pair.a, netns_pair.b, AS_A, "to_b", root / "a")
-    b = BirdRouter(netns_pair.b, netns_pair.a, AS_B, "to_a", root / "b")
-    try:
-        a.boot(AS_B)
-        b.boot(AS_A)
-        pair = BirdPair(netns_pair, a, b, root)
-        pair.wait_established()
+    with booted(netns_pair, BirdRouter, BirdPair, "hybird-") as pair:
         yield pair
-    finally:
-        for router in (b, a):
-            router.stop()
-        shutil.rmtree(root, ignore_errors=True)

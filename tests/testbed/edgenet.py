@@ -37,7 +37,8 @@ import pytest
 
 from tests.testbed.etcd import EtcdCluster, Placement
 from tests.testbed.netns import black_hole, netns_exec, sh, unblack_hole, unique_id
-from tests.testbed.process import ComponentFailed, require, wait_until
+from tests.testbed.process import ComponentFailed, require
+from tests.testbed.wait import eventually_sync
 
 NODES = ("edge01", "edge02", "witness")
 SUBNET = "10.77.0"
@@ -178,7 +179,7 @@ def _hold_machine_lock(timeout: float) -> int:
         return True
 
     try:
-        wait_until(f"the other EdgeNet on this machine to close ({_LOCK} is locked)", take, timeout=timeout, interval=0.2)
+        eventually_sync(f"the other EdgeNet on this machine to close ({_LOCK} is locked)", take, within=timeout, every=0.2)
     except BaseException:
         os.close(fd)
         raise
@@ -245,7 +246,7 @@ class EdgeTestbed:
         done = self.etcdctl(None, "move-leader", format(self._status()[0][node], "x"), via=current)
         if done.returncode != 0:
             raise ComponentFailed(f"etcdctl move-leader to {node} failed: {done.stderr.strip()}")
-        wait_until(f"{node}'s etcd member leading", lambda: self.leader() == node, timeout=10)
+        eventually_sync(f"{node}'s etcd member leading", lambda: self.leader() == node, within=10)
 
     def _status(self) -> tuple[dict[str, int], set[int]]:
         """Each reachable member's id by node, and the leader ids they report."""

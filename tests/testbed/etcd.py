@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.process import ComponentFailed, Process, free_port, require, wait_until
+from tests.testbed.process import ComponentFailed, Process, free_port, require
+from tests.testbed.wait import eventually_sync
 
 # etcd's defaults, spelled out because timings in the tests derive from them: an election after 1 s without the
 # leader's heartbeat. etcd raises every lease TTL to at least ceil(1.5 × election timeout) = 2 s (a 1 s grant → TTL 2).
@@ -104,7 +105,9 @@ class EtcdCluster:
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         for i, member in enumerate(self._members):
-            wait_until(f"etcd {member.name} healthy", functools.partial(self.healthy, i), timeout=timeout, proc=member.process)
+            eventually_sync(
+                f"etcd {member.name} healthy", functools.partial(self.healthy, i), within=timeout, proc=member.process
+            )
 
     def stop(self, i: int) -> None:
         self.thaw(i)  # a stopped process would not act on SIGTERM until killed

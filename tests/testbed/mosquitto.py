@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.process import Process, free_port, require, wait_until
+from tests.testbed.process import Process, free_port, require
+from tests.testbed.wait import eventually_sync
 
 HOST = "127.0.0.1"
 
@@ -58,7 +59,7 @@ class Mosquitto:
         if self.alive():
             return
         self._process = Process("mosquitto", [self._binary, "-c", str(self.config)], self.log)
-        wait_until(f"mosquitto on port {self.port}", self._answers, timeout=timeout, proc=self._process)
+        eventually_sync(f"mosquitto on port {self.port}", self._answers, within=timeout, proc=self._process)
 
     def stop(self) -> None:
         if self._process is not None:

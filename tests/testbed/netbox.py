@@ -31,7 +31,8 @@ import pynetbox  # type: ignore[import-untyped]
 import pytest
 
 from hybridops_daemon.drivers.netbox import FENCING_FIELD
-from tests.testbed.process import ComponentFailed, Process, free_port, require, wait_until
+from tests.testbed.process import ComponentFailed, Process, free_port, require
+from tests.testbed.wait import eventually_sync
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "netbox-testbed"
 PGBIN = Path("/usr/lib/postgresql/15/bin")
@@ -166,7 +167,7 @@ class NetboxTestbed:
         )
         self.processes.append(server)
         # LOGIN_REQUIRED is NetBox's default: without a token the API answers 403, which already proves Django is up.
-        wait_until(
+        eventually_sync(
             "NetBox GET /api/status/ to answer",
             lambda: _http("GET", f"{url}/api/status/")[0] in (200, 403),
             START_TIMEOUT,
@@ -257,10 +258,10 @@ class NetboxTestbed:
         process = Process("postgres", _as_postgres(argv), self.workdir / "postgres.log")
         self.processes.append(process)
         isready = str(PGBIN / "pg_isready")
-        wait_until(
+        eventually_sync(
             "PostgreSQL pg_isready",
             lambda: subprocess.run([isready, "-q", "-h", "127.0.0.1", "-p", str(port)], check=False).returncode == 0,
-            timeout=60,
+            within=60,
             proc=process,
         )
         return port
@@ -270,7 +271,7 @@ class NetboxTestbed:
         argv = [require("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
         process = Process("redis-server", [*argv, "--dir", str(self.workdir)], self.workdir / "redis.log")
         self.processes.append(process)
-        wait_until("redis PING", lambda: _redis_pong(port), timeout=30, proc=process)
+        eventually_sync("redis PING", lambda: _redis_pong(port), within=30, proc=process)
         return port
 
     def _provision(self, url: str, admin: str, password: str, venv: Path, env: dict[str, str]) -> str:

@@ -31,7 +31,8 @@ import pytest
 from psycopg import sql as pgsql
 from psycopg.abc import QueryNoTemplate as Query
 
-from tests.testbed.process import ComponentFailed, free_port, require, wait_until
+from tests.testbed.process import ComponentFailed, free_port, require
+from tests.testbed.wait import eventually_sync
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 HOST = "127.0.0.1"
@@ -85,7 +86,7 @@ class PgServer:
             cwd=self.data.parent,
             timeout=timeout + 5,
         )
-        wait_until(f"pg_isready on {self.name} (port {self.port})", self._ready, timeout=timeout)
+        eventually_sync(f"pg_isready on {self.name} (port {self.port})", self._ready, within=timeout)
 
     def stop(self, mode: ShutdownMode = "fast", timeout: float = 30.0) -> None:
         """``pg_ctl stop -m MODE``; a no-op when the server is not running."""
@@ -159,10 +160,10 @@ class PgPair:
     def pause_replay(self) -> None:
         """Pause WAL replay on the replica (it keeps receiving): the way to build replay lag honestly."""
         self.replica.sql("SELECT pg_wal_replay_pause()")
-        wait_until(
+        eventually_sync(
             "replay paused on the replica",
             lambda: self.replica.sql("SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused",
-            timeout=10,
+            within=10,
         )
 
     def write_wal(self, megabytes: int = 4) -> str:
@@ -175,17 +176,17 @@ class PgPair:
 
     def wait_received(self, lsn: str, timeout: float = 20.0) -> None:
         """Until the replica has received (not necessarily replayed) WAL up to ``lsn``."""
-        wait_until(
+        eventually_sync(
             f"the replica to receive WAL up to {lsn}",
             lambda: self.replica.sql("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), %s::pg_lsn) >= 0", (lsn,))[0][0],
-            timeout=timeout,
+            within=timeout,
         )
 
     def wait_replayed(self, lsn: str, timeout: float = 20.0) -> None:
-        wait_until(
+        eventually_sync(
             f"the replica to replay WAL up to {lsn}",
             lambda: self.replica.sql("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn) >= 0", (lsn,))[0][0],
-            timeout=timeout,
+            within=timeout,
         )
 
     def in_recovery(self, site: Site) -> bool:
@@ -293,10 +294,10 @@ def start_pair(template: Path, password: str | None = None) -> PgPair:
             replica.start()
         except ComponentFailed as exc:
             raise ComponentFailed(f"{exc}\nreplica log:\n{replica.log_tail()}") from None
-        wait_until(
+        eventually_sync(
             "the replica to stream from the primary (pg_stat_replication)",
             lambda: primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")[0][0] >= 1,
-            timeout=30,
+            within=30,
         )
         if not pair.in_recovery("replica"):
             raise ComponentFailed("the replica is not in recovery after pg_basebackup -R")

@@ -33,7 +33,8 @@ from typing import Any
 
 import pytest
 
-from tests.testbed.process import ComponentFailed, Process, free_port, require, wait_until
+from tests.testbed.process import ComponentFailed, Process, free_port, require
+from tests.testbed.wait import eventually_sync
 
 HOST = "127.0.0.1"
 ZONE = "dr.example."
@@ -119,10 +120,10 @@ class PowerDns:
         if self.alive():
             return
         self._process = Process("pdns_server", [self._binary, f"--config-dir={self.directory}"], self.log)
-        wait_until(
+        eventually_sync(
             f"PowerDNS API on port {self.api_port}",
             lambda: self.api("GET", "/api/v1/servers/localhost")[0] == 200,
-            timeout=timeout,
+            within=timeout,
             proc=self._process,
         )
 

@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,22 +32,10 @@ def require(binary: str) -> str:
 def wait_until(
     what: str, ready: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, proc: Process | None = None
 ) -> Any:
-    """Poll ``ready`` until it returns something truthy; fail with ``what`` (and the process's log) on timeout."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise ComponentFailed(f"{proc.name} exited ({proc.popen.returncode}) before {what}:\n{proc.log_tail()}")
-        try:
-            result = ready()
-        except Exception as exc:  # not ready yet: connection refused, partial output, ...
-            last_error = exc
-        else:
-            if result:
-                return result
-        time.sleep(interval)
-    tail = f"\n{proc.log_tail()}" if proc is not None else ""
-    raise ComponentFailed(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r}){tail}")
+    """The older name (and defaults) of ``tests.testbed.wait.eventually_sync``, which the driver tests still import."""
+    from tests.testbed.wait import eventually_sync  # imported here: wait imports this module
+
+    return eventually_sync(what, ready, within=timeout, every=interval, proc=proc)
 
 
 class Process:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.testbed.process import ComponentFailed, Process, free_port, require, wait_until
+from tests.testbed.process import ComponentFailed, Process, free_port, require
+from tests.testbed.wait import eventually_sync
 
 
 class Exporter:
@@ -131,7 +132,7 @@ class Prometheus:
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
         self.process = Process("prometheus", argv, self.workdir / "prometheus.log", cwd=self.workdir)
-        wait_until("prometheus /-/ready", lambda: _get(f"{self.url}/-/ready") == 200, timeout=timeout, proc=self.process)
+        eventually_sync("prometheus /-/ready", lambda: _get(f"{self.url}/-/ready") == 200, within=timeout, proc=self.process)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -151,7 +152,7 @@ class Prometheus:
             result = self.query(promql)
             return (result,) if ready(result) else None  # a 1-tuple: truthy even when the result is empty
 
-        found: tuple[list[Any]] = wait_until(f"prometheus query {promql!r}", check, timeout=timeout, proc=self.process)
+        found: tuple[list[Any]] = eventually_sync(f"prometheus query {promql!r}", check, within=timeout, proc=self.process)
         return found[0]
 
 

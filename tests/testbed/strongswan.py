@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.netns import NetnsPair, Peer
-from tests.testbed.process import ComponentFailed, Process, require, wait_until
+from tests.testbed.process import ComponentFailed, Process, require
+from tests.testbed.wait import eventually_sync
 
 CHARON = "/usr/lib/ipsec/charon"
 PSK = "a-test-only-psk"
@@ -149,10 +150,10 @@ class Charon:
             self.dir / "charon.stdout",
         )
         try:
-            wait_until(
+            eventually_sync(
                 f"charon's VICI socket in {self.peer.ns}",
                 lambda: self.swanctl("--list-sas", check=False, timeout=5).returncode == 0,
-                timeout=20,
+                within=20,
                 proc=self.process,
             )
         except ComponentFailed as exc:
@@ -193,7 +194,7 @@ class CharonPair:
 
     def _wait_both(self, what: str, check: Callable[[Charon], bool], timeout: float) -> None:
         for side in (self.a, self.b):
-            wait_until(f"{what} on {side.peer.ns}", functools.partial(check, side), timeout=timeout, proc=side.process)
+            eventually_sync(f"{what} on {side.peer.ns}", functools.partial(check, side), within=timeout, proc=side.process)
 
     def initiate(self, timeout: float = 20.0) -> None:
         """Bring ``dr`` with its child ``net`` up from A and wait until both ends list it installed."""
