@@ -24,6 +24,7 @@ from hybridops_daemon.daemon.sources import SourceSupervisor
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.retry import Backoff
 from hybridops_daemon.signals.base import Emit
+from tests.testbed.wait import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 WATCHDOG_USEC = 400_000  # systemd's WatchdogSec=0.4s: the daemon pings every 0.2 s while its loop makes progress
@@ -77,13 +78,6 @@ async def running_daemon(directory: Path, monkeypatch: pytest.MonkeyPatch) -> As
         await asyncio.wait_for(task, 10)
         collector.cancel()
         systemd.sock.close()
-
-
-async def eventually(what: str, check: Any, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_decision_loop_stuck_on_an_await_stops_the_watchdog_while_status_still_answers(
