@@ -82,7 +82,7 @@ def _run(path: Path, level: str, pretty: bool | None) -> int:
             print(error, file=sys.stderr)
         print(f"hyops-daemon: {len(errors)} error(s) in the configuration; not starting", file=sys.stderr)
         return EXIT_INVALID
-    daemon = Daemon(config, profiles)
+    daemon = Daemon(config, profiles, path)
     configure(daemon.redactor, level=getattr(logging, level.upper()), pretty=pretty)
     try:
         asyncio.run(daemon.run())

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -49,8 +50,11 @@ log = structlog.get_logger("hybridops.daemon")
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, profiles: Mapping[str, Profile], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: DaemonConfig, profiles: Mapping[str, Profile], path: Path, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
+        self.path = path  # the daemon config file: a reload checks it (and the profiles it names) again
         self.clock = clock
         self.redactor = Redactor()
         self.store = ObservationStore()
@@ -67,11 +71,11 @@ class Daemon:
             self.store.snapshot,
             self._max_ages,
             lambda: self.sources.sources,
-            lambda: None if self._journal is None else self._journal.size_bytes(),
+            lambda: None if self.journal is None else self.journal.size_bytes(),
             clock,
             edges=tuple(edge for edge in (config.node, config.peer) if edge),
         )
-        self._journal: Journal | None = None
+        self.journal: Journal | None = None
 
     # Signal handlers and tests: flags and a wake-up, nothing more.
     def request_stop(self) -> None:
@@ -97,7 +101,7 @@ class Daemon:
                 signal_flags(self.request_stop, self.request_reload),
                 Journal.open(config.journal_path, self.redactor) as journal,
             ):
-                self._journal = journal
+                self.journal = journal
                 await self._serve(journal, local)
         finally:
             if local is not None:
@@ -180,7 +184,7 @@ class Daemon:
             housekeeping.append(group.create_task(self.watchdog.run()))
             self.notifier.ready(status_line(self.lanes))
             log.info("daemon ready", node=config.node, lanes=list(self.lanes), socket=str(config.socket_path))
-            reload = functools.partial(reload_profiles, config, self.lanes, drills[0], journal, self.clock)
+            reload = functools.partial(reload_profiles, self.path, config, self.lanes, drills[0], journal, self.clock)
             try:
                 await loop.run(self.watchdog.tick(config.tick), self.watchdog.stamp, reload)
             finally:

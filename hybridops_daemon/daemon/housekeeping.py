@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 import structlog
 
-from hybridops_daemon.config.loader import ConfigInvalid, load_profile
+from hybridops_daemon.config.loader import check_config
 from hybridops_daemon.config.models import DaemonConfig, RetentionConfig
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.control.protocol import CommandRefused
@@ -56,23 +57,29 @@ def scheduled_drill(submit: Submit) -> Callable[[str], Awaitable[None]]:
     return fire
 
 
-def _load_profiles(config: DaemonConfig) -> tuple[dict[str, Profile], list[str]]:
-    loaded: dict[str, Profile] = {}
-    errors: list[str] = []
-    for name, lane_config in config.lanes.items():
-        try:
-            loaded[name] = load_profile(lane_config.profile, DRIVER_MODULES)
-        except ConfigInvalid as exc:
-            errors.extend(str(error) for error in exc.errors)
-    return loaded, errors
+def _check(path: Path, running: DaemonConfig) -> tuple[dict[str, Profile], list[str]]:
+    """Every check check-config makes, on the files as they are now; the daemon config itself must not have changed
+    (its sources, lanes and drivers are wired at start: a change to it needs a restart, and a reload that applied only
+    part of it would run with a config nobody checked)."""
+    config, profiles, errors = check_config(path, DRIVER_MODULES)
+    if errors or config is None:
+        return {}, [str(error) for error in errors] or [f"{path}: not a daemon config"]
+    if config != running:
+        return {}, [f"{path} changed since the daemon started: restart it to apply that (profiles not reloaded either)"]
+    return profiles, []
 
 
 async def reload_profiles(
-    config: DaemonConfig, lanes: Mapping[str, Lane], drills: DrillScheduler | None, journal: Journal, now: Callable[[], float]
+    path: Path,
+    config: DaemonConfig,
+    lanes: Mapping[str, Lane],
+    drills: DrillScheduler | None,
+    journal: Journal,
+    now: Callable[[], float],
 ) -> None:
-    """Read every lane's profile again (off the event loop: a large file must not stall status or the watchdog's
-    view of progress) and swap them all, or none, keeping the running ones and saying why."""
-    loaded, errors = await asyncio.to_thread(_load_profiles, config)
+    """Check the configuration again as check-config would (off the event loop: a large file must not stall status or
+    the watchdog's view of progress) and swap every lane's profile, or none, keeping the running ones and saying why."""
+    loaded, errors = await asyncio.to_thread(_check, path, config)
     if not errors and drills is not None:
         try:
             drills.reschedule(loaded)

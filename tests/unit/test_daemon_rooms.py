@@ -59,16 +59,17 @@ class SystemdNotifySocket:
 @contextlib.asynccontextmanager
 async def running_daemon(directory: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Daemon, SystemdNotifySocket]]:
     config_file = directory / "daemon.yaml"
+    (directory / "prod.yaml").write_text((REPO / "policies" / "prod.yaml").read_text())
     config_file.write_text(
         f"node: edge01\nstate_dir: {directory}\ntick: 1s\n"
-        f"lanes:\n  prod:\n    profile: {REPO / 'policies' / 'prod.yaml'}\n    drivers:\n      sandbox: {{}}\n"
+        f"lanes:\n  prod:\n    profile: {directory / 'prod.yaml'}\n    drivers:\n      sandbox: {{}}\n"
     )
     config, profiles, errors = check_config(config_file, DRIVER_MODULES)
     assert config is not None and not errors, errors
     systemd = SystemdNotifySocket(directory / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(directory / "notify.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
-    daemon = Daemon(config, profiles)
+    daemon = Daemon(config, profiles, config_file)
     collector = asyncio.create_task(systemd.collect())
     task = asyncio.create_task(daemon.run())
     try:
@@ -84,16 +85,16 @@ async def test_a_decision_loop_stuck_on_an_await_stops_the_watchdog_while_status
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    load_profile = housekeeping.load_profile
+    check = housekeeping.check_config
 
-    def hung_load(*args: Any) -> Any:
-        release.wait(30)  # a profile reload that does not return until the test says so (the event loop stays free)
-        return load_profile(*args)
+    def hung_check(*args: Any) -> Any:
+        release.wait(30)  # a reload's check that does not return until the test says so (the event loop stays free)
+        return check(*args)
 
     async with running_daemon(short_dir, monkeypatch) as (daemon, systemd):
         await eventually("READY and pings", lambda: any(m.startswith("READY=1") for _, m in systemd.received))
         await eventually("two pings", lambda: systemd.pings() >= 2)
-        monkeypatch.setattr(housekeeping, "load_profile", hung_load)
+        monkeypatch.setattr(housekeeping, "check_config", hung_check)
         daemon.request_reload()
         stuck_at = time.monotonic()
         await asyncio.sleep(1.0)  # five watchdog intervals with the loop held
@@ -107,6 +108,46 @@ async def test_a_decision_loop_stuck_on_an_await_stops_the_watchdog_while_status
         release.set()
         resumed = time.monotonic()
         await eventually("pings to resume once the loop moves again", lambda: systemd.pings(since=resumed) >= 2)
+
+
+def reload_outcomes(daemon: Daemon) -> list[tuple[str, dict[str, Any]]]:
+    assert daemon.journal is not None
+    return [(r.kind, r.body) for r in daemon.journal.records(kinds=("profile.reloaded", "profile.reload_refused"))]
+
+
+async def test_a_reload_applies_only_what_passes_every_check_config_check(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile = short_dir / "prod.yaml"
+    async with running_daemon(short_dir, monkeypatch) as (daemon, _):
+        await eventually("the daemon to lead its lane", lambda: daemon.lanes and daemon.lanes["prod"].leads)
+        original = profile.read_text()
+
+        # A chain step bound to a driver the lane does not configure: valid alone, refused against the lane.
+        profile.write_text(
+            original.replace("version: 1", "version: 2").replace("    - id: dns\n", "    - id: dns\n      driver: powerdns\n")
+        )
+        daemon.request_reload()
+        await eventually("the refusal", lambda: reload_outcomes(daemon))
+        (kind, body), *_ = reload_outcomes(daemon)
+        assert kind == "profile.reload_refused" and "uses driver 'powerdns', not configured here" in " ".join(body["errors"])
+        assert daemon.lanes["prod"].profile.version == 1  # nothing changed
+
+        profile.write_text(original.replace("version: 1", "version: 2"))
+        daemon.request_reload()
+        await eventually("the reload", lambda: len(reload_outcomes(daemon)) == 2)
+        assert reload_outcomes(daemon)[-1] == ("profile.reloaded", {"lanes": {"prod": "prod@v2"}})
+        assert daemon.lanes["prod"].profile.version == 2
+
+        # The daemon config changed too: applying only the profiles would run a config nobody checked as a whole.
+        config_file = short_dir / "daemon.yaml"
+        config_file.write_text(config_file.read_text().replace("tick: 1s", "tick: 2s"))
+        profile.write_text(original.replace("version: 1", "version: 3"))
+        daemon.request_reload()
+        await eventually("the third answer", lambda: len(reload_outcomes(daemon)) == 3)
+        kind, body = reload_outcomes(daemon)[-1]
+        assert kind == "profile.reload_refused" and "restart" in body["errors"][0]
+        assert daemon.lanes["prod"].profile.version == 2
 
 
 class Crashing:
