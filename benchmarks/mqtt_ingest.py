@@ -37,8 +37,8 @@ from pathlib import Path
 
 import aiomqtt
 
-from hybridops_daemon.config.models import MqttBroker, MqttSource, MqttTopic
 from hybridops_daemon.config.profile import Profile
+from hybridops_daemon.config.sources import MqttBroker, MqttSource, MqttTopic
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import ChainEvent, DecisionKind, LaneState, Observation

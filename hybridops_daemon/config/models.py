@@ -1,7 +1,8 @@
 """The daemon config (one per node): its signal sources, each lane's profile and drivers, the lease.
 
 Durations are written as strings ("30s") and held as float seconds; paths resolve against the config file's
-folder (``DaemonConfig.resolved``). The profile's models are in ``config.profile``, the shared ones in ``config.base``.
+folder (``DaemonConfig.resolved``). The profile's models are in ``config.profile``, the sources' in
+``config.sources``, the shared ones in ``config.base``.
 """
 
 from __future__ import annotations
@@ -12,166 +13,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hybridops_daemon.config.base import Duration, Name, PositiveDuration, SignalName, Strict
+from hybridops_daemon.config.base import Duration, Name, PositiveDuration, Strict
 
 # Re-exported (the `as` form) for drivers/dns.py, which imports it from here until the drivers' rewrite lands.
 from hybridops_daemon.config.base import SecretRef as SecretRef
-
-
-class HttpProbeSource(Strict):
-    """GET ``url`` every ``interval``: the signal is 1 when the status matches (and latency is in bounds), else 0."""
-
-    type: Literal["http_probe"]
-    name: str = Field(default="", description="default: http_probe:<signal>")
-    signal: SignalName
-    url: str
-    interval: PositiveDuration = 1.0
-    timeout: PositiveDuration = 2.0
-    expect_status: int = Field(default=200, ge=100, le=599)
-    max_latency: PositiveDuration | None = None
-
-    @model_validator(mode="after")
-    def _named_after_its_signal(self) -> HttpProbeSource:
-        if not self.name:
-            object.__setattr__(self, "name", f"http_probe:{self.signal}")  # a frozen model's own default, set once
-        return self
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
-
-
-class MqttTls(Strict):
-    ca_file: Path | None = Field(default=None, description="CA bundle; default: the system's")
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-
-class MqttBroker(Strict):
-    """An MQTT broker connection, shared by the ``mqtt`` and ``peer`` sources."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    client_id: str | None = Field(default=None, description="default: hybridops-<node>-<source>")
-    username: str | None = None
-    password: SecretRef | None = Field(default=None, description="by reference (env or file), never inline")
-    tls: MqttTls | None = None
-    keepalive: Duration = 30.0
-    connect_timeout: PositiveDuration = 5.0
-    reconnect_min: PositiveDuration = 0.5
-    reconnect_max: PositiveDuration = 30.0
-
-
-class MqttTopic(Strict):
-    """``filter`` may hold ``+`` wildcards; ``labels`` names them in order, so ``site/+/health/db`` with
-    ``labels: [site]`` turns ``site/ams/health/db`` into the signal ``db_up{site=ams}``."""
-
-    filter: str = Field(min_length=1)
-    signal: SignalName
-    labels: tuple[str, ...] = ()
-
-
-class MqttSource(Strict):
-    """Payloads: JSON ``{"value": ..., "ts": ...}``, a bare number, or true/false/up/down (1/0)."""
-
-    type: Literal["mqtt"]
-    name: str = "mqtt"
-    broker: MqttBroker = MqttBroker()
-    qos: Literal[0, 1, 2] = 1
-    topics: tuple[MqttTopic, ...] = Field(min_length=1)
-
-
-class PrometheusQuery(Strict):
-    signal: SignalName
-    query: str = Field(min_length=1, description="PromQL instant query; one series, or one per `label` value")
-    label: str | None = Field(default=None, description="split a multi-series result into signal{label=value}")
-    empty: Literal["down", "unknown"] = Field(
-        default="unknown",
-        description="an empty result: 'down' (the series vanished because its target died: value 0) or 'unknown'",
-    )
-
-
-class PrometheusSource(Strict):
-    type: Literal["prometheus"]
-    name: str = "prometheus"
-    url: str
-    interval: PositiveDuration = 5.0
-    timeout: PositiveDuration = 3.0
-    queries: tuple[PrometheusQuery, ...] = Field(min_length=1)
-
-
-class AlertRoute(Strict):
-    """Alerts whose labels equal every ``match`` entry drive ``signal``: ``firing`` while any fires, else ``resolved``."""
-
-    signal: SignalName
-    match: dict[str, str] = Field(min_length=1)
-    firing: float = 0.0
-    resolved: float = 1.0
-
-
-class AlertmanagerSource(Strict):
-    type: Literal["alertmanager"]
-    name: str = "alertmanager"
-    listen: str = "127.0.0.1"
-    port: int = Field(ge=0, le=65535)
-    path: str = Field(default="/alertmanager", pattern=r"^/[\w./-]*$")
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    token: SecretRef | None = Field(default=None, description="if set, requests must carry 'Authorization: Bearer <token>'")
-    alerts: tuple[AlertRoute, ...] = Field(min_length=1)
-
-
-class BgpPeer(Strict):
-    """``peer`` is the neighbor address (FRR) or the protocol name (BIRD). Emits ``signal`` (1 established, 0 not)
-    and ``<signal>_prefixes`` (prefixes received)."""
-
-    peer: str
-    signal: SignalName
-
-
-class BgpSource(Strict):
-    type: Literal["bgp"]
-    name: str = "bgp"
-    daemon: Literal["frr", "bird"]
-    socket: Path = Field(description="FRR: the vty socket directory (vtysh --vty_socket); BIRD: the control socket")
-    interval: PositiveDuration = 1.0
-    timeout: PositiveDuration = 2.0
-    peers: tuple[BgpPeer, ...] = Field(min_length=1)
-
-
-class IpsecTunnel(Strict):
-    """Emits ``signal`` = 1 while the IKE SA (and, if named, its CHILD SA) is established/installed, else 0."""
-
-    ike: str
-    child: str | None = None
-    signal: SignalName
-
-
-class IpsecSource(Strict):
-    type: Literal["ipsec"]
-    name: str = "ipsec"
-    vici: Path = Path("/var/run/charon.vici")
-    interval: PositiveDuration = 1.0
-    timeout: PositiveDuration = 2.0
-    tunnels: tuple[IpsecTunnel, ...] = Field(min_length=1)
-
-
-class PeerSource(Strict):
-    """Publishes this node's observation summary per lane on ``<prefix>/<lane>/<node>`` and reads the peer's."""
-
-    type: Literal["peer"]
-    name: str = "peer"
-    broker: MqttBroker = MqttBroker()
-    topic_prefix: str = "hybridops/peer"
-    publish_interval: PositiveDuration = 1.0
-
-
-Source = Annotated[
-    HttpProbeSource | MqttSource | PrometheusSource | AlertmanagerSource | BgpSource | IpsecSource | PeerSource,
-    Field(discriminator="type"),
-]
+from hybridops_daemon.config.sources import Source
 
 
 class SandboxDriverConfig(Strict):
@@ -357,8 +203,9 @@ class DaemonConfig(Strict):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"source names must be unique (give each a `name:`); repeated: {', '.join(duplicates)}")
-        if any(source.type == "peer" for source in self.sources) and self.peer is None:
-            raise ValueError("a `peer` source needs `peer:` (the other edge's node name)")
+        needing = next((source.type for source in self.sources if source.needs_peer), None)
+        if needing is not None and self.peer is None:
+            raise ValueError(f"a `{needing}` source needs `peer:` (the other edge's node name)")
         return self
 
     # Paths resolve against the config file's folder (done by the loader through `resolved`).

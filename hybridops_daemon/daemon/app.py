@@ -19,9 +19,9 @@ import structlog
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, LocalLeaseConfig, PeerSource
-from hybridops_daemon.config.models import Source as SourceConfig
+from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, LocalLeaseConfig
 from hybridops_daemon.config.profile import Profile
+from hybridops_daemon.config.sources import SourceSpec
 from hybridops_daemon.control.backend import DaemonBackend
 from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.daemon.chains import ChainSupervisor
@@ -42,7 +42,7 @@ from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.scheduler import DrillScheduler
 from hybridops_daemon.sdnotify import Notifier
 from hybridops_daemon.secrets import SecretUnavailable, referenced, resolve
-from hybridops_daemon.signals.base import Source
+from hybridops_daemon.signals.base import Source, SourceContext
 from hybridops_daemon.signals.registry import build_source
 from hybridops_daemon.signals.sample import Sample
 
@@ -265,13 +265,9 @@ class Daemon:
         for run_id in set(journal.unfinished_runs()) - {lane.state.active_run for lane in self.lanes.values()}:
             log.warning("unfinished run belongs to no lane's state; leaving it for an operator", run_id=run_id)
 
-    def _build_source(self, spec: SourceConfig) -> Source:
-        if isinstance(spec, PeerSource):
-            from hybridops_daemon.signals.peer import PeerLink
-
-            assert self.config.peer is not None, "check-config requires `peer` with a peer source"
-            return PeerLink(spec, self.config.node, self.config.peer, self._published_signals, self.store.snapshot, self.clock)
-        return build_source(spec, self.config.node, self.clock)
+    def _build_source(self, spec: SourceSpec) -> Source:
+        context = SourceContext(self.config.node, self.config.peer, self.clock, self._published_signals, self.store.snapshot)
+        return build_source(spec, context)
 
     def _max_ages(self) -> dict[str, float]:
         """Per signal, the smallest max age of any lane that reads it (the strictest view of "stale")."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from hybridops_daemon import cancel
-from hybridops_daemon.config.models import Source as SourceConfig
+from hybridops_daemon.config.sources import SourceSpec
 from hybridops_daemon.retry import Backoff
 from hybridops_daemon.signals.base import Emit, Source
 
@@ -27,7 +27,7 @@ HEALTHY_AFTER = 60.0
 class SourceSupervisor:
     def __init__(
         self,
-        build: Callable[[SourceConfig], Source],
+        build: Callable[[SourceSpec], Source],
         emit: Emit,
         backoff: Callable[[], Backoff] = lambda: Backoff(RESTART_MIN, RESTART_MAX, healthy_after=HEALTHY_AFTER),
     ) -> None:
@@ -36,7 +36,7 @@ class SourceSupervisor:
         self._backoff = backoff
         self.sources: dict[str, Source] = {}  # the running instance per source name (status shows its health)
 
-    async def run(self, spec: SourceConfig) -> None:
+    async def run(self, spec: SourceSpec) -> None:
         backoff = self._backoff()
         while True:
             try:

@@ -36,9 +36,9 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from hybridops_daemon.config.models import AlertmanagerSource, AlertRoute
+from hybridops_daemon.config.sources import AlertmanagerSource, AlertRoute
 from hybridops_daemon.secrets import resolve
-from hybridops_daemon.signals.base import Emit, InputHealth
+from hybridops_daemon.signals.base import Emit, InputHealth, SourceContext
 from hybridops_daemon.signals.sample import Sample
 
 REFRESH_SECONDS = 5.0
@@ -56,6 +56,10 @@ class AlertmanagerReceiver:
     The server listens from ``__aenter__`` on (``.port`` is the bound port, useful with ``port: 0``); webhooks
     that arrive before ``run()`` update the state and are emitted when ``run()`` starts.
     """
+
+    @classmethod
+    def from_context(cls, spec: AlertmanagerSource, context: SourceContext) -> Self:
+        return cls(spec, context.node, context.clock)
 
     def __init__(
         self, spec: AlertmanagerSource, edge: str, clock: Callable[[], float] = time.time, refresh: float = REFRESH_SECONDS

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -21,6 +22,22 @@ from hybridops_daemon.retry import Backoff
 from hybridops_daemon.signals.sample import Sample
 
 Emit = Callable[[Sample], None]
+LaneSignals = Callable[[], Mapping[str, Mapping[str, float]]]  # lane → {signal: max_age}
+Snapshot = Callable[[], Mapping[tuple[str, str], Sample]]
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What the daemon hands every source's ``from_context(spec, context)``; each source takes what it needs.
+
+    ``published`` and ``snapshot`` are for the peer link, which tells the other edge what this one observes.
+    """
+
+    node: str
+    peer: str | None = None
+    clock: Callable[[], float] = time.time
+    published: LaneSignals = dict
+    snapshot: Snapshot = dict
 
 
 class Source(Protocol):

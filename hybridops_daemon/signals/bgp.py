@@ -26,10 +26,10 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
-from hybridops_daemon.config.models import BgpSource
-from hybridops_daemon.signals.base import PollingSource, UpstreamError
+from hybridops_daemon.config.sources import BgpSource
+from hybridops_daemon.signals.base import PollingSource, SourceContext, UpstreamError
 from hybridops_daemon.signals.sample import Sample
 
 VTYSH = "vtysh"
@@ -151,6 +151,10 @@ def parse_bird_protocols(text: str) -> dict[str, PeerState]:
 
 class BgpPoller(PollingSource):
     """Polls one FRR (vtysh) or BIRD (birdc) daemon every ``spec.interval``, each poll bounded by ``spec.timeout``."""
+
+    @classmethod
+    def from_context(cls, spec: BgpSource, context: SourceContext) -> Self:
+        return cls(spec, context.node, context.clock)
 
     def __init__(self, spec: BgpSource, edge: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(spec.name, edge, spec.interval, spec.timeout, clock)

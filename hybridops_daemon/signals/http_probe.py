@@ -18,7 +18,8 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from hybridops_daemon.config.models import HttpProbeSource
+from hybridops_daemon.config.sources import HttpProbeSource
+from hybridops_daemon.signals.base import SourceContext
 from hybridops_daemon.signals.sample import Sample
 
 log = structlog.get_logger()
@@ -31,6 +32,10 @@ def public_url(url: str) -> str:
 
 class HttpProbe:
     """One HTTP target. Use as ``async with HttpProbe(spec, edge) as probe``; it owns its client session."""
+
+    @classmethod
+    def from_context(cls, spec: HttpProbeSource, context: SourceContext) -> Self:
+        return cls(spec, context.node, context.clock)
 
     def __init__(self, spec: HttpProbeSource, edge: str, clock: Callable[[], float] = time.time) -> None:
         self.name = spec.name

@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 import vici  # type: ignore[import-untyped]  # the vici package ships no type hints
 from vici.exception import (  # type: ignore[import-untyped]
@@ -35,8 +35,8 @@ from vici.exception import (  # type: ignore[import-untyped]
     SessionException,
 )
 
-from hybridops_daemon.config.models import IpsecSource
-from hybridops_daemon.signals.base import PollingSource, UpstreamError
+from hybridops_daemon.config.sources import IpsecSource
+from hybridops_daemon.signals.base import PollingSource, SourceContext, UpstreamError
 from hybridops_daemon.signals.sample import Sample
 
 TunnelKey = tuple[str, str | None]  # (IKE name, CHILD name or None)
@@ -132,6 +132,10 @@ def tunnel_states(
 
 class IpsecPoller(PollingSource):
     """Polls charon's VICI socket; one signal per configured tunnel. Use as ``async with`` then ``run(emit)``."""
+
+    @classmethod
+    def from_context(cls, spec: IpsecSource, context: SourceContext) -> Self:
+        return cls(spec, context.node, context.clock)
 
     def __init__(self, spec: IpsecSource, edge: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(spec.name, edge, spec.interval, spec.timeout, clock)

@@ -25,9 +25,9 @@ from typing import Any, Self
 
 import aiomqtt
 
-from hybridops_daemon.config.models import MqttSource
+from hybridops_daemon.config.sources import MqttSource
 from hybridops_daemon.secrets import SecretUnavailable
-from hybridops_daemon.signals.base import Emit, InputHealth, labelled
+from hybridops_daemon.signals.base import Emit, InputHealth, SourceContext, labelled
 from hybridops_daemon.signals.mqtt_connection import connection, reconnect_backoff
 from hybridops_daemon.signals.sample import Sample
 
@@ -202,6 +202,10 @@ def match_topic(filter: str, topic: str) -> list[str] | None:
 
 class MqttIngest:
     """The ``mqtt`` source. ``async with MqttIngest(spec, edge, node) as source: await source.run(emit)``."""
+
+    @classmethod
+    def from_context(cls, spec: MqttSource, context: SourceContext) -> Self:
+        return cls(spec, context.node, context.node, context.clock)
 
     def __init__(self, spec: MqttSource, edge: str, node: str, clock: Callable[[], float] = time.time) -> None:
         self.spec = spec

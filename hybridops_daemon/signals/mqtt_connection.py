@@ -16,7 +16,7 @@ from typing import Any
 
 import aiomqtt
 
-from hybridops_daemon.config.models import MqttBroker
+from hybridops_daemon.config.sources import MqttBroker
 from hybridops_daemon.retry import Backoff
 from hybridops_daemon.secrets import resolve
 

@@ -27,16 +27,13 @@ from typing import Any, Self
 import aiomqtt
 
 from hybridops_daemon import cancel
-from hybridops_daemon.config.models import PeerSource
+from hybridops_daemon.config.sources import PeerSource
 from hybridops_daemon.secrets import SecretUnavailable
-from hybridops_daemon.signals.base import Emit, InputHealth
+from hybridops_daemon.signals.base import Emit, InputHealth, LaneSignals, Snapshot, SourceContext
 from hybridops_daemon.signals.mqtt_connection import connection, reconnect_backoff
 from hybridops_daemon.signals.sample import Sample
 
 MAX_SUMMARY_BYTES = 256 * 1024
-
-LaneSignals = Callable[[], Mapping[str, Mapping[str, float]]]  # lane → {signal: max_age}
-Snapshot = Callable[[], Mapping[tuple[str, str], Sample]]
 
 
 class MalformedSummary(ValueError):
@@ -100,6 +97,12 @@ def peer_status(payload: bytes, peer: str) -> bool:
 
 class PeerLink:
     """The ``peer`` source. Owns one MQTT connection that both publishes and subscribes."""
+
+    @classmethod
+    def from_context(cls, spec: PeerSource, context: SourceContext) -> Self:
+        if context.peer is None:  # check-config refuses this (PeerSource.needs_peer); a context built by hand may not
+            raise ValueError("a `peer` source needs `peer:` (the other edge's node name)")
+        return cls(spec, context.node, context.peer, context.published, context.snapshot, context.clock)
 
     def __init__(
         self,

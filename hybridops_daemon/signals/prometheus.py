@@ -35,8 +35,8 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from hybridops_daemon.config.models import PrometheusQuery, PrometheusSource
-from hybridops_daemon.signals.base import PollingSource, UpstreamError, labelled
+from hybridops_daemon.config.sources import PrometheusQuery, PrometheusSource
+from hybridops_daemon.signals.base import PollingSource, SourceContext, UpstreamError, labelled
 from hybridops_daemon.signals.sample import Sample
 
 # HTTP statuses with which Prometheus blames the query, not itself: 400 bad_data (parse error), 422 execution.
@@ -50,6 +50,10 @@ class Malformed(Exception):
 
 class PrometheusPoller(PollingSource):
     """Instant queries against one Prometheus. Use as ``async with PrometheusPoller(spec, edge) as p: await p.run(emit)``."""
+
+    @classmethod
+    def from_context(cls, spec: PrometheusSource, context: SourceContext) -> Self:
+        return cls(spec, context.node, context.clock)
 
     def __init__(self, spec: PrometheusSource, edge: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(spec.name, edge, spec.interval, spec.timeout, clock)

@@ -1,39 +1,31 @@
-"""Builds the source a config entry describes. Imports lazily: a node without BGP never loads the BGP code."""
+"""Builds the source a config entry describes, from the declarations in ``config.sources``.
+
+A source's module is imported only when a config entry of its type is built: a node without BGP never loads the
+BGP code (nor vici, prometheus_api_client or the MQTT client unless a source of that type is configured).
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import importlib
+from typing import Any
 
-from hybridops_daemon.config.models import HttpProbeSource, PeerSource
-from hybridops_daemon.config.models import Source as SourceConfig
-from hybridops_daemon.signals.base import Source
+from hybridops_daemon.config.sources import SOURCES_BY_TYPE, SourceDeclaration, SourceSpec
+from hybridops_daemon.signals.base import Source, SourceContext
 
 
-def build_source(spec: SourceConfig, node: str, clock: Callable[[], float] = time.time) -> Source:
-    """The ``peer`` source is not built here: it needs the daemon's own observations (see daemon.py)."""
-    if isinstance(spec, HttpProbeSource):
-        from hybridops_daemon.signals.http_probe import HttpProbe
+def source_class(declaration: SourceDeclaration) -> type[Any]:
+    """The class ``declaration.factory`` names (``module:Class``), imported now."""
+    module, _, name = declaration.factory.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    assert isinstance(cls, type), f"{declaration.factory} is not a class"
+    return cls
 
-        return HttpProbe(spec, node, clock)
-    if isinstance(spec, PeerSource):
-        raise ValueError("the peer source is wired by the daemon, not the registry")
-    if spec.type == "mqtt":
-        from hybridops_daemon.signals.mqtt import MqttIngest
 
-        return MqttIngest(spec, node, node, clock)
-    if spec.type == "prometheus":
-        from hybridops_daemon.signals.prometheus import PrometheusPoller
-
-        return PrometheusPoller(spec, node, clock)
-    if spec.type == "alertmanager":
-        from hybridops_daemon.signals.alertmanager import AlertmanagerReceiver
-
-        return AlertmanagerReceiver(spec, node, clock)
-    if spec.type == "bgp":
-        from hybridops_daemon.signals.bgp import BgpPoller
-
-        return BgpPoller(spec, node, clock)
-    from hybridops_daemon.signals.ipsec import IpsecPoller
-
-    return IpsecPoller(spec, node, clock)
+def build_source(spec: SourceSpec, context: SourceContext) -> Source:
+    declaration = SOURCES_BY_TYPE.get(spec.type)
+    if declaration is None:
+        raise ValueError(f"unknown source type {spec.type!r} (declared: {', '.join(SOURCES_BY_TYPE)})")
+    if not isinstance(spec, declaration.config):
+        raise TypeError(f"a {spec.type!r} source is configured by {declaration.config.__name__}, not {type(spec).__name__}")
+    source: Source = source_class(declaration).from_context(spec, context)
+    return source

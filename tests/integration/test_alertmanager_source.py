@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from hybridops_daemon.config.models import AlertmanagerSource
+from hybridops_daemon.config.sources import AlertmanagerSource
 from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.alertmanager import AlertmanagerReceiver
 from hybridops_daemon.signals.sample import Sample

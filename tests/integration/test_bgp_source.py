@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from hybridops_daemon.config.models import BgpSource
+from hybridops_daemon.config.sources import BgpSource
 from hybridops_daemon.signals.base import UpstreamError
 from hybridops_daemon.signals.bgp import BgpPoller, run_bounded
 from hybridops_daemon.signals.sample import Sample

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 
-from hybridops_daemon.config.models import MqttBroker, MqttSource, PeerSource
+from hybridops_daemon.config.sources import MqttBroker, MqttSource, PeerSource
 from hybridops_daemon.signals.mqtt import MqttIngest
 from hybridops_daemon.signals.peer import PeerLink
 from hybridops_daemon.signals.sample import Sample

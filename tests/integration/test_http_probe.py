@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from hybridops_daemon.config.models import HttpProbeSource
+from hybridops_daemon.config.sources import HttpProbeSource
 from hybridops_daemon.signals.http_probe import HttpProbe
 from hybridops_daemon.signals.sample import Sample
 from tests.testbed.sources import running

@@ -17,7 +17,7 @@ from types import FrameType
 
 import pytest
 
-from hybridops_daemon.config.models import IpsecSource, IpsecTunnel
+from hybridops_daemon.config.sources import IpsecSource, IpsecTunnel
 from hybridops_daemon.signals.base import UpstreamError
 from hybridops_daemon.signals.ipsec import IpsecPoller
 from tests.testbed.sources import running

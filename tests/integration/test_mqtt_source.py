@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from hybridops_daemon.config.base import SecretRef
-from hybridops_daemon.config.models import MqttBroker, MqttSource, MqttTopic
+from hybridops_daemon.config.sources import MqttBroker, MqttSource, MqttTopic
 from hybridops_daemon.signals.mqtt import MalformedPayload, MqttIngest, parse_payload
 from hybridops_daemon.signals.sample import Sample
 from tests.testbed.mosquitto import Mosquitto

@@ -8,8 +8,8 @@ import sys
 import time
 from contextlib import AbstractAsyncContextManager
 
-from hybridops_daemon.config.models import MqttBroker, PeerSource
 from hybridops_daemon.config.profile import Profile
+from hybridops_daemon.config.sources import MqttBroker, PeerSource
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import DecisionKind, LaneState, Observation
@@ -107,7 +107,7 @@ async def test_losing_the_peer_uncleanly_marks_its_signals_unknown_via_the_will(
         # edge02 as a separate process, killed with SIGKILL: the broker sees the socket die and sends its will.
         script = (
             "import asyncio, time, sys\n"
-            "from hybridops_daemon.config.models import MqttBroker, PeerSource\n"
+            "from hybridops_daemon.config.sources import MqttBroker, PeerSource\n"
             "from hybridops_daemon.observations import ObservationStore\n"
             "from hybridops_daemon.signals.peer import PeerLink\n"
             "from hybridops_daemon.signals.sample import Sample\n"

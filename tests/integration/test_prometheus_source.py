@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from hybridops_daemon.config.models import PrometheusSource
+from hybridops_daemon.config.sources import PrometheusSource
 from hybridops_daemon.signals.prometheus import PrometheusPoller
 from tests.testbed.prometheus import Exporter, Prometheus
 from tests.testbed.sources import running

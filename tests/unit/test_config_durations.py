@@ -7,18 +7,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from hybridops_daemon.config.models import (
-    BgpSource,
-    DaemonConfig,
-    EtcdLeaseConfig,
-    HttpProbeSource,
-    IpsecSource,
-    MqttBroker,
-    PeerSource,
-    PrometheusSource,
-    RetentionConfig,
-)
+from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, RetentionConfig
 from hybridops_daemon.config.profile import ActionLimit, DrillPolicy, FailbackPolicy, Profile, Rule, SignalSpec, Step
+from hybridops_daemon.config.sources import BgpSource, HttpProbeSource, IpsecSource, MqttBroker, PeerSource, PrometheusSource
 
 STEP = {"id": "fip", "module": "network/floating-ip@v1"}
 MINIMAL: dict[type[BaseModel], dict[str, Any]] = {

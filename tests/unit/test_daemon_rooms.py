@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hybridops_daemon.config.loader import check_config
-from hybridops_daemon.config.models import HttpProbeSource
+from hybridops_daemon.config.sources import HttpProbeSource
 from hybridops_daemon.control.client import request
 from hybridops_daemon.daemon import housekeeping
 from hybridops_daemon.daemon.app import Daemon

@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from hybridops_daemon.config.base import SecretRef
-from hybridops_daemon.config.models import MqttBroker, MqttSource, MqttTls, MqttTopic
+from hybridops_daemon.config.sources import MqttBroker, MqttSource, MqttTls, MqttTopic
 from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.mqtt import MAX_PAYLOAD, MalformedPayload, MqttIngest, match_topic, parse_payload
 from hybridops_daemon.signals.mqtt_connection import client_kwargs

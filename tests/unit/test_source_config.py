@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from hybridops_daemon.config.loader import check_config
-from hybridops_daemon.config.models import AlertmanagerSource, BgpSource, IpsecSource, MqttSource, PeerSource, PrometheusSource
+from hybridops_daemon.config.sources import AlertmanagerSource, BgpSource, IpsecSource, MqttSource, PeerSource, PrometheusSource
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 
 PROFILE = {
