@@ -58,7 +58,6 @@ from typing import Any, Literal
 
 import yaml
 
-from hybridops_daemon.config.models import AnsibleDriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -70,6 +69,7 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.ansible import AnsibleDriverConfig
 from hybridops_daemon.drivers.modules import MODULES, validate_inputs
 
 Phase = Literal["check", "apply", "verify", "compensate"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
+from hybridops_daemon import secrets  # the module, not its names: it may still be loading (see drivers/__init__.py)
 from hybridops_daemon.config.models import SecretRef
-from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 
 class DriverError(Exception):
@@ -107,8 +107,8 @@ def scrubbed(error: DriverError, secret: str, mask: str = "***") -> DriverError:
 def secret(driver: str, name: str, ref: SecretRef) -> str:
     """The secret ``ref`` points at; CredentialsUnavailable naming ``driver`` and the reference when it cannot be read."""
     try:
-        return resolve(name, ref)
-    except SecretUnavailable as exc:  # names the reference, never a value
+        return secrets.resolve(name, ref)
+    except secrets.SecretUnavailable as exc:  # names the reference, never a value
         raise CredentialsUnavailable(f"{driver}: {exc}") from None
 
 

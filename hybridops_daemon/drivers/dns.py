@@ -54,7 +54,6 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
-from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -72,6 +71,7 @@ from hybridops_daemon.drivers.base import (
     secret,
     stamp_mismatch,
 )
+from hybridops_daemon.drivers.declarations.dns import PowerDnsDriverConfig, Rfc2136DriverConfig
 from hybridops_daemon.drivers.modules import DnsRecord, inputs_of
 
 MODULE = "dns/record@v1"

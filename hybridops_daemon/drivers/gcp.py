@@ -45,7 +45,6 @@ from google.cloud import compute_v1
 from google.oauth2 import service_account
 from google.protobuf import json_format  # type: ignore[import-untyped]
 
-from hybridops_daemon.config.models import GcpDriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -59,6 +58,7 @@ from hybridops_daemon.drivers.base import (
     Unavailable,
     secret,
 )
+from hybridops_daemon.drivers.declarations.gcp import GcpDriverConfig
 from hybridops_daemon.drivers.modules import ComputeCapacity, inputs_of
 
 MODULE = "compute/capacity@v1"

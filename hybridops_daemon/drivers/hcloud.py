@@ -40,7 +40,6 @@ from hcloud.actions import ActionFailedException, ActionTimeoutException
 from hcloud.floating_ips import BoundFloatingIP
 from hcloud.servers import BoundServer
 
-from hybridops_daemon.config.models import HcloudDriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -59,6 +58,7 @@ from hybridops_daemon.drivers.base import (
     secret,
     stamp_mismatch,
 )
+from hybridops_daemon.drivers.declarations.hcloud import HcloudDriverConfig
 from hybridops_daemon.drivers.modules import FloatingIp, inputs_of
 
 MODULE = "network/floating-ip@v1"

@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 import pynetbox  # type: ignore[import-untyped]
 import requests
 
-from hybridops_daemon.config.models import NetboxDriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -45,6 +44,7 @@ from hybridops_daemon.drivers.base import (
     secret,
     stamp_mismatch,
 )
+from hybridops_daemon.drivers.declarations.netbox import NetboxDriverConfig
 from hybridops_daemon.drivers.modules import IpamAddress, validate_inputs
 
 MODULE = "ipam/address@v1"

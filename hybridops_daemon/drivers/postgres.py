@@ -37,7 +37,6 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from hybridops_daemon.config.models import PostgresDriverConfig, PostgresSite
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -51,6 +50,7 @@ from hybridops_daemon.drivers.base import (
     Unavailable,
     secret,
 )
+from hybridops_daemon.drivers.declarations.postgres import PostgresDriverConfig, PostgresSite
 from hybridops_daemon.drivers.modules import DatabasePrimary, validate_inputs
 
 MODULE = "database/primary@v1"

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from hybridops_daemon.config.models import AnsibleDriverConfig
 from hybridops_daemon.drivers.ansible import AnsibleDriver, secret_env_name
 from hybridops_daemon.drivers.base import (
     ApplyResult,
@@ -37,6 +36,7 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.ansible import AnsibleDriverConfig
 from tests.testbed.process import Process, require, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

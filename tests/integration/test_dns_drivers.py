@@ -27,7 +27,7 @@ from aiohttp import web
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig, SecretRef, Step
+from hybridops_daemon.config.models import SecretRef, Step
 from hybridops_daemon.drivers.base import (
     CredentialsUnavailable,
     DriverError,
@@ -40,6 +40,7 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.dns import PowerDnsDriverConfig, Rfc2136DriverConfig
 from hybridops_daemon.drivers.dns import PowerDnsDriver, Rfc2136Driver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal

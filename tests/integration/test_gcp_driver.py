@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import GcpDriverConfig, SecretRef, Step
+from hybridops_daemon.config.models import SecretRef, Step
 from hybridops_daemon.drivers.base import (
     CredentialsUnavailable,
     DriverError,
@@ -34,6 +34,7 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.gcp import GcpDriverConfig
 from hybridops_daemon.drivers.gcp import REQUEST_TIMEOUT, GcpDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal

@@ -19,7 +19,7 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import HcloudDriverConfig, Step
+from hybridops_daemon.config.models import Step
 from hybridops_daemon.drivers.base import (
     CredentialsUnavailable,
     DriverError,
@@ -31,6 +31,7 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.hcloud import HcloudDriverConfig
 from hybridops_daemon.drivers.hcloud import FENCING_LABEL, HcloudDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal

@@ -21,7 +21,7 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import NetboxDriverConfig, SecretRef, Step
+from hybridops_daemon.config.models import SecretRef, Step
 from hybridops_daemon.drivers.base import (
     CredentialsUnavailable,
     DriverError,
@@ -32,6 +32,7 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.netbox import NetboxDriverConfig
 from hybridops_daemon.drivers.netbox import FENCING_FIELD, NetboxDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal

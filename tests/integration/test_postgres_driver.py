@@ -15,7 +15,7 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import PostgresDriverConfig, PostgresSite, SecretRef, Step
+from hybridops_daemon.config.models import SecretRef, Step
 from hybridops_daemon.drivers.base import (
     CredentialsUnavailable,
     DriverError,
@@ -26,6 +26,7 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.postgres import PostgresDriverConfig, PostgresSite
 from hybridops_daemon.drivers.postgres import MODULE, PROBE_TABLE, PostgresDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
