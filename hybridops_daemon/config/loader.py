@@ -106,14 +106,17 @@ def check_config(
 def _unbound_drivers(parsed: _Parsed, lane: str, drivers: LaneDrivers, profile: Profile) -> list[ConfigError]:
     """A step needs its driver configured in the lane that runs it (targets and secrets are per lane)."""
     errors = []
+    configured = drivers.configured()
     for which in ("cutover", "failback"):
         for step in profile.chain(which):
-            if step.driver != "sandbox" and getattr(drivers, step.driver, None) is None:
+            config = configured.get(step.driver)
+            if config is None:
                 message = f"profile {profile.ref} step {which}.{step.id} uses driver {step.driver!r}, not configured here"
                 errors.append(parsed.error(("lanes", lane, "drivers"), message))
-            elif step.driver == "ansible" and drivers.ansible is not None and step.module not in drivers.ansible.packs:
-                message = f"profile {profile.ref} step {which}.{step.id}: no ansible pack bound to {step.module}"
-                errors.append(parsed.error(("lanes", lane, "drivers", "ansible", "packs"), message))
+            elif (unbound := config.unbound(step.module)) is not None:
+                key, why = unbound
+                message = f"profile {profile.ref} step {which}.{step.id}: {why}"
+                errors.append(parsed.error(("lanes", lane, "drivers", step.driver, *key), message))
     return errors
 
 

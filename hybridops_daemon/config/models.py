@@ -14,108 +14,11 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hybridops_daemon.config.base import Duration, Name, PositiveDuration, Strict
-
-# Re-exported (the `as` form) for drivers/dns.py, which imports it from here until the drivers' rewrite lands.
-from hybridops_daemon.config.base import SecretRef as SecretRef
 from hybridops_daemon.config.sources import Source
 
-
-class SandboxDriverConfig(Strict):
-    """The embedded driver: a local JSON "world" file stands in for the outside world."""
-
-    world: Path | None = Field(default=None, description="default: <state_dir>/world-<lane>.json")
-    latency: Duration = 0.0
-
-
-class HcloudDriverConfig(Strict):
-    """Hetzner Cloud (floating IPs) through the official ``hcloud`` SDK."""
-
-    endpoint: str = "https://api.hetzner.cloud/v1"
-    token: SecretRef
-    action_timeout: Duration = Field(default=25.0, description="keep below the step's timeout (30s by default)")
-    poll_interval: Duration = 0.5
-    request_timeout: Duration = 10.0
-
-
-class PostgresSite(Strict):
-    """One PostgreSQL server of a cluster: a libpq DSN without a password, and the password by reference."""
-
-    dsn: str
-    password: SecretRef | None = None
-
-
-class PostgresDriverConfig(Strict):
-    """``clusters[cluster][site]``: the servers that ``database/primary@v1`` can make the primary."""
-
-    clusters: dict[str, dict[str, PostgresSite]] = Field(min_length=1)
-    connect_timeout: Duration = 5.0
-    promote_timeout: Duration = 60.0
-
-
-class PowerDnsDriverConfig(Strict):
-    api_url: str
-    api_key: SecretRef
-    server_id: str = "localhost"
-    nameservers: tuple[str, ...] = Field(min_length=1, description="authoritative servers verify() resolves against, host:port")
-    timeout: Duration = 5.0
-    verify_settle: Duration = Field(default=0.0, description="verify() re-resolves until all nameservers agree, up to this long")
-
-
-class Rfc2136DriverConfig(Strict):
-    server: str
-    port: int = Field(default=53, ge=1, le=65535)
-    tsig_name: str | None = None
-    tsig_secret: SecretRef | None = None
-    tsig_algorithm: str = "hmac-sha256"
-    nameservers: tuple[str, ...] = Field(default=(), description="for verify(); default: the server itself")
-    timeout: Duration = 5.0
-    verify_settle: Duration = Field(default=0.0, description="verify() re-resolves until all nameservers agree, up to this long")
-
-    @model_validator(mode="after")
-    def _tsig_complete(self) -> Rfc2136DriverConfig:
-        if (self.tsig_name is None) != (self.tsig_secret is None):
-            raise ValueError("tsig_name and tsig_secret go together")
-        return self
-
-
-class NetboxDriverConfig(Strict):
-    url: str
-    token: SecretRef
-    timeout: Duration = 10.0
-
-
-class GcpDriverConfig(Strict):
-    """GCP Compute Engine instances through ``google-cloud-compute`` (REST transport)."""
-
-    project: str
-    zone: str
-    endpoint: str | None = Field(default=None, description="API endpoint override (tests point it at a local fake)")
-    credentials: SecretRef | None = Field(default=None, description="service-account JSON file; default: ADC")
-    operation_timeout: Duration = 300.0
-    request_timeout: Duration = Field(default=30.0, description="client-side limit of each API request")
-    poll_interval: Duration = 1.0
-
-
-class AnsibleDriverConfig(Strict):
-    """Runs packs (playbooks) from ``packs_dir/<pack>/`` for the modules bound to them."""
-
-    packs_dir: Path = Path("packs/ansible")
-    packs: dict[str, str] = Field(default_factory=dict, description="module ref → pack name")
-    playbook: str = "ansible-playbook"
-    timeout: Duration = 600.0
-
-
-class LaneDrivers(Strict):
-    """Per lane, so each lane has its own targets and secrets: a drill never reaches prod's."""
-
-    sandbox: SandboxDriverConfig = SandboxDriverConfig()
-    hcloud: HcloudDriverConfig | None = None
-    postgres: PostgresDriverConfig | None = None
-    powerdns: PowerDnsDriverConfig | None = None
-    rfc2136: Rfc2136DriverConfig | None = None
-    netbox: NetboxDriverConfig | None = None
-    gcp: GcpDriverConfig | None = None
-    ansible: AnsibleDriverConfig | None = None
+# Each driver declares its config model (hybridops_daemon/drivers/declarations/, on config.base alone); the lane's
+# drivers section is built from those declarations.
+from hybridops_daemon.drivers.declarations import LaneDrivers as LaneDrivers
 
 
 class LaneConfig(Strict):
@@ -218,20 +121,7 @@ class DaemonConfig(Strict):
             name: lane.model_copy(
                 update={
                     "profile": rel(lane.profile),
-                    "drivers": lane.drivers.model_copy(
-                        update={
-                            "sandbox": lane.drivers.sandbox.model_copy(
-                                update={
-                                    "world": rel(lane.drivers.sandbox.world)
-                                    if lane.drivers.sandbox.world
-                                    else state / f"world-{name}.json"
-                                }
-                            ),
-                            "ansible": lane.drivers.ansible.model_copy(update={"packs_dir": rel(lane.drivers.ansible.packs_dir)})
-                            if lane.drivers.ansible
-                            else None,
-                        }
-                    ),
+                    "drivers": lane.drivers.resolved(base, state, name),
                 }
             )
             for name, lane in self.lanes.items()

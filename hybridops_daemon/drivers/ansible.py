@@ -30,12 +30,13 @@ setsid() into sessions of their own, with the modules and their children) are SI
 step. A pack must not start long-lived processes of its own (``async`` tasks, ``nohup ... &``): after a normal
 exit they would be left running, and on a timeout they would be killed.
 
-Errors: ``TaskFailed`` (a task failed; names it), ``HostUnreachable`` (exit 4 with UNREACHABLE), ``PlaybookFailed``
-(any other non-zero exit), ``PackTimedOut`` (``config.timeout``) and ``BadPackOutput`` are retryable;
-``PackNotFound`` (module not bound, pack or phase playbook missing), ``PackInvalid`` (ansible refused to parse
-the playbook or its options), ``InvalidInputs``, ``AnsibleUnavailable`` (no ansible-playbook) and
-``NoCompensation`` are permanent. Every line and message the driver returns has the step's secret values
-replaced by ``***``: the journal redacts them too, but the driver does not rely on it.
+Errors, in the shared vocabulary of ``drivers.base``: ``Unavailable`` (retryable) when ansible-playbook exits
+non-zero (``code`` its exit status; a failed task is named, with ``details["task"]`` and ``details["detail"]``,
+ansible's message for it; exit 4 with UNREACHABLE: the host), runs past ``config.timeout``, or finishes without
+a usable result file; permanent ``NotFound`` (module not bound, pack or phase playbook missing, no
+ansible-playbook), ``Refused`` (ansible refused to parse the playbook or its options; inputs that cannot be
+handed to a playbook) and ``NoCompensation``. Every line and message the driver returns has the step's secret
+values replaced by ``***``: the journal redacts them too, but the driver does not rely on it.
 """
 
 from __future__ import annotations
@@ -57,15 +58,18 @@ from typing import Any, Literal
 
 import yaml
 
-from hybridops_daemon.config.models import AnsibleDriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
     DriverError,
-    PermanentDriverError,
+    NoCompensation,
+    NotFound,
     ProbeResult,
+    Refused,
     StepContext,
+    Unavailable,
 )
+from hybridops_daemon.drivers.declarations.ansible import AnsibleDriverConfig
 from hybridops_daemon.drivers.modules import MODULES, validate_inputs
 
 Phase = Literal["check", "apply", "verify", "compensate"]
@@ -87,55 +91,6 @@ _ERROR = re.compile(r"^(?:\[ERROR\]|ERROR!):? ?(?P<message>.*)$")
 _ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "TZ")
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SECRET_ENV_PREFIX = "HYOPS_SECRET_"
-
-
-class PackNotFound(PermanentDriverError):
-    """The module is not bound to a pack, or the pack or its phase playbook does not exist."""
-
-
-class PackInvalid(PermanentDriverError):
-    """ansible-playbook refused the playbook itself (YAML/parse error, unknown module, bad options)."""
-
-
-class InvalidInputs(PermanentDriverError):
-    """The step's inputs cannot be handed to a playbook (bad or reserved names, not JSON-able)."""
-
-
-class AnsibleUnavailable(PermanentDriverError):
-    """``config.playbook`` (ansible-playbook) is not installed or not executable on this node."""
-
-
-class NoCompensation(PermanentDriverError):
-    """The pack ships no ``compensate.yml``."""
-
-
-class PlaybookFailed(DriverError):
-    """ansible-playbook exited non-zero. ``returncode`` is its exit status."""
-
-    def __init__(self, message: str, returncode: int) -> None:
-        super().__init__(message)
-        self.returncode = returncode
-
-
-class TaskFailed(PlaybookFailed):
-    """A task failed; ``task`` is its name, ``detail`` ansible's message for it."""
-
-    def __init__(self, message: str, returncode: int, task: str, detail: str) -> None:
-        super().__init__(message, returncode)
-        self.task = task
-        self.detail = detail
-
-
-class HostUnreachable(PlaybookFailed):
-    """ansible could not reach a host a task runs on (exit 4, UNREACHABLE). Retrying may help."""
-
-
-class PackTimedOut(DriverError):
-    """The playbook ran past ``config.timeout``; it and every process it started were killed."""
-
-
-class BadPackOutput(DriverError):
-    """The playbook finished but its result file is missing, not a JSON object, or lacks a required key."""
 
 
 # --------------------------------------------------------------------------------------------- transcript
@@ -274,18 +229,18 @@ class AnsibleDriver:
         """Run ``check.yml`` under --check: is the outside world already as desired?
 
         Read-only and idempotent (as far as the pack keeps its promise; --check simulates anything it would
-        change). Raises the module's retryable errors (TaskFailed, HostUnreachable, PlaybookFailed, PackTimedOut,
-        BadPackOutput when ``satisfied`` is missing or not a boolean) and permanent ones (PackNotFound,
-        PackInvalid, InvalidInputs, AnsibleUnavailable).
+        change). Raises Unavailable (a task failed, a host unreachable, another non-zero exit, the timeout, or
+        ``satisfied`` missing or not a boolean), retryable; NotFound (pack, playbook or ansible-playbook
+        missing) and Refused (ansible refused the pack; unusable inputs), permanent.
         """
         run = await self._run(step, "check")
         data = dict(run.result)
         satisfied = data.pop("satisfied", None)
         outputs = data.pop("outputs", {})
         if not isinstance(satisfied, bool):
-            raise BadPackOutput(f"{self._where(step, 'check')}: the result needs a boolean 'satisfied'")
+            raise Unavailable(f"{self._where(step, 'check')}: the result needs a boolean 'satisfied'")
         if not isinstance(outputs, dict):
-            raise BadPackOutput(f"{self._where(step, 'check')}: 'outputs' must be a JSON object")
+            raise Unavailable(f"{self._where(step, 'check')}: 'outputs' must be a JSON object")
         return CheckResult(satisfied=satisfied, observed=data, outputs=outputs if satisfied else {})
 
     async def apply(self, step: StepContext) -> ApplyResult:
@@ -300,14 +255,14 @@ class AnsibleDriver:
     async def verify(self, step: StepContext) -> ProbeResult:
         """Run ``verify.yml`` under --check: the pack's independent read of the world, never apply's answer.
 
-        Read-only and idempotent. Raises as check(); BadPackOutput when ``ok`` is missing or not a boolean.
+        Read-only and idempotent. Raises as check(); Unavailable when ``ok`` is missing or not a boolean.
         """
         run = await self._run(step, "verify")
         data = dict(run.result)
         ok = data.pop("ok", None)
         detail = data.pop("detail", "")
         if not isinstance(ok, bool):
-            raise BadPackOutput(f"{self._where(step, 'verify')}: the result needs a boolean 'ok'")
+            raise Unavailable(f"{self._where(step, 'verify')}: the result needs a boolean 'ok'")
         return ProbeResult(ok=ok, probe=f"ansible pack {self._pack(step)} verify.yml", observed=data, detail=str(detail))
 
     async def compensate(self, step: StepContext) -> ApplyResult:
@@ -316,7 +271,7 @@ class AnsibleDriver:
         Idempotent when the pack is. Raises as apply().
         """
         if not (self._pack_dir(step) / "compensate.yml").is_file():
-            raise NoCompensation(f"no compensation for {step.module}: pack {self._pack(step)} has no compensate.yml")
+            raise NoCompensation(f"ansible: no compensation for {step.module}: pack {self._pack(step)} has no compensate.yml")
         run = await self._run(step, "compensate")
         return ApplyResult(log=run.log, outputs=run.result)
 
@@ -342,9 +297,9 @@ class AnsibleDriver:
         pack = self._config.packs.get(step.module)
         if pack is None:
             known = ", ".join(sorted(self._config.packs)) or "none"
-            raise PackNotFound(f"module {step.module} is not bound to an ansible pack (bound: {known})")
+            raise NotFound(f"ansible: module {step.module} is not bound to an ansible pack (bound: {known})")
         if not _PACK_NAME.fullmatch(pack):  # a name, never a path out of packs_dir
-            raise PackNotFound(f"pack name {pack!r} for {step.module} is not a plain folder name")
+            raise NotFound(f"ansible: pack name {pack!r} for {step.module} is not a plain folder name")
         return pack
 
     def _pack_dir(self, step: StepContext) -> Path:
@@ -357,7 +312,7 @@ class AnsibleDriver:
         wanted = self._config.playbook
         found = wanted if os.sep in wanted else shutil.which(wanted, path=os.environ.get("PATH", _DEFAULT_PATH))
         if found is None or not os.access(found, os.X_OK) or not os.path.isfile(found):
-            raise AnsibleUnavailable(f"{wanted} is not installed or not executable on this node")
+            raise NotFound(f"ansible: {wanted} is not installed or not executable on this node")
         return found
 
     @staticmethod
@@ -369,13 +324,13 @@ class AnsibleDriver:
             inputs = dict(step.inputs)
         for name in inputs:
             if not isinstance(name, str) or not _VAR_NAME.fullmatch(name):
-                raise InvalidInputs(f"input {name!r} of {step.module} is not a valid variable name")
+                raise Refused(f"ansible: input {name!r} of {step.module} is not a valid variable name")
             if name.startswith(_RESERVED):
-                raise InvalidInputs(f"input {name!r} of {step.module} uses a reserved prefix ({', '.join(_RESERVED)})")
+                raise Refused(f"ansible: input {name!r} of {step.module} uses a reserved prefix ({', '.join(_RESERVED)})")
         try:
             json.dumps(inputs, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise InvalidInputs(f"inputs of {step.module} are not JSON-able: {type(exc).__name__}") from None
+            raise Refused(f"ansible: inputs of {step.module} are not JSON-able: {type(exc).__name__}") from None
         return inputs
 
     @staticmethod
@@ -384,7 +339,7 @@ class AnsibleDriver:
         for name, value in step.secrets.items():
             var = secret_env_name(name)
             if var in env:
-                raise InvalidInputs(f"secrets of step {step.step_id} collide on {var}")
+                raise Refused(f"ansible: secrets of step {step.step_id} collide on {var}")
             env[var] = value
         return env
 
@@ -415,7 +370,7 @@ class AnsibleDriver:
         where = self._where(step, phase)
         playbook = self._pack_dir(step) / f"{phase}.yml"
         if not playbook.is_file():
-            raise PackNotFound(f"{where}: {playbook} does not exist")
+            raise NotFound(f"{where}: {playbook} does not exist")
         binary = self._binary()
         inputs = self._inputs(step)
         secrets = self._secret_env(step)
@@ -450,7 +405,7 @@ class AnsibleDriver:
             shutil.rmtree(tmp, ignore_errors=True)
         encoded = json.dumps(result)
         if any(secret in encoded for secret in masked):
-            raise BadPackOutput(f"{where}: the result holds a secret value; refusing to publish it")
+            raise Unavailable(f"{where}: the result holds a secret value; refusing to publish it")
         return _Run(result=result, log=tuple(transcript.tail))
 
     async def _execute(self, argv: list[str], tmp: Path, env: dict[str, str], transcript: _Transcript, where: str) -> int:
@@ -466,7 +421,7 @@ class AnsibleDriver:
                 limit=_STREAM_LIMIT,
             )
         except OSError as exc:
-            raise AnsibleUnavailable(f"cannot start {argv[0]}: {exc.strerror}") from None
+            raise NotFound(f"ansible: cannot start {argv[0]}: {exc.strerror}") from None
         try:
             async with asyncio.timeout(self._config.timeout):
                 assert proc.stdout is not None
@@ -482,7 +437,7 @@ class AnsibleDriver:
                 return await proc.wait()
         except TimeoutError:
             doing = f" (running task {transcript.task!r})" if transcript.task else ""
-            raise PackTimedOut(
+            raise Unavailable(
                 f"{where} did not finish within {self._config.timeout:g}s{doing}: it was killed with every process it started"
             ) from None
         finally:
@@ -493,29 +448,29 @@ class AnsibleDriver:
     def _failure(where: str, returncode: int, transcript: _Transcript) -> DriverError:
         if transcript.failure:
             task, detail = transcript.failed_task or "(unnamed)", transcript.failure
-            if transcript.unreachable:
-                return HostUnreachable(f"{where}: task {task!r}: host unreachable: {detail}", returncode)
-            return TaskFailed(f"{where}: task {task!r} failed: {detail}", returncode, task, detail)
+            how = ": host unreachable" if transcript.unreachable else " failed"
+            details = {"task": task, "detail": detail}
+            return Unavailable(f"{where}: task {task!r}{how}: {detail}", code=returncode, details=details)
         error = transcript.error or (transcript.tail[-1] if transcript.tail else "no output")
         # Exit 4 without an unreachable host, or 5: ansible refused the playbook or the options (a pack bug).
         if returncode in (4, 5):
-            return PackInvalid(f"{where}: ansible-playbook refused the pack (exit {returncode}): {error}")
-        return PlaybookFailed(f"{where}: ansible-playbook exited {returncode}: {error}", returncode)
+            return Refused(f"{where}: ansible-playbook refused the pack (exit {returncode}): {error}")
+        return Unavailable(f"{where}: ansible-playbook exited {returncode}: {error}", code=returncode)
 
     @staticmethod
     def _read_result(path: Path, where: str) -> dict[str, Any]:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise BadPackOutput(f"{where} finished without writing its result to hyops_output_file") from None
+            raise Unavailable(f"{where} finished without writing its result to hyops_output_file") from None
         except OSError as exc:
-            raise BadPackOutput(f"{where}: cannot read its result: {exc.strerror}") from None
+            raise Unavailable(f"{where}: cannot read its result: {exc.strerror}") from None
         try:
             result = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise BadPackOutput(f"{where}: its result is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            raise Unavailable(f"{where}: its result is not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(result, dict):
-            raise BadPackOutput(f"{where}: its result must be a JSON object, not {type(result).__name__}")
+            raise Unavailable(f"{where}: its result must be a JSON object, not {type(result).__name__}")
         return result
 
 

@@ -12,24 +12,104 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol
+
+from hybridops_daemon import secrets  # the module, not its names: it may still be loading (see drivers/__init__.py)
+from hybridops_daemon.config.base import SecretRef
 
 
 class DriverError(Exception):
-    """A step's effect could not be checked, applied or verified. ``retryable`` tells the runner whether to retry."""
+    """A step's effect could not be checked, applied or verified. ``retryable`` tells the runner whether to retry.
 
-    retryable = True
+    Raised as such only for a failure no kind below describes (an answer the SDK could not make sense of, a
+    change by someone else between two reads): retryable, so the runner's bounded retries and re-check decide.
+    ``code`` is the target's own name for the failure when it gave one (an API error code, an HTTP status, an
+    exit status); ``details`` holds further facts a caller may act on (e.g. the lag that tripped a guard).
+    Messages name the driver (or its target) and what it tried, never a secret.
+    """
+
+    retryable: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, code: str | int | None = None, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details: Mapping[str, Any] = MappingProxyType(dict(details or {}))
 
 
 class PermanentDriverError(DriverError):
-    """Retrying cannot help (bad input, refused by the target, guard tripped)."""
+    """Retrying cannot help. Drivers raise one of the kinds below; this base is what the runner and tests catch."""
 
     retryable = False
 
 
-class Fenced(PermanentDriverError):
+class Unavailable(DriverError):
+    """Retryable: the target, or the way to it, did not do what was asked this time for a reason that may pass.
+
+    Raised when a connection is refused or reset, a request or an operation outlasts its time limit (it may
+    still land: the runner re-checks before retrying), the target answers 5xx, is busy (locked, in between
+    states, starting up), answers something unusable, or runs the change and reports that it failed.
+    """
+
+
+class RateLimited(DriverError):
+    """Retryable: the target throttles us (HTTP 429 or the API's own rate-limit code).
+
+    ``retry_after``: seconds from when the error was raised until the target said a retry may pass (its
+    ``Retry-After`` or quota reset), None when it did not say.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        code: str | int | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.retry_after = retry_after
+
+
+class Refused(PermanentDriverError):
+    """Permanent: the target said no (a 4xx other than not-found and bad credentials, a permission it lacks),
+    the step's inputs are invalid, or one of the driver's own guards tripped (lag, split brain, ambiguity)."""
+
+
+class NotFound(PermanentDriverError):
+    """Permanent: what the step names does not exist: the resource at the target (404, no such zone, server,
+    instance, floating IP), or a site, pack or program the driver's configuration should provide."""
+
+
+class CredentialsUnavailable(PermanentDriverError):
+    """Permanent: the driver has no usable credentials: a secret reference resolves to nothing (or to something
+    that is no key), or the target rejects the credentials it was given (401, bad password, TSIG rejected).
+    The message names the reference, never the secret."""
+
+
+class NoCompensation(PermanentDriverError):
+    """Permanent: compensate() was asked for, but the module defines no undo for the step (the failback chain
+    puts things back), or there is nothing this run applied to undo."""
+
+
+class Fenced(Refused):
     """The target carries a change stamped with a newer fencing token than this run's: a newer leader acted
     there, and this run must not overwrite it. Permanent: retrying under the same token cannot help."""
+
+
+def scrubbed(error: DriverError, secret: str, mask: str = "***") -> DriverError:
+    """``error`` with ``secret`` masked in its message, should an upstream have echoed it; kind, code and details kept."""
+    if secret and secret in str(error):
+        error.args = (str(error).replace(secret, mask),)
+    return error
+
+
+def secret(driver: str, name: str, ref: SecretRef) -> str:
+    """The secret ``ref`` points at; CredentialsUnavailable naming ``driver`` and the reference when it cannot be read."""
+    try:
+        return secrets.resolve(name, ref)
+    except secrets.SecretUnavailable as exc:  # names the reference, never a value
+        raise CredentialsUnavailable(f"{driver}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,11 @@ rrsets; one UPDATE message with both), so both land or neither. check() resolves
 (``Fenced``) a name stamped with a newer token than the run's; verify() wants the run's own token there. The
 stamp belongs to the name, so records of two types at one name share it.
 
-Errors: ``DnsUnavailable`` (retryable: 5xx, 429, refused connections, timeouts, SERVFAIL) and the permanent
-``DnsAuthFailed``, ``ZoneNotFound``, ``RecordRejected``, ``UpdateRefused``, ``NoCompensation``. No message
-carries a secret: the API key and TSIG secret are resolved by reference at each use and never formatted.
+Errors, in the shared vocabulary of ``drivers.base``: retryable ``Unavailable`` (5xx, refused connections,
+timeouts, SERVFAIL) and ``RateLimited`` (429); permanent ``CredentialsUnavailable`` (API key or TSIG secret
+unresolvable or rejected), ``NotFound`` (no such zone), ``Refused`` (the record, or the update, refused),
+``NoCompensation``. No message carries a secret: the API key and TSIG secret are resolved by reference at each
+use and never formatted.
 """
 
 from __future__ import annotations
@@ -52,50 +54,31 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
-from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig, SecretRef
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
+    CredentialsUnavailable,
     DriverError,
-    PermanentDriverError,
+    NoCompensation,
+    NotFound,
     ProbeResult,
+    RateLimited,
+    Refused,
     StepContext,
+    Unavailable,
     parse_stamp,
     refuse_newer_stamp,
+    secret,
     stamp_mismatch,
 )
+from hybridops_daemon.drivers.declarations.dns import PowerDnsDriverConfig, Rfc2136DriverConfig
 from hybridops_daemon.drivers.modules import DnsRecord, inputs_of
-from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "dns/record@v1"
 DEFAULT_TIMEOUT = 5.0  # seconds per HTTP request / DNS exchange; see the constructors
 _SETTLE_INTERVAL = 0.5  # seconds between verify()'s probes while the servers converge
 FENCE_LABEL = "_hyops-fence"  # the stamp of <name> lives at _hyops-fence.<name>, TXT "token=<N> run=<run_id>"
 _TOKEN = re.compile(r"(?:^|\s)token=([0-9]+)(?:\s|$)")
-
-
-class DnsUnavailable(DriverError):
-    """The API or a DNS server did not answer usefully (down, timeout, 5xx, 429, SERVFAIL). Retrying may help."""
-
-
-class DnsAuthFailed(PermanentDriverError):
-    """The PowerDNS API rejected the API key (401/403). The message never holds the key."""
-
-
-class ZoneNotFound(PermanentDriverError):
-    """The zone does not exist on the server (PowerDNS 404, or RFC 2136 NOTZONE)."""
-
-
-class RecordRejected(PermanentDriverError):
-    """The server refused the record itself (PowerDNS 400/422, RFC 2136 FORMERR...), or its content does not parse."""
-
-
-class UpdateRefused(PermanentDriverError):
-    """RFC 2136: the server refused the update (REFUSED/NOTAUTH, TSIG key or secret rejected)."""
-
-
-class NoCompensation(PermanentDriverError):
-    """DNS is put back by the failback chain, not by undoing a step."""
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
@@ -133,13 +116,13 @@ def _record(step: StepContext) -> _Record:
         name = dns.name.from_text(inputs.fqdn)
         zone = dns.name.from_text(inputs.zone)
     except (dns.exception.DNSException, ValueError) as exc:
-        raise RecordRejected(f"{inputs.fqdn} {inputs.type}: content does not parse as that type ({exc})") from None
+        raise Refused(f"DNS: {inputs.fqdn} {inputs.type}: content does not parse as that type ({exc})") from None
     if not name.is_subdomain(zone):
-        raise RecordRejected(f"{inputs.fqdn} is not inside zone {inputs.zone}")
+        raise Refused(f"DNS: {inputs.fqdn} is not inside zone {inputs.zone}")
     try:
         fence = dns.name.from_text(FENCE_LABEL, origin=name)
     except dns.exception.DNSException:
-        raise RecordRejected(f"{inputs.fqdn} is too long to hold its fencing stamp at {FENCE_LABEL}.{inputs.fqdn}") from None
+        raise Refused(f"DNS: {inputs.fqdn} is too long to hold its fencing stamp at {FENCE_LABEL}.{inputs.fqdn}") from None
     return _Record(inputs, name, zone, rdtype, rdata, fence)
 
 
@@ -147,13 +130,6 @@ def _fence_rdata(step: StepContext) -> dns.rdata.Rdata:
     """The stamp: one TXT string (at most 255 bytes, so a very long run id is cut; the token always fits)."""
     text = f"token={step.fencing_token} run={step.run_id}".encode()[:255]
     return dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT, [text])
-
-
-def _secret(name: str, ref: SecretRef) -> str:
-    try:
-        return resolve(name, ref)
-    except SecretUnavailable as exc:  # names the reference, never a value
-        raise PermanentDriverError(str(exc)) from None
 
 
 def _host_port(entry: str, default_port: int = 53) -> tuple[str, int]:
@@ -270,6 +246,7 @@ class _ResolvingVerifier:
     """check / verify / compensate, shared: resolve at every authoritative server and compare."""
 
     modules = frozenset({MODULE})
+    name: str
     _nameservers: tuple[str, ...]
     _timeout: float
     _settle: float
@@ -292,16 +269,15 @@ class _ResolvingVerifier:
 
         The stamp at ``_hyops-fence.<name>`` is resolved alongside: a name stamped with a newer fencing token
         than the step's (at any server) raises Fenced, satisfied or not. Budget: two DNS exchanges per server,
-        all concurrently, each within ``timeout``. Raises DnsUnavailable when a server cannot tell us (timeout,
-        unreachable, SERVFAIL): unknown is neither satisfied nor not. RecordRejected / PermanentDriverError on
-        bad inputs.
+        all concurrently, each within ``timeout``. Raises Unavailable when a server cannot tell us (timeout,
+        unreachable, SERVFAIL): unknown is neither satisfied nor not. Refused on bad inputs.
         """
         want = _record(step)
         answers, fences = await self._probe(want)
         silent = [f"{server} {answer.describe()}" for server, answer in answers.items() if not answer.reachable]
         silent += [f"{server} {fence.describe()} for {want.fence}" for server, fence in fences.items() if not fence.reachable]
         if silent:
-            raise DnsUnavailable(f"cannot check {want.inputs.fqdn} {want.inputs.type}: {'; '.join(silent)}")
+            raise Unavailable(f"DNS: cannot check {want.inputs.fqdn} {want.inputs.type}: {'; '.join(silent)}")
         stamp = _stamp(fences)
         refuse_newer_stamp(f"DNS name {want.inputs.fqdn}", stamp, step)
         satisfied = all(answer.matches(want) for answer in answers.values())
@@ -320,7 +296,7 @@ class _ResolvingVerifier:
         servers are asked again every 0.5 s until they all agree or ``settle`` has passed (so at most
         ``settle + timeout``: keep it under the step's timeout). A server that does not answer makes the probe
         fail (ok False, named in ``detail``) rather than raise, so the journal keeps what every other server
-        said. RecordRejected / PermanentDriverError on bad inputs.
+        said. Refused on bad inputs.
         """
         want = _record(step)
         loop = asyncio.get_running_loop()
@@ -353,7 +329,7 @@ class _ResolvingVerifier:
 
     async def compensate(self, step: StepContext) -> ApplyResult:
         """Never undoes a record: the failback chain points DNS back. Raises NoCompensation."""
-        raise NoCompensation(f"no compensation for {MODULE}: the failback chain sets DNS back")
+        raise NoCompensation(f"{self.name}: no compensation for {MODULE}: the failback chain sets DNS back")
 
 
 # --------------------------------------------------------------------------------------------- powerdns
@@ -389,8 +365,8 @@ class PowerDnsDriver(_ResolvingVerifier):
 
         Idempotent in effect (the same REPLACE twice leaves the same rrset; PowerDNS bumps the zone serial
         each time, which is why the runner calls check() first). Budget: one HTTP request within ``timeout``.
-        Raises DnsUnavailable (5xx, 429, connection refused, timeout), DnsAuthFailed (401/403),
-        ZoneNotFound (404), RecordRejected (400/422/other 4xx), PermanentDriverError (secret unavailable).
+        Raises Unavailable (5xx, connection refused, timeout), RateLimited (429), CredentialsUnavailable
+        (401/403, API key unresolvable), NotFound (404: no such zone), Refused (400/422/other 4xx).
         """
         want = _record(step)
         fence = _fence_rdata(step)
@@ -412,7 +388,7 @@ class PowerDnsDriver(_ResolvingVerifier):
                 },
             ]
         }
-        key = _secret("powerdns.api_key", self._config.api_key)
+        key = secret("powerdns", "powerdns.api_key", self._config.api_key)
         url = self._zone_url(want.inputs.zone)
         try:
             async with (
@@ -422,9 +398,9 @@ class PowerDnsDriver(_ResolvingVerifier):
                 status = response.status
                 text = await response.text(errors="replace")
         except TimeoutError:
-            raise DnsUnavailable(f"PowerDNS API at {self._api} did not answer within {self._timeout:g}s") from None
+            raise Unavailable(f"PowerDNS API at {self._api} did not answer within {self._timeout:g}s") from None
         except aiohttp.ClientError as exc:
-            raise DnsUnavailable(f"PowerDNS API at {self._api} unreachable: {type(exc).__name__}: {exc}") from None
+            raise Unavailable(f"PowerDNS API at {self._api} unreachable: {type(exc).__name__}: {exc}") from None
         if 200 <= status < 300:
             return ApplyResult(
                 log=(
@@ -438,14 +414,17 @@ class PowerDnsDriver(_ResolvingVerifier):
     def _http_error(self, status: int, error: str, want: _Record) -> DriverError:
         where = f"PowerDNS API at {self._api}"
         if status in (401, 403):
-            return DnsAuthFailed(f"{where} rejected the API key (HTTP {status})")
+            return CredentialsUnavailable(f"{where} rejected the API key (HTTP {status})", code=status)
         if status == 404:
-            return ZoneNotFound(
-                f"{where}: no zone {want.inputs.zone}. on server {self._config.server_id!r} (HTTP 404; or a wrong api_url)"
+            return NotFound(
+                f"{where}: no zone {want.inputs.zone}. on server {self._config.server_id!r} (HTTP 404; or a wrong api_url)",
+                code=status,
             )
-        if status == 429 or status >= 500:
-            return DnsUnavailable(f"{where} answered HTTP {status}: {error}")
-        return RecordRejected(f"{where} rejected {want.describe()} (HTTP {status}): {error}")
+        if status == 429:
+            return RateLimited(f"{where} answered HTTP {status}: {error}", code=status)
+        if status >= 500:
+            return Unavailable(f"{where} answered HTTP {status}: {error}", code=status)
+        return Refused(f"{where} rejected {want.describe()} (HTTP {status}): {error}", code=status)
 
 
 def _error_text(text: str, key: str) -> str:
@@ -496,11 +475,11 @@ class Rfc2136Driver(_ResolvingVerifier):
         if config.tsig_name is None or config.tsig_secret is None:
             message = dns.update.UpdateMessage(want.zone)
         else:
-            secret = _secret("rfc2136.tsig_secret", config.tsig_secret)
+            tsig = secret("rfc2136", "rfc2136.tsig_secret", config.tsig_secret)
             try:
-                keyring = dns.tsigkeyring.from_text({config.tsig_name: secret})
+                keyring = dns.tsigkeyring.from_text({config.tsig_name: tsig})
             except (binascii.Error, ValueError, dns.exception.DNSException):
-                raise PermanentDriverError("rfc2136: the TSIG secret is not valid base64") from None
+                raise CredentialsUnavailable("rfc2136: the TSIG secret is not valid base64") from None
             message = dns.update.UpdateMessage(
                 want.zone, keyring=keyring, keyname=dns.name.from_text(config.tsig_name), keyalgorithm=self._algorithm
             )
@@ -513,9 +492,9 @@ class Rfc2136Driver(_ResolvingVerifier):
         TXT beside it with the step's stamp.
 
         Idempotent (delete-rrset + add, twice, in one atomic update: both land or neither). Budget: one TCP
-        exchange within ``timeout``. Raises DnsUnavailable (timeout, connection refused/reset, SERVFAIL),
-        UpdateRefused (REFUSED, NOTAUTH, TSIG rejected), ZoneNotFound (NOTZONE), RecordRejected (FORMERR and
-        other rcodes), PermanentDriverError (secret unavailable or not base64).
+        exchange within ``timeout``. Raises Unavailable (timeout, connection refused/reset, SERVFAIL), Refused
+        (REFUSED, NOTAUTH, FORMERR and other rcodes), CredentialsUnavailable (TSIG rejected, secret unavailable
+        or not base64), NotFound (NOTZONE).
         """
         want = _record(step)
         fence = _fence_rdata(step)
@@ -530,16 +509,16 @@ class Rfc2136Driver(_ResolvingVerifier):
             remaining = max(0.1, self._timeout - (loop.time() - began))  # one budget, name lookup included
             response = await dns.asyncquery.tcp(message, address, timeout=remaining, port=port)
         except (dns.exception.Timeout, TimeoutError):
-            raise DnsUnavailable(f"DNS UPDATE to {where}: no answer within {self._timeout:g}s") from None
+            raise Unavailable(f"DNS UPDATE to {where}: no answer within {self._timeout:g}s") from None
         except (OSError, EOFError) as exc:
-            raise DnsUnavailable(f"DNS UPDATE to {where}: {type(exc).__name__}: {exc}") from None
+            raise Unavailable(f"DNS UPDATE to {where}: {type(exc).__name__}: {exc}") from None
         except dns.tsig.PeerError as exc:  # the server said BADKEY / BADSIG / BADTIME in a signed answer
-            raise UpdateRefused(f"DNS UPDATE to {where}{signed}: TSIG rejected ({type(exc).__name__})") from None
+            raise CredentialsUnavailable(f"DNS UPDATE to {where}{signed}: TSIG rejected ({type(exc).__name__})") from None
         except (dns.tsig.BadSignature, dns.exception.FormError) as exc:
             if not signed:
-                raise RecordRejected(f"DNS UPDATE to {where}: malformed answer ({exc})") from None
+                raise Refused(f"DNS UPDATE to {where}: malformed answer ({exc})") from None
             # A server that rejects our key answers REFUSED/NOTAUTH unsigned; dnspython then refuses to parse it.
-            raise UpdateRefused(
+            raise CredentialsUnavailable(
                 f"DNS UPDATE to {where}{signed}: refused without a valid signature (wrong TSIG key name, secret or algorithm?)"
             ) from None
         rcode = response.rcode()
@@ -553,9 +532,9 @@ class Rfc2136Driver(_ResolvingVerifier):
             )
         text = dns.rcode.to_text(rcode)
         if rcode in (dns.rcode.REFUSED, dns.rcode.NOTAUTH):
-            raise UpdateRefused(f"DNS UPDATE to {where}{signed} for zone {want.inputs.zone}: {text}")
+            raise Refused(f"DNS UPDATE to {where}{signed} for zone {want.inputs.zone}: {text}", code=text)
         if rcode == dns.rcode.SERVFAIL:
-            raise DnsUnavailable(f"DNS UPDATE to {where}: SERVFAIL")
+            raise Unavailable(f"DNS UPDATE to {where}: SERVFAIL", code=text)
         if rcode == dns.rcode.NOTZONE:
-            raise ZoneNotFound(f"DNS UPDATE to {where}: {want.inputs.fqdn} is not in zone {want.inputs.zone} (NOTZONE)")
-        raise RecordRejected(f"DNS UPDATE to {where}: {text} for {want.describe()}")
+            raise NotFound(f"DNS UPDATE to {where}: {want.inputs.fqdn} is not in zone {want.inputs.zone} (NOTZONE)", code=text)
+        raise Refused(f"DNS UPDATE to {where}: {text} for {want.describe()}", code=text)

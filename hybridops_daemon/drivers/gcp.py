@@ -18,13 +18,12 @@ first use, kept inside the SDK's credentials object, and re-resolved after a 401
 Without it: anonymous credentials when ``config.endpoint`` is set (a local fake), Application Default
 Credentials otherwise. Error messages name the reference, never the key.
 
-Typed errors (``DriverError`` subclasses are retryable, ``PermanentDriverError`` ones are not):
-``RateLimited`` (429), ``Unavailable`` (5xx), ``Unreachable`` (connection refused; its subclass ``RequestTimeout``:
-no answer within ``request_timeout``),
-``Transitional`` (instance or API not ready: 400 ``resourceNotReady``, 409), ``OperationFailed`` (DONE with
-``error``; ``.codes`` holds Google's codes), ``OperationTimeout`` (not done within ``operation_timeout``);
-``NotFound`` (404), ``Refused`` (401/403, or a suspended instance asked to run), ``Rejected`` (other 4xx),
-``CredentialsUnavailable`` (the secret reference or the key is unusable).
+Errors, in the shared vocabulary of ``drivers.base``: retryable ``RateLimited`` (429) and ``Unavailable`` (5xx;
+connection refused; no answer within ``request_timeout``, code ``request_timeout``; instance or API not ready:
+400 ``resourceNotReady``, 409; an operation DONE with ``error``, ``details["codes"]`` holding Google's codes and
+``details["http_status"]``; not done within ``operation_timeout``); permanent ``NotFound`` (404), ``Refused``
+(403, other 4xx, or a suspended instance asked to run), ``CredentialsUnavailable`` (the secret reference or the key
+is unusable, or the API refuses the credentials: 401).
 """
 
 from __future__ import annotations
@@ -46,17 +45,21 @@ from google.cloud import compute_v1
 from google.oauth2 import service_account
 from google.protobuf import json_format  # type: ignore[import-untyped]
 
-from hybridops_daemon.config.models import GcpDriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
+    CredentialsUnavailable,
     DriverError,
-    PermanentDriverError,
+    NotFound,
     ProbeResult,
+    RateLimited,
+    Refused,
     StepContext,
+    Unavailable,
+    secret,
 )
+from hybridops_daemon.drivers.declarations.gcp import GcpDriverConfig
 from hybridops_daemon.drivers.modules import ComputeCapacity, inputs_of
-from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "compute/capacity@v1"
 SCOPES = ("https://www.googleapis.com/auth/compute",)
@@ -72,53 +75,8 @@ TRANSITIONAL = frozenset({"PROVISIONING", "STAGING", "STOPPING", "SUSPENDING", "
 T = TypeVar("T")
 
 
-class RateLimited(DriverError):
-    """429 from the API: retry later."""
-
-
-class Unavailable(DriverError):
-    """5xx from the API."""
-
-
-class Unreachable(DriverError):
-    """No HTTP answer: connection refused or reset."""
-
-
-class RequestTimeout(Unreachable):
-    """No answer within the client-side ``request_timeout``."""
-
-
-class Transitional(DriverError):
-    """The instance (or the API) is between states; trying again later can succeed."""
-
-
-class OperationFailed(DriverError):
-    """The zone operation finished with an error. ``codes``: Google's error codes, e.g. ``ZONE_RESOURCE_POOL_EXHAUSTED``."""
-
-    def __init__(self, message: str, codes: tuple[str, ...], http_status: int | None) -> None:
-        super().__init__(message)
-        self.codes = codes
-        self.http_status = http_status
-
-
-class OperationTimeout(DriverError):
-    """The operation (or the instance settling) took longer than ``operation_timeout``. It may still land."""
-
-
-class NotFound(PermanentDriverError):
-    """404: no such instance (or project) in the configured zone."""
-
-
-class Refused(PermanentDriverError):
-    """401/403: the credentials are not accepted or lack permission; or the request makes no sense in this state."""
-
-
-class Rejected(PermanentDriverError):
-    """Any other 4xx: the request itself is wrong."""
-
-
-class CredentialsUnavailable(PermanentDriverError):
-    """The service-account reference points at nothing usable."""
+# Unavailable's code for a request that got no answer within ``request_timeout`` (_wait asks such a wait again).
+REQUEST_TIMEOUT = "request_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +95,16 @@ def _first_reason(exc: google_exceptions.GoogleAPICallError) -> str:
 def _translate(exc: Exception, what: str) -> DriverError:
     """One SDK or transport failure as a typed driver error. Messages carry Google's text, never credentials."""
     if isinstance(exc, requests.exceptions.Timeout):
-        return RequestTimeout(f"{what}: no answer within the client-side request timeout")
+        return Unavailable(f"{what}: no answer within the client-side request timeout", code=REQUEST_TIMEOUT)
     if isinstance(exc, requests.exceptions.RequestException):
-        return Unreachable(f"{what}: cannot reach the Compute API ({type(exc).__name__})")
+        return Unavailable(f"{what}: cannot reach the Compute API ({type(exc).__name__})")
     if isinstance(exc, auth_exceptions.GoogleAuthError):
         # Raised when a 401 makes the session refresh credentials that cannot be (anonymous) or are refused.
         # Only the type: a token endpoint's answer is no place to quote from.
         if exc.retryable:
             return Unavailable(f"{what}: refreshing the credentials failed for now ({type(exc).__name__})")
-        return Refused(f"{what}: the API refused the credentials and they cannot be refreshed ({type(exc).__name__})")
+        refused = f"{what}: the API refused the credentials and they cannot be refreshed ({type(exc).__name__})"
+        return CredentialsUnavailable(refused)
     if isinstance(exc, json_format.ParseError):
         return Unavailable(f"{what}: the API answered with something that is not a valid response ({type(exc).__name__})")
     if not isinstance(exc, google_exceptions.GoogleAPICallError):
@@ -154,16 +113,16 @@ def _translate(exc: Exception, what: str) -> DriverError:
     reason = _first_reason(exc)
     detail = f"{what}: HTTP {code}{f' {reason}' if reason else ''}: {exc.message}"[:500]
     if isinstance(exc, google_exceptions.NotFound):
-        return NotFound(detail)
-    if isinstance(exc, google_exceptions.Unauthorized | google_exceptions.Forbidden):
-        return Refused(detail)
+        return NotFound(detail, code=code)
+    if isinstance(exc, google_exceptions.Unauthorized):
+        return CredentialsUnavailable(detail, code=code)
     if isinstance(exc, google_exceptions.TooManyRequests):
-        return RateLimited(detail)
+        return RateLimited(detail, code=code)
     if isinstance(exc, google_exceptions.Conflict) or reason == "resourceNotReady":
-        return Transitional(detail)
+        return Unavailable(detail, code=reason or code)  # the instance or the API is between states
     if code is not None and 400 <= code < 500:
-        return Rejected(detail)
-    return Unavailable(detail)
+        return Refused(detail, code=code)
+    return Unavailable(detail, code=code)
 
 
 def _status(instance: compute_v1.Instance) -> str:
@@ -214,8 +173,8 @@ class GcpDriver:
         """Is the instance already in the desired state? Read-only and idempotent.
 
         Budget: one ``instances.get`` (≤ request_timeout). A transitional status (STAGING, STOPPING, ...) is not
-        satisfied. Raises NotFound, Refused, Rejected, CredentialsUnavailable (permanent); RateLimited,
-        Unavailable, Unreachable, Transitional (retryable).
+        satisfied. Raises NotFound, Refused, CredentialsUnavailable (permanent); RateLimited, Unavailable
+        (retryable).
         """
         inputs = self._inputs(step)
         instance = await self._get(inputs.name)
@@ -230,8 +189,8 @@ class GcpDriver:
         Idempotent: it reads first and issues no call when the instance is already there; it waits out a
         transitional status before acting (issuing start/stop then would get 400 resourceNotReady). At most one
         start/stop per call. Budget: ``operation_timeout`` from the first read (each request ≤ request_timeout).
-        Raises OperationFailed, OperationTimeout, and the errors of check(); Refused for a SUSPENDED instance
-        asked to run (resuming is not part of this module).
+        Raises Unavailable (the operation failed or outlasted ``operation_timeout``) and the errors of check();
+        Refused for a SUSPENDED instance asked to run (resuming is not part of this module).
         """
         inputs = self._inputs(step)
         return await self._converge(inputs, inputs.state)
@@ -279,7 +238,7 @@ class GcpDriver:
                 log=(f"instance {inputs.name} already {before}: nothing to do",), outputs=_outputs(inputs, instance)
             )
         if verb == "start" and before == "SUSPENDED":
-            raise Refused(f"instance {inputs.name} is SUSPENDED: resume it (not part of {MODULE}) before it can run")
+            raise Refused(f"gcp: instance {inputs.name} is SUSPENDED: resume it (not part of {MODULE}) before it can run")
 
         clients = await self._client()
         call = clients.instances.start_unary if verb == "start" else clients.instances.stop_unary
@@ -289,12 +248,15 @@ class GcpDriver:
         codes, description = _operation_errors(op)
         if codes:
             status = op.http_error_status_code or None
-            raise OperationFailed(f"{verb} {inputs.name}: operation {op.name} failed: {description}"[:500], codes, status)
+            raise Unavailable(
+                f"gcp {verb} {inputs.name}: operation {op.name} failed: {description}"[:500],
+                details={"codes": codes, "http_status": status},
+            )
         # DONE normally means the status is there already; a read-back that still shows it settling gets the rest of the budget.
         instance = await self._settled(inputs.name, deadline, f"after {verb}")
         after = _status(instance)
         if after not in targets:  # changed by someone else meanwhile: retrying (after a re-check) can still converge
-            raise DriverError(f"instance {inputs.name} is {after} although operation {op.name} ({verb}) is DONE")
+            raise DriverError(f"gcp: instance {inputs.name} is {after} although operation {op.name} ({verb}) is DONE")
         took = time.monotonic() - started
         return ApplyResult(
             log=(f"instance {inputs.name}: {before} → {after} (operation {op.name} {verb} DONE in {took:.1f}s)",),
@@ -302,7 +264,7 @@ class GcpDriver:
         )
 
     async def _settled(self, name: str, deadline: float, when: str) -> compute_v1.Instance:
-        """The instance once its status is not transitional; OperationTimeout past ``deadline``."""
+        """The instance once its status is not transitional; Unavailable past ``deadline``."""
         loop = asyncio.get_running_loop()
         while True:
             instance = await self._get(name)
@@ -310,8 +272,8 @@ class GcpDriver:
             if status not in TRANSITIONAL:
                 return instance
             if loop.time() + self._poll_interval > deadline:
-                raise OperationTimeout(
-                    f"instance {name} still {status} {when} after {self._config.operation_timeout:g}s (operation_timeout)"
+                raise Unavailable(
+                    f"gcp: instance {name} still {status} {when} after {self._config.operation_timeout:g}s (operation_timeout)"
                 )
             await asyncio.sleep(self._poll_interval)
 
@@ -323,8 +285,8 @@ class GcpDriver:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 state = compute_v1.Operation.Status(op.status).name
-                raise OperationTimeout(
-                    f"operation {op.name} still {state} after {self._config.operation_timeout:g}s (operation_timeout)"
+                raise Unavailable(
+                    f"gcp: operation {op.name} still {state} after {self._config.operation_timeout:g}s (operation_timeout)"
                 )
             try:
                 # The server answers when DONE or after its own limit (~2 min at Google), whichever comes first.
@@ -334,7 +296,9 @@ class GcpDriver:
                     operation=op.name,
                     limit=min(remaining, self._request_timeout),
                 )
-            except RequestTimeout:
+            except Unavailable as exc:
+                if exc.code != REQUEST_TIMEOUT:
+                    raise
                 # The server may hold a wait longer than request_timeout (Google: ~2 min): ask again, up to the deadline.
                 continue
         return op
@@ -356,7 +320,7 @@ class GcpDriver:
             auth_exceptions.GoogleAuthError,
             json_format.ParseError,
         ) as exc:
-            error = _translate(exc, what)
+            error = _translate(exc, f"gcp {what}")
             if isinstance(exc, google_exceptions.Unauthorized | auth_exceptions.GoogleAuthError):
                 with self._lock:
                     self._clients = None  # re-resolve the key next time: it may have been rotated
@@ -388,10 +352,7 @@ class GcpDriver:
         if ref is None:
             # A local endpoint (a fake) takes no credentials; Google itself gets ADC (the SDK's default).
             return AnonymousCredentials() if self._config.endpoint else None  # type: ignore[no-untyped-call]
-        try:
-            value = resolve("gcp.credentials", ref)
-        except SecretUnavailable as exc:
-            raise CredentialsUnavailable(str(exc)) from None
+        value = secret("gcp", "gcp.credentials", ref)
         where = f"env {ref.env}" if ref.env else f"file {ref.file}"
         try:
             if not value.lstrip().startswith("{"):

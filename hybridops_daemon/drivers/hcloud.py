@@ -40,20 +40,26 @@ from hcloud.actions import ActionFailedException, ActionTimeoutException
 from hcloud.floating_ips import BoundFloatingIP
 from hcloud.servers import BoundServer
 
-from hybridops_daemon.config.models import HcloudDriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
+    CredentialsUnavailable,
     DriverError,
-    PermanentDriverError,
+    NoCompensation,
+    NotFound,
     ProbeResult,
+    RateLimited,
+    Refused,
     StepContext,
+    Unavailable,
     parse_stamp,
     refuse_newer_stamp,
+    scrubbed,
+    secret,
     stamp_mismatch,
 )
+from hybridops_daemon.drivers.declarations.hcloud import HcloudDriverConfig
 from hybridops_daemon.drivers.modules import FloatingIp, inputs_of
-from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "network/floating-ip@v1"
 PROBE = "hcloud GET /floating_ips/{id}"
@@ -61,78 +67,13 @@ FENCING_LABEL = "hybridops/fencing-token"  # a valid Hetzner label key (DNS pref
 T = TypeVar("T")
 
 
-# --------------------------------------------------------------------------------------------- typed errors
+# --------------------------------------------------------------------------------------------- errors
 
-
-class HcloudApiError(DriverError):
-    """Retryable: the API (or the way to it) failed in a way that may pass. ``code`` is the API's error code
-    (e.g. ``locked``), an HTTP status when the answer had no JSON error, or None when there was no answer."""
-
-    def __init__(self, message: str, code: str | int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Locked(HcloudApiError):
-    """``locked``: another action is running on the floating IP (or server). Passes when that action ends."""
-
-
-class Conflict(HcloudApiError):
-    """``conflict``: the resource changed during the request."""
-
-
-class RateLimited(HcloudApiError):
-    """``rate_limit_exceeded`` (429). ``reset_at``: the API's ``RateLimit-Reset``, the UNIX time at which the
-    quota is full again (it refills gradually, so a retry may pass well before that); None if not sent."""
-
-    def __init__(self, message: str, code: str | int | None = None, reset_at: float | None = None) -> None:
-        super().__init__(message, code)
-        self.reset_at = reset_at
-
-
-class Unavailable(HcloudApiError):
-    """5xx, maintenance, or the API could not be reached."""
-
-
-class RequestTimedOut(HcloudApiError):
-    """No answer within ``request_timeout``. The request may still take effect: check() before retrying."""
-
-
-class ActionFailed(HcloudApiError):
-    """The API accepted the action, and the action ended in ``error`` (``code`` is the action's error code)."""
-
-
-class ActionTimedOut(HcloudApiError):
-    """The action was still ``running`` after ``action_timeout``. It may still succeed: check() will see it."""
-
-
-class Refused(PermanentDriverError):
-    """Permanent: the API refused the request and retrying cannot change that (``code`` as for HcloudApiError)."""
-
-    def __init__(self, message: str, code: str | int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Unauthorized(Refused):
-    """``unauthorized`` (401): the token is invalid or unknown. The message never contains the token."""
-
-
-class Forbidden(Refused):
-    """``forbidden`` / ``token_readonly``: the token may not do this."""
-
-
-class NotFound(Refused):
-    """The floating IP or the target server does not exist in the token's project (or a 404 from the API)."""
-
-
-class InvalidInput(Refused):
-    """``invalid_input`` / ``json_error`` (422/400): the API rejected the request's content."""
-
-
-_BY_CODE: Mapping[str, type[HcloudApiError] | type[Refused]] = {
-    "locked": Locked,
-    "conflict": Conflict,
+# The API's error codes as the shared kinds; ``code`` keeps the API's own. Busy (locked, conflict) is unavailable
+# for now; a token the API does not know is bad credentials, one that may not do this is a refusal.
+_BY_CODE: Mapping[str, type[DriverError]] = {
+    "locked": Unavailable,
+    "conflict": Unavailable,
     "rate_limit_exceeded": RateLimited,
     "server_error": Unavailable,
     "service_error": Unavailable,
@@ -141,12 +82,12 @@ _BY_CODE: Mapping[str, type[HcloudApiError] | type[Refused]] = {
     "timeout": Unavailable,
     "bad_gateway": Unavailable,
     "resource_unavailable": Unavailable,
-    "unauthorized": Unauthorized,
-    "forbidden": Forbidden,
-    "token_readonly": Forbidden,
+    "unauthorized": CredentialsUnavailable,
+    "forbidden": Refused,
+    "token_readonly": Refused,
     "not_found": NotFound,
-    "invalid_input": InvalidInput,
-    "json_error": InvalidInput,
+    "invalid_input": Refused,
+    "json_error": Refused,
     "protected": Refused,
     "unsupported_error": Refused,
     "uniqueness_error": Refused,
@@ -155,28 +96,30 @@ _BY_CODE: Mapping[str, type[HcloudApiError] | type[Refused]] = {
     "method_not_allowed": Refused,
     "floating_ip_assigned": Refused,
 }
-_BY_STATUS: Mapping[int, type[HcloudApiError] | type[Refused]] = {
-    400: InvalidInput,
-    401: Unauthorized,
-    403: Forbidden,
+_BY_STATUS: Mapping[int, type[DriverError]] = {
+    400: Refused,
+    401: CredentialsUnavailable,
+    403: Refused,
     404: NotFound,
-    409: Conflict,
-    422: InvalidInput,
-    423: Locked,
+    409: Unavailable,
+    422: Refused,
+    423: Unavailable,
     429: RateLimited,
 }
 _RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 
 
-def _error_class(code: str | int) -> type[HcloudApiError] | type[Refused]:
+def _error_class(code: str | int) -> type[DriverError]:
     if isinstance(code, str):
-        return _BY_CODE.get(code, HcloudApiError)  # an unknown code: let the runner's bounded retries decide
+        return _BY_CODE.get(code, DriverError)  # an unknown code: let the runner's bounded retries decide
     if code in _BY_STATUS:
         return _BY_STATUS[code]
-    return Unavailable if code >= 500 else Refused if 400 <= code < 500 else HcloudApiError
+    return Unavailable if code >= 500 else Refused if 400 <= code < 500 else DriverError
 
 
 def _rate_hint(headers: Mapping[str, str]) -> tuple[str, float | None]:
+    """The hint for the message and the seconds until the quota is full again (``RateLimit-Reset`` is a UNIX
+    time; the quota refills gradually, so a retry may pass well before that)."""
     try:
         reset_at = float(headers["RateLimit-Reset"])
     except (KeyError, ValueError):
@@ -185,7 +128,8 @@ def _rate_hint(headers: Mapping[str, str]) -> tuple[str, float | None]:
     quota = ""
     if "RateLimit-Limit" in headers:
         quota = f"{headers.get('RateLimit-Remaining', '?')} of {headers['RateLimit-Limit']} requests left; "
-    return f" ({quota}quota full again at {when}, in {max(0.0, reset_at - time.time()):.0f}s)", reset_at
+    after = max(0.0, reset_at - time.time())
+    return f" ({quota}quota full again at {when}, in {after:.0f}s)", after
 
 
 # --------------------------------------------------------------------------------------------- the driver
@@ -205,15 +149,8 @@ class _Located:
 
 def _id(value: int | None, what: str) -> int:
     if value is None:
-        raise HcloudApiError(f"hcloud: the API returned {what} without an id")
+        raise DriverError(f"hcloud: the API returned {what} without an id")
     return int(value)
-
-
-def _scrubbed(error: DriverError, token: str) -> DriverError:
-    """The error with the token blanked out of its message, should an upstream have echoed it."""
-    if token and token in str(error):
-        error.args = (str(error).replace(token, "***"),)
-    return error
 
 
 def _stamp(fip: BoundFloatingIP) -> int | None:
@@ -265,8 +202,9 @@ class HcloudDriver:
 
         The fencing label comes with the listing: an IP stamped with a newer token than the step's raises
         Fenced, assigned to the target or not. Budget: 2 requests + 1 per 50 floating IPs past the first 50,
-        each ≤ ``request_timeout``. Raises Fenced, NotFound (IP or server unknown), Unauthorized, Forbidden,
-        RateLimited, Locked, Unavailable, RequestTimedOut, PermanentDriverError (bad inputs, token unavailable).
+        each ≤ ``request_timeout``. Raises Fenced, NotFound (IP or server unknown), CredentialsUnavailable (token
+        unknown or unresolvable), Refused (token may not, bad inputs); RateLimited, Unavailable (locked, 5xx, no
+        answer within ``request_timeout``), retryable.
         """
         inputs = self._inputs(step)
         found = await self._run("check", lambda client: self._locate(client, inputs))
@@ -287,9 +225,9 @@ class HcloudDriver:
         equal to the token is not written again. Refuses (Fenced) an IP stamped with a newer token, as check().
         Budget: check()'s requests + 1 PUT (the labels) + 1 POST + the action's polling (≤ ``action_timeout`` +
         one ``poll_interval``, each poll ≤ ``request_timeout``); give the step a timeout above that. Raises
-        Locked (another action runs), RateLimited, Conflict, Unavailable, RequestTimedOut, ActionFailed
-        (action ended in error), ActionTimedOut (retryable); Fenced, NotFound, Unauthorized, Forbidden,
-        InvalidInput, Refused, PermanentDriverError (permanent).
+        RateLimited, Unavailable (another action runs: code ``locked``; conflict, 5xx, no answer, the action
+        ended in error or still runs after ``action_timeout``), retryable; Fenced, NotFound,
+        CredentialsUnavailable, Refused (the API refused, e.g. ``invalid_input``), permanent.
         """
         inputs = self._inputs(step)
         return await self._run("apply", lambda client: self._assign(client, inputs, step))
@@ -324,8 +262,8 @@ class HcloudDriver:
 
     async def compensate(self, step: StepContext) -> ApplyResult:
         """None: the driver does not know where the IP was before, and moving it back is the failback chain's
-        job (a step of its own, checked and verified like this one). Always raises PermanentDriverError."""
-        raise PermanentDriverError(f"no compensation for {MODULE}: the failback chain moves the floating IP back")
+        job (a step of its own, checked and verified like this one). Always raises NoCompensation."""
+        raise NoCompensation(f"hcloud: no compensation for {MODULE}: the failback chain moves the floating IP back")
 
     # ------------------------------------------------------------------------------------------ the work (worker thread)
 
@@ -333,10 +271,10 @@ class HcloudDriver:
         wanted = ipaddress.ip_address(inputs.ip)
         fip = next((f for f in client.floating_ips.get_all() if _covers(f.ip, wanted)), None)
         if fip is None:
-            raise NotFound(f"hcloud: no floating IP {inputs.ip} in the token's project", "not_found")
+            raise NotFound(f"hcloud: no floating IP {inputs.ip} in the token's project", code="not_found")
         server: BoundServer | None = client.servers.get_by_name(inputs.target)
         if server is None:
-            raise NotFound(f"hcloud: no server named {inputs.target!r} in the token's project", "not_found")
+            raise NotFound(f"hcloud: no server named {inputs.target!r} in the token's project", code="not_found")
         current = None if fip.server is None else _id(fip.server.id, "a server")
         return _Located(fip, server, _id(fip.id, "a floating IP"), _id(server.id, "a server"), current, _stamp(fip))
 
@@ -384,28 +322,25 @@ class HcloudDriver:
     def _guarded(self, what: str, work: Callable[[hcloud.Client], T]) -> T:
         """Run ``work`` with a client (in the worker thread) and turn whatever it raises into a typed error."""
         self._seen.headers = {}
-        token = ""
+        token = secret(f"hcloud {what}", "hcloud token", self._config.token)
         try:
-            token = resolve("hcloud token", self._config.token)
             return work(self._client(token))
         except DriverError as exc:
-            raise _scrubbed(exc, token) from None
-        except SecretUnavailable as exc:
-            raise PermanentDriverError(f"hcloud {what}: {exc}") from None
+            raise scrubbed(exc, token) from None
         except Exception as exc:
             # `from None`: the SDK's exception may quote the API's answer, which is not ours to vouch for.
-            raise _scrubbed(self._translate(what, exc), token) from None
+            raise scrubbed(self._translate(what, exc), token) from None
 
     def _translate(self, what: str, exc: Exception) -> DriverError:
         prefix = f"hcloud {what}"
         if isinstance(exc, ActionFailedException):
             error = exc.action.error or {"code": "unknown", "message": "no error given"}
-            return ActionFailed(
+            return Unavailable(
                 f"{prefix}: action {exc.action.id} ({exc.action.command}) ended in error: {error['code']}: {error['message']}",
-                error["code"],
+                code=error["code"],
             )
         if isinstance(exc, ActionTimeoutException):
-            return ActionTimedOut(
+            return Unavailable(
                 f"{prefix}: action {exc.action.id} ({exc.action.command}) still running after "
                 f"{self._config.action_timeout:g}s; it may still succeed"
             )
@@ -414,15 +349,15 @@ class HcloudDriver:
             correlation = f", correlation id {exc.correlation_id}" if exc.correlation_id else ""
             message = f"{prefix}: {exc.code}: {exc.message}{correlation}"
             if cls is RateLimited:
-                hint, reset_at = _rate_hint(getattr(self._seen, "headers", {}))
-                return RateLimited(message + hint, exc.code, reset_at)
-            return cls(message, exc.code)
+                hint, after = _rate_hint(getattr(self._seen, "headers", {}))
+                return RateLimited(message + hint, code=exc.code, retry_after=after)
+            return cls(message, code=exc.code)
         if isinstance(exc, requests.Timeout):
-            return RequestTimedOut(f"{prefix}: no answer from {self._config.endpoint} within {self._request_timeout:g}s")
+            return Unavailable(f"{prefix}: no answer from {self._config.endpoint} within {self._request_timeout:g}s")
         if isinstance(exc, requests.RequestException):
             return Unavailable(f"{prefix}: cannot reach {self._config.endpoint}: {type(exc).__name__}")
         # Anything else (an answer the SDK could not parse, an SDK change): still a typed, retryable error.
-        return HcloudApiError(f"{prefix}: unexpected {type(exc).__name__}: {exc}")
+        return DriverError(f"{prefix}: unexpected {type(exc).__name__}: {exc}")
 
     def _client(self, token: str) -> hcloud.Client:
         with self._lock:

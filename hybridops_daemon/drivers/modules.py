@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator
 
-from hybridops_daemon.drivers.base import PermanentDriverError
+from hybridops_daemon.drivers.base import Refused
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -147,14 +147,14 @@ MODULES: Mapping[str, type[ModuleInputs]] = MappingProxyType(
 
 
 def validate_inputs(module: str, inputs: Mapping[str, Any]) -> ModuleInputs:
-    """The validated inputs of ``module``; PermanentDriverError naming each bad field otherwise.
+    """The validated inputs of ``module``; Refused naming each bad field otherwise.
 
     The message names fields and what is wrong with them, never the values (inputs are not secret,
     but a message should not be the place where a value leaks either).
     """
     model = MODULES.get(module)
     if model is None:
-        raise PermanentDriverError(f"unknown module {module!r}; known: {', '.join(sorted(MODULES))}")
+        raise Refused(f"unknown module {module!r}; known: {', '.join(sorted(MODULES))}")
     try:
         return model.model_validate(dict(inputs))
     except ValidationError as exc:
@@ -162,7 +162,7 @@ def validate_inputs(module: str, inputs: Mapping[str, Any]) -> ModuleInputs:
             f"{'.'.join(str(part) for part in error['loc']) or '(inputs)'}: {error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors()
         )
-        raise PermanentDriverError(f"invalid inputs for {module}: {problems}") from None
+        raise Refused(f"invalid inputs for {module}: {problems}") from None
 
 
 def resource_key(module: str, inputs: ModuleInputs) -> str:
@@ -179,11 +179,11 @@ M = TypeVar("M", bound=ModuleInputs)
 def inputs_of(driver: str, module: str, inputs: Mapping[str, Any], model: type[M]) -> M:
     """A step's validated inputs, for a driver that runs exactly ``model``'s module.
 
-    Raises PermanentDriverError when the step names another module or its inputs do not validate.
+    Raises Refused when the step names another module or its inputs do not validate.
     """
     expected = next(ref for ref, cls in MODULES.items() if cls is model)
     if module != expected:
-        raise PermanentDriverError(f"the {driver} driver runs only {expected}, not {module!r}")
+        raise Refused(f"the {driver} driver runs only {expected}, not {module!r}")
     validated = validate_inputs(module, inputs)
     assert isinstance(validated, model)
     return validated

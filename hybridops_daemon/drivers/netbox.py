@@ -28,47 +28,29 @@ from typing import Any, TypeVar
 import pynetbox  # type: ignore[import-untyped]
 import requests
 
-from hybridops_daemon.config.models import NetboxDriverConfig
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
+    CredentialsUnavailable,
     DriverError,
-    PermanentDriverError,
+    NoCompensation,
     ProbeResult,
+    RateLimited,
+    Refused,
     StepContext,
+    Unavailable,
     refuse_newer_stamp,
+    scrubbed,
+    secret,
     stamp_mismatch,
 )
+from hybridops_daemon.drivers.declarations.netbox import NetboxDriverConfig
 from hybridops_daemon.drivers.modules import IpamAddress, validate_inputs
-from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "ipam/address@v1"
 FENCING_FIELD = "hyops_fencing_token"  # an integer custom field on ipam.ipaddress (README: the NetBox setup step)
 _HAS_FIELD = "_has_fencing_field"  # in a state dict: does NetBox define FENCING_FIELD? (never in observed)
 T = TypeVar("T")
-
-
-class NetboxUnavailable(DriverError):
-    """NetBox could not be reached or failed on its side (refused/reset connection, 5xx, 429, a non-JSON
-    answer): retryable."""
-
-
-class NetboxTimeout(NetboxUnavailable):
-    """NetBox did not connect or answer within ``config.timeout``: retryable (the write may still land,
-    which the runner's re-check finds)."""
-
-
-class NetboxAuthFailed(PermanentDriverError):
-    """The token is missing, unknown, expired or lacks the permission (HTTP 401/403): retrying cannot help."""
-
-
-class NetboxRejected(PermanentDriverError):
-    """NetBox refused the request (HTTP 400 and other 4xx, e.g. a status that is not a valid choice, or the
-    address already exists with another prefix length); the message carries NetBox's own explanation."""
-
-
-class NetboxAmbiguous(PermanentDriverError):
-    """More than one IP address object holds the address in the global table: an operator must choose."""
 
 
 class _TimeoutSession(requests.Session):
@@ -88,7 +70,7 @@ def _desired(step: StepContext) -> tuple[IpamAddress, str]:
     """The validated inputs and the address as NetBox stores it: a bare IP is a host, /32 or /128."""
     inputs = validate_inputs(step.module, step.inputs)
     if not isinstance(inputs, IpamAddress):
-        raise PermanentDriverError(f"the netbox driver runs {MODULE} only, not {step.module}")
+        raise Refused(f"the netbox driver runs {MODULE} only, not {step.module}")
     return inputs, str(ipaddress.ip_interface(inputs.address))
 
 
@@ -222,9 +204,10 @@ class NetboxDriver:
         """Does NetBox hold the address, in the global table, with the desired status and description?
 
         An address stamped with a newer fencing token than the step's raises Fenced, satisfied or not.
-        Read-only and idempotent. Budget: one GET (``config.timeout``). Raises Fenced, NetboxAuthFailed,
-        NetboxRejected, NetboxAmbiguous (permanent); NetboxUnavailable / NetboxTimeout (retryable);
-        PermanentDriverError on invalid inputs or an unavailable token.
+        Read-only and idempotent. Budget: one GET (``config.timeout``). Raises Fenced, CredentialsUnavailable
+        (token unresolvable, HTTP 401/403), Refused (other 4xx, invalid inputs, the address held more than once),
+        permanent; Unavailable (unreachable, no answer within ``config.timeout``, 5xx), RateLimited (429),
+        retryable.
         """
         inputs, address = _desired(step)
         state = await self._call("check", lambda api: self._find(api, address))
@@ -241,7 +224,7 @@ class NetboxDriver:
         later run updates the one existing object rather than adding a second. The re-read also refuses
         (Fenced) an address stamped with a newer token, as check(). Budget: one GET plus at most one POST or
         PATCH, each ``config.timeout`` (a second POST when NetBox lacks the custom field for a new address: the
-        first is refused, nothing created). Raises as check(); NetboxRejected carries NetBox's reason (e.g.
+        first is refused, nothing created). Raises as check(); Refused carries NetBox's reason (e.g.
         ``status: x is not a valid choice.``).
         """
         inputs, address = _desired(step)
@@ -308,8 +291,8 @@ class NetboxDriver:
         return ProbeResult(ok=ok, probe="netbox GET /api/ipam/ip-addresses/{id}/", observed=_observed(state), detail=detail)
 
     async def compensate(self, step: StepContext) -> ApplyResult:
-        """Not defined: an IPAM record of what a run did is history, not an effect to undo. Always raises."""
-        raise PermanentDriverError(f"no compensation for {MODULE}")
+        """Not defined: an IPAM record of what a run did is history, not an effect to undo. Always raises NoCompensation."""
+        raise NoCompensation(f"netbox: no compensation for {MODULE}")
 
     # ------------------------------------------------------------------------------------------ internals
 
@@ -330,27 +313,21 @@ class NetboxDriver:
         exact = [state for state in records if _same_address(state["address"], address) and state["vrf"] is None]
         if len(exact) > 1:
             ids = ", ".join(str(state["id"]) for state in exact)
-            raise NetboxAmbiguous(f"NetBox holds {address} {len(exact)} times in the global table (ids {ids})")
+            raise Refused(f"NetBox holds {address} {len(exact)} times in the global table (ids {ids})")
         return exact[0] if exact else None
-
-    def _token(self) -> str:
-        try:
-            return resolve("netbox.token", self._config.token)
-        except SecretUnavailable as exc:
-            raise NetboxAuthFailed(str(exc)) from None
 
     async def _call(self, what: str, operation: Callable[[Any], T]) -> T:
         """Run ``operation(api)`` in a worker thread; translate every failure into this module's typed errors."""
 
         def run() -> T:
-            token = self._token()
+            token = secret("netbox", "netbox.token", self._config.token)
             session = _TimeoutSession(self._config.timeout)
             api = pynetbox.api(self._url, token=token)
             api.http_session = session
             try:
                 return operation(api)
             except DriverError as exc:
-                raise type(exc)(str(exc).replace(token, "<token>")) from None
+                raise scrubbed(exc, token, "<token>") from None
             except Exception as exc:
                 raise self._translate(what, exc, token) from None
             finally:
@@ -361,22 +338,25 @@ class NetboxDriver:
     def _translate(self, what: str, exc: Exception, token: str) -> DriverError:
         error: DriverError
         if isinstance(exc, requests.exceptions.Timeout):
-            error = NetboxTimeout(f"NetBox {self._url} did not answer within {self._config.timeout:g}s ({what})")
+            error = Unavailable(f"NetBox {self._url} did not answer within {self._config.timeout:g}s ({what})")
         elif isinstance(exc, requests.exceptions.RequestException):
-            error = NetboxUnavailable(f"cannot reach NetBox {self._url} ({what}): {_root_cause(exc)}")
+            error = Unavailable(f"cannot reach NetBox {self._url} ({what}): {_root_cause(exc)}")
         elif isinstance(exc, pynetbox.RequestError | pynetbox.AllocationError):
             status = int(exc.req.status_code)
             message = f"NetBox answered HTTP {status} to {what}: {_netbox_message(exc.req)}"
             if status in (401, 403):
-                error = NetboxAuthFailed(f"{message} (check the API token the netbox driver's config refers to)")
-            elif status == 429 or status >= 500:
-                error = NetboxUnavailable(message)
+                hint = "check the API token the netbox driver's config refers to"
+                error = CredentialsUnavailable(f"{message} ({hint})", code=status)
+            elif status == 429:
+                error = RateLimited(message, code=status)
+            elif status >= 500:
+                error = Unavailable(message, code=status)
             else:
-                error = NetboxRejected(message)
+                error = Refused(message, code=status)
         elif isinstance(exc, pynetbox.ContentError):
-            error = NetboxUnavailable(f"{self._url} did not answer {what} with NetBox's JSON API (is it NetBox?)")
+            error = Unavailable(f"{self._url} did not answer {what} with NetBox's JSON API (is it NetBox?)")
         else:
             # Not a failure we know (a pynetbox or parsing surprise): untyped and retryable, the re-check decides.
             error = DriverError(f"NetBox {what} failed unexpectedly: {type(exc).__name__}: {exc}")
         # NetBox never echoes a token, but a proxy or a future version might: never let it through.
-        return type(error)(str(error).replace(token, "<token>"))
+        return scrubbed(error, token, "<token>")

@@ -37,17 +37,21 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from hybridops_daemon.config.models import PostgresDriverConfig, PostgresSite
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
+    CredentialsUnavailable,
     DriverError,
-    PermanentDriverError,
+    NoCompensation,
+    NotFound,
     ProbeResult,
+    Refused,
     StepContext,
+    Unavailable,
+    secret,
 )
+from hybridops_daemon.drivers.declarations.postgres import PostgresDriverConfig, PostgresSite
 from hybridops_daemon.drivers.modules import DatabasePrimary, validate_inputs
-from hybridops_daemon.secrets import SecretUnavailable, resolve
 
 MODULE = "database/primary@v1"
 PROBE_TABLE = "hybridops_probe"
@@ -56,58 +60,8 @@ _PROBE = "fresh connection: pg_is_in_recovery() is false and a committed write r
 Connection = psycopg.AsyncConnection[TupleRow]
 
 
-# --------------------------------------------------------------------------------------------- typed errors
-
-
-class Unreachable(DriverError):
-    """The server refused the connection, did not answer in time, went away mid-call, or answered that it cannot
-    take connections now (starting up, shutting down, too many clients: then ``answered`` is True). Retryable."""
-
-    def __init__(self, message: str, answered: bool = False) -> None:
-        super().__init__(message)
-        self.answered = answered
-
-
-class AuthFailed(PermanentDriverError):
-    """The server rejected the credentials (wrong or missing password, no pg_hba.conf entry). Never names the password."""
-
-
-class Refused(PermanentDriverError):
-    """The server refused the request itself: permission denied, role or database missing."""
-
-
-class CredentialsUnavailable(PermanentDriverError):
-    """The site's password reference points at nothing readable."""
-
-
-class UnknownSite(PermanentDriverError):
-    """The step names a cluster or site the driver's configuration does not have."""
-
-
-class LagTooHigh(PermanentDriverError):
-    """The replica is further behind than ``max_lag_bytes``: promoting it would lose those writes."""
-
-    def __init__(self, message: str, lag_bytes: int, max_lag_bytes: int) -> None:
-        super().__init__(message)
-        self.lag_bytes = lag_bytes
-        self.max_lag_bytes = max_lag_bytes
-
-
-class LagUnknown(PermanentDriverError):
-    """``max_lag_bytes`` is set but the replica's lag cannot be measured (it has received no WAL since it started)."""
-
-
-class SplitBrainRisk(PermanentDriverError):
-    """Another site of the cluster is (or cannot be ruled out to be) a writable primary right now."""
-
-    def __init__(self, message: str, sites: Sequence[str]) -> None:
-        super().__init__(message)
-        self.sites = tuple(sites)
-
-
-class PromoteTimedOut(DriverError):
-    """``pg_promote`` did not finish within ``promote_timeout``. Retryable: the promotion may still complete, and
-    the runner's re-check will see it."""
+# A failed connect that the server itself answered (FATAL: starting up, too many clients): Unavailable's code.
+SERVER_ANSWERED = "FATAL"
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -127,7 +81,7 @@ class PromotionGuards(BaseModel):
 def parse_inputs(step: StepContext) -> tuple[DatabasePrimary, PromotionGuards]:
     """The module's inputs plus the guards. Works whether or not ``DatabasePrimary`` declares the guard fields yet."""
     if step.module != MODULE:
-        raise PermanentDriverError(f"the postgres driver runs {MODULE}, not {step.module}")
+        raise Refused(f"the postgres driver runs {MODULE}, not {step.module}")
     declared = DatabasePrimary.model_fields
     own = {name: step.inputs[name] for name in _GUARD_FIELDS if name in step.inputs and name not in declared}
     inputs = validate_inputs(step.module, {k: v for k, v in step.inputs.items() if k not in own})
@@ -137,7 +91,7 @@ def parse_inputs(step: StepContext) -> tuple[DatabasePrimary, PromotionGuards]:
         guards = PromotionGuards.model_validate({**from_model, **own})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise PermanentDriverError(f"invalid inputs for {MODULE}: {problems}") from None
+        raise Refused(f"postgres: invalid inputs for {MODULE}: {problems}") from None
     return inputs, guards
 
 
@@ -222,8 +176,8 @@ class PostgresDriver:
 
         Looks at the target only: a second writable site is apply()'s concern (its split-brain guard).
         Budget: one connect (``connect_timeout``) and one statement (``connect_timeout``).
-        Raises Unreachable (retryable), AuthFailed, CredentialsUnavailable, UnknownSite, Refused, or
-        PermanentDriverError on bad inputs.
+        Raises Unavailable (retryable), CredentialsUnavailable (password unreadable or rejected), NotFound
+        (cluster or site not configured), Refused (permission denied, bad inputs).
         """
         inputs, _guards = parse_inputs(step)
         async with self._connect(inputs.cluster, inputs.primary) as (conn, where):
@@ -239,15 +193,16 @@ class PostgresDriver:
         """Promote the target replica with ``pg_promote(wait => true)`` unless a guard refuses.
 
         Idempotent: a target that already is a primary is left alone (pg_promote is not called). Guards,
-        both overridden by ``force`` (and then named in the log): another site reachable and writable, or
-        reachable but of unknown role → SplitBrainRisk; replay lag (received-but-not-replayed on the replica,
-        and the old primary's current LSN minus the replica's replay LSN when it answers) above
-        ``max_lag_bytes`` → LagTooHigh, or LagUnknown when it cannot be measured. Split brain is tested first:
-        it is the graver, and its message names the lag too.
+        both overridden by ``force`` (and then named in the log), each a Refused: another site reachable and
+        writable, or reachable but of unknown role (split-brain risk, ``details["sites"]``); replay lag
+        (received-but-not-replayed on the replica, and the old primary's current LSN minus the replica's replay
+        LSN when it answers) above ``max_lag_bytes`` (``details["lag_bytes"]`` and ``["max_lag_bytes"]``), or
+        not measurable. Split brain is tested first: it is the graver, and its message names the lag too.
 
         Budget: the target's connect + a few statements, the peers' probes in parallel (each a connect and a
-        statement), then ``pg_promote`` up to ``promote_timeout``. Raises the guard errors above (permanent),
-        PromoteTimedOut and Unreachable (retryable), AuthFailed, CredentialsUnavailable, UnknownSite, Refused.
+        statement), then ``pg_promote`` up to ``promote_timeout``. Raises the guards' Refused (permanent),
+        Unavailable (unreachable, or pg_promote not done within ``promote_timeout``: retryable),
+        CredentialsUnavailable, NotFound, Refused.
         A cancelled pg_promote may still complete on the server (the runner re-checks before retrying).
         """
         inputs, guards = parse_inputs(step)
@@ -278,7 +233,7 @@ class PostgresDriver:
             promoted = await self._promote(conn, where)
             after = await self._state(conn, where)
             if after.in_recovery:  # pg_promote said true, yet the server still is in recovery: not done
-                raise PromoteTimedOut(f"{where}: pg_promote returned but the server is still in recovery")
+                raise Unavailable(f"{where}: pg_promote returned but the server is still in recovery")
             how = "promoted with pg_promote" if promoted else "was promoted meanwhile by someone else"
             log.append(
                 f"{where} {how} in {time.monotonic() - began:.2f}s: timeline {before.timeline} → {after.timeline}, "
@@ -293,7 +248,7 @@ class PostgresDriver:
         step's run_id in a committed transaction and counts it back. Not idempotent in the strict sense (each
         call adds a probe row) but harmless to repeat. A replica, or a primary that refuses writes
         (read-only transaction, no privilege), gives ok=False. Budget: one connect and four statements.
-        Raises Unreachable (retryable), AuthFailed, CredentialsUnavailable, UnknownSite.
+        Raises Unavailable (retryable), CredentialsUnavailable, NotFound.
         """
         inputs, _guards = parse_inputs(step)
         cluster, target = inputs.cluster, inputs.primary
@@ -328,9 +283,9 @@ class PostgresDriver:
         return ProbeResult(ok=ok, probe=_PROBE, observed=observed, detail=detail)
 
     async def compensate(self, step: StepContext) -> ApplyResult:
-        """Promotion is one-way: there is nothing to undo. Always raises PermanentDriverError."""
-        raise PermanentDriverError(
-            f"no compensation for {MODULE}: a promotion cannot be undone; rebuild the old primary as a replica "
+        """Promotion is one-way: there is nothing to undo. Always raises NoCompensation."""
+        raise NoCompensation(
+            f"postgres: no compensation for {MODULE}: a promotion cannot be undone; rebuild the old primary as a replica "
             "(pg_rewind or a new base backup) to fail back"
         )
 
@@ -338,7 +293,7 @@ class PostgresDriver:
 
     def _refusal(
         self, cluster: str, target: str, guards: PromotionGuards, peers: Sequence[PeerState], lag: int | None
-    ) -> PermanentDriverError | None:
+    ) -> Refused | None:
         """The guard that refuses this promotion (split brain first), or None."""
         over = guards.max_lag_bytes is not None and (lag is None or lag > guards.max_lag_bytes)
         risky = [p for p in peers if p.status in ("primary", "unknown")]
@@ -350,23 +305,22 @@ class PostgresDriver:
                 for p in risky
             )
             also = f"; replay lag {_bytes(lag)} also exceeds max_lag_bytes={guards.max_lag_bytes}" if over else ""
-            return SplitBrainRisk(
+            return Refused(
                 f"refusing to promote {cluster}/{target}: split-brain risk: {reasons}; stop or fence it first, "
                 f"or set force{also}",
-                [p.site for p in risky],
+                details={"sites": tuple(p.site for p in risky)},
             )
         if guards.max_lag_bytes is None or not over:
             return None
         if lag is None:
-            return LagUnknown(
+            return Refused(
                 f"refusing to promote {cluster}/{target}: max_lag_bytes={guards.max_lag_bytes} but the replica's lag "
                 "cannot be measured (it has received no WAL since it started and no primary answers); set force to override"
             )
-        return LagTooHigh(
-            f"refusing to promote {cluster}/{target}: replay lag {lag} bytes exceeds max_lag_bytes={guards.max_lag_bytes}; "
-            "promoting would lose those writes; set force to override",
-            lag,
-            guards.max_lag_bytes,
+        return Refused(
+            f"refusing to promote {cluster}/{target}: replay lag {lag} bytes exceeds "
+            f"max_lag_bytes={guards.max_lag_bytes}; promoting would lose those writes; set force to override",
+            details={"lag_bytes": lag, "max_lag_bytes": guards.max_lag_bytes},
         )
 
     async def _lag(self, conn: Connection, where: str, state: ServerState, peers: Sequence[PeerState]) -> int | None:
@@ -390,9 +344,9 @@ class PostgresDriver:
         try:
             async with self._connect(cluster, name) as (conn, where):
                 state = await self._state(conn, where)
-        except Unreachable as exc:
+        except Unavailable as exc:
             # A server that answers "starting up" (crash recovery) may be writable a moment later: not down.
-            if exc.answered and "shutting down" not in str(exc):
+            if exc.code == SERVER_ANSWERED and "shutting down" not in str(exc):
                 return PeerState(name, "unknown", detail=str(exc))
             return PeerState(name, "down", detail=str(exc))
         except DriverError as exc:  # it answers, but we cannot tell its role: not the same as down
@@ -407,13 +361,13 @@ class PostgresDriver:
                 cursor = await conn.execute("SELECT pg_promote(wait => true, wait_seconds => %s::integer)", (wait_seconds,))
                 row = await cursor.fetchone()
         except TimeoutError:
-            raise PromoteTimedOut(f"{where}: pg_promote did not return within {self._config.promote_timeout:g}s") from None
+            raise Unavailable(f"{where}: pg_promote did not return within {self._config.promote_timeout:g}s") from None
         except pg_errors.ObjectNotInPrerequisiteState:  # "recovery is not in progress": promoted since we looked
             return False
         except psycopg.Error as exc:
             raise self._query_error(where, exc) from None
         if row is None or row[0] is not True:
-            raise PromoteTimedOut(f"{where}: pg_promote did not complete within {wait_seconds}s (it may still)")
+            raise Unavailable(f"{where}: pg_promote did not complete within {wait_seconds}s (it may still)")
         return True
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -422,34 +376,31 @@ class PostgresDriver:
         sites = self._config.clusters.get(cluster)
         if sites is None:
             known = ", ".join(sorted(self._config.clusters))
-            raise UnknownSite(f"cluster {cluster!r} is not configured for the postgres driver; known: {known}")
+            raise NotFound(f"cluster {cluster!r} is not configured for the postgres driver; known: {known}")
         site = sites.get(name)
         if site is None:
-            raise UnknownSite(f"cluster {cluster!r} has no site {name!r}; known: {', '.join(sorted(sites))}")
+            raise NotFound(f"postgres: cluster {cluster!r} has no site {name!r}; known: {', '.join(sorted(sites))}")
         return site
 
     @staticmethod
     def _where(cluster: str, name: str, site: PostgresSite) -> str:
-        """``cluster/site (host:port)`` for messages: never the DSN itself, which could hold a password by mistake."""
+        """``postgres cluster/site (host:port)`` for messages: never the DSN itself, which could hold a password by mistake."""
         try:
             params = conninfo_to_dict(site.dsn)
         except psycopg.Error:
-            return f"{cluster}/{name}"
+            return f"postgres {cluster}/{name}"
         host = params.get("host") or params.get("hostaddr") or "local socket"
-        return f"{cluster}/{name} ({host}:{params.get('port') or 5432})"
+        return f"postgres {cluster}/{name} ({host}:{params.get('port') or 5432})"
 
     @asynccontextmanager
     async def _connect(self, cluster: str, name: str) -> AsyncIterator[tuple[Connection, str]]:
         """A fresh autocommit connection to the site, within ``connect_timeout``, and how messages name the site;
-        typed errors (UnknownSite for a site not configured), the password scrubbed."""
+        typed errors (NotFound for a site not configured), the password scrubbed."""
         site = self._site(cluster, name)
         where = self._where(cluster, name, site)
         password: str | None = None
         if site.password is not None:
-            try:
-                password = resolve(f"postgres {cluster}/{name} password", site.password)
-            except SecretUnavailable as exc:
-                raise CredentialsUnavailable(str(exc)) from None
+            password = secret("postgres", f"postgres {cluster}/{name} password", site.password)
         extra: dict[str, Any] = {} if password is None else {"password": password}
         timeout = self._config.connect_timeout
         try:
@@ -458,11 +409,11 @@ class PostgresDriver:
                     site.dsn, autocommit=True, connect_timeout=max(2, math.ceil(timeout)), **extra
                 )
         except TimeoutError:
-            raise Unreachable(f"{where}: no answer within {timeout:g}s") from None
+            raise Unavailable(f"{where}: no answer within {timeout:g}s") from None
         except psycopg.OperationalError as exc:
             raise _connect_error(where, exc, password) from None
         except psycopg.Error as exc:  # e.g. a malformed DSN (ProgrammingError)
-            raise PermanentDriverError(f"{where}: cannot connect: {_scrub(_first_line(exc), password)}") from None
+            raise Refused(f"{where}: cannot connect: {_scrub(_first_line(exc), password)}") from None
         try:
             yield conn, where
         finally:
@@ -476,7 +427,7 @@ class PostgresDriver:
             async with asyncio.timeout(self._config.connect_timeout):
                 yield
         except TimeoutError:
-            raise Unreachable(f"{where}: {what} got no answer within {self._config.connect_timeout:g}s") from None
+            raise Unavailable(f"{where}: {what} got no answer within {self._config.connect_timeout:g}s") from None
 
     async def _one(self, conn: Connection, where: str, query: QueryNoTemplate, params: Params | None = None) -> TupleRow:
         try:
@@ -509,7 +460,7 @@ class PostgresDriver:
         if isinstance(exc, pg_errors.InsufficientPrivilege):
             return Refused(message)
         if isinstance(exc, psycopg.OperationalError):  # the connection broke or the server is shutting down
-            return Unreachable(message)
+            return Unavailable(message)
         return DriverError(message)
 
 
@@ -530,10 +481,10 @@ def _connect_error(where: str, exc: psycopg.OperationalError, password: str | No
     text = _scrub(" ".join(str(exc).split()), password)
     lowered = text.lower()
     if any(marker in lowered for marker in _AUTH_MARKERS):
-        return AuthFailed(f"{where}: authentication failed: {text}")
+        return CredentialsUnavailable(f"{where}: authentication failed: {text}")
     if any(marker in lowered for marker in _REFUSED_MARKERS):
         return Refused(f"{where}: {text}")
-    return Unreachable(f"{where}: {text}", answered="fatal:" in lowered)  # FATAL: the server itself answered
+    return Unavailable(f"{where}: {text}", code=SERVER_ANSWERED if "fatal:" in lowered else None)
 
 
 def _scrub(text: str, password: str | None) -> str:

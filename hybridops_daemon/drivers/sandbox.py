@@ -30,6 +30,7 @@ from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
     DriverError,
+    NoCompensation,
     PermanentDriverError,
     ProbeResult,
     StepContext,
@@ -237,8 +238,8 @@ class SandboxDriver:
         """Put the resource back as it was before this run's step first applied it (absent → removed).
 
         Idempotent: a second call restores the same value. Budget: waiting for the lock + one read and one
-        fsynced write. Raises PermanentDriverError when this run+step never applied the resource (nothing to
-        restore), on bad inputs or an unreadable world; faults as for the other operations.
+        fsynced write. Raises NoCompensation when this run+step never applied the resource (nothing to
+        restore), PermanentDriverError on bad inputs or an unreadable world; faults as for the other operations.
         """
         _inputs, _desired, key = self._intent(step)
         await self._honour_fault(step, "compensate")
@@ -301,7 +302,7 @@ class SandboxDriver:
                 and event.get("step") == step.step_id
             ]
             if not applied:
-                raise PermanentDriverError(f"nothing to compensate: run {step.run_id} step {step.step_id} never applied {key}")
+                raise NoCompensation(f"nothing to compensate: run {step.run_id} step {step.step_id} never applied {key}")
             # The first apply saw the world before this run touched it; a retry's apply only saw the run's own value.
             original = applied[0]["previous"]
             current = data["resources"].get(key)

@@ -23,21 +23,20 @@ from typing import Any
 
 import pytest
 
-from hybridops_daemon.config.models import AnsibleDriverConfig
-from hybridops_daemon.drivers.ansible import (
-    AnsibleDriver,
-    AnsibleUnavailable,
-    BadPackOutput,
-    HostUnreachable,
-    InvalidInputs,
+from hybridops_daemon.drivers.ansible import AnsibleDriver, secret_env_name
+from hybridops_daemon.drivers.base import (
+    ApplyResult,
+    CheckResult,
+    DriverError,
     NoCompensation,
-    PackInvalid,
-    PackNotFound,
-    PackTimedOut,
-    TaskFailed,
-    secret_env_name,
+    NotFound,
+    PermanentDriverError,
+    ProbeResult,
+    Refused,
+    StepContext,
+    Unavailable,
 )
-from hybridops_daemon.drivers.base import ApplyResult, CheckResult, DriverError, PermanentDriverError, ProbeResult, StepContext
+from hybridops_daemon.drivers.declarations.ansible import AnsibleDriverConfig
 from tests.testbed.process import Process, require, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,7 +232,7 @@ def probe_packs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     packs = tmp_path_factory.mktemp("packs")
     (packs / "probe").mkdir()
     (packs / "probe" / "apply.yml").write_text(PROBE_APPLY)
-    (packs / "probe" / "verify.yml").write_text(PROBE_VERIFY)  # writes no result: BadPackOutput
+    (packs / "probe" / "verify.yml").write_text(PROBE_VERIFY)  # writes no result: Unavailable
     (packs / "broken").mkdir()
     (packs / "broken" / "apply.yml").write_text("- hosts: localhost\n  tasks: [\n")  # not YAML
     return packs
@@ -298,11 +297,11 @@ async def test_verify_catches_tampering(site: Site) -> None:
 
 async def test_failing_task_raises_driver_error_naming_the_task(site: Site, tmp_path: Path) -> None:
     step = ctx(SITE_MODULE, {"service": "web", "site": "ams", "config_dir": str(tmp_path / "missing")})
-    with pytest.raises(TaskFailed) as failed:
+    with pytest.raises(Unavailable, match="failed: ") as failed:
         await site.driver.apply(step)
     assert failed.value.retryable and isinstance(failed.value, DriverError)
-    assert failed.value.task == "Require the service's config directory"
-    assert failed.value.returncode == 2
+    assert failed.value.details["task"] == "Require the service's config directory"
+    assert failed.value.code == 2
     assert "Require the service's config directory" in str(failed.value) and "does not exist" in str(failed.value)
     assert not (tmp_path / "missing").exists()
 
@@ -319,11 +318,11 @@ async def test_secret_reaches_the_playbook_only_as_an_env_var(probe: AnsibleDriv
     assert "TASK [Hash the secret]" in result.log and SECRET not in "\n".join(result.log)
     assert list((tmp_path / "runs").iterdir()) == []  # the vars file went with its folder
 
-    with pytest.raises(TaskFailed) as failed:  # a careless task echoing the secret: the driver masks it
+    with pytest.raises(Unavailable, match="failed: ") as failed:  # a careless task echoing the secret: the driver masks it
         await probe.apply(ctx(PROBE_MODULE, {"mode": "leak"}, {"api-token": SECRET}))
-    assert failed.value.task == "Fail with the secret in the message"
+    assert failed.value.details["task"] == "Fail with the secret in the message"
     escaped = json.dumps(SECRET)[1:-1]  # as it stands in the failed task's JSON result
-    assert all(form not in str(failed.value) + failed.value.detail for form in (SECRET, escaped))
+    assert all(form not in str(failed.value) + failed.value.details["detail"] for form in (SECRET, escaped))
     assert "refused token ***" in str(failed.value)
 
 
@@ -336,7 +335,7 @@ async def test_timeout_kills_the_whole_process_tree(probe_packs: Path, tmp_path:
     pid_file = tmp_path / "sleep.pid"
     step = ctx(PROBE_MODULE, {"mode": "sleep", "pid_file": str(pid_file), "seconds": 300})
     began = time.monotonic()
-    with pytest.raises(PackTimedOut) as timed_out:
+    with pytest.raises(Unavailable, match="did not finish within") as timed_out:
         await hasty.apply(step)
     assert time.monotonic() - began < 4 + 10
     assert timed_out.value.retryable and "within 4s" in str(timed_out.value)
@@ -381,17 +380,17 @@ async def test_cancellation_kills_the_whole_process_tree(probe_packs: Path, tmp_
 
 async def test_unreachable_host_is_retryable(probe: AnsibleDriver) -> None:
     require("ssh")
-    with pytest.raises(HostUnreachable) as unreachable:
+    with pytest.raises(Unavailable, match="host unreachable") as unreachable:
         await probe.apply(ctx(PROBE_MODULE, {"mode": "unreachable"}))
-    assert unreachable.value.retryable and unreachable.value.returncode == 4
+    assert unreachable.value.retryable and unreachable.value.code == 4
     assert "Reach a host that is not there" in str(unreachable.value)
 
 
 async def test_pack_problems_are_typed(probe: AnsibleDriver, site: Site, tmp_path: Path) -> None:
-    with pytest.raises(BadPackOutput) as no_result:  # the playbook ran fine but wrote no result
+    with pytest.raises(Unavailable) as no_result:  # the playbook ran fine but wrote no result
         await probe.verify(ctx(PROBE_MODULE, {"mode": "echo"}))
     assert no_result.value.retryable and "without writing its result" in str(no_result.value)
-    with pytest.raises(PackInvalid) as broken:  # ansible refuses to parse it (exit 4, but nothing unreachable)
+    with pytest.raises(Refused) as broken:  # ansible refuses to parse it (exit 4, but nothing unreachable)
         await probe.apply(ctx(BROKEN_MODULE, {}))
     assert not broken.value.retryable and "YAML" in str(broken.value)
 
@@ -399,16 +398,16 @@ async def test_pack_problems_are_typed(probe: AnsibleDriver, site: Site, tmp_pat
     missing = AnsibleDriver(
         AnsibleDriverConfig(packs_dir=PACKS, packs={SITE_MODULE: "active-site"}, playbook=str(tmp_path / "nope"))
     )
-    refusals: list[tuple[Callable[[], Awaitable[object]], type[PermanentDriverError]]] = [
-        (lambda: probe.check(ctx("test/unbound@v1", {})), PackNotFound),  # not bound to a pack
-        (lambda: probe.check(ctx(PROBE_MODULE, {})), PackNotFound),  # the pack has no check.yml
-        (lambda: site.driver.compensate(site.step), NoCompensation),  # active-site ships no compensate.yml
-        (lambda: probe.apply(ctx(PROBE_MODULE, {"hyops_run_id": "forged"})), InvalidInputs),  # reserved name
-        (lambda: probe.apply(ctx(PROBE_MODULE, {"not a name": 1})), InvalidInputs),
-        (lambda: missing.check(site.step), AnsibleUnavailable),
+    refusals: list[tuple[Callable[[], Awaitable[object]], type[PermanentDriverError], str]] = [
+        (lambda: probe.check(ctx("test/unbound@v1", {})), NotFound, "not bound to an ansible pack"),
+        (lambda: probe.check(ctx(PROBE_MODULE, {})), NotFound, r"check\.yml does not exist"),  # the pack has none
+        (lambda: site.driver.compensate(site.step), NoCompensation, "no compensate.yml"),  # active-site ships none
+        (lambda: probe.apply(ctx(PROBE_MODULE, {"hyops_run_id": "forged"})), Refused, "reserved prefix"),
+        (lambda: probe.apply(ctx(PROBE_MODULE, {"not a name": 1})), Refused, "not a valid variable name"),
+        (lambda: missing.check(site.step), NotFound, "not installed or not executable"),  # no ansible-playbook
     ]
-    for call, error in refusals:
-        with pytest.raises(error) as refused:
+    for call, error, fragment in refusals:
+        with pytest.raises(error, match=fragment) as refused:
             await call()
         assert not refused.value.retryable
     assert probe.modules == frozenset({PROBE_MODULE, BROKEN_MODULE}) and probe.name == "ansible"

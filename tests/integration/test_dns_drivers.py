@@ -28,19 +28,21 @@ from aiohttp import web
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.base import SecretRef
-from hybridops_daemon.config.models import PowerDnsDriverConfig, Rfc2136DriverConfig
 from hybridops_daemon.config.profile import Step
-from hybridops_daemon.drivers.base import Fenced, PermanentDriverError, StepContext
-from hybridops_daemon.drivers.dns import (
-    DnsAuthFailed,
-    DnsUnavailable,
+from hybridops_daemon.drivers.base import (
+    CredentialsUnavailable,
+    DriverError,
+    Fenced,
     NoCompensation,
-    PowerDnsDriver,
-    RecordRejected,
-    Rfc2136Driver,
-    UpdateRefused,
-    ZoneNotFound,
+    NotFound,
+    PermanentDriverError,
+    RateLimited,
+    Refused,
+    StepContext,
+    Unavailable,
 )
+from hybridops_daemon.drivers.declarations.dns import PowerDnsDriverConfig, Rfc2136DriverConfig
+from hybridops_daemon.drivers.dns import PowerDnsDriver, Rfc2136Driver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
@@ -300,9 +302,9 @@ async def test_server_down_is_a_retryable_typed_error(kind: str, powerdns: Power
     step = ctx(f"down-{kind}", "192.0.2.70")
     with stopped(powerdns):
         began = time.monotonic()
-        with pytest.raises(DnsUnavailable) as applied:
+        with pytest.raises(Unavailable) as applied:
             await driver.apply(step)
-        with pytest.raises(DnsUnavailable) as checked:
+        with pytest.raises(Unavailable) as checked:
             await driver.check(step)  # the DNS port is gone too: nobody can say what the world looks like
         probe = await driver.verify(step)
         elapsed = time.monotonic() - began
@@ -334,7 +336,7 @@ async def test_a_hanging_nameserver_is_bounded_and_fails_verify(kind: str, power
         assert f"{hanging} did not answer in time" in probe.detail
 
         began = time.monotonic()
-        with pytest.raises(DnsUnavailable, match="did not answer in time"):
+        with pytest.raises(Unavailable, match="did not answer in time"):
             await driver.check(step)
         assert time.monotonic() - began < TIMEOUT + SLACK
 
@@ -477,7 +479,7 @@ async def test_bad_inputs_are_permanent(kind: str, powerdns: PowerDns, tmp_path:
     driver = make_driver(kind, powerdns, tmp_path)
     with pytest.raises(PermanentDriverError, match="content"):
         await driver.apply(ctx("bad", "not-an-ip"))
-    with pytest.raises(RecordRejected, match="does not parse"):
+    with pytest.raises(Refused, match="does not parse"):
         await driver.apply(ctx("bad", "no priority here", rtype="MX"))
     wrong_module = StepContext("r", "drill", "s", "network/floating-ip@v1", {"ip": "203.0.113.1", "target": "x"}, {}, 1)
     with pytest.raises(PermanentDriverError, match="dns/record@v1"):
@@ -490,7 +492,7 @@ async def test_bad_inputs_are_permanent(kind: str, powerdns: PowerDns, tmp_path:
 async def test_powerdns_wrong_api_key_is_permanent_and_not_echoed(powerdns: PowerDns, tmp_path: Path) -> None:
     wrong = "wrong-key-" + "7" * 24
     driver = pdns_driver(powerdns, tmp_path, key=wrong)
-    with pytest.raises(DnsAuthFailed) as caught:
+    with pytest.raises(CredentialsUnavailable) as caught:
         await driver.apply(ctx("auth", "192.0.2.100"))
     assert not caught.value.retryable
     assert "401" in str(caught.value)
@@ -499,13 +501,13 @@ async def test_powerdns_wrong_api_key_is_permanent_and_not_echoed(powerdns: Powe
 
 async def test_powerdns_unknown_zone_and_rejected_record_are_permanent(powerdns: PowerDns, tmp_path: Path) -> None:
     driver = pdns_driver(powerdns, tmp_path)
-    with pytest.raises(ZoneNotFound, match=r"no zone nowhere\.example\.") as missing:
+    with pytest.raises(NotFound, match=r"no zone nowhere\.example\.") as missing:
         await driver.apply(ctx("app", "192.0.2.110", zone="nowhere.example"))
     assert not missing.value.retryable
 
     # PowerDNS (not dnspython) refuses this one: a CNAME next to an existing A rrset → HTTP 422.
     await driver.apply(ctx("both", "192.0.2.111"))
-    with pytest.raises(RecordRejected, match="422") as rejected:
+    with pytest.raises(Refused, match="422") as rejected:
         await driver.apply(ctx("both", "elsewhere.example.org", rtype="CNAME", token=2))
     assert not rejected.value.retryable
     assert powerdns.api_key not in str(rejected.value)
@@ -529,7 +531,7 @@ async def test_powerdns_hanging_api_is_bounded_by_the_timeout(powerdns: PowerDns
     with silent_tcp() as port:
         driver = pdns_driver(powerdns, tmp_path, api_url=f"http://127.0.0.1:{port}/")
         began = time.monotonic()
-        with pytest.raises(DnsUnavailable, match="did not answer within 1s") as caught:
+        with pytest.raises(Unavailable, match="did not answer within 1s") as caught:
             await driver.apply(ctx("slow", "192.0.2.120"))
         assert time.monotonic() - began < TIMEOUT + SLACK
     assert caught.value.retryable
@@ -537,7 +539,7 @@ async def test_powerdns_hanging_api_is_bounded_by_the_timeout(powerdns: PowerDns
 
 async def test_powerdns_unknown_server_id_is_permanent(powerdns: PowerDns, tmp_path: Path) -> None:
     driver = pdns_driver(powerdns, tmp_path, server_id="elsewhere")
-    with pytest.raises(ZoneNotFound, match="server 'elsewhere'") as caught:
+    with pytest.raises(NotFound, match="server 'elsewhere'") as caught:
         await driver.apply(ctx("app", "192.0.2.130"))
     assert not caught.value.retryable
 
@@ -561,11 +563,13 @@ async def failing_proxy(status: int) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("status", [502, 503, 429])
-async def test_powerdns_5xx_and_429_are_retryable_and_scrubbed(status: int, powerdns: PowerDns, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("status", "error"), [(502, Unavailable), (503, Unavailable), (429, RateLimited)])
+async def test_powerdns_5xx_and_429_are_retryable_and_scrubbed(
+    status: int, error: type[DriverError], powerdns: PowerDns, tmp_path: Path
+) -> None:
     async with failing_proxy(status) as url:
         driver = pdns_driver(powerdns, tmp_path, api_url=url)
-        with pytest.raises(DnsUnavailable, match=f"HTTP {status}") as caught:
+        with pytest.raises(error, match=f"HTTP {status}") as caught:
             await driver.apply(ctx("proxied", "192.0.2.135"))
     assert caught.value.retryable
     assert powerdns.api_key not in str(caught.value) and "[redacted]" in str(caught.value)
@@ -579,14 +583,14 @@ async def test_rfc2136_wrong_tsig_secret_is_refused_and_the_right_one_works(powe
     step = ctx("signed", "192.0.2.140")
     (tmp_path / "bad").mkdir()
     bad = rfc_driver(powerdns, tmp_path / "bad", secret=wrong)
-    with pytest.raises(UpdateRefused, match="TSIG") as caught:
+    with pytest.raises(CredentialsUnavailable, match="TSIG") as caught:
         await bad.apply(step)
     assert not caught.value.retryable
     assert wrong not in str(caught.value) and powerdns.tsig_secret not in str(caught.value)
     assert (await answer(powerdns, "signed.dr.example."))[0] == "NXDOMAIN"
 
     unsigned = rfc_driver(powerdns, tmp_path, tsig=False)
-    with pytest.raises(UpdateRefused, match="REFUSED"):
+    with pytest.raises(Refused, match="REFUSED"):
         await unsigned.apply(step)  # the zone requires TSIG-ALLOW-DNSUPDATE
 
     good = rfc_driver(powerdns, tmp_path)
@@ -597,7 +601,7 @@ async def test_rfc2136_wrong_tsig_secret_is_refused_and_the_right_one_works(powe
 
 async def test_rfc2136_update_to_a_zone_the_server_lacks_is_permanent(powerdns: PowerDns, tmp_path: Path) -> None:
     driver = rfc_driver(powerdns, tmp_path)
-    with pytest.raises(UpdateRefused, match="NOTAUTH") as caught:
+    with pytest.raises(Refused, match="NOTAUTH") as caught:
         await driver.apply(ctx("app", "192.0.2.150", zone="nowhere.example"))
     assert not caught.value.retryable
 
@@ -606,7 +610,7 @@ async def test_rfc2136_hanging_server_is_bounded_by_the_timeout(powerdns: PowerD
     with silent_tcp() as port:
         driver = Rfc2136Driver(Rfc2136DriverConfig(server="127.0.0.1", port=port), timeout=TIMEOUT)
         began = time.monotonic()
-        with pytest.raises(DnsUnavailable, match="no answer within 1s") as caught:
+        with pytest.raises(Unavailable, match="no answer within 1s") as caught:
             await driver.apply(ctx("slow", "192.0.2.160"))
         assert time.monotonic() - began < TIMEOUT + SLACK
     assert caught.value.retryable

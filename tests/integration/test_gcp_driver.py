@@ -24,21 +24,19 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.base import SecretRef
-from hybridops_daemon.config.models import GcpDriverConfig
 from hybridops_daemon.config.profile import Step
-from hybridops_daemon.drivers.base import DriverError, PermanentDriverError, StepContext
-from hybridops_daemon.drivers.gcp import (
+from hybridops_daemon.drivers.base import (
     CredentialsUnavailable,
-    GcpDriver,
+    DriverError,
     NotFound,
-    OperationFailed,
-    OperationTimeout,
+    PermanentDriverError,
     RateLimited,
     Refused,
-    Rejected,
-    RequestTimeout,
+    StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.gcp import GcpDriverConfig
+from hybridops_daemon.drivers.gcp import REQUEST_TIMEOUT, GcpDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
@@ -193,7 +191,7 @@ async def test_instance_stuck_in_transition_times_out_retryably(gcp_fake: GcpCom
     gcp_fake.set_status(VM, "STOPPING")
     driver = make_driver(gcp_fake.endpoint, operation_timeout=0.6)
 
-    with pytest.raises(OperationTimeout, match="still STOPPING") as caught:
+    with pytest.raises(Unavailable, match="still STOPPING") as caught:
         await driver.apply(step("running"))
 
     assert caught.value.retryable
@@ -206,10 +204,10 @@ async def test_instance_stuck_in_transition_times_out_retryably(gcp_fake: GcpCom
 async def test_failed_operation_raises_with_googles_error_codes(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
     gcp_fake.fail_next_operation(code="ZONE_RESOURCE_POOL_EXHAUSTED", http_status=503)
 
-    with pytest.raises(OperationFailed, match="ZONE_RESOURCE_POOL_EXHAUSTED") as caught:
+    with pytest.raises(Unavailable, match="ZONE_RESOURCE_POOL_EXHAUSTED") as caught:
         await driver.apply(step("running"))
 
-    assert caught.value.codes == ("ZONE_RESOURCE_POOL_EXHAUSTED",) and caught.value.http_status == 503
+    assert caught.value.details == {"codes": ("ZONE_RESOURCE_POOL_EXHAUSTED",), "http_status": 503}
     assert caught.value.retryable  # a zone out of capacity now may have it later: the runner retries after a re-check
     assert gcp_fake.status(VM) == "TERMINATED"
     assert [op["history"] for op in gcp_fake.operations()] == [["PENDING", "RUNNING", "DONE"]]
@@ -268,7 +266,7 @@ async def test_wait_that_outlasts_the_request_timeout_is_asked_again(gcp_fake: G
 async def test_unauthenticated_anonymous_caller_is_refused(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
     gcp_fake.require_auth(tokens=["only-this-token"])
 
-    with pytest.raises(Refused) as caught:
+    with pytest.raises(CredentialsUnavailable) as caught:
         await driver.check(step("running"))
 
     assert not caught.value.retryable
@@ -291,17 +289,17 @@ async def test_hanging_request_without_a_caller_timeout_ends_in_request_timeout(
     driver = make_driver(gcp_fake.endpoint, request_timeout=1.0)
     gcp_fake.hang_next_request()
 
-    with pytest.raises(RequestTimeout) as caught:
+    with pytest.raises(Unavailable) as caught:
         await driver.verify(step("running"))
 
-    assert caught.value.retryable
+    assert caught.value.retryable and caught.value.code == REQUEST_TIMEOUT
 
 
 async def test_operation_slower_than_operation_timeout_is_a_typed_timeout(gcp_fake: GcpComputeFake) -> None:
     gcp_fake.set_operation_delays(pending=0.2, running=2.5)
     driver = make_driver(gcp_fake.endpoint, operation_timeout=0.8)
 
-    with pytest.raises(OperationTimeout, match="operation_timeout") as caught:
+    with pytest.raises(Unavailable, match="operation_timeout") as caught:
         await driver.apply(step("running"))
 
     assert caught.value.retryable
@@ -322,9 +320,9 @@ async def test_suspended_instance_is_refused_for_running(gcp_fake: GcpComputeFak
 
 async def test_unknown_zone_is_rejected_permanently(gcp_fake: GcpComputeFake) -> None:
     config = GcpDriverConfig(project=PROJECT, zone="mars-north1-a", endpoint=gcp_fake.endpoint)
-    with pytest.raises(Rejected, match="zone") as caught:
+    with pytest.raises(Refused, match="zone") as caught:
         await GcpDriver(config, request_timeout=5.0).check(step("running"))
-    assert not caught.value.retryable
+    assert not caught.value.retryable and caught.value.code == 400
 
 
 async def test_bad_inputs_and_foreign_modules_are_permanent(driver: GcpDriver) -> None:

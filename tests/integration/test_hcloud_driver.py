@@ -19,22 +19,20 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import HcloudDriverConfig
 from hybridops_daemon.config.profile import Step
-from hybridops_daemon.drivers.base import DriverError, Fenced, PermanentDriverError, StepContext
-from hybridops_daemon.drivers.hcloud import (
-    FENCING_LABEL,
-    ActionFailed,
-    ActionTimedOut,
-    HcloudDriver,
-    InvalidInput,
-    Locked,
+from hybridops_daemon.drivers.base import (
+    CredentialsUnavailable,
+    DriverError,
+    Fenced,
     NotFound,
+    PermanentDriverError,
     RateLimited,
-    RequestTimedOut,
-    Unauthorized,
+    Refused,
+    StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declarations.hcloud import HcloudDriverConfig
+from hybridops_daemon.drivers.hcloud import FENCING_LABEL, HcloudDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
@@ -253,8 +251,9 @@ async def test_verify_fails_when_the_stamp_is_not_the_runs_own(hcloud_fake: Hclo
 
 async def test_a_refused_stamp_assigns_nothing(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
     hcloud_fake.fail_next(1, "invalid_input", message="invalid input in field 'labels'", method="PUT", path=UPDATE_FIP)
-    with pytest.raises(InvalidInput, match="invalid input in field 'labels'"):
+    with pytest.raises(Refused, match="invalid input in field 'labels'") as caught:
         await driver.apply(step(token=2))
+    assert caught.value.code == "invalid_input"
     assert hcloud_fake.assigned_to(IP) == "edge01" and hcloud_fake.calls("POST", ASSIGN) == 0
 
 
@@ -282,7 +281,7 @@ async def test_locked_is_retryable_and_the_chain_runners_retry_succeeds(
     hcloud_fake: HcloudFake, driver: HcloudDriver, tmp_path: Path
 ) -> None:
     hcloud_fake.fail_next(1, "locked", method="POST", path=ASSIGN)
-    with pytest.raises(Locked) as caught:
+    with pytest.raises(Unavailable) as caught:
         await driver.apply(step())
     assert caught.value.retryable is True and caught.value.code == "locked"
     assert hcloud_fake.assigned_to(IP) == "edge01"
@@ -325,8 +324,9 @@ async def test_the_fake_locks_the_ip_while_an_action_runs(hcloud_fake: HcloudFak
     hcloud_fake.set_action_delay(1.0)
     first = asyncio.create_task(driver.apply(step()))
     await poll("the first assign", lambda: hcloud_fake.calls("POST", ASSIGN) == 1)
-    with pytest.raises(Locked, match="locked by action"):
+    with pytest.raises(Unavailable, match="locked by action") as caught:
         await driver.apply(step())
+    assert caught.value.code == "locked"
     await first
     assert hcloud_fake.assigned_to(IP) == "edge02"
 
@@ -339,7 +339,7 @@ async def test_rate_limited_carries_the_reset_hint_and_the_sdk_does_not_retry(
     with pytest.raises(RateLimited) as caught:
         await driver.check(step())
     assert caught.value.retryable is True and caught.value.code == "rate_limit_exceeded"
-    assert caught.value.reset_at is not None and 3500 < caught.value.reset_at - time.time() <= 3601
+    assert caught.value.retry_after is not None and 3500 < caught.value.retry_after <= 3601
     assert "quota full again at" in str(caught.value) and "0 of 3600 requests left" in str(caught.value)
     # One request, one 429: the SDK's own retry loop (≈30 s of backoff) is off; the runner retries instead.
     assert hcloud_fake.calls("GET", LIST_FIPS) == 1
@@ -362,7 +362,7 @@ async def test_a_wrong_token_is_unauthorized_and_never_quoted(hcloud_fake: Hclou
     wrong = "wrong-token-3b9f1c2e8a7d55aa"
     driver = make_driver(hcloud_fake, tmp_path, token=wrong)
     for call in (driver.check, driver.apply, driver.verify):
-        with pytest.raises(Unauthorized) as caught:
+        with pytest.raises(CredentialsUnavailable) as caught:
             await call(step())
         error = caught.value
         assert error.retryable is False and error.code == "unauthorized"
@@ -374,9 +374,9 @@ async def test_a_wrong_token_is_unauthorized_and_never_quoted(hcloud_fake: Hclou
 
 async def test_a_token_echoed_by_the_api_is_blanked(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
     hcloud_fake.fail_next(1, "invalid_input", message=f"header was Bearer {hcloud_fake.token}", method="POST", path=ASSIGN)
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(Refused) as caught:
         await driver.apply(step())
-    assert caught.value.retryable is False
+    assert caught.value.retryable is False and caught.value.code == "invalid_input"
     assert hcloud_fake.token not in str(caught.value) and "Bearer ***" in str(caught.value)
     assert hcloud_fake.assigned_to(IP) == "edge01"
 
@@ -413,7 +413,7 @@ async def test_bad_inputs_a_foreign_module_and_a_missing_token_are_permanent(hcl
 
 async def test_an_action_that_ends_in_error_is_a_driver_error(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
     hcloud_fake.fail_next_action("action_failed", "floating ip is blocked")
-    with pytest.raises(ActionFailed) as caught:
+    with pytest.raises(Unavailable) as caught:
         await driver.apply(step())
     assert caught.value.retryable is True and caught.value.code == "action_failed"
     assert "ended in error: action_failed: floating ip is blocked" in str(caught.value)
@@ -461,7 +461,7 @@ async def test_a_request_with_no_answer_times_out_client_side(hcloud_fake: Hclou
     driver = make_driver(hcloud_fake, tmp_path, request_timeout=1.0)
     hcloud_fake.hang_next(method="GET", path=LIST_FIPS, seconds=30)
     began = time.monotonic()
-    with pytest.raises(RequestTimedOut, match=r"no answer from .* within 1s") as caught:
+    with pytest.raises(Unavailable, match=r"no answer from .* within 1s") as caught:
         await driver.check(step())
     assert caught.value.retryable is True
     assert time.monotonic() - began < 5
@@ -472,7 +472,7 @@ async def test_a_request_with_no_answer_times_out_client_side(hcloud_fake: Hclou
 async def test_an_action_slower_than_action_timeout_is_a_typed_timeout(hcloud_fake: HcloudFake, tmp_path: Path) -> None:
     driver = make_driver(hcloud_fake, tmp_path, action_timeout="300ms")
     hcloud_fake.set_action_delay(1.5)
-    with pytest.raises(ActionTimedOut, match=r"still running after 0.3s") as caught:
+    with pytest.raises(Unavailable, match=r"still running after 0.3s") as caught:
         await driver.apply(step())
     assert isinstance(caught.value, DriverError) and caught.value.retryable is True
     assert not isinstance(caught.value, TimeoutError)  # the runner must not report it as its own step timeout
@@ -494,8 +494,9 @@ async def test_the_fake_is_steered_over_http(hcloud_fake: HcloudFake, driver: Hc
     """What an end-to-end test with the daemon as a subprocess uses: faults, tampering and counts over HTTP."""
     fault = {"fail_next": {"count": 1, "code": "locked", "method": "POST", "path": ASSIGN}}
     await asyncio.to_thread(_http, f"{hcloud_fake.url}/_fake/faults", fault)
-    with pytest.raises(Locked):
+    with pytest.raises(Unavailable) as caught:
         await driver.apply(step())
+    assert caught.value.code == "locked"
     calls = (await asyncio.to_thread(_http, f"{hcloud_fake.url}/_fake/calls"))["calls"]
     assert calls[f"POST {ASSIGN}"] == 1
 

@@ -22,17 +22,19 @@ import pytest
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.base import SecretRef
-from hybridops_daemon.config.models import NetboxDriverConfig
 from hybridops_daemon.config.profile import Step
-from hybridops_daemon.drivers.base import DriverError, Fenced, PermanentDriverError, StepContext
-from hybridops_daemon.drivers.netbox import (
-    FENCING_FIELD,
-    NetboxAuthFailed,
-    NetboxDriver,
-    NetboxRejected,
-    NetboxTimeout,
-    NetboxUnavailable,
+from hybridops_daemon.drivers.base import (
+    CredentialsUnavailable,
+    DriverError,
+    Fenced,
+    NoCompensation,
+    PermanentDriverError,
+    Refused,
+    StepContext,
+    Unavailable,
 )
+from hybridops_daemon.drivers.declarations.netbox import NetboxDriverConfig
+from hybridops_daemon.drivers.netbox import FENCING_FIELD, NetboxDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
@@ -189,9 +191,9 @@ async def test_the_same_host_with_another_prefix_length_is_not_ours(nb: NetboxDr
     step = ctx("203.0.113.10")
 
     assert not (await nb.check(step)).satisfied
-    with pytest.raises(NetboxRejected) as caught:
+    with pytest.raises(Refused) as caught:
         await nb.apply(step)
-    assert not caught.value.retryable
+    assert not caught.value.retryable and caught.value.code == 400
     assert "Duplicate IP address found in global table: 203.0.113.10/24" in str(caught.value)
 
     [record] = stored(admin, "203.0.113.10")
@@ -365,10 +367,10 @@ async def test_an_invalid_status_is_permanent_with_netboxs_message(nb: NetboxDri
     step = ctx(status="on-fire")
 
     assert not (await nb.check(step)).satisfied
-    with pytest.raises(NetboxRejected) as caught:
+    with pytest.raises(Refused) as caught:
         await nb.apply(step)
 
-    assert not caught.value.retryable
+    assert not caught.value.retryable and caught.value.code == 400
     assert "HTTP 400" in str(caught.value)
     assert "status: on-fire is not a valid choice." in str(caught.value)  # NetBox's words, field by field
     assert stored(admin, "203.0.113.10") == []
@@ -386,7 +388,7 @@ async def test_a_wrong_token_is_permanent_and_never_repeated(
 ) -> None:
     bad = driver(netbox.url, monkeypatch, token)
     for operation in (bad.check, bad.apply, bad.verify):
-        with pytest.raises(NetboxAuthFailed) as caught:
+        with pytest.raises(CredentialsUnavailable) as caught:
             await operation(ctx())
         assert not caught.value.retryable
         assert "HTTP 403" in str(caught.value)
@@ -401,14 +403,14 @@ async def test_an_unset_token_is_permanent_and_names_the_reference(
 ) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     nb = NetboxDriver(NetboxDriverConfig(url=netbox.url, token=SecretRef(env=TOKEN_ENV)))
-    with pytest.raises(NetboxAuthFailed, match=f"environment variable {TOKEN_ENV} is not set"):
+    with pytest.raises(CredentialsUnavailable, match=f"environment variable {TOKEN_ENV} is not set"):
         await nb.check(ctx())
 
 
 async def test_unreachable_netbox_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
     dead = driver(f"http://127.0.0.1:{free_port()}", monkeypatch, "nbt_abc.def")
     for operation in (dead.check, dead.apply, dead.verify):
-        with pytest.raises(NetboxUnavailable) as caught:
+        with pytest.raises(Unavailable) as caught:
             await operation(ctx())
         assert caught.value.retryable
         assert "Connection refused" in str(caught.value)
@@ -427,7 +429,7 @@ async def test_a_silent_netbox_times_out_within_the_configured_timeout(monkeypat
     slow = driver(f"http://127.0.0.1:{silent_port}", monkeypatch, "nbt_abc.def", timeout=1.0)
     for operation in (slow.check, slow.apply, slow.verify):
         began = time.monotonic()
-        with pytest.raises(NetboxTimeout) as caught:
+        with pytest.raises(Unavailable) as caught:
             await operation(ctx())
         elapsed = time.monotonic() - began
         assert caught.value.retryable
@@ -463,7 +465,7 @@ def bad_gateway() -> Iterator[str]:
 
 async def test_a_5xx_is_retryable(monkeypatch: pytest.MonkeyPatch, bad_gateway: str) -> None:
     proxied = driver(bad_gateway, monkeypatch, "nbt_abc.def")
-    with pytest.raises(NetboxUnavailable) as caught:
+    with pytest.raises(Unavailable) as caught:
         await proxied.check(ctx())
     assert caught.value.retryable
     assert "HTTP 502" in str(caught.value) and "502 Bad Gateway" in str(caught.value)
@@ -472,6 +474,6 @@ async def test_a_5xx_is_retryable(monkeypatch: pytest.MonkeyPatch, bad_gateway: 
 async def test_invalid_inputs_and_compensation_are_permanent(nb: NetboxDriver) -> None:
     with pytest.raises(PermanentDriverError, match="address: must be an IP address"):
         await nb.check(ctx("not-an-ip"))
-    with pytest.raises(PermanentDriverError, match=r"no compensation for ipam/address@v1"):
+    with pytest.raises(NoCompensation, match=r"no compensation for ipam/address@v1"):
         await nb.compensate(ctx())
-    assert issubclass(NetboxUnavailable, DriverError) and NetboxUnavailable.retryable
+    assert issubclass(Unavailable, DriverError) and Unavailable.retryable

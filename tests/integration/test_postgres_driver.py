@@ -16,22 +16,19 @@ import pytest
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.base import SecretRef
-from hybridops_daemon.config.models import PostgresDriverConfig, PostgresSite
 from hybridops_daemon.config.profile import Step
-from hybridops_daemon.drivers.base import DriverError, PermanentDriverError, StepContext
-from hybridops_daemon.drivers.postgres import (
-    MODULE,
-    PROBE_TABLE,
-    AuthFailed,
+from hybridops_daemon.drivers.base import (
     CredentialsUnavailable,
-    LagTooHigh,
-    LagUnknown,
-    PostgresDriver,
+    DriverError,
+    NoCompensation,
+    NotFound,
+    PermanentDriverError,
     Refused,
-    SplitBrainRisk,
-    UnknownSite,
-    Unreachable,
+    StepContext,
+    Unavailable,
 )
+from hybridops_daemon.drivers.declarations.postgres import PostgresDriverConfig, PostgresSite
+from hybridops_daemon.drivers.postgres import MODULE, PROBE_TABLE, PostgresDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
@@ -134,11 +131,11 @@ async def test_lag_guard_refuses_and_force_overrides(pg_pair: PgPair) -> None:
     build_lag(pg_pair, megabytes=4)
     pg_pair.stop_primary()  # after the lag is built: the replica's received-vs-replayed gap still shows it
 
-    with pytest.raises(LagTooHigh) as refused:
+    with pytest.raises(Refused, match="replay lag") as refused:
         await driver.apply(step(max_lag_bytes=MB))
     assert not refused.value.retryable
-    assert refused.value.lag_bytes > 3 * MB and refused.value.max_lag_bytes == MB
-    assert f"{refused.value.lag_bytes} bytes exceeds max_lag_bytes={MB}" in str(refused.value)
+    assert refused.value.details["lag_bytes"] > 3 * MB and refused.value.details["max_lag_bytes"] == MB
+    assert f"{refused.value.details['lag_bytes']} bytes exceeds max_lag_bytes={MB}" in str(refused.value)
     assert pg_pair.in_recovery("replica")  # refused means untouched
 
     forced = await driver.apply(step(max_lag_bytes=MB, force=True))
@@ -159,10 +156,10 @@ async def test_lag_guard_without_a_limit_does_not_refuse(pg_pair: PgPair) -> Non
 
 async def test_split_brain_guard_refuses_while_the_primary_is_writable(pg_pair: PgPair) -> None:
     driver = driver_for(pg_pair)
-    with pytest.raises(SplitBrainRisk) as refused:
+    with pytest.raises(Refused, match="split-brain risk") as refused:
         await driver.apply(step(max_lag_bytes=16 * MB))
     assert not refused.value.retryable
-    assert refused.value.sites == ("onprem",)
+    assert refused.value.details["sites"] == ("onprem",)
     assert "onprem is a writable primary" in str(refused.value)
     assert pg_pair.in_recovery("replica") and not pg_pair.in_recovery("primary")
 
@@ -174,7 +171,7 @@ async def test_split_brain_guard_refuses_while_the_primary_is_writable(pg_pair: 
 
 async def test_split_brain_guard_names_the_lag_too(pg_pair: PgPair) -> None:
     build_lag(pg_pair, megabytes=2)
-    with pytest.raises(SplitBrainRisk) as refused:
+    with pytest.raises(Refused, match="split-brain risk") as refused:
         await driver_for(pg_pair).apply(step(max_lag_bytes=MB))
     assert "also exceeds max_lag_bytes" in str(refused.value)
 
@@ -186,7 +183,7 @@ async def test_split_brain_guard_when_a_peer_answers_but_cannot_be_read(
     good = secret_file(tmp_path, "right-horse-battery")
     bad = secret_file(tmp_path, "not-the-password", name="bad")
     driver = driver_for(pair, password=good, onprem_password=bad)
-    with pytest.raises(SplitBrainRisk) as refused:
+    with pytest.raises(Refused, match="split-brain risk") as refused:
         await driver.apply(step())
     assert "cannot rule out that onprem is writable" in str(refused.value)
     assert "not-the-password" not in str(refused.value) and "right-horse-battery" not in str(refused.value)
@@ -237,7 +234,7 @@ async def test_unreachable_target_is_a_retryable_typed_error() -> None:
     dead = f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres"
     driver = driver_for(onprem=dead, cloud=dead)
     for call in (driver.check, driver.apply, driver.verify):
-        with pytest.raises(Unreachable) as failed:
+        with pytest.raises(Unavailable) as failed:
             await call(step())
         assert failed.value.retryable
         assert "app/cloud (127.0.0.1:" in str(failed.value) and "refused" in str(failed.value).lower()
@@ -247,7 +244,7 @@ async def test_a_silent_target_times_out_within_connect_timeout(silent_port: int
     silent = f"host=127.0.0.1 port={silent_port} user=postgres dbname=postgres"
     driver = driver_for(onprem=silent, cloud=silent, connect_timeout=0.5)
     began = time.monotonic()
-    with pytest.raises(Unreachable, match=r"no answer within 0\.5s") as failed:
+    with pytest.raises(Unavailable, match=r"no answer within 0\.5s") as failed:
         await driver.check(step())
     assert failed.value.retryable
     assert time.monotonic() - began < 5  # libpq alone would wait at least 2 s; the driver's bound is 0.5 s
@@ -261,14 +258,14 @@ async def test_credentials_failures_are_permanent_and_never_show_the_password(
 
     wrong = driver_for(pair, password=secret_file(tmp_path, "wrong-staple-x9", name="wrong"))
     for call in (wrong.check, wrong.apply, wrong.verify):
-        with pytest.raises(AuthFailed) as failed:
+        with pytest.raises(CredentialsUnavailable) as failed:
             await call(step())
         assert not failed.value.retryable
         text = f"{failed.value} {failed.value!r} {failed.value.__cause__!r} {failed.value.__context__!r}"
         assert "wrong-staple-x9" not in text and "right-horse-battery" not in text
         assert "password authentication failed" in str(failed.value)
 
-    with pytest.raises(AuthFailed, match="no password supplied"):
+    with pytest.raises(CredentialsUnavailable, match="no password supplied"):
         await driver_for(pair).check(step())
     with pytest.raises(CredentialsUnavailable, match="cannot read"):
         await driver_for(pair, password=SecretRef(file=tmp_path / "missing")).check(step())
@@ -294,7 +291,7 @@ async def test_lag_that_cannot_be_measured_is_refused_when_a_limit_is_set(pg_pai
     pg_pair.replica.stop()
     pg_pair.replica.start()
     assert pg_pair.sql("replica", "SELECT pg_last_wal_receive_lsn()") == [(None,)]
-    with pytest.raises(LagUnknown):
+    with pytest.raises(Refused, match="lag cannot be measured"):
         await driver_for(pg_pair).apply(step(max_lag_bytes=MB))
     assert pg_pair.in_recovery("replica")
 
@@ -302,8 +299,8 @@ async def test_lag_that_cannot_be_measured_is_refused_when_a_limit_is_set(pg_pai
 async def test_bad_inputs_and_unknown_sites_are_permanent() -> None:
     driver = driver_for(onprem="host=127.0.0.1 port=1", cloud="host=127.0.0.1 port=1")
     cases: list[tuple[StepContext, type[DriverError], str]] = [
-        (step(primary="gcp"), UnknownSite, "has no site 'gcp'"),
-        (step(cluster="billing"), UnknownSite, "cluster 'billing' is not configured"),
+        (step(primary="gcp"), NotFound, "has no site 'gcp'"),
+        (step(cluster="billing"), NotFound, "cluster 'billing' is not configured"),
         (step(force="maybe"), PermanentDriverError, "force"),
         (step(max_lag_bytes=-1), PermanentDriverError, "max_lag_bytes"),
         (step(primary=""), PermanentDriverError, "primary"),
@@ -316,7 +313,7 @@ async def test_bad_inputs_and_unknown_sites_are_permanent() -> None:
     other = StepContext("run-1", "prod", "ip", "network/floating-ip@v1", {"ip": "203.0.113.1", "target": "edge01"}, {}, 1)
     with pytest.raises(PermanentDriverError, match="runs database/primary@v1"):
         await driver.check(other)
-    with pytest.raises(PermanentDriverError, match="no compensation"):
+    with pytest.raises(NoCompensation, match="no compensation"):
         await driver.compensate(step())
 
 

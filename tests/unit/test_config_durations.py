@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, RetentionConfig
 from hybridops_daemon.config.profile import ActionLimit, DrillPolicy, FailbackPolicy, Profile, Rule, SignalSpec, Step
 from hybridops_daemon.config.sources import BgpSource, HttpProbeSource, IpsecSource, MqttBroker, PeerSource, PrometheusSource
+from hybridops_daemon.drivers.declarations import DECLARATIONS
 
 STEP = {"id": "fip", "module": "network/floating-ip@v1"}
 MINIMAL: dict[type[BaseModel], dict[str, Any]] = {
@@ -81,3 +82,17 @@ def test_a_zero_interval_or_timeout_is_refused_by_the_model(model: type[BaseMode
 @pytest.mark.parametrize(("model", "key"), ZERO_ALLOWED, ids=[f"{m.__name__}.{k}" for m, k in ZERO_ALLOWED])
 def test_zero_still_means_what_it_means_where_it_means_something(model: type[BaseModel], key: str) -> None:
     model.model_validate({**MINIMAL[model], key: "0s"})
+
+
+@pytest.mark.parametrize(
+    ("driver", "settings", "key"),
+    [
+        ("hcloud", {"token": {"env": "T"}, "request_timeout": "0s"}, "request_timeout"),
+        ("powerdns", {"api_url": "http://127.0.0.1:1", "api_key": {"env": "K"}, "timeout": 0}, "timeout"),
+        ("ansible", {"timeout": "0s"}, "timeout"),
+    ],
+)
+def test_driver_timeouts_must_be_above_zero(driver: str, settings: dict[str, object], key: str) -> None:
+    declaration = next(d for d in DECLARATIONS if d.name == driver)
+    with pytest.raises(ValidationError, match=key):
+        declaration.config.model_validate(settings)
