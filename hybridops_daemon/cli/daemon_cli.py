@@ -1,4 +1,5 @@
-"""``hyops-daemon``: the daemon itself and its offline tools (check-config, schema, journal verify, simulate, demo-primary)."""
+"""``hyops-daemon``: the daemon itself and its offline tools (check-config, schema, journal verify/head, simulate,
+demo-primary)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,14 @@ def main(argv: list[str] | None = None) -> int:
 
     journal = commands.add_parser("journal", help="offline journal tools (no running daemon needed)")
     journal_commands = journal.add_subparsers(dest="journal_command", required=True)
-    verify = journal_commands.add_parser("verify", help="prove the hash chain of a journal file")
+    verify = journal_commands.add_parser("verify", help="prove the hash chain of a journal file (README: what it proves)")
     verify.add_argument("--db", type=Path, required=True)
+    verify.add_argument("--expect-head", metavar="SEQ:HASH", help="fail unless record SEQ is still there with HASH")
+    key = verify.add_mutually_exclusive_group()
+    key.add_argument("--key-file", type=Path, help="check every signature with the node's journal key in this file")
+    key.add_argument("--key-env", metavar="VAR", help="... or in this environment variable")
+    head = journal_commands.add_parser("head", help="print the newest record as SEQ:HASH, to anchor it elsewhere")
+    head.add_argument("--db", type=Path, required=True)
 
     demo = commands.add_parser("demo-primary", help="serve a tiny 'on-prem primary' health endpoint for the demo")
     demo.add_argument("--port", type=int, default=8081)
@@ -63,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         return _schema(args.kind)
     if args.command == "journal":
-        return _journal_verify(args.db)
+        if args.journal_command == "head":
+            return _journal_head(args.db)
+        return _journal_verify(args.db, args.expect_head, args.key_file, args.key_env)
     if args.command == "simulate":
         return _simulate(args)
     return _demo_primary(args.host, args.port)
@@ -122,24 +131,55 @@ def _schema(kind: str) -> int:
     return EXIT_OK
 
 
-def _journal_verify(db: Path) -> int:
+def _journal_head(db: Path) -> int:
     from hybridops_daemon.journal.store import Journal, JournalError
+
+    try:
+        seq, digest = Journal.head_of_file(db)
+    except (FileNotFoundError, JournalError) as exc:
+        print(f"hyops-daemon: {db}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{seq}:{digest}")
+    return EXIT_OK
+
+
+def _journal_verify(db: Path, expect_head: str | None, key_file: Path | None, key_env: str | None) -> int:
+    from hybridops_daemon.config.base import SecretRef
+    from hybridops_daemon.journal.signing import parse_head
+    from hybridops_daemon.journal.store import Journal, JournalError
+    from hybridops_daemon.secrets import SecretUnavailable, resolve
 
     if not db.exists():
         print(f"hyops-daemon: no journal at {db}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        report = Journal.verify_file(db)
+        head = parse_head(expect_head) if expect_head is not None else None
+        ref = SecretRef(file=key_file, env=key_env) if key_file or key_env else None
+        key = resolve("journal key", ref).encode() if ref is not None else None
+    except (ValueError, SecretUnavailable) as exc:
+        print(f"hyops-daemon: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        report = Journal.verify_file(db, key=key, expect_head=head)
     except JournalError as exc:  # not a journal, or unreadable: no verdict on its content (exit 1 means tampering)
         print(f"hyops-daemon: {db}: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    if report.ok:
-        print(f"journal OK: {report.count} records, head #{report.head_seq} hash {report.head_hash}")
-        return EXIT_OK
-    print(f"journal FAILED verification ({len(report.problems)} problem(s)):")
-    for problem in report.problems:
-        print(f"  {problem}")
-    return EXIT_FAILED
+    if not report.ok:
+        print(f"journal FAILED verification ({len(report.problems)} problem(s)):")
+        for problem in report.problems:
+            print(f"  {problem}")
+        return EXIT_FAILED
+    print(f"journal OK: {report.count} records, head #{report.head_seq} hash {report.head_hash}")
+    # What was proven goes to stdout; what was not, to stderr (README: "What `journal verify` proves").
+    if report.signatures_checked:
+        print(f"signatures checked: records {report.first_signed}..{report.head_seq} signed with the key")
+    else:
+        print(f"note: signatures not checked (no --key-file/--key-env; {report.signed} record(s) signed)", file=sys.stderr)
+    if head is not None:
+        print(f"anchored head #{head[0]} is in the chain")
+    else:
+        print("note: the end is not anchored: records cut from the end pass without --expect-head", file=sys.stderr)
+    return EXIT_OK
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -91,6 +91,9 @@ class DaemonConfig(Strict):
     peer: Name | None = None
     state_dir: Path
     journal: Path | None = Field(default=None, description="default: <state_dir>/journal.db")
+    journal_key: SecretRef | None = Field(
+        default=None, description="signs every journal record (HMAC-SHA256), by reference; `journal verify --key-file`"
+    )
     tick: PositiveDuration = 1.0
     shutdown_grace: Duration = 10.0
     control: ControlConfig = ControlConfig()

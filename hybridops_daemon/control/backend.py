@@ -3,19 +3,24 @@ an intent is journaled and queued for the decision loop, which decides and start
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
 from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
 from hybridops_daemon.daemon.lane import Lane
-from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.journal.store import Journal, Record
 from hybridops_daemon.policy.types import Command, Decision
 from hybridops_daemon.scheduler import DrillScheduler
 from hybridops_daemon.signals.base import Source
 
 Submit = Callable[[Command, str, str], Awaitable[tuple[int, Decision]]]
+
+# Verifies running at once, each in a thread: the rest wait, leaving the default executor to the daemon's other work.
+VERIFY_THREADS = 2
 
 
 class DaemonBackend:
@@ -40,6 +45,7 @@ class DaemonBackend:
         self._submit = submit
         self._clock = clock
         self._drills = drills  # started after the control socket: a status call may come first
+        self._verify_slots = asyncio.Semaphore(VERIFY_THREADS)
 
     async def status(self) -> dict[str, Any]:
         drills = self._drills()
@@ -93,6 +99,12 @@ class DaemonBackend:
     async def approval(self, run_id: str, step: str, approve: bool, actor: Actor) -> dict[str, Any]:
         pending = next((p for p in self._approvals.pending() if (p.run_id, p.step) == (run_id, step)), None)
         if pending is None:
+            earlier = self._earlier_answer(run_id, step)
+            if earlier is not None:
+                word = "approved" if earlier.body["command"] == "approve" else "rejected"
+                at = datetime.fromtimestamp(earlier.ts, UTC).isoformat(timespec="seconds")
+                by = earlier.body.get("actor", "an unknown actor")
+                raise CommandRefused(f"step {step!r} of run {run_id!r} was already {word} by {by} at {at}")
             raise NotFound(f"no step {step!r} of run {run_id!r} is waiting for approval")
         # Durable first: the operator's word is on record before the step can act on it.
         self._journal.append(
@@ -105,6 +117,13 @@ class DaemonBackend:
         self._approvals.answer(run_id, step, Verdict(approve, str(actor)))
         return {"run_id": run_id, "step": step, "lane": pending.lane, "approved": approve}
 
+    def _earlier_answer(self, run_id: str, step: str) -> Record | None:
+        """The operator's answer to this gate on record (the journal outlives a restart), newest first."""
+        for record in self._journal.records(run_id=run_id, kinds=["operator"], newest_first=True):
+            if record.body.get("step") == step and record.body.get("command") in ("approve", "reject"):
+                return record
+        return None
+
     async def journal_list(self, lane: str | None, limit: int) -> list[dict[str, Any]]:
         return [asdict(run) for run in self._journal.runs(lane=lane, limit=limit)]
 
@@ -115,7 +134,10 @@ class DaemonBackend:
         return [record.to_dict() for record in records]
 
     async def journal_verify(self) -> dict[str, Any]:
-        return asdict(self._journal.verify())
+        # Off the loop: a long journal's walk would hold every other request and the decision loop behind it. The
+        # thread opens its own read-only connection (a SQLite connection stays in the thread that made it).
+        async with self._verify_slots:
+            return asdict(await asyncio.to_thread(self._journal.verify_readonly))
 
 
 def _lane_status(lane: Lane, next_drill: Any) -> dict[str, Any]:

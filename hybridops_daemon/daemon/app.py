@@ -99,13 +99,19 @@ class Daemon:
         try:
             with (
                 signal_flags(self.request_stop, self.request_reload),
-                Journal.open(config.journal_path, self.redactor) as journal,
+                Journal.open(config.journal_path, self.redactor, key=self._journal_key()) as journal,
             ):
                 self.journal = journal
                 await self._serve(journal, local)
         finally:
             if local is not None:
                 local.release()
+
+    def _journal_key(self) -> bytes | None:
+        """The key every record is signed with, if configured. Raises SecretUnavailable: a node told to sign does
+        not start unsigned (its records would fail `journal verify --key-file` as forged)."""
+        ref = self.config.journal_key
+        return resolve("journal_key", ref).encode() if ref is not None else None
 
     def _start_record(self, journal: Journal, local: LocalLease | None) -> None:
         body = {

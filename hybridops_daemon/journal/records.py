@@ -3,7 +3,8 @@
 Every record's ``hash`` is ``sha256_hex(prev_hash + "\\n" + canonical(envelope))`` where ``envelope`` is
 ``{"seq", "ts", "lane", "run_id", "kind", "body"}`` and ``canonical`` is ``json.dumps(sort_keys=True,
 separators=(",", ":"), ensure_ascii=False)``; the first record's ``prev_hash`` is 64 zeros. An auditor can recompute
-the chain with any SQLite reader and twenty lines of code.
+the chain with any SQLite reader and twenty lines of code. The ``sig`` column beside ``hash`` holds the record's
+signature when the node has a journal key (``journal/signing.py``); it is not part of the hash.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from hybridops_daemon.journal.signing import sign
 
 GENESIS_HASH = "0" * 64
 RUN_START = "run.start"
@@ -113,8 +116,17 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def insert(conn: sqlite3.Connection, kind: str, text: str, *, ts: float, lane: str | None, run_id: str | None) -> Record:
-    """Chain a serialised record onto the head. Call inside ``write_transaction``."""
+def insert(
+    conn: sqlite3.Connection,
+    kind: str,
+    text: str,
+    *,
+    ts: float,
+    lane: str | None,
+    run_id: str | None,
+    key: bytes | None = None,
+) -> Record:
+    """Chain a serialised record onto the head, signed with ``key`` if given. Call inside ``write_transaction``."""
     stored = json.loads(text)  # what a reader gets back, and therefore what is hashed
     # Read the head inside the write lock: another process may have appended since our last write.
     head = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
@@ -122,7 +134,7 @@ def insert(conn: sqlite3.Connection, kind: str, text: str, *, ts: float, lane: s
     seq = prev_seq + 1
     digest = record_hash(prev_hash, seq, ts, lane, run_id, kind, stored)
     conn.execute(
-        f"INSERT INTO records ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (seq, ts, lane, run_id, kind, text, prev_hash, digest),
+        f"INSERT INTO records ({COLUMNS}, sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (seq, ts, lane, run_id, kind, text, prev_hash, digest, sign(key, digest) if key is not None else None),
     )
     return Record(seq, ts, lane, run_id, kind, stored, prev_hash, digest)

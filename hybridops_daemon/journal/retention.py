@@ -98,9 +98,11 @@ def prune(
     max_bytes: int | None = None,
     now: float,
     batch: int = PRUNE_BATCH,
+    key: bytes | None = None,
 ) -> PruneReport | None:
     """Remove the oldest records: those older than ``before_ts`` and/or as many as bring ``live_bytes()`` under
-    ``max_bytes``, and account for them in a ``journal.pruned`` record written at ``now`` (module docstring).
+    ``max_bytes``, and account for them in a ``journal.pruned`` record written at ``now`` and signed with ``key``
+    if given (module docstring).
 
     Returns None when neither rule asks for a cut, after two indexed reads and three PRAGMAs: cheap enough to
     call every few minutes. Never removes a record of a run that has not ended or continues past the cut, a
@@ -118,7 +120,7 @@ def prune(
         if not _prune_due(conn, before_ts, max_bytes):
             return None
         with write_transaction(conn):
-            return _prune_locked(conn, before_ts, max_bytes, now, batch)
+            return _prune_locked(conn, before_ts, max_bytes, now, batch, key)
 
 
 def _prune_due(conn: sqlite3.Connection, before_ts: float | None, max_bytes: int | None) -> bool:
@@ -129,7 +131,7 @@ def _prune_due(conn: sqlite3.Connection, before_ts: float | None, max_bytes: int
 
 
 def _prune_locked(
-    conn: sqlite3.Connection, before_ts: float | None, max_bytes: int | None, now: float, batch: int
+    conn: sqlite3.Connection, before_ts: float | None, max_bytes: int | None, now: float, batch: int, key: bytes | None
 ) -> PruneReport | None:
     # Read again under the write lock: another process may have appended (or pruned) since _prune_due.
     first = conn.execute("SELECT seq, ts FROM records ORDER BY seq LIMIT 1").fetchone()
@@ -190,7 +192,7 @@ def _prune_locked(
         more = True  # stopped at the batch limit
     summary = None
     if cut.count:
-        summary = insert(conn, PRUNED, canonical_json(cut.summary(reason)), ts=now, lane=None, run_id=None)
+        summary = insert(conn, PRUNED, canonical_json(cut.summary(reason)), ts=now, lane=None, run_id=None, key=key)
         conn.execute(NO_DELETE_TRIGGER)
         live = live_bytes(conn)
     return PruneReport(cut.count, summary, held, more, live_before, live)

@@ -1,7 +1,8 @@
 """The journal: an append-only, hash-chained SQLite file, one per node.
 
 The record format and its hash chain are in ``journal/records.py``; retention (``prune``) in ``journal/retention.py``;
-verification in ``journal/verify.py``. This module opens the file, appends (redacting first) and answers queries.
+verification in ``journal/verify.py``; signatures and head anchors in ``journal/signing.py``. This module opens the
+file, appends (redacting first, signing when given a key) and answers queries.
 
 SQLite runs synchronously in the caller's thread on purpose. The daemon calls ``append`` from its event loop thread:
 a record is committed whole (WAL + ``synchronous=FULL``: durable when ``append`` returns) or not at all, and no
@@ -45,7 +46,14 @@ from hybridops_daemon.journal.records import (
 )
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.retention import CARRIED_KINDS, PRUNE_BATCH, PruneReport
-from hybridops_daemon.journal.verify import MAX_PROBLEMS, VerifyReport, verify_chain, verify_file
+from hybridops_daemon.journal.verify import (
+    MAX_PROBLEMS,
+    VerifyReport,
+    has_signature_column,
+    read_head,
+    verify_chain,
+    verify_file,
+)
 
 # The journal's public names, wherever they are defined: callers import them from the store.
 __all__ = [
@@ -84,7 +92,8 @@ CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
     body TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    sig TEXT
 );
 CREATE INDEX IF NOT EXISTS records_run_id ON records (run_id);
 CREATE INDEX IF NOT EXISTS records_lane_kind ON records (lane, kind);
@@ -116,16 +125,20 @@ class RunSummary:
 class Journal:
     """Append-only, hash-chained record store. Use ``Journal.open``; one instance per process, one thread."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, redactor: Redactor | None) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, redactor: Redactor | None, key: bytes | None = None) -> None:
         self._conn = conn
         self.path = path
         self._redactor = redactor
+        self._key = key  # signs every record appended (journal/signing.py); never written anywhere
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, path: Path, redactor: Redactor | None = None) -> Journal:
+    def open(cls, path: Path, redactor: Redactor | None = None, *, key: bytes | None = None) -> Journal:
         """Open or create the journal at ``path``: WAL, ``synchronous=FULL``, schema created if missing.
+
+        With ``key``, every record appended is signed with it (``journal/signing.py``). A journal written before
+        signatures existed gains the ``sig`` column here (its old records stay unsigned and verify as before).
 
         A new file is created with mode 0640 (its -wal and -shm files inherit that mode). Idempotent and safe
         against another process opening the same file at the same moment. Raises JournalError if the file is not a
@@ -146,10 +159,11 @@ class Journal:
                 version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
                 if version != str(SCHEMA_VERSION):
                     raise JournalError(f"{path}: schema version {version}, this daemon reads {SCHEMA_VERSION}")
+                _add_signature_column(conn)
             except BaseException:
                 conn.close()
                 raise
-        return cls(conn, path, redactor)
+        return cls(conn, path, redactor, key)
 
     def close(self) -> None:
         """Close the connection. The last connection to close checkpoints the WAL into the main file."""
@@ -189,7 +203,7 @@ class Journal:
 
         text = canonical_json(redacted, default=stringify)
         with sqlite_errors("append"), write_transaction(self._conn):
-            return insert(self._conn, kind, text, ts=ts, lane=lane, run_id=run_id)
+            return insert(self._conn, kind, text, ts=ts, lane=lane, run_id=run_id, key=self._key)
 
     # ------------------------------------------------------------------------------------------ reading
 
@@ -329,15 +343,32 @@ class Journal:
         batch: int = PRUNE_BATCH,
     ) -> PruneReport | None:
         """Remove the oldest records and account for them in a ``journal.pruned`` summary: ``retention.prune``."""
-        return retention.prune(self._conn, before_ts=before_ts, max_bytes=max_bytes, now=now, batch=batch)
+        return retention.prune(self._conn, before_ts=before_ts, max_bytes=max_bytes, now=now, batch=batch, key=self._key)
 
     # ------------------------------------------------------------------------------------------ verification
 
-    def verify(self) -> VerifyReport:
-        """Walk the chain and report every record that was altered, removed or moved: ``verify.verify_chain``."""
-        return verify_chain(self._conn)
+    def verify(self, *, expect_head: tuple[int, str] | None = None) -> VerifyReport:
+        """Walk the chain and report every record that was altered, removed or moved, checking signatures with this
+        journal's key (if it has one) and that the chain still holds ``expect_head``: ``verify.verify_chain``."""
+        return verify_chain(self._conn, key=self._key, expect_head=expect_head)
+
+    def verify_readonly(self) -> VerifyReport:
+        """``verify`` through a read-only connection of its own: safe to call from another thread."""
+        return verify_file(self.path, key=self._key)
 
     @staticmethod
-    def verify_file(path: Path) -> VerifyReport:
+    def verify_file(path: Path, *, key: bytes | None = None, expect_head: tuple[int, str] | None = None) -> VerifyReport:
         """``verify`` on a journal file opened read-only, without a writer: ``verify.verify_file``."""
-        return verify_file(path)
+        return verify_file(path, key=key, expect_head=expect_head)
+
+    @staticmethod
+    def head_of_file(path: Path) -> tuple[int, str]:
+        """The newest record's ``(seq, hash)`` of a journal file opened read-only (no verdict on the chain)."""
+        return read_head(path)
+
+
+def _add_signature_column(conn: sqlite3.Connection) -> None:
+    """The migration to signed records: a ``sig`` column beside ``hash``, NULL for the records already there."""
+    with write_transaction(conn):
+        if not has_signature_column(conn):
+            conn.execute("ALTER TABLE records ADD COLUMN sig TEXT")

@@ -8,14 +8,16 @@ first record onward when:
   from the summary before it (``first_seq`` = the previous one's ``last_seq + 1``).
 
 A removal no summary explains, and an altered summary, are reported like any other break. A writer able to append a
-forged summary could append anything else too: as for every record, the defence is a head hash kept elsewhere.
+forged summary could append anything else too: as for every record, the defences are a head hash kept elsewhere
+(``expect_head``) and the node's signing key (``key``): see ``journal/signing.py``.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -30,6 +32,7 @@ from hybridops_daemon.journal.records import (
     missing,
     sqlite_errors,
 )
+from hybridops_daemon.journal.signing import Anchor, SignatureCheck
 
 MAX_PROBLEMS = 100
 
@@ -49,10 +52,17 @@ class VerifyReport:
     head_hash: str
     problems: list[str]
     first_seq: int = 0  # above 1: retention removed the records before it (proven by its summaries when ok)
+    signed: int = 0  # records carrying a signature
+    first_signed: int = 0  # the first of them (0: none); the records before it are covered by its signature
+    signatures_checked: bool = False  # a key was given: every signature from first_signed on was checked
+    anchored: bool = False  # an expected head was given and checked
 
 
-def verify_chain(conn: sqlite3.Connection) -> VerifyReport:
-    """Walk the chain in seq order and report every record that was altered, removed or moved.
+def verify_chain(
+    conn: sqlite3.Connection, *, key: bytes | None = None, expect_head: tuple[int, str] | None = None
+) -> VerifyReport:
+    """Walk the chain in seq order and report every record that was altered, removed or moved; with ``key``, every
+    signature missing or wrong; with ``expect_head``, whether that record is still there with that hash.
 
     Reads one consistent snapshot; appends may continue meanwhile. Raises JournalError if SQLite fails.
     """
@@ -70,12 +80,16 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyReport:
     first_seq, first_prev = 0, GENESIS_HASH
     prev_seq, prev_hash = 0, GENESIS_HASH
     summaries: list[tuple[int, str]] = []
+    signatures = SignatureCheck(key)
+    anchor = Anchor(*expect_head) if expect_head is not None else None
+    anchored_hash: str | None = None
     with sqlite_errors("verify"):
+        sig = "sig" if has_signature_column(conn) else "NULL"  # a journal from before signatures has no column
         # One SELECT is one read transaction: the walk sees a single snapshot even while the daemon appends.
-        for row in conn.execute(f"SELECT {COLUMNS} FROM records ORDER BY seq"):
+        for row in conn.execute(f"SELECT {COLUMNS}, {sig} FROM records ORDER BY seq"):
             seq, kind, body, stored_prev, stored_hash = row[0], row[4], row[5], row[6], row[7]
             count += 1
-            if not hash_matches(row):
+            if not hash_matches(row[:8]):
                 problem(f"record {seq} was altered (its hash does not match its content)")
             if count == 1:
                 first_seq, first_prev = seq, stored_prev
@@ -91,22 +105,56 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyReport:
                 )
             if kind == PRUNED:
                 summaries.append((seq, body))
+            signatures.see(seq, stored_hash, row[8])
+            if anchor is not None and seq == anchor.seq:
+                anchored_hash = str(stored_hash)
             prev_seq, prev_hash = seq, stored_hash
     _check_cuts(first_seq, first_prev, summaries, problem)
+    for text in signatures.finish() + (anchor.check(prev_seq, anchored_hash, first_seq, summaries) if anchor else []):
+        problem(text)
     if unlisted:
         problems.append(f"... and {unlisted} more problems")
     return VerifyReport(
-        ok=not problems, count=count, head_seq=prev_seq, head_hash=prev_hash, problems=problems, first_seq=first_seq
+        ok=not problems,
+        count=count,
+        head_seq=prev_seq,
+        head_hash=prev_hash,
+        problems=problems,
+        first_seq=first_seq,
+        signed=signatures.signed,
+        first_signed=signatures.first_signed,
+        signatures_checked=key is not None,
+        anchored=anchor is not None,
     )
 
 
-def verify_file(path: Path) -> VerifyReport:
+def has_signature_column(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "sig" for row in conn.execute("PRAGMA table_info(records)"))
+
+
+def verify_file(path: Path, *, key: bytes | None = None, expect_head: tuple[int, str] | None = None) -> VerifyReport:
     """``verify`` on a journal file opened read-only: needs no writer, no running daemon, no write access.
 
     SQLite needs the -shm file to read a WAL database; where it cannot create one (a read-only directory) and
     no -wal file exists (so no writer has the file open and everything is in the main file), the file is read
     as immutable instead. Raises FileNotFoundError, or JournalError if the file cannot be read as a journal.
     """
+    with _readonly(path) as conn:
+        return verify_chain(conn, key=key, expect_head=expect_head)
+
+
+def read_head(path: Path) -> tuple[int, str]:
+    """The newest record's ``(seq, hash)`` (``(0, GENESIS_HASH)`` when empty), read-only as ``verify_file`` reads.
+
+    No verdict on the chain: run ``verify_file`` for that. Raises FileNotFoundError or JournalError.
+    """
+    with _readonly(path) as conn, sqlite_errors("query"):
+        row = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+
+@contextmanager
+def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
     if not path.exists():
         raise FileNotFoundError(f"no journal at {path}")
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
@@ -117,7 +165,7 @@ def verify_file(path: Path) -> VerifyReport:
     if conn is None:
         raise JournalError(f"cannot open {path} read-only (a writer may hold its WAL; run as its owner)")
     try:
-        return verify_chain(conn)
+        yield conn
     finally:
         conn.close()
 

@@ -1,0 +1,99 @@
+"""The control backend against a real journal and approval book: what it answers, and that it keeps the loop free."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hybridops_daemon.chain.approvals import ApprovalBook, PendingApproval, Verdict
+from hybridops_daemon.control.backend import DaemonBackend
+from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
+from hybridops_daemon.journal import store
+from hybridops_daemon.journal.store import Journal, VerifyReport
+from hybridops_daemon.policy.types import Command, Decision
+
+ALICE = Actor(uid=1000, gid=1000, pid=4242, user="alice")
+BOB = Actor(uid=1001, gid=1000, pid=4343, user="bob")
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal.open(tmp_path / "journal.db") as opened:
+        yield opened
+
+
+def backend_for(journal: Journal, approvals: ApprovalBook | None = None) -> DaemonBackend:
+    async def submit(command: Command, lane: str, actor: str) -> tuple[int, Decision]:
+        raise AssertionError("not used here")
+
+    return DaemonBackend("edge01", "local", {}, journal, approvals or ApprovalBook(), {}, submit, clock=lambda: 5000.0)
+
+
+async def test_status_answers_while_a_long_verify_runs(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal.append("decision", {"i": 0}, ts=1.0, lane="prod")
+    started, release = threading.Event(), threading.Event()
+    threads: list[int] = []
+
+    def blocked_verify(*args: Any, **kwargs: Any) -> VerifyReport:
+        threads.append(threading.get_ident())
+        started.set()
+        release.wait(10)  # a verify of a huge journal, as long as the test wants
+        return VerifyReport(ok=True, count=1, head_seq=1, head_hash="h", problems=[])
+
+    monkeypatch.setattr(store, "verify_chain", blocked_verify)
+    monkeypatch.setattr(store, "verify_file", blocked_verify)
+    backend = backend_for(journal)
+    verifies = [asyncio.create_task(backend.journal_verify()) for _ in range(3)]
+    for _ in range(1000):  # let the loop run until a verify is under way (count-based, no timing)
+        if started.is_set():
+            break
+        await asyncio.sleep(0)
+    assert started.wait(10)
+
+    status = await backend.status()  # the loop answers while the verify is blocked
+    assert status["node"] == "edge01"
+    assert not any(task.done() for task in verifies)
+    assert threading.get_ident() not in threads  # the verify runs off the event loop's thread
+    release.set()
+    assert [(await task)["ok"] for task in verifies] == [True, True, True]
+
+
+async def test_verify_through_the_backend_reports_the_real_chain(journal: Journal) -> None:
+    last = journal.append("decision", {"i": 0}, ts=1.0, lane="prod")
+    report = await backend_for(journal).journal_verify()
+    assert (report["ok"], report["count"], report["head_hash"]) == (True, 1, last.hash)
+
+
+async def approved_once(journal: Journal, approve: bool) -> tuple[DaemonBackend, asyncio.Task[Verdict | None]]:
+    approvals = ApprovalBook()
+    pending = PendingApproval(run_id="cutover-1", step="promote-db", lane="prod", since=4000.0, expires_at=9000.0)
+    waiting = asyncio.create_task(approvals.wait(pending, 60))
+    await asyncio.sleep(0)  # one turn of the loop: the step is waiting
+    assert approvals.pending() == [pending]
+    backend = backend_for(journal, approvals)
+    answer = await backend.approval("cutover-1", "promote-db", approve, ALICE)
+    assert answer["approved"] is approve
+    return backend, waiting
+
+
+@pytest.mark.parametrize(("approve", "word"), [(True, "approved"), (False, "rejected")])
+async def test_a_second_answer_is_refused_saying_who_answered_and_when(journal: Journal, approve: bool, word: str) -> None:
+    backend, waiting = await approved_once(journal, approve)
+    for again in (True, False):
+        with pytest.raises(CommandRefused) as refused:
+            await backend.approval("cutover-1", "promote-db", again, BOB)
+        assert str(refused.value) == (
+            f"step 'promote-db' of run 'cutover-1' was already {word} by uid=1000(alice) pid=4242 at 1970-01-01T01:23:20+00:00"
+        )
+    assert (await waiting) == Verdict(approve, str(ALICE))
+    assert len(journal.records(kinds=["operator"])) == 1  # the refused second answer wrote nothing
+
+
+async def test_an_unknown_step_is_still_not_found(journal: Journal) -> None:
+    with pytest.raises(NotFound, match="no step 'promote-db' of run 'cutover-1' is waiting for approval"):
+        await backend_for(journal).approval("cutover-1", "promote-db", True, ALICE)
