@@ -84,6 +84,7 @@ def _run(path: Path, level: str, pretty: bool | None) -> int:
     from hybridops_daemon.drivers.registry import DRIVER_MODULES
     from hybridops_daemon.lease.base import LeaseLost
     from hybridops_daemon.logs import configure
+    from hybridops_daemon.secrets import SecretUnavailable
 
     config, profiles, errors = check_config(path, DRIVER_MODULES)
     if errors or config is None:
@@ -95,7 +96,7 @@ def _run(path: Path, level: str, pretty: bool | None) -> int:
     configure(daemon.redactor, level=getattr(logging, level.upper()), pretty=pretty)
     try:
         asyncio.run(daemon.run())
-    except LeaseLost as exc:
+    except (LeaseLost, SecretUnavailable) as exc:  # another daemon holds the state directory; the journal key is missing
         print(f"hyops-daemon: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hybridops_daemon.config.base import Duration, Name, PositiveDuration, Strict
+from hybridops_daemon.config.base import Duration, Name, PositiveDuration, SecretRef, Strict
 from hybridops_daemon.config.sources import Source
 
 # Each driver declares its config model (hybridops_daemon/drivers/declarations/, on config.base alone); the lane's

@@ -264,3 +264,15 @@ def test_journal_verify_passes_a_real_journal_and_lists_the_tampering(tmp_path: 
         "journal FAILED verification (1 problem(s)):",
         "  record 2 was altered (its hash does not match its content)",
     ]
+
+
+def test_run_with_a_journal_key_that_is_not_there_says_so_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "daemon.yaml"
+    config.write_text(
+        f"node: edge01\nstate_dir: {tmp_path / 'state'}\njournal_key: {{file: {tmp_path / 'no-such-key'}}}\n"
+        f"lanes:\n  prod: {{profile: {REPO / 'policies' / 'prod.yaml'}}}\n"
+    )
+    done = subprocess.run([str(HYOPS_DAEMON), "run", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("hyops-daemon: ") and "no-such-key" in done.stderr

@@ -268,7 +268,7 @@ def test_the_daemon_signs_with_the_key_its_config_names(tmp_path: Path, monkeypa
     )
     config, profiles, errors = check_config(config_file, DRIVER_MODULES)
     assert config is not None and not errors, errors
-    daemon = Daemon(config, profiles)
+    daemon = Daemon(config, profiles, config_file)
     with pytest.raises(SecretUnavailable, match="HYOPS_TEST_JOURNAL_KEY is not set"):
         daemon._journal_key()  # a node told to sign does not start unsigned
     monkeypatch.setenv("HYOPS_TEST_JOURNAL_KEY", KEY.decode())
