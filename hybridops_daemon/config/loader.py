@@ -84,7 +84,7 @@ def check_config(
     lanes = {name: lane.profile for name, lane in config.lanes.items()} if config else _raw_lane_profiles(parsed)
     found = {lane: profile_path for lane, profile_path in lanes.items() if profile_path.is_file()}
     missing = [
-        parsed.error(("lanes", lane, "profile"), f"profile file not found: {_display(profile_path)}")
+        parsed.error(("lanes", lane, "profile"), f"profile {_not_a_file(profile_path)}: {_display(profile_path)}")
         for lane, profile_path in lanes.items()
         if lane not in found
     ]
@@ -100,7 +100,17 @@ def check_config(
             profiles[lane] = loaded
             if config is not None:
                 errors.extend(_unbound_drivers(parsed, lane, config.lanes[lane].drivers, loaded))
+                errors.extend(_borrowed_profile(parsed, lane, config, loaded))
     return config, profiles, errors
+
+
+def _borrowed_profile(parsed: _Parsed, lane: str, config: DaemonConfig, profile: Profile) -> list[ConfigError]:
+    """A lane must not run a profile written for another of this node's lanes: a drill lane given prod's profile would
+    drill with prod's chain, thresholds and guardrails (its targets stay its own, but nothing else says drill)."""
+    if profile.name == lane or profile.name not in config.lanes:
+        return []
+    message = f"profile {profile.ref} is written for lane {profile.name!r}; lane {lane!r} needs its own (name: {lane})"
+    return [parsed.error(("lanes", lane, "profile"), message)]
 
 
 def _unbound_drivers(parsed: _Parsed, lane: str, drivers: LaneDrivers, profile: Profile) -> list[ConfigError]:
@@ -155,8 +165,18 @@ class _Parsed:
         return line
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a config file: a device like /dev/zero would be read forever."""
+    if path.is_dir():
+        return "is a directory, not a file"
+    return "file not found" if not path.exists() else "is not a regular file (a device or a pipe?)"
+
+
 def _parse(file: Path) -> _Parsed:
     parsed = _Parsed(file)
+    if not file.is_file():
+        parsed.errors.append(ConfigError(file, None, "", _not_a_file(file)))
+        return parsed
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -17,6 +17,7 @@ from hybridops_daemon.journal.store import Journal
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
+PROD_PROFILE = REPO / "policies" / "prod.yaml"
 HYOPS_DAEMON = Path(sys.executable).parent / "hyops-daemon"
 
 PROFILE = """\
@@ -276,3 +277,36 @@ def test_run_with_a_journal_key_that_is_not_there_says_so_in_one_line(tmp_path: 
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("hyops-daemon: ") and "no-such-key" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [("/dev/zero", "is not a regular file (a device or a pipe?)"), ("/tmp", "is a directory, not a file")],
+)
+def test_check_config_says_what_a_profile_path_is_when_it_is_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], profile: str, expected: str
+) -> None:
+    write(tmp_path / "daemon.yaml", f"node: edge01\nstate_dir: state\nlanes:\n  prod: {{profile: {profile}}}\n")
+    code, out, _ = run(capsys, "check-config", str(tmp_path / "daemon.yaml"))
+    assert code == 2
+    assert out.splitlines() == [f"{tmp_path / 'daemon.yaml'}:4 lanes.prod.profile: profile {expected}: {profile}"]
+
+
+def test_check_config_on_a_device_or_a_directory_is_an_error_not_an_endless_read(capsys: pytest.CaptureFixture[str]) -> None:
+    for path, expected in (("/dev/zero", "is not a regular file (a device or a pipe?)"), ("/tmp", "is a directory, not a file")):
+        code, out, _ = run(capsys, "check-config", path)
+        assert code == 2
+        assert out.splitlines() == [f"{path}: {expected}"]
+
+
+def test_a_lane_may_not_run_the_profile_written_for_another_lane(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(
+        tmp_path / "daemon.yaml",
+        f"node: edge01\nstate_dir: state\nlanes:\n  prod: {{profile: {PROD_PROFILE}}}\n  drill: {{profile: {PROD_PROFILE}}}\n",
+    )
+    code, out, _ = run(capsys, "check-config", str(tmp_path / "daemon.yaml"))
+    assert code == 2
+    assert out.splitlines() == [
+        f"{tmp_path / 'daemon.yaml'}:5 lanes.drill.profile: profile prod@v1 is written for lane 'prod'; lane 'drill' needs "
+        "its own (name: drill)"
+    ]
