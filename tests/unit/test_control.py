@@ -114,6 +114,7 @@ class RecordingBackend:
             "run_id": "drill-20261127T120000-1",
         }
         self.verify: dict[str, Any] = VERIFY
+        self.decisions: list[dict[str, Any]] | None = None  # per lane, as the daemon answers pause/resume of every lane
         self.entered = asyncio.Event()
 
     async def _called(self, *call: Any) -> None:
@@ -131,7 +132,10 @@ class RecordingBackend:
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
         self.actors.append(actor)
         await self._called("submit", command, lane)
-        return {"intent_id": 42, "decision": self.decision}
+        result: dict[str, Any] = {"intent_id": 42, "decision": self.decision}
+        if self.decisions is not None:
+            result["decisions"] = self.decisions
+        return result
 
     async def approval(self, run_id: str, step: str, approve: bool, actor: Actor) -> dict[str, Any]:
         self.actors.append(actor)
