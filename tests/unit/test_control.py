@@ -13,7 +13,6 @@ import os
 import pwd
 import socket
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +152,6 @@ class RecordingBackend:
     async def journal_verify(self) -> dict[str, Any]:
         await self._called("journal_verify")
         return self.verify
-
-
-@pytest.fixture
-async def server(sock_path: Path, backend: RecordingBackend) -> AsyncIterator[ControlServer]:
-    async with ControlServer(sock_path, backend) as srv:
-        yield srv
 
 
 def present(path: Path) -> bool:

@@ -9,7 +9,7 @@ import json
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,6 @@ from hypothesis import strategies as st
 from hybridops_daemon.control.client import request
 from hybridops_daemon.control.server import ControlServer
 from tests.unit.test_control import STATUS, RecordingBackend, raw_exchange
-
-
-@pytest.fixture
-async def server(sock_path: Path, backend: RecordingBackend) -> AsyncIterator[ControlServer]:
-    async with ControlServer(sock_path, backend) as srv:
-        yield srv
 
 
 @pytest.mark.parametrize(

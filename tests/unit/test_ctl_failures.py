@@ -7,31 +7,17 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
-from hybridops_daemon.cli.ctl import main
 from hybridops_daemon.control.protocol import CommandRefused
-from hybridops_daemon.control.server import ControlServer
 from tests.unit.test_control import RecordingBackend
+from tests.unit.test_ctl_cli import ctl, quiet_server  # noqa: F401  (autouse: the server's log off hyopsctl's stdout)
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = "import sys; from hybridops_daemon.cli.ctl import main; sys.exit(main())"
-
-
-@pytest.fixture(autouse=True)
-def quiet_server() -> Iterator[None]:
-    with structlog.testing.capture_logs():
-        yield
-
-
-@pytest.fixture
-async def served(sock_path: Path, backend: RecordingBackend) -> AsyncIterator[Path]:
-    async with ControlServer(sock_path, backend):
-        yield sock_path
 
 
 async def hyopsctl(*argv: str, stdout: int = asyncio.subprocess.PIPE) -> tuple[int, str, str]:
@@ -123,10 +109,6 @@ async def test_a_closed_stdout_ends_quietly(served: Path) -> None:
 # --------------------------------------------------------------------------------------------- pause/resume output
 
 REFUSED_RESUME = {"kind": "refuse", "reason": "resume refused: lane is PRIMARY, not paused", "status_after": "PRIMARY"}
-
-
-async def ctl(*argv: str) -> int:
-    return await asyncio.to_thread(main, list(argv))
 
 
 async def test_a_policy_refusal_is_said_once(served: Path, backend: RecordingBackend, capsys: pytest.CaptureFixture[str]) -> None:
