@@ -3,7 +3,7 @@
 Crossing a bound raises ``InputRejected`` naming the bound and the value; each reader turns it into its own error
 (an error reply, a 400, a malformed-payload count, exit 2 with file:line). Python's ``json`` recurses once per
 nesting level, so a deep ``[[[[...`` would raise RecursionError from inside the parser: ``loads`` checks depth,
-container sizes and number lengths with a flat scan first, and parses only input that passed.
+entries per container and number lengths first, without recursing, and parses only input that passed.
 """
 
 from __future__ import annotations
@@ -54,49 +54,76 @@ class InputRejected(Exception):
         self.value = value
 
 
-def check_size(size: int, limit: int, what: str) -> None:
-    if size > limit:
-        raise InputRejected(what, "size in bytes", limit, size)
-
-
-def check_count(count: int, limit: int, what: str, bound: str) -> None:
-    if count > limit:
-        raise InputRejected(what, bound, limit, count)
-
-
 # a JSON string, or an unterminated one running to the end: one left-to-right pass, never backtracking (possessive)
-_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*+"?', re.DOTALL)
-_STRUCTURE: Final = re.compile(rb"[\[\]{},]")
-_OPEN: Final = frozenset(b"[{")
-_CLOSE: Final = frozenset(b"]}")
+_STRING: Final = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"?', re.DOTALL)
+_SQUARE: Final = bytes.maketrans(b"{}", b"[]")  # one kind of bracket: mismatched pairs are json's error to report
+_NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b"[]{},"))
+_INNERMOST: Final = re.compile(rb"\[,*\]")  # a container with no container inside, in the skeleton
+_ZEROS: Final = bytes.maketrans(b"123456789", b"000000000")
+_OPEN, _CLOSE = b"[]"
 
 
 def check_json(data: bytes, limits: JsonLimits, what: str) -> None:
     """Raise InputRejected if ``data`` (JSON text, valid or not) is over any of ``limits``. Never recurses.
 
-    Cheap for ordinary input: when the whole text has too few brackets, commas and digits to break a bound, counts
-    done in C decide it; only otherwise are strings blanked out and the structure walked.
+    Cheap for ordinary input: counts done in C rule out most documents at once; the rest is reduced to its skeleton
+    of brackets and commas and peeled one innermost level at a time (C again). Only a skeleton that does not peel
+    (deeper than the bound, or not JSON) is walked byte by byte.
     """
-    check_size(len(data), limits.max_bytes, what)
+    if len(data) > limits.max_bytes:
+        raise InputRejected(what, "size in bytes", limits.max_bytes, len(data))
     max_digits = sys.get_int_max_str_digits() or len(data)  # 0: conversion unlimited
-    long_number = re.compile(rb"[0-9]{%d}" % (max_digits + 1))
     may_nest = data.count(b"[") + data.count(b"{") > limits.max_depth
     may_crowd = data.count(b",") >= limits.max_items
-    may_overflow = len(data) > max_digits and long_number.search(data) is not None
+    may_overflow = len(data) > max_digits and _long_number(data, max_digits)
     if not (may_nest or may_crowd or may_overflow):
         return
-    bare = _STRING.sub(b'""', data)  # brackets, commas and digits inside strings are text
-    if may_overflow and long_number.search(bare):
+    bare = _outside_strings(data)  # brackets, commas and digits inside strings are text
+    if may_overflow and _long_number(bare, max_digits):
         # int() refuses these with a ValueError that json does not turn into a syntax error
         raise InputRejected(what, "digits in a number", max_digits)
-    entries: list[int] = []  # per open container: its entries so far (commas + 1)
-    for match in _STRUCTURE.finditer(bare):
-        char = bare[match.start()]
-        if char in _OPEN:
+    skeleton = bare.translate(_SQUARE, _NOT_STRUCTURE)
+    if not _peels(skeleton, limits, what, count_entries=may_crowd):
+        _walk(skeleton, limits, what)
+
+
+def _outside_strings(data: bytes) -> bytes:
+    if b"\\" not in data:  # no escaped quote: every quote opens or closes a string
+        return b"".join(data.split(b'"')[::2])
+    return _STRING.sub(b"", data)
+
+
+def _long_number(data: bytes, max_digits: int) -> bool:
+    # every digit made "0", then one substring search: far cheaper than a regex trying each position
+    return b"0" * (max_digits + 1) in data.translate(_ZEROS)
+
+
+def _peels(skeleton: bytes, limits: JsonLimits, what: str, *, count_entries: bool) -> bool:
+    """True if the skeleton's containers all peel away within ``max_depth`` rounds, each round removing exactly the
+    innermost level; their entries (commas + 1) checked on the way when ``count_entries``."""
+    for _ in range(limits.max_depth):
+        if b"[" not in skeleton and b"]" not in skeleton:
+            return True
+        if count_entries:
+            widest = max(map(len, _INNERMOST.findall(skeleton)), default=2) - 1  # "[,,]": 3 entries
+            if widest > limits.max_items:
+                raise InputRejected(what, "entries in an array or object", limits.max_items)
+        peeled = _INNERMOST.sub(b"", skeleton)
+        if len(peeled) == len(skeleton):
+            return False  # unbalanced: not JSON
+        skeleton = peeled
+    return b"[" not in skeleton and b"]" not in skeleton
+
+
+def _walk(skeleton: bytes, limits: JsonLimits, what: str) -> None:
+    """The exact check, byte by byte: depth, and entries of each array or object (commas + 1)."""
+    entries: list[int] = []  # per open container: its entries so far
+    for char in skeleton:
+        if char == _OPEN:
             if len(entries) == limits.max_depth:
                 raise InputRejected(what, "nesting depth", limits.max_depth)
             entries.append(1)
-        elif char in _CLOSE:
+        elif char == _CLOSE:
             if entries:
                 entries.pop()
         elif entries:

@@ -99,3 +99,35 @@ def test_documents_are_refused_exactly_when_over_a_bound(doc: Any) -> None:
 def test_any_bytes_raise_only_the_documented_errors(data: bytes) -> None:
     with contextlib.suppress(InputRejected, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
         loads(data, SMALL, "doc")
+
+
+DEPTH_ONLY = JsonLimits(max_bytes=1 << 20, max_depth=4, max_items=1_000_000)
+TRICKY_TEXT = st.text(alphabet='[]{}",\\ab', max_size=8)  # strings full of brackets, quotes and escapes
+TRICKY = st.recursive(
+    st.integers() | TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(TRICKY)
+def test_depth_alone_is_judged_exactly_whatever_the_strings_hold(doc: Any) -> None:
+    data = json.dumps(doc).encode()
+    if depth(doc) > DEPTH_ONLY.max_depth:
+        with pytest.raises(InputRejected):
+            loads(data, DEPTH_ONLY, "doc")
+    else:
+        assert loads(data, DEPTH_ONLY, "doc") == doc
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":[' * 20 + b"1" + b"]}" * 20,  # alternating kinds of bracket: each level is counted once
+        b'[[[["]]]]", [[[[1]]]]]]]]',  # a string that closes brackets does not hide the levels after it
+        b'[[[["\\"]]]]", [[[[1]]]]]]]]',  # nor with an escaped quote in it
+    ],
+)
+def test_nesting_hidden_by_kinds_of_bracket_or_by_strings_is_found(data: bytes) -> None:
+    assert rejected(data, DEPTH_ONLY).bound == "nesting depth"
