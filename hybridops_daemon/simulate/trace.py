@@ -363,7 +363,7 @@ def _parse_csv(stream: io.BufferedIOBase, path: str) -> Trace:
     lines = _decoded(_lines(stream, path), path)
     reader = csv.reader(lines)
     header: list[str] | None = None
-    for row in reader:
+    for row in _rows(reader, path):
         lineno = reader.line_num
         if not row or all(not cell.strip() for cell in row):
             continue
@@ -403,6 +403,17 @@ def _parse_csv(stream: io.BufferedIOBase, path: str) -> Trace:
     if header is None:
         raise TraceError(path, None, "the trace is empty")
     return builder.finish()
+
+
+def _rows(reader: Any, path: str) -> Iterator[list[str]]:  # Any: the csv reader's type is private (_csv.Reader)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a stray carriage return, say
+            raise TraceError(path, reader.line_num, f"not CSV: {exc}") from None
+        yield row
 
 
 def _decoded(stream: Iterable[bytes], path: str) -> Iterator[str]:
