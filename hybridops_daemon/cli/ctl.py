@@ -1,7 +1,8 @@
 """``hyopsctl``: the operator's command line for a running daemon. It talks to the control socket and nothing else.
 
 Exit codes: 0 ok; 1 refused or not found by the daemon (or a policy refusal, a broken journal); 2 usage error or bad
-request; 3 the daemon is not running or did not answer.
+request; 3 the daemon is not running or did not answer; 141 stdout was closed (``hyopsctl journal list | head -1``),
+as a tool killed by SIGPIPE; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,6 +31,7 @@ from hybridops_daemon.durations import format_duration
 DEFAULT_SOCKET = Path("/run/hybridops/hyops.sock")
 DEFAULT_TIMEOUT_S = 10.0
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_PIPE = 128 + signal.SIGINT, 128 + signal.SIGPIPE
 _REASON_CHARS = 60
 
 Handler = Callable[[argparse.Namespace], int]
@@ -42,12 +45,23 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler: Handler = ns.handler
     try:
-        return handler(ns)
+        code = handler(ns)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is then ours to handle
+        return code
+    except BrokenPipeError:
+        # Whoever read stdout has gone; the rest of the output is not wanted. Point stdout at /dev/null so the
+        # interpreter's own flush at exit does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     except DaemonUnavailable as exc:
         _error(str(exc))
         return EXIT_UNAVAILABLE
     except DaemonRefused as exc:
-        _error(f"{exc.code.replace('_', ' ')}: {exc.message}")
+        label = exc.code.replace("_", " ")
+        # "resume refused: lane is PRIMARY, not paused" says it already; "refused: resume refused: ..." twice
+        _error(exc.message if exc.message.split(":", 1)[0].endswith(label) else f"{label}: {exc.message}")
         return EXIT_USAGE if exc.code == "bad_request" else EXIT_REFUSED
     except ControlClientError as exc:
         _error(str(exc))
@@ -161,9 +175,13 @@ def _status(ns: argparse.Namespace) -> int:
 def _submit(ns: argparse.Namespace, cmd: str, args: Mapping[str, Any]) -> int:
     result = _request(ns, cmd, args)
     _emit(ns, result, lambda r: render_submit(cmd, r))
-    decision = result.get("decision") if isinstance(result, dict) else None
-    # the intent was recorded but the policy refused it (cooldown, guardrail...): a script must see that
-    return EXIT_REFUSED if isinstance(decision, dict) and decision.get("kind") == "refuse" else EXIT_OK
+    if not isinstance(result, dict):
+        return EXIT_OK
+    decisions = result.get("decisions") or [result.get("decision")]
+    # the intent was recorded but the policy refused it (cooldown, guardrail...): a script must see that. For every
+    # lane at once (pause/resume), only when no lane took it: "resume" leaves a lane that was not paused alone
+    refused = all(isinstance(decision, dict) and decision.get("kind") == "refuse" for decision in decisions)
+    return EXIT_REFUSED if refused else EXIT_OK
 
 
 def _submitter(cmd: str) -> Handler:
@@ -292,9 +310,20 @@ def render_submit(cmd: str, result: Mapping[str, Any]) -> str:
     decision = result.get("decision")
     if decision is None:
         return f"{cmd} recorded as intent #{intent}; the daemon loop will act on it"
-    verdict = "refused" if decision["kind"] == "refuse" else "accepted"
+    lanes = result.get("decisions") or []
+    if len(lanes) > 1:  # pause/resume of every lane: "decision" is only the last lane's
+        return "\n".join(f"{cmd} {_verdict(each)} on lane {each['lane']}: {_reason(cmd, each)}" for each in lanes)
     # The reason already names the run and what was decided.
-    return f"{cmd} {verdict} (intent #{intent}): {decision['reason']}"
+    return f"{cmd} {_verdict(decision)} (intent #{intent}): {_reason(cmd, decision)}"
+
+
+def _verdict(decision: Mapping[str, Any]) -> str:
+    return "refused" if decision["kind"] == "refuse" else "accepted"
+
+
+def _reason(cmd: str, decision: Mapping[str, Any]) -> str:
+    # the policy's refusals begin "<cmd> refused: ", which the line has just said
+    return str(decision["reason"]).removeprefix(f"{cmd} refused: ")
 
 
 def render_approval(result: Mapping[str, Any]) -> str:

@@ -20,7 +20,9 @@ from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-MAX_REQUEST_BYTES: Final = 64 * 1024
+from hybridops_daemon import limits
+
+MAX_REQUEST_BYTES: Final = limits.CONTROL_REQUEST.max_bytes  # without the newline
 _MAX_MESSAGE_CHARS = 300
 _UCRED = struct.Struct("iII")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}, same size as "3i"
 _LANE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -176,7 +178,9 @@ def _describe(exc: ValidationError) -> str:
 def parse_request(line: bytes) -> Request:
     """Decode and validate one request line. Raises BadRequest with an operator-facing message."""
     try:
-        data = json.loads(line.decode("utf-8"))
+        data = limits.loads(line.removesuffix(b"\n"), limits.CONTROL_REQUEST, "request")
+    except limits.InputRejected as exc:
+        raise BadRequest(str(exc)) from None
     except UnicodeDecodeError:
         raise BadRequest("request is not UTF-8") from None
     except json.JSONDecodeError as exc:

@@ -27,8 +27,8 @@ logged once per transition.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
-import json
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -36,6 +36,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from hybridops_daemon import limits
 from hybridops_daemon.config.sources import AlertmanagerSource, AlertRoute
 from hybridops_daemon.secrets import resolve
 from hybridops_daemon.signals.base import Emit, InputHealth, SourceContext
@@ -73,6 +74,7 @@ class AlertmanagerReceiver:
         self.port: int | None = None
         self._clock = clock
         self._refresh = refresh
+        self._limits = dataclasses.replace(limits.WEBHOOK, max_bytes=spec.max_body_bytes)
         self._token: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._emit: Emit | None = None
@@ -136,7 +138,7 @@ class AlertmanagerReceiver:
             self.health.malformed_input("webhook body not received within 10s")
             return web.Response(status=408, text="request body timeout\n")
         try:
-            alerts = _parse(body)
+            alerts = _parse(body, self._limits)
         except BadWebhook as exc:
             self.health.malformed_input(f"not an Alertmanager webhook: {exc}")
             return web.Response(status=400, text=f"{exc}\n")
@@ -179,10 +181,12 @@ def _matches(route: AlertRoute, labels: Mapping[str, str]) -> bool:
     return all(labels.get(name) == value for name, value in route.match.items())
 
 
-def _parse(body: bytes) -> list[tuple[str, AlertKey, dict[str, str]]]:
+def _parse(body: bytes, bounds: limits.JsonLimits) -> list[tuple[str, AlertKey, dict[str, str]]]:
     """The webhook's alerts as (status, key, labels). Raises BadWebhook with a short reason."""
     try:
-        payload: Any = json.loads(body)
+        payload: Any = limits.loads(body, bounds, "webhook")
+    except limits.InputRejected as exc:
+        raise BadWebhook(str(exc)) from None
     except ValueError:  # also UnicodeDecodeError
         raise BadWebhook("malformed JSON") from None
     if not isinstance(payload, dict):
@@ -192,6 +196,8 @@ def _parse(body: bytes) -> list[tuple[str, AlertKey, dict[str, str]]]:
     raw_alerts = payload.get("alerts")
     if not isinstance(raw_alerts, list):
         raise BadWebhook("'alerts' is not a list")
+    if len(raw_alerts) > limits.MAX_WEBHOOK_ALERTS:
+        raise BadWebhook(str(limits.InputRejected("webhook", "alerts", limits.MAX_WEBHOOK_ALERTS, len(raw_alerts))))
     alerts: list[tuple[str, AlertKey, dict[str, str]]] = []
     for i, alert in enumerate(raw_alerts):
         if not isinstance(alert, dict):

@@ -25,13 +25,14 @@ from typing import Any, Self
 
 import aiomqtt
 
+from hybridops_daemon import limits
 from hybridops_daemon.config.sources import MqttSource
 from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.base import Emit, InputHealth, SourceContext, labelled
 from hybridops_daemon.signals.mqtt_connection import connection, reconnect_backoff
 from hybridops_daemon.signals.sample import Sample
 
-MAX_PAYLOAD = 64 * 1024
+MAX_PAYLOAD = limits.MQTT_PAYLOAD.max_bytes
 MAX_FUTURE_SKEW = 60.0  # a ts further ahead than this is not clock skew (milliseconds sent as seconds?)
 ROUTE_CACHE_SIZE = 4096  # topic → signal name; bounded, since publishers choose the topics
 
@@ -73,6 +74,10 @@ def parse_payload(payload: bytes) -> tuple[float | None, float | None]:
         if word is not None:
             return word, None
     if text[0] == "{":
+        try:
+            limits.check_json(payload, limits.MQTT_PAYLOAD, "payload")
+        except limits.InputRejected as exc:
+            raise MalformedPayload(str(exc)) from None
         return _parse_object(text)
     if _NUMBER.fullmatch(text):
         return _finite(float(text), "value"), None
@@ -84,7 +89,7 @@ def _parse_object(text: str) -> tuple[float | None, float | None]:
         doc = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except MalformedPayload:
         raise
-    except (ValueError, RecursionError):  # syntax, too many digits, nesting too deep
+    except ValueError:  # syntax (depth and digits were bounded before: check_json)
         raise MalformedPayload("invalid JSON") from None
     unknown = doc.keys() - {"value", "ts"}
     if unknown:

@@ -26,14 +26,14 @@ from typing import Any, Self
 
 import aiomqtt
 
-from hybridops_daemon import cancel
+from hybridops_daemon import cancel, limits
 from hybridops_daemon.config.sources import PeerSource
 from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.base import Emit, InputHealth, LaneSignals, Snapshot, SourceContext
 from hybridops_daemon.signals.mqtt_connection import connection, reconnect_backoff
 from hybridops_daemon.signals.sample import Sample
 
-MAX_SUMMARY_BYTES = 256 * 1024
+MAX_SUMMARY_BYTES = limits.PEER_SUMMARY.max_bytes
 
 
 class MalformedSummary(ValueError):
@@ -58,14 +58,11 @@ def summary(
 
 def peer_samples(payload: bytes, peer: str, source: str, now: float) -> list[Sample]:
     """The peer's summary as samples dated on this node's clock. Raises MalformedSummary on anything off."""
-    if len(payload) > MAX_SUMMARY_BYTES:
-        raise MalformedSummary(f"summary of {len(payload)} bytes is over {MAX_SUMMARY_BYTES}")
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedSummary(f"not JSON: {exc}") from None
+    data = _load(payload, "summary")
     if not isinstance(data, dict) or data.get("node") != peer or not isinstance(data.get("signals"), dict):
         raise MalformedSummary("not a summary from the configured peer (node, lane, signals)")
+    if len(data["signals"]) > limits.MAX_PEER_SIGNALS:
+        raise MalformedSummary(str(limits.InputRejected("summary", "signals", limits.MAX_PEER_SIGNALS, len(data["signals"]))))
     samples = []
     for signal, entry in data["signals"].items():
         if not isinstance(entry, dict) or not isinstance(signal, str):
@@ -86,13 +83,19 @@ def peer_samples(payload: bytes, peer: str, source: str, now: float) -> list[Sam
 
 def peer_status(payload: bytes, peer: str) -> bool:
     """True when the peer says it is online, False for its last will. Raises MalformedSummary otherwise."""
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedSummary("status is not JSON") from None
+    data = _load(payload, "status")
     if not isinstance(data, dict) or data.get("node") != peer or not isinstance(data.get("online"), bool):
         raise MalformedSummary("not a status message from the configured peer")
     return bool(data["online"])
+
+
+def _load(payload: bytes, what: str) -> Any:
+    try:
+        return limits.loads(payload, limits.PEER_SUMMARY, what)
+    except limits.InputRejected as exc:
+        raise MalformedSummary(str(exc)) from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise MalformedSummary(f"{what} is not JSON: {exc}") from None
 
 
 class PeerLink:

@@ -18,10 +18,13 @@ import math
 import re
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from hybridops_daemon import limits
+from hybridops_daemon.limits import InputRejected
 
 COMMANDS = ("approve", "cutover", "drill", "failback", "pause", "reject", "resume")
 SAMPLE_KEYS = ("t", "signal", "value", "edge", "labels")
@@ -31,6 +34,7 @@ CSV_COLUMNS = ("t", "signal", "value", "edge")
 _JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _FAST_PREFIX = b'{"t":'
 _CACHE_LIMIT = 65_536  # distinct line shapes remembered; numeric signals with varying values simply miss
+READ_BLOCK_BYTES: Final = 1 << 22  # memory while reading: one block and one line (limits.MAX_TRACE_LINE_BYTES)
 
 
 class TraceError(Exception):
@@ -127,6 +131,7 @@ class _Builder:
     def signal_id(self, name: str) -> int:
         found = self._signal_ids.get(name)
         if found is None:
+            self._check_names(self.trace.signal_names, "signal")
             found = self._signal_ids[name] = len(self.trace.signal_names)
             self.trace.signal_names.append(name)
         return found
@@ -134,9 +139,19 @@ class _Builder:
     def edge_id(self, name: str | None) -> int:
         found = self._edge_ids.get(name)
         if found is None:
+            self._check_names(self.trace.edge_names[1:], "edge")  # [0] is None, the simulated node
             found = self._edge_ids[name] = len(self.trace.edge_names)
             self.trace.edge_names.append(name)
         return found
+
+    def _check_names(self, names: list[Any], column: str) -> None:
+        if len(names) >= limits.MAX_TRACE_NAMES:
+            raise _over(self.trace.path, self.last_line, f"distinct {column} names", limits.MAX_TRACE_NAMES)
+
+    def check_count(self, count: int, what: str, line: int) -> None:
+        """For JSONL called once per block of lines: the columns overshoot by at most one block before it refuses."""
+        if count > limits.MAX_TRACE_SAMPLES:
+            raise _over(self.trace.path, line, what, limits.MAX_TRACE_SAMPLES)
 
     def finish(self) -> Trace:
         self.trace.duration = self.last_t
@@ -149,6 +164,10 @@ class _Builder:
 _Shape = tuple[int, float, int, bool, bool]
 
 
+def _over(path: str, line: int | None, bound: str, limit: int) -> TraceError:
+    return TraceError(path, line, str(InputRejected("trace", bound, limit)))
+
+
 def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
     builder = _Builder(path)
     trace = builder.trace
@@ -158,7 +177,12 @@ def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
     # and <number> is checked to be one JSON number token.
     shapes: dict[bytes, _Shape] = {}
     lineno = 0
-    for raw in _lines(stream):
+
+    def counted(last_line: int) -> None:
+        builder.check_count(len(times), "samples", last_line)
+        builder.check_count(len(trace.commands), "commands", last_line)
+
+    for raw in _lines(stream, path, counted):
         lineno += 1
         if raw[:5] == _FAST_PREFIX:
             comma = raw.find(b",", 5)
@@ -196,15 +220,28 @@ def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
     return builder.finish()
 
 
-def _lines(stream: io.BufferedIOBase) -> Iterator[bytes]:
-    """Lines without their newline, split from large blocks: cheaper than a readline call per line on a gzip stream."""
+def _lines(stream: io.BufferedIOBase, path: str, after_block: Callable[[int], None] | None = None) -> Iterator[bytes]:
+    """Lines without their newline, split from large blocks: cheaper than a readline call per line on a gzip stream.
+
+    A line over the limit is refused as soon as it is seen, so a stream without newlines costs one block of memory,
+    not the stream. ``after_block`` is called with the number of the last line handed out, between blocks."""
+    limit = limits.MAX_TRACE_LINE_BYTES
     tail = b""
-    while block := stream.read(1 << 22):
+    done = 0  # lines handed out
+    while block := stream.read(READ_BLOCK_BYTES):
         lines = (tail + block).split(b"\n")
         tail = lines.pop()
+        if len(tail) > limit or (lines and max(map(len, lines)) > limit):
+            first = next((i for i, line in enumerate(lines) if len(line) > limit), len(lines))
+            raise TraceError(path, done + first + 1, str(InputRejected("line", "size in bytes", limit)))
         yield from lines
+        done += len(lines)
+        if after_block is not None:
+            after_block(done)
     if tail:
         yield tail
+        if after_block is not None:
+            after_block(done + 1)
 
 
 def _reject_constant(name: str) -> Any:
@@ -222,7 +259,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _parse_line(raw: bytes, path: str, lineno: int, builder: _Builder) -> TraceCommand | tuple[float, _Shape]:
     try:
-        obj = json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        obj = limits.loads(raw, limits.TRACE_LINE, "line", parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except InputRejected as exc:
+        raise TraceError(path, lineno, str(exc)) from None
     except json.JSONDecodeError as exc:
         raise TraceError(path, lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except UnicodeDecodeError:
@@ -318,13 +357,13 @@ def _value(raw: Any, path: str, lineno: int) -> float:
 # --------------------------------------------------------------------------------------------- CSV
 
 
-def _parse_csv(stream: Iterable[bytes], path: str) -> Trace:
+def _parse_csv(stream: io.BufferedIOBase, path: str) -> Trace:
     builder = _Builder(path)
     trace = builder.trace
-    lines = _decoded(stream, path)
+    lines = _decoded(_lines(stream, path), path)
     reader = csv.reader(lines)
     header: list[str] | None = None
-    for row in reader:
+    for row in _rows(reader, path):
         lineno = reader.line_num
         if not row or all(not cell.strip() for cell in row):
             continue
@@ -355,6 +394,7 @@ def _parse_csv(stream: Iterable[bytes], path: str) -> Trace:
             value = 1.0 if lowered == "true" else 0.0
         else:
             value = _csv_number(text, "value", path, lineno)
+        builder.check_count(len(trace.times) + 1, "samples", lineno)
         trace.times.append(t)
         trace.signals.append(builder.signal_id(cells["signal"]))
         trace.values.append(value)
@@ -365,10 +405,21 @@ def _parse_csv(stream: Iterable[bytes], path: str) -> Trace:
     return builder.finish()
 
 
+def _rows(reader: Any, path: str) -> Iterator[list[str]]:  # Any: the csv reader's type is private (_csv.Reader)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a stray carriage return, say
+            raise TraceError(path, reader.line_num, f"not CSV: {exc}") from None
+        yield row
+
+
 def _decoded(stream: Iterable[bytes], path: str) -> Iterator[str]:
     for lineno, raw in enumerate(stream, 1):
         try:
-            yield raw.decode("utf-8")
+            yield raw.decode("utf-8") + "\n"  # as csv reads a file: a quoted field may span lines
         except UnicodeDecodeError:
             raise TraceError(path, lineno, "not UTF-8 text") from None
 

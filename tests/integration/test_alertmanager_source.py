@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hybridops_daemon.config.sources import AlertmanagerSource
+from hybridops_daemon.limits import MAX_WEBHOOK_ALERTS
 from hybridops_daemon.secrets import SecretUnavailable
 from hybridops_daemon.signals.alertmanager import AlertmanagerReceiver
 from hybridops_daemon.signals.sample import Sample
@@ -164,3 +166,27 @@ async def test_a_missing_token_secret_fails_the_start(monkeypatch: pytest.Monkey
     with pytest.raises(SecretUnavailable, match=TOKEN_ENV):
         async with AlertmanagerReceiver(spec(), "edge01"):
             pass
+
+
+async def test_webhooks_over_a_limit_are_a_400_naming_it_and_the_receiver_keeps_serving() -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    crowded = webhook(*[("firing", {"alertname": f"Noise{i}"}) for i in range(MAX_WEBHOOK_ALERTS + 1)])
+    deep = b'{"version": "4", "alerts": [{"status": "firing", "labels": ' + b"[" * 30_000 + b"]" * 30_000 + b"}]}"
+    cases: list[tuple[bytes, str]] = [
+        (json.dumps(crowded).encode(), f"webhook: alerts {MAX_WEBHOOK_ALERTS + 1} over the limit of {MAX_WEBHOOK_ALERTS}"),
+        (deep, "webhook: nesting depth over the limit of 32"),
+        (
+            b'{"version": "4", "alerts": [], "x": ' + b"7" * 5000 + b"}",
+            f"webhook: digits in a number over the limit of {sys.get_int_max_str_digits()}",
+        ),
+    ]
+    with capture_logs() as logs:
+        async with receiving(spec(max_body_bytes=4 << 20)) as (receiver, seen, url), aiohttp.ClientSession() as http:
+            for body, reason in cases:
+                async with http.post(url, data=body, headers=auth, timeout=aiohttp.ClientTimeout(total=10)) as response:
+                    assert (response.status, await response.text()) == (400, f"{reason}\n")
+            assert receiver.health.malformed == len(cases)
+            async with http.post(url, json=webhook(("firing", AMS)), headers=auth, timeout=aiohttp.ClientTimeout(total=5)) as ok:
+                assert ok.status == 200
+            await seen.value("primary_db_ok", 0.0)
+    assert not [entry for entry in logs if entry["log_level"] == "error"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from hybridops_daemon.control.server import ControlServer
 from tests.unit.test_control import RecordingBackend
 
 
@@ -21,3 +22,15 @@ def sock_path() -> Iterator[Path]:
 @pytest.fixture
 def backend() -> RecordingBackend:
     return RecordingBackend()
+
+
+@pytest.fixture
+async def server(sock_path: Path, backend: RecordingBackend) -> AsyncIterator[ControlServer]:
+    async with ControlServer(sock_path, backend) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def served(server: ControlServer) -> Path:
+    """The path of a serving control socket, for hyopsctl."""
+    return server.path

@@ -13,7 +13,6 @@ import os
 import pwd
 import socket
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +113,7 @@ class RecordingBackend:
             "run_id": "drill-20261127T120000-1",
         }
         self.verify: dict[str, Any] = VERIFY
+        self.decisions: list[dict[str, Any]] | None = None  # per lane, as the daemon answers pause/resume of every lane
         self.entered = asyncio.Event()
 
     async def _called(self, *call: Any) -> None:
@@ -131,7 +131,10 @@ class RecordingBackend:
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
         self.actors.append(actor)
         await self._called("submit", command, lane)
-        return {"intent_id": 42, "decision": self.decision}
+        result: dict[str, Any] = {"intent_id": 42, "decision": self.decision}
+        if self.decisions is not None:
+            result["decisions"] = self.decisions
+        return result
 
     async def approval(self, run_id: str, step: str, approve: bool, actor: Actor) -> dict[str, Any]:
         self.actors.append(actor)
@@ -149,12 +152,6 @@ class RecordingBackend:
     async def journal_verify(self) -> dict[str, Any]:
         await self._called("journal_verify")
         return self.verify
-
-
-@pytest.fixture
-async def server(sock_path: Path, backend: RecordingBackend) -> AsyncIterator[ControlServer]:
-    async with ControlServer(sock_path, backend) as srv:
-        yield srv
 
 
 def present(path: Path) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ import structlog
 
 from hybridops_daemon.cli.ctl import format_table, main, render_records, render_status
 from hybridops_daemon.control.protocol import CommandRefused, NotFound
-from hybridops_daemon.control.server import ControlServer
 from tests.unit.test_control import RECORDS, RUNS, STATUS, RecordingBackend
 
 
@@ -22,12 +21,6 @@ def quiet_server() -> Iterator[None]:
     """The server's log lines would land on the same captured stdout as hyopsctl's output."""
     with structlog.testing.capture_logs():
         yield
-
-
-@pytest.fixture
-async def served(sock_path: Path, backend: RecordingBackend) -> AsyncIterator[Path]:
-    async with ControlServer(sock_path, backend):
-        yield sock_path
 
 
 async def ctl(*argv: str) -> int:

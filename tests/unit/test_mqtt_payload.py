@@ -83,7 +83,10 @@ def test_accepted_payloads(payload: bytes, expected: tuple[float | None, float |
         (b'{"value": 1, "value": 0}', "duplicate"),
         (b'{"value": 1', "invalid JSON"),
         (b"{" * 100_000, "over 64 KiB"),
-        (b'{"value":' + b"[" * 30_000 + b"]" * 30_000 + b"}", "invalid JSON"),  # deep nesting: RecursionError inside
+        # deep nesting: refused by the limits scan before json.loads could recurse
+        (b'{"value":' + b"[" * 30_000 + b"]" * 30_000 + b"}", "payload: nesting depth over the limit of 8"),
+        (b'{"value": [' + b"1," * 200 + b"1]}", "payload: entries in an array or object over the limit of 100"),
+        (b'{"value": ' + b"9" * 5000 + b"}", "payload: digits in a number over the limit"),
         (b" " * MAX_PAYLOAD + b"1", "over 64 KiB"),
     ],
 )

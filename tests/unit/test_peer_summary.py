@@ -61,6 +61,12 @@ def test_unknown_on_the_peer_is_unknown_here() -> None:
         (json.dumps({"node": "edge01", "signals": {"a": {"value": "up", "age": 1, "unknown": False}}}).encode(), "finite"),
         (json.dumps({"node": "edge01", "signals": {"a": {"value": 1, "age": 1}}}).encode(), "'unknown'"),
         (b"{" + b" " * 300_000 + b"}", "over"),
+        (b'{"node": "edge01", "signals": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "nesting depth over the limit of 8"),
+        (b'{"node": "edge01", "signals": {"a": ' + b"9" * 5000 + b"}}", "digits in a number over the limit"),
+        (
+            json.dumps({"node": "edge01", "signals": {f"s{i}": {"value": None, "unknown": True} for i in range(1001)}}).encode(),
+            "summary: signals 1001 over the limit of 1000",
+        ),
     ],
 )
 def test_malformed_summaries_are_refused_with_a_reason(payload: bytes, reason: str) -> None:
@@ -73,6 +79,10 @@ def test_status_messages() -> None:
     assert peer_status(b'{"node": "edge01", "online": false}', "edge01") is False
     with pytest.raises(MalformedSummary):
         peer_status(b'{"node": "edge02", "online": false}', "edge01")
+    with pytest.raises(MalformedSummary, match="status: nesting depth over the limit of 8"):
+        peer_status(b"[" * 30_000 + b"]" * 30_000, "edge01")
+    with pytest.raises(MalformedSummary, match="status: size in bytes"):
+        peer_status(b" " * 300_000, "edge01")
 
 
 @given(st.binary(max_size=2048))

@@ -187,3 +187,9 @@ def test_invalid_utf8_names_its_line(tmp_path: Path) -> None:
 )
 def test_csv_errors_name_the_line(tmp_path: Path, text: str, message: str) -> None:
     assert error_of(tmp_path, text, "trace.csv") == message
+
+
+def test_a_carriage_return_inside_a_csv_field_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    # found by the trace fuzz test: csv.Error escaped as a traceback
+    message = error_of(tmp_path, "t,signal,value\n0,s,1\n1,s\r,1\n", "trace.csv")
+    assert message.startswith("trace.csv:3: not CSV: new-line character seen in unquoted field")
