@@ -24,6 +24,11 @@ MAX_TRACE_NAMES: Final = 10_000  # distinct signal and edge names in one trace
 MAX_PEER_SIGNALS: Final = 1_000  # signals in one peer summary
 MAX_WEBHOOK_ALERTS: Final = 5_000  # alerts in one Alertmanager webhook
 
+MAX_CONFIG_BYTES: Final = 1024 * KIB  # a daemon config or a profile; ours are a few KiB
+MAX_YAML_DEPTH: Final = 32  # nesting of mappings and sequences; PyYAML's composer recurses per level
+MAX_YAML_ALIASES: Final = 100  # `*name` references in one file
+MAX_YAML_NODES: Final = 100_000  # nodes once aliases are expanded: a "billion laughs" file is refused here, not built
+
 
 @dataclass(frozen=True, slots=True)
 class JsonLimits:

@@ -17,10 +17,12 @@ from types import NoneType, UnionType
 from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args, get_origin
 
 import yaml
+import yaml.composer
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from hybridops_daemon import limits
 from hybridops_daemon.config.models import DaemonConfig, LaneDrivers
 from hybridops_daemon.config.profile import Profile, profile_problems
 
@@ -147,6 +149,7 @@ class _Parsed:
     data: Any = None
     lines: dict[KeyPath, int] = field(default_factory=dict)
     errors: list[ConfigError] = field(default_factory=list)
+    nodes: int = 0  # visited by _index, aliases expanded
 
     def error(self, path: KeyPath, message: str) -> ConfigError:
         return ConfigError(self.file, self.line_of(path), render_path(path), message)
@@ -178,15 +181,22 @@ def _parse(file: Path) -> _Parsed:
         parsed.errors.append(ConfigError(file, None, "", _not_a_file(file)))
         return parsed
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as handle:
+            raw = handle.read(limits.MAX_CONFIG_BYTES + 1)  # never more, whatever the file is
+        if len(raw) > limits.MAX_CONFIG_BYTES:
+            raise limits.InputRejected("file", "size in bytes", limits.MAX_CONFIG_BYTES)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         parsed.errors.append(ConfigError(file, None, "", "file not found"))
+        return parsed
+    except limits.InputRejected as exc:
+        parsed.errors.append(ConfigError(file, None, "", str(exc)))
         return parsed
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         parsed.errors.append(ConfigError(file, None, "", f"cannot read file: {reason}"))
         return parsed
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
@@ -205,9 +215,38 @@ def _parse(file: Path) -> _Parsed:
     return parsed
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with bounds on nesting and aliases, checked as the document is composed: its composer
+    recurses once per level (a deep file would raise RecursionError), and aliases multiply what they reference."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > limits.MAX_YAML_ALIASES:
+                raise yaml.composer.ComposerError(None, None, f"more than {limits.MAX_YAML_ALIASES} aliases", mark)
+        self._depth += 1
+        try:
+            if self._depth > limits.MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {limits.MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _index(node: yaml.Node, path: KeyPath, line: int, parsed: _Parsed, ancestors: set[int]) -> None:
-    """Record the line of every key path under ``node`` and report duplicate keys."""
+    """Record the line of every key path under ``node`` and report duplicate keys. Raises ComposerError past
+    MAX_YAML_NODES nodes: aliases expand here as they would in the data, so a small file can stand for billions."""
     parsed.lines[path] = line
+    parsed.nodes += 1
+    if parsed.nodes > limits.MAX_YAML_NODES:
+        problem = f"more than {limits.MAX_YAML_NODES} nodes once aliases are expanded"
+        raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
     if id(node) in ancestors:  # a recursive alias (`&a [*a]`) would never end
         return
     ancestors = ancestors | {id(node)}

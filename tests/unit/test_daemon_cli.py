@@ -310,3 +310,28 @@ def test_a_lane_may_not_run_the_profile_written_for_another_lane(tmp_path: Path,
         f"{tmp_path / 'daemon.yaml'}:5 lanes.drill.profile: profile prod@v1 is written for lane 'prod'; lane 'drill' needs "
         "its own (name: drill)"
     ]
+
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (LAUGHS, ":1: invalid YAML: more than 100000 nodes once aliases are expanded"),
+        ("node: " + "[" * 5000 + "]" * 5000 + "\n", ":1: invalid YAML: nested deeper than 32 levels"),
+        ("a: &a x\nb: [" + ", ".join(["*a"] * 101) + "]\n", ":2: invalid YAML: more than 100 aliases"),
+        ("# " + "x" * (1024 * 1024) + "\n", ": file: size in bytes over the limit of 1048576"),
+    ],
+    ids=["billion-laughs", "deep", "aliases", "size"],
+)
+def test_check_config_refuses_a_hostile_yaml_file_in_bounded_time_and_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    bomb = tmp_path / "daemon.yaml"
+    bomb.write_text(text)
+    code, out, err = run(capsys, "check-config", str(bomb))  # in-process: a MemoryError or RecursionError would fail here
+    assert code == 2, out + err
+    assert out.splitlines() == [f"{bomb}{expected}"]
