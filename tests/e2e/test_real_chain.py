@@ -209,7 +209,9 @@ def assert_cut_over_exactly_once(world: World) -> None:
     assert world.gcp.calls("POST", START) == 1, "the standby was started more than once"
     assert world.timeline() == 2, "the replica was promoted more than once (or not at all)"
     assert world.hcloud.assigned_to(FIP) == "edge02"
-    assert world.hcloud.calls("POST", ASSIGN) == 1, "the floating IP was assigned more than once"
+    # Actions, not requests: a kill -9 can land between an assign POST's headers and its body (CI met it once); the
+    # fake counted that request although it started nothing, and the restarted daemon then assigned, once.
+    assert world.hcloud.actions_started("assign_floating_ip") == 1, "the floating IP was assigned more than once"
     assert world.resolve() == ([FIP], 60)
     [address] = world.ipam()
     assert address["status"]["value"] == "active" and "on edge02 by prod-" in address["description"]

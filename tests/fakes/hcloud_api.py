@@ -400,6 +400,12 @@ class FakeState:
                 if (method is None or key.split(" ", 1)[0] == method.upper()) and (path is None or key.split(" ", 1)[1] == path)
             )
 
+    def actions_started(self, command: str) -> int:
+        """How many actions of ``command`` (e.g. ``assign_floating_ip``) the API started: the effects, whereas
+        ``calls`` also counts a request whose client died before its body arrived (it started nothing)."""
+        with self._lock:
+            return sum(1 for action in self.actions.values() if action.command == command)
+
     def all_calls(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
