@@ -118,7 +118,7 @@ class _Transcript:
             self.task = match["name"]
         elif match := _FATAL.match(line):
             self.failed_task = self.task
-            self.failure = _mask(_result_message(match["result"]), self.secrets)  # again: JSON unescaping may reveal one
+            self.failure = _result_message(match["result"], self.secrets)
             self.unreachable = match["kind"] == "UNREACHABLE"
         elif line.strip() == "...ignoring":
             self.failed_task, self.failure, self.unreachable = "", "", False
@@ -127,19 +127,20 @@ class _Transcript:
         self.tail.append(line)
 
 
-def _result_message(text: str) -> str:
-    """The useful part of a failed task's result (JSON after ``=>``): msg, plus stderr when msg is generic."""
+def _result_message(text: str, secrets: tuple[str, ...]) -> str:
+    """The useful part of a failed task's result (JSON after ``=>``): msg, plus stderr when msg is generic. Masked
+    before it is cut (JSON unescaping may reveal a secret, and a cut one would no longer match its mask)."""
     try:
         result = json.loads(text)
     except json.JSONDecodeError:
-        return text[:500]
-    if not isinstance(result, dict):
-        return text[:500]
-    message = str(result.get("msg") or result.get("censored") or "").strip()
-    stderr = str(result.get("stderr") or "").strip()
-    if stderr and stderr not in message:
-        message = f"{message}: {stderr.splitlines()[-1]}" if message else stderr.splitlines()[-1]
-    return (message or text)[:500]
+        result = None
+    message = ""
+    if isinstance(result, dict):
+        message = str(result.get("msg") or result.get("censored") or "").strip()
+        stderr = str(result.get("stderr") or "").strip()
+        if stderr and stderr not in message:
+            message = f"{message}: {stderr.splitlines()[-1]}" if message else stderr.splitlines()[-1]
+    return _mask(message or text, secrets)[:500]
 
 
 def _spellings(secrets: Iterable[str]) -> tuple[str, ...]:

@@ -97,6 +97,12 @@ class Fenced(Refused):
     there, and this run must not overwrite it. Permanent: retrying under the same token cannot help."""
 
 
+def clipped(text: str, limit: int, secret: str, mask: str = "***") -> str:
+    """``text`` with ``secret`` masked, then cut to ``limit`` characters. In this order: a secret cut at the limit no
+    longer matches itself, so masking afterwards would let its first characters through to the journal and the logs."""
+    return (text.replace(secret, mask) if secret else text)[:limit]
+
+
 def scrubbed(error: DriverError, secret: str, mask: str = "***") -> DriverError:
     """``error`` with ``secret`` masked in its message, should an upstream have echoed it; kind, code and details kept."""
     if secret and secret in str(error):

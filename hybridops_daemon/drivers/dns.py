@@ -66,6 +66,7 @@ from hybridops_daemon.drivers.base import (
     Refused,
     StepContext,
     Unavailable,
+    clipped,
     parse_stamp,
     refuse_newer_stamp,
     secret,
@@ -434,8 +435,7 @@ def _error_text(text: str, key: str) -> str:
         error = str(parsed.get("error", text)) if isinstance(parsed, dict) else text
     except ValueError:
         error = text
-    error = error.strip()[:300] or "(empty body)"
-    return error.replace(key, "[redacted]") if key else error
+    return clipped(error.strip(), 300, key, "[redacted]") or "(empty body)"
 
 
 # --------------------------------------------------------------------------------------------- rfc2136

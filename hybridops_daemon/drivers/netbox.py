@@ -39,6 +39,7 @@ from hybridops_daemon.drivers.base import (
     Refused,
     StepContext,
     Unavailable,
+    clipped,
     refuse_newer_stamp,
     scrubbed,
     secret,
@@ -153,21 +154,22 @@ def _difference(state: Mapping[str, Any] | None, inputs: IpamAddress, address: s
     return "; ".join(wrong) or "as desired"
 
 
-def _netbox_message(response: Any) -> str:
-    """NetBox's explanation from an error response: ``field: message`` pairs for validation errors."""
+def _netbox_message(response: Any, token: str) -> str:
+    """NetBox's explanation from an error response: ``field: message`` pairs for validation errors. Short, with the
+    token masked before the cut (see ``clipped``): an error body may echo the request."""
     try:
         body = response.json()
     except ValueError:
-        return " ".join(str(response.text).split())[:300] or str(response.reason)
+        return clipped(" ".join(str(response.text).split()), 300, token, "<token>") or str(response.reason)
     if isinstance(body, Mapping):
         if "detail" in body:
-            return str(body["detail"])
+            return clipped(str(body["detail"]), 500, token, "<token>")
         parts = []
         for key, value in body.items():
             text = "; ".join(map(str, value)) if isinstance(value, list) else str(value)
             parts.append(text if key == "__all__" else f"{key}: {text}")
-        return ", ".join(parts)[:500]
-    return json.dumps(body)[:500]
+        return clipped(", ".join(parts), 500, token, "<token>")
+    return clipped(json.dumps(body), 500, token, "<token>")
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -343,7 +345,7 @@ class NetboxDriver:
             error = Unavailable(f"cannot reach NetBox {self._url} ({what}): {_root_cause(exc)}")
         elif isinstance(exc, pynetbox.RequestError | pynetbox.AllocationError):
             status = int(exc.req.status_code)
-            message = f"NetBox answered HTTP {status} to {what}: {_netbox_message(exc.req)}"
+            message = f"NetBox answered HTTP {status} to {what}: {_netbox_message(exc.req, token)}"
             if status in (401, 403):
                 hint = "check the API token the netbox driver's config refers to"
                 error = CredentialsUnavailable(f"{message} ({hint})", code=status)
