@@ -197,8 +197,6 @@ class NetboxDriver:
     modules = frozenset({MODULE})
 
     def __init__(self, config: NetboxDriverConfig) -> None:
-        if config.timeout <= 0:
-            raise ValueError("timeout must be > 0")
         self._config = config
         self._url = config.url.rstrip("/")
 
