@@ -41,7 +41,7 @@ class LocalLease:
         directory = self._path.parent
         directory.mkdir(parents=True, exist_ok=True)
         with ExitStack() as held:
-            held.enter_context(_path_lock(directory.resolve()))
+            held.enter_context(_path_lock(directory.resolve(), self._path))
             dir_fd = _opened(held, os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
             self._lock(dir_fd, directory)
             fd = _opened(held, os.open(self._path.name, os.O_RDWR | os.O_CREAT, 0o640, dir_fd=dir_fd))
@@ -94,7 +94,7 @@ def _opened(stack: ExitStack, fd: int) -> int:
     return fd
 
 
-def _path_lock(directory: Path) -> ExitStack:
+def _path_lock(directory: Path, lease: Path) -> ExitStack:
     """The abstract socket named after ``directory`` (Linux; elsewhere nothing): bound while the stack is open."""
     stack = ExitStack()
     if not sys.platform.startswith("linux"):
@@ -107,5 +107,6 @@ def _path_lock(directory: Path) -> ExitStack:
         stack.close()
         if exc.errno != errno.EADDRINUSE:
             raise
-        raise LeaseLost(f"another daemon holds the state directory {directory} (it may have been replaced under it)") from None
+        # Also when the directory was deleted and recreated under the running daemon: the name outlives the path.
+        raise LeaseLost(f"another daemon holds the state directory {directory} (lease {lease})") from None
     return stack

@@ -261,7 +261,7 @@ def test_a_second_daemon_on_the_same_state_dir_exits_and_the_first_keeps_serving
     )
     assert second.returncode != 0
     assert time.monotonic() - began < 5
-    assert "another daemon holds the lease" in second.stderr and str(lease) in second.stderr, second.stderr
+    assert "another daemon holds the state directory" in second.stderr and str(lease) in second.stderr, second.stderr
     assert "Traceback" not in second.stderr, second.stderr  # a message for the operator, not a crash
 
     assert first.proc.poll() is None
