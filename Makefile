@@ -26,6 +26,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.decide_throughput --samples 20000 --repeat 1
 	$(BIN)/python -m benchmarks.mqtt_ingest --messages 5000 --repeat 1
 	$(BIN)/python -m benchmarks.replay_throughput --repeat 1 --trace simulations/scenarios/slow-degradation.jsonl --profile simulations/profiles/prod.yaml
+	$(BIN)/python -m benchmarks.status_load --clients 50 --rounds 1
 	# Issue #7's takeover figures, printed into the log; it fails if any takeover applied an effect twice.
 	$(BIN)/python -m benchmarks.takeover
 
@@ -43,6 +44,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.decide_throughput
 	$(BIN)/python -m benchmarks.mqtt_ingest
 	$(BIN)/python -m benchmarks.replay_throughput
+	$(BIN)/python -m benchmarks.status_load
 	$(BIN)/python -m benchmarks.takeover
 
 # The walk-through: take the demo primary down (watch the cutover), and bring it back.
