@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -21,11 +22,15 @@ def start_run(leader: Edge, verb: str) -> str:
     return run_id
 
 
-def assert_each_effect_once(pair: Pair, run_id: str) -> None:
-    """Across both journals, every step of the run was applied at most once, and by one node only."""
+def assert_each_effect_once(pair: Pair, run_id: str, in_flight: Sequence[Record] = ()) -> None:
+    """Across both journals, every step of the run was applied at most once, and by one node only; but for
+    ``in_flight``: calls already on the wire when their node froze, which may return (and be journaled) after it
+    wakes, beside the successor's apply of the same step (the documented limit; the targets' own effect counts,
+    asserted by the caller, say whether anything happened twice)."""
     applied = [(edge, step) for edge, run, step in pair.applied(run_id) if run == run_id]
     counts = collections.Counter(step for _, step in applied)
-    assert all(n == 1 for n in counts.values()), f"a step was applied twice: {applied}"
+    counts.subtract(r.body["step"] for r in in_flight)
+    assert all(n <= 1 for n in counts.values()), f"a step was applied twice: {applied} (in flight: {list(in_flight)})"
 
 
 def applies_started_after(edge: Edge, moment: float) -> list[Record]:
@@ -150,7 +155,9 @@ def test_a_frozen_leader_wakes_up_fenced_and_changes_nothing(pair: Pair) -> None
     late = applies_started_after(leader, woke_at)
     assert not late, f"{leader.name} applied after waking: {late}"
     assert pair.targets.effects() == effects and pair.targets.consistent(True) == targets
-    assert_each_effect_once(pair, run_id)
+    # CI met one: floating-ip begun just before the freeze, journaled (ok: already assigned) after waking.
+    in_flight = [r for r in leader.records("step.apply", run_id=run_id) if r.ts - r.body["elapsed_s"] < frozen_at < r.ts]
+    assert_each_effect_once(pair, run_id, in_flight)
     assert_journals_verify(pair)
 
 
