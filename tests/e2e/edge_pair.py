@@ -24,7 +24,7 @@ import yaml
 
 from hybridops_daemon.control.client import ControlClientError, request_sync
 from tests.e2e.harness import CTL, DAEMON, wait_for
-from tests.fakes.gcp_compute import START, STOP, GcpComputeFake
+from tests.fakes.gcp_compute import GcpComputeFake
 from tests.fakes.hcloud_api import HcloudFake
 from tests.testbed.edgenet import BRIDGE_ADDRESS, EdgeTestbed
 from tests.testbed.powerdns import PowerDns
@@ -99,8 +99,9 @@ class Targets:
         with self.hcloud._lock:
             assigns = sum(1 for action in self.hcloud.actions.values() if action.command == "assign_floating_ip")
         return {
-            "gcp_start": self.gcp.calls("POST", START),
-            "gcp_stop": self.gcp.calls("POST", STOP),
+            # operations that moved the instance: a deposed leader's stop landing after its successor's changes nothing
+            "gcp_start": self.gcp.changes("start"),
+            "gcp_stop": self.gcp.changes("stop"),
             "hcloud_assign": assigns,  # actions the API accepted (a request refused as `locked` changes nothing)
         }
 

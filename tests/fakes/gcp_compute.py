@@ -252,6 +252,17 @@ class GcpComputeFake:
         with self._lock:
             return self._calls.get((method.upper(), template), 0)
 
+    def changes(self, kind: str) -> int:
+        """How many ``kind`` (start | stop) operations moved their instance: the effects. ``calls`` also counts a
+        request refused as not ready, and an operation on an instance already there (both change nothing)."""
+        with self._lock:
+            self._advance()
+            return sum(
+                1
+                for op in self._operations.values()
+                if op.kind == kind and op.failure is None and op.from_status != _EFFECT[kind][1]
+            )
+
     def call_counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return dict(self._calls)

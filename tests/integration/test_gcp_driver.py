@@ -147,6 +147,12 @@ async def test_stop_terminates_the_instance(gcp_fake: GcpComputeFake, driver: Gc
     assert operation["operationType"] == "stop" and operation["history"] == ["PENDING", "RUNNING", "DONE"]
     assert (await driver.verify(step("stopped"))).ok
     assert (await driver.check(step("stopped"))).satisfied
+    # A late stop (a deposed leader's request landing after its successor's) is an operation that moves nothing:
+    # the fake's effect count, which the edge-pair tests use, stays at one.
+    url = gcp_fake.endpoint + STOP.format(project=PROJECT, zone=ZONE, instance=VM)
+    await asyncio.to_thread(_http, url, {})
+    assert gcp_fake.calls("POST", STOP) == 2 and len(gcp_fake.operations()) == 2
+    assert gcp_fake.changes("stop") == 1 and gcp_fake.changes("start") == 0
 
 
 async def test_verify_catches_tampering_behind_the_drivers_back(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
