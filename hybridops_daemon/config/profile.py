@@ -107,6 +107,20 @@ class DrillPolicy(Strict):
         return value
 
 
+class TeardownPolicy(Strict):
+    """When a failed run may have left paid capacity running, its teardown (the failback chain) is retried on this
+    schedule: ``retry_after`` after the failure, doubling per failed teardown up to ``retry_max``."""
+
+    retry_after: PositiveDuration = 60.0
+    retry_max: PositiveDuration = 3600.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TeardownPolicy:
+        if self.retry_max < self.retry_after:
+            raise ValueError("retry_max must be at least retry_after")
+        return self
+
+
 class Step(Strict):
     """One module of a chain: the intent (module + inputs) and the driver bound to run it."""
 
@@ -141,6 +155,7 @@ class Profile(Strict):
     action_limit: ActionLimit = ActionLimit()
     failback: FailbackPolicy = FailbackPolicy()
     drill: DrillPolicy = DrillPolicy()
+    teardown: TeardownPolicy = TeardownPolicy()
     approval_timeout: PositiveDuration = 3600.0
     cost: CostGuardrail | None = None
     chains: Chains
@@ -155,6 +170,17 @@ class Profile(Strict):
     def hourly_cost(self) -> float:
         """Cloud cost per hour while the cutover chain's capacity runs."""
         return sum(step.hourly_cost_usd for step in self.chains.cutover)
+
+    def capacity(self) -> tuple[str, ...]:
+        """The cutover chain's paid capacity, as an operator names it: ``step (its target)``."""
+        return tuple(f"{step.id} ({_target(step)})" for step in self.chains.cutover if step.hourly_cost_usd > 0)
+
+
+def _target(step: Step) -> str:
+    for key in ("name", "instance", "cluster", "server"):
+        if isinstance(step.inputs.get(key), str):
+            return str(step.inputs[key])
+    return step.module
 
 
 def profile_problems(profile: Profile, known_drivers: dict[str, frozenset[str]]) -> list[tuple[tuple[str | int, ...], str]]:

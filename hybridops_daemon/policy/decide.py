@@ -6,7 +6,8 @@ The lane's state machine::
 
     PRIMARY ⇄ DEGRADED → CUTTING_OVER → ON_STANDBY → FAILING_BACK → PRIMARY,   any ⇄ PAUSED
 
-A failed chain pauses the lane: a half-done cutover wants a human, not an automatic retry loop.
+A failed chain pauses the lane: a half-done cutover wants a human, not an automatic retry loop. The one thing
+retried without one is the teardown of paid capacity a failed run may have left running (``policy/teardown.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import MappingProxyType
 
 from hybridops_daemon.config.profile import Profile, Rule
 from hybridops_daemon.durations import format_duration
+from hybridops_daemon.policy import teardown
 from hybridops_daemon.policy.compiled import CompiledProfile, compile_profile
 from hybridops_daemon.policy.rules import advance, evidence
 from hybridops_daemon.policy.types import (
@@ -247,6 +249,8 @@ def _record_automatic(state: LaneState, plan: CompiledProfile, now: float) -> di
 
 def _on_tick(state: LaneState, evaluation: _Evaluation, now: float) -> tuple[Decision, LaneState]:
     status = state.status
+    if state.stranded is not None and teardown.due(state, evaluation.clear, now):
+        return _teardown(state, evaluation, now, None)
     if status in (S.PRIMARY, S.DEGRADED):
         if evaluation.corroborated:
             return _automatic_cutover(state, evaluation, now)
@@ -265,7 +269,7 @@ def _on_tick(state: LaneState, evaluation: _Evaluation, now: float) -> tuple[Dec
 
     if status is S.ON_STANDBY:
         if state.drill_deadline is not None and now >= state.drill_deadline:
-            after = _start_run(state, S.FAILING_BACK, now, drill_deadline=None)
+            after = _start_run(state, S.FAILING_BACK, now)  # the deadline stays until it succeeds: a drill's failback
             reason = f"drill teardown deadline reached; failing back (run {after.active_run})"
             return _decision(K.FAILBACK, state, after, reason, evaluation, now, trigger=Trigger.SCHEDULE, chain="failback")
         plan = evaluation.plan
@@ -325,7 +329,7 @@ def _automatic_cutover(state: LaneState, evaluation: _Evaluation, now: float) ->
             return _decision(K.HOLD, state, degraded, f"cutover still refused: {why}", evaluation, now)
         after = degraded._replace(refusal=code)
         return _decision(K.REFUSE, state, after, f"cutover refused: {why}; tripped: {tripped}", evaluation, now)
-    after = _start_run(state, S.CUTTING_OVER, now, **_record_automatic(state, plan, now))
+    after = _start_run(state, S.CUTTING_OVER, now, drill_deadline=None, **_record_automatic(state, plan, now))
     needed = plan.profile.corroboration.min_rules
     reason = f"cutover: {len(evaluation.tripped_rules)} of {needed} required rules tripped: {tripped} (run {after.active_run})"
     return _decision(K.CUTOVER, state, after, reason, evaluation, now, chain="cutover")
@@ -346,6 +350,8 @@ def _on_chain_event(state: LaneState, event: ChainEvent, evaluation: _Evaluation
     if event.ok:
         reason = f"{what} run {event.run_id} succeeded; lane is {ok_status.value}"
         changes: dict[str, object] = {"active_run": None}
+        if state.stranded is not None:  # torn down, or (a cutover) put to use: nothing is left behind any more
+            changes.update(teardown.ended())
         if ok_status is S.PRIMARY:
             changes["drill_deadline"] = None
         if paused:
@@ -355,8 +361,22 @@ def _on_chain_event(state: LaneState, event: ChainEvent, evaluation: _Evaluation
             after = _moved(state, ok_status, now, **changes)
         return _decision(K.HOLD, state, after, reason, evaluation, now)
     reason = f"{what} run {event.run_id} failed: {event.detail}; automation paused until an operator resumes"
-    after = _moved(state, S.PAUSED, now, active_run=None, paused_from=failed_status, paused_by=f"failed run {event.run_id}")
-    return _decision(K.HOLD, state, after, reason, evaluation, now)
+    changes = {"active_run": None, "paused_from": failed_status, "paused_by": teardown.FAILED_RUN + event.run_id}
+    profile = evaluation.plan.profile
+    if teardown.left_behind(state, running, profile):
+        stranded, sentence = teardown.stranding(state, event.run_id, profile, now)
+        changes.update(stranded)
+        reason += f"; {sentence}"
+    return _decision(K.HOLD, state, _moved(state, S.PAUSED, now, **changes), reason, evaluation, now)
+
+
+def _teardown(state: LaneState, evaluation: _Evaluation, now: float, intent: Intent | None) -> tuple[Decision, LaneState]:
+    """Run the failback chain as the teardown of stranded capacity; lifts the pause the failure set."""
+    after = _start_run(state, S.FAILING_BACK, now, paused_from=None, paused_by=None, teardown_at=None)
+    reason = f"{teardown.describe(state, evaluation.plan.profile)} (run {after.active_run})"
+    if intent is not None:
+        reason = f"{reason}, by {intent.actor}"
+    return _decision(K.TEARDOWN, state, after, reason, evaluation, now, trigger=Trigger.SCHEDULE, chain="failback", intent=intent)
 
 
 def _on_intent(
@@ -382,6 +402,12 @@ def _on_intent(
         back = state.paused_from or S.PRIMARY
         after = _moved(state, back, now, paused_from=None, paused_by=None, refusal=None)
         return _decision(K.HOLD, state, after, f"resumed by {intent.actor}; lane is {back.value}", evaluation, now, intent=intent)
+    if command is Command.TEARDOWN:  # the operator's own command: allowed while paused
+        if state.stranded is None:
+            return refuse("no failed run left capacity behind on this lane (a lane ON_STANDBY fails back with failback)")
+        if state.active_run is not None:
+            return refuse(f"run {state.active_run} is in progress")
+        return _teardown(state, evaluation, now, intent)
     if status is S.PAUSED:
         return refuse(f"lane is paused by {state.paused_by}; resume first")
 
@@ -403,7 +429,7 @@ def _on_intent(
     if command is Command.CUTOVER:
         if status not in (S.PRIMARY, S.DEGRADED):
             return refuse(f"lane is {status.value}")
-        after = _start_run(state, S.CUTTING_OVER, now, last_action_at=now)
+        after = _start_run(state, S.CUTTING_OVER, now, last_action_at=now, drill_deadline=None)  # a real cutover now
         overridden = _guardrail(state, evaluation.plan, now)
         reason = f"cutover forced by {intent.actor} (run {after.active_run})"
         if overridden is not None:
@@ -412,7 +438,7 @@ def _on_intent(
     # FAILBACK
     if status is not S.ON_STANDBY:
         return refuse(f"lane is {status.value}, not ON_STANDBY")
-    after = _start_run(state, S.FAILING_BACK, now, last_action_at=now, drill_deadline=None)
+    after = _start_run(state, S.FAILING_BACK, now, last_action_at=now)
     reason = f"failback by {intent.actor} (run {after.active_run})"
     if not evaluation.clear:
         reason += "; note: the primary is not healthy on every rule"

@@ -32,6 +32,7 @@ class DecisionKind(StrEnum):
     CUTOVER = "cutover"
     FAILBACK = "failback"
     DRILL = "drill"
+    TEARDOWN = "teardown"  # the failback chain run to stop capacity a failed run left behind
     REFUSE = "refuse"
 
 
@@ -47,6 +48,7 @@ class Command(StrEnum):
     FAILBACK = "failback"
     PAUSE = "pause"
     RESUME = "resume"
+    TEARDOWN = "teardown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,9 @@ class LaneState(NamedTuple):
     paused_by: str | None = None
     clear_since: float | None = None
     refusal: str | None = None  # code of the last refusal, so a standing refusal is journaled once
+    stranded: str | None = None  # a failed run whose paid capacity may still be running (policy/teardown.py)
+    teardown_tries: int = 0  # teardowns of it that failed so far: the next waits longer
+    teardown_at: float | None = None  # when the next scheduled teardown may start
 
     def evolved(self, rules: Mapping[tuple[str, str], RuleMemory], clear_since: float | None) -> LaneState:
         """The per-sample update, spelled out positionally: the cheapest way to build the next state."""
@@ -122,6 +127,9 @@ class LaneState(NamedTuple):
             self.paused_by,
             clear_since,
             self.refusal,
+            self.stranded,
+            self.teardown_tries,
+            self.teardown_at,
         )
 
     def durable(self) -> dict[str, Any]:
@@ -137,6 +145,9 @@ class LaneState(NamedTuple):
             "drill_deadline": self.drill_deadline,
             "paused_from": self.paused_from.value if self.paused_from else None,
             "paused_by": self.paused_by,
+            "stranded": self.stranded,
+            "teardown_tries": self.teardown_tries,
+            "teardown_at": self.teardown_at,
         }
 
     @classmethod
@@ -152,6 +163,9 @@ class LaneState(NamedTuple):
             drill_deadline=data.get("drill_deadline"),
             paused_from=LaneStatus(data["paused_from"]) if data.get("paused_from") else None,
             paused_by=data.get("paused_by"),
+            stranded=data.get("stranded"),
+            teardown_tries=int(data.get("teardown_tries", 0)),
+            teardown_at=data.get("teardown_at"),
         )
 
 
