@@ -176,6 +176,18 @@ class Metrics:
             ["lane", "chain", "outcome"],
             registry=self.registry,
         )
+        self._stranded = Gauge(
+            "hybridops_capacity_stranded",
+            "1 while paid capacity a failed run may have left running waits for its teardown.",
+            ["lane"],
+            registry=self.registry,
+        )
+        self._outside = Counter(
+            "hybridops_capacity_outside_window_seconds",
+            "Seconds paid capacity may have run outside a cutover or a drill: left by a failed run, no run at work on it.",
+            ["lane"],
+            registry=self.registry,
+        )
         self._leader = Gauge("hybridops_leader", "1 while this node holds the lane's lease.", ["lane"], registry=self.registry)
         self._fencing_token = Gauge(
             "hybridops_fencing_token",
@@ -198,6 +210,8 @@ class Metrics:
             self._lanes.add(lane)
             for kind in DecisionKind:
                 self._decisions.labels(lane, kind.value)
+            self._outside.labels(lane)
+            self._stranded.labels(lane)
             for chain in CHAINS:
                 for outcome in RUN_OUTCOMES:
                     self._runs.labels(lane, chain, outcome)
@@ -213,6 +227,13 @@ class Metrics:
         self._lane(lane)
         for status in LaneStatus:
             self._lane_state.labels(lane, status.value).set(1.0 if status is current else 0.0)
+
+    def capacity(self, lane: str, stranded: bool, outside_seconds: float) -> None:
+        """Whether a failed run's capacity may be running, and seconds it ran since the last call with no run on it."""
+        self._lane(lane)
+        self._stranded.labels(lane).set(1.0 if stranded else 0.0)
+        if outside_seconds > 0:
+            self._outside.labels(lane).inc(outside_seconds)
 
     def step(self, lane: str, step: str, outcome: StepOutcome, seconds: float) -> None:
         self._step_seconds.labels(lane, step, outcome).observe(seconds)

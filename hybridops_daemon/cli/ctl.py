@@ -130,10 +130,18 @@ def _parser() -> argparse.ArgumentParser:
     command("failback", _submitter("failback"), "fail a lane back to the primary side").add_argument("--lane", required=True)
     command("pause", _submitter("pause"), "stop automatic decisions (one lane, or all)").add_argument("--lane")
     command("resume", _submitter("resume"), "resume automatic decisions (one lane, or all)").add_argument("--lane")
+    teardown = command("teardown", _submitter("teardown"), "stop the capacity a failed run left running (failback chain)")
+    teardown.add_argument("--lane", required=True)
     for name in ("approve", "reject"):
         step = command(name, _approval(name), f"{name} a step waiting for approval")
         step.add_argument("run", metavar="RUN")
         step.add_argument("step", metavar="STEP")
+
+    run = sub.add_parser("run", help="act on a run in the journal", description="Act on a run in the journal.")
+    run_sub = run.add_subparsers(dest="run_command", required=True, metavar="SUBCOMMAND")
+    abandon = command("abandon", _abandon, "end an orphaned run (root or the daemon's user only)", on=run_sub)
+    abandon.add_argument("run", metavar="RUN")
+    abandon.add_argument("--reason", required=True, help="why, for the journal")
 
     journal = sub.add_parser("journal", help="query the journal", description="Query the journal.")
     journal_sub = journal.add_subparsers(dest="journal_command", required=True, metavar="SUBCOMMAND")
@@ -205,6 +213,12 @@ def _approval(cmd: str) -> Handler:
     return handler
 
 
+def _abandon(ns: argparse.Namespace) -> int:
+    result = _request(ns, "run_abandon", {"run_id": ns.run, "reason": ns.reason})
+    _emit(ns, result, lambda r: f"run {r['run_id']} (lane {r.get('lane') or '-'}) ended as abandoned: record #{r['seq']}")
+    return EXIT_OK
+
+
 def _journal_list(ns: argparse.Namespace) -> int:
     result = _request(ns, "journal_list", {"lane": ns.lane, "limit": ns.limit})
     _emit(ns, result, render_runs)
@@ -271,8 +285,11 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
     lines = [f"node {result['node']}" + (f" (lease: {result['lease']})" if result.get("lease") else "")]
     rows = []
     idle: list[str] = []  # lanes this node does not act on, and why (no quorum, another node leads)
+    stranded: list[str] = []  # lanes with capacity a failed run may have left running, and when it goes
     for lane in result["lanes"]:
         status = lane["status"] if not lane.get("paused_by") else f"{lane['status']} (by {lane['paused_by']})"
+        if lane.get("capacity"):
+            stranded.append(_stranded(lane["lane"], lane["capacity"], now))
         last = lane.get("last_decision")
         decision = f"{last['kind']} {_ago(last['at'], now)}: {_clip(last['reason'], _REASON_CHARS)}" if last else None
         leader = lane.get("leadership") or {}
@@ -287,7 +304,10 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
         lines.append(format_table(["LANE", "STATUS", "LEADERSHIP", "SINCE", "PROFILE", "RUN", "LAST DECISION"], rows))
     else:
         lines.append("no lanes configured")
-    lines += idle
+    lines += idle + stranded
+    retention = result.get("retention")
+    if retention:
+        lines.append(f"journal retention held {_ago(retention.get('since'), now)}: {retention['held']}")
     approvals = result.get("pending_approvals") or []
     if approvals:
         lines += ["", "pending approvals:"]
@@ -303,6 +323,18 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
             rows.append([item["run_id"], item["step"], item.get("lane"), _ago(item.get("since"), now), expires])
         lines.append(format_table(["RUN", "STEP", "LANE", "WAITING", "EXPIRES"], rows))
     return "\n".join(lines)
+
+
+def _stranded(lane: str, capacity: Mapping[str, Any], now: float) -> str:
+    at = capacity.get("next_teardown")
+    when = "-" if at is None else ("due" if at <= now else f"in {format_duration(at - now)}")
+    if capacity.get("waits_for_healthy_primary"):
+        when += " (once the primary is healthy)"
+    return (
+        f"{lane}: FAILED, capacity may be running: {', '.join(capacity['may_be_running'])} (left by run "
+        f"{capacity['left_by']}); teardown {when}, failed teardowns: {capacity['failed_teardowns']}"
+        f"; hyopsctl teardown --lane {lane}"
+    )
 
 
 def render_submit(cmd: str, result: Mapping[str, Any]) -> str:

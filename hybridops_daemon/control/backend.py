@@ -4,6 +4,7 @@ an intent is journaled and queued for the decision loop, which decides and start
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -11,7 +12,9 @@ from typing import Any
 
 from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
 from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
+from hybridops_daemon.daemon.housekeeping import RetentionHold
 from hybridops_daemon.daemon.lane import Lane
+from hybridops_daemon.journal.records import RUN_END, RUN_START
 from hybridops_daemon.journal.store import Journal, Record
 from hybridops_daemon.policy.types import Command, Decision
 from hybridops_daemon.scheduler import DrillScheduler
@@ -35,6 +38,7 @@ class DaemonBackend:
         submit: Submit,
         clock: Callable[[], float],
         drills: Callable[[], DrillScheduler | None] = lambda: None,
+        retention: RetentionHold | None = None,
     ) -> None:
         self._node = node
         self._lease = lease
@@ -46,6 +50,7 @@ class DaemonBackend:
         self._clock = clock
         self._drills = drills  # started after the control socket: a status call may come first
         self._verify_slots = asyncio.Semaphore(VERIFY_THREADS)
+        self._retention = retention
 
     async def status(self) -> dict[str, Any]:
         drills = self._drills()
@@ -70,6 +75,7 @@ class DaemonBackend:
             "lanes": [_lane_status(lane, next_drills.get(lane.name)) for lane in self._lanes.values()],
             "pending_approvals": pending,
             "sources": sources,
+            "retention": self._retention.document() if self._retention is not None else None,
         }
 
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
@@ -95,6 +101,27 @@ class DaemonBackend:
             },
             "decisions": [{"lane": d.lane, "kind": d.kind.value, "reason": d.reason} for d in decisions],
         }
+
+    async def abandon(self, run_id: str, reason: str, actor: Actor) -> dict[str, Any]:
+        if actor.uid not in (0, os.geteuid()):
+            raise CommandRefused(f"run abandon is privileged: run it as root or as the daemon's user (uid {os.geteuid()})")
+        starts = self._journal.records(run_id=run_id, kinds=[RUN_START], limit=1)
+        if not starts:
+            raise NotFound(f"no run {run_id!r} in the journal")
+        start = starts[0]
+        if run_id not in self._journal.unfinished_runs():
+            raise CommandRefused(f"run {run_id!r} has already ended")
+        for each in self._lanes.values():
+            if run_id in (each.state.active_run, each.winding_down):
+                raise CommandRefused(f"run {run_id!r} is lane {each.name!r}'s active run: it ends with its chain")
+        # The operator's word first, then the end that lets retention and recovery pass the run by.
+        lane = start.lane
+        now = self._clock()
+        body = {"command": "abandon", "run_id": run_id, "reason": reason, "actor": str(actor)}
+        self._journal.append("operator", body, ts=now, lane=lane, run_id=run_id)
+        end = {"run_id": run_id, "ok": False, "reason": f"abandoned by {actor}: {reason}", "outputs": {}, "abandoned": True}
+        record = self._journal.append(RUN_END, end, ts=now, lane=lane, run_id=run_id)
+        return {"run_id": run_id, "lane": lane, "seq": record.seq}
 
     async def approval(self, run_id: str, step: str, approve: bool, actor: Actor) -> dict[str, Any]:
         pending = next((p for p in self._approvals.pending() if (p.run_id, p.step) == (run_id, step)), None)
@@ -140,10 +167,25 @@ class DaemonBackend:
             return asdict(await asyncio.to_thread(self._journal.verify_readonly))
 
 
+def _capacity(lane: Lane) -> dict[str, Any] | None:
+    """Paid capacity a failed run may have left running (policy/teardown.py), and when its teardown comes."""
+    state = lane.state
+    if state.stranded is None:
+        return None
+    return {
+        "may_be_running": list(lane.profile.capacity()),
+        "left_by": state.stranded,
+        "failed_teardowns": state.teardown_tries,
+        "next_teardown": state.teardown_at,
+        "waits_for_healthy_primary": state.drill_deadline is None,
+    }
+
+
 def _lane_status(lane: Lane, next_drill: Any) -> dict[str, Any]:
     last = lane.last_decision
     leadership = lane.leadership
     return {
+        "capacity": _capacity(lane),
         "lane": lane.name,
         "status": lane.state.status.value,
         "since": lane.state.since,

@@ -108,6 +108,15 @@ class ResumeArgs(Args):
     lane: LaneName | None = None  # None: every lane
 
 
+class TeardownArgs(Args):
+    lane: LaneName
+
+
+class RunAbandonArgs(Args):
+    run_id: Token
+    reason: Annotated[str, Field(min_length=3, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class ApproveArgs(Args):
     run_id: Token
     step: Token
@@ -142,6 +151,8 @@ COMMANDS: Final[Mapping[str, type[Args]]] = {
     "failback": FailbackArgs,
     "pause": PauseArgs,
     "resume": ResumeArgs,
+    "teardown": TeardownArgs,
+    "run_abandon": RunAbandonArgs,
     "approve": ApproveArgs,
     "reject": RejectArgs,
     "journal_list": JournalListArgs,
@@ -149,7 +160,9 @@ COMMANDS: Final[Mapping[str, type[Args]]] = {
     "journal_verify": JournalVerifyArgs,
     "journal_run_records": JournalRunRecordsArgs,
 }
-MUTATING: Final = frozenset({"drill", "cutover", "failback", "pause", "resume", "approve", "reject"})
+MUTATING: Final = frozenset(
+    {"drill", "cutover", "failback", "pause", "resume", "teardown", "run_abandon", "approve", "reject"}
+)
 
 
 @dataclass(frozen=True, slots=True)

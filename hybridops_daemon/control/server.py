@@ -39,7 +39,9 @@ from hybridops_daemon.control.protocol import (
     RejectArgs,
     Request,
     ResumeArgs,
+    RunAbandonArgs,
     StatusArgs,
+    TeardownArgs,
     encode_error,
     encode_result,
     parse_request,
@@ -81,7 +83,7 @@ class ControlBackend(Protocol):
         ...
 
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
-        """Record an operator intent: ``command`` is drill, cutover, failback, pause or resume.
+        """Record an operator intent: ``command`` is drill, cutover, failback, pause, resume or teardown.
 
         ``lane`` is None only for pause/resume, meaning every lane (one intent). Returns
         {"intent_id": 42, "decision": {"kind": "drill", "reason": "...", "status_after": "CUTTING_OVER",
@@ -90,6 +92,14 @@ class ControlBackend(Protocol):
         ``decision`` is the loop's decision on this intent if it was taken before the call returned, else None
         (the loop will act on it). A policy refusal is a decision of kind ``refuse``, not an exception; raise
         CommandRefused only when the intent itself cannot be recorded, NotFound for an unknown lane.
+        """
+        ...
+
+    async def abandon(self, run_id: str, reason: str, actor: Actor) -> dict[str, Any]:
+        """End an orphaned run (unfinished, and no lane of this node works on it) with a journaled ``run.end``, so
+        that it no longer holds retention or waits to be resumed. Privileged: root or the daemon's own user, else
+        CommandRefused; NotFound for a run the journal does not hold; CommandRefused for one that has ended or that
+        a lane still runs. Returns ``{"run_id": ..., "lane": ... | None, "seq": <the run.end record>}``.
         """
         ...
 
@@ -288,6 +298,10 @@ class ControlServer:
                 return await backend.submit("pause", lane, actor)
             case ResumeArgs(lane=lane):
                 return await backend.submit("resume", lane, actor)
+            case TeardownArgs(lane=lane):
+                return await backend.submit("teardown", lane, actor)
+            case RunAbandonArgs(run_id=run_id, reason=reason):
+                return await backend.abandon(run_id, reason, actor)
             case ApproveArgs(run_id=run_id, step=step):
                 return await backend.approval(run_id, step, True, actor)
             case RejectArgs(run_id=run_id, step=step):

@@ -26,7 +26,7 @@ from hybridops_daemon.control.backend import DaemonBackend
 from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.decisions import DecisionLoop
-from hybridops_daemon.daemon.housekeeping import keep_retention, reload_profiles, scheduled_drill
+from hybridops_daemon.daemon.housekeeping import RetentionHold, keep_retention, reload_profiles, scheduled_drill
 from hybridops_daemon.daemon.inbox import Inbox
 from hybridops_daemon.daemon.lane import Lane, status_line
 from hybridops_daemon.daemon.lifecycle import Watchdog, previous_stop_was_unclean, signal_flags
@@ -153,6 +153,7 @@ class Daemon:
             if self._stop_requested:  # a signal before the loop existed
                 loop.stop()
             drills: list[DrillScheduler] = []
+            retention = RetentionHold()
             backend = DaemonBackend(
                 config.node,
                 config.lease.type,
@@ -163,6 +164,7 @@ class Daemon:
                 loop.submit,
                 self.clock,
                 lambda: drills[0] if drills else None,
+                retention,
             )
             await stack.enter_async_context(ControlServer(config.socket_path, backend, group=config.control.group))
             if config.metrics is not None:
@@ -186,7 +188,7 @@ class Daemon:
             leaders = [group.create_task(takeover.lead(lane)) for lane in self.lanes.values()]
             housekeeping = [group.create_task(self.sources.run(spec)) for spec in config.sources]
             if config.retention is not None:
-                housekeeping.append(group.create_task(keep_retention(journal, config.retention, self.clock)))
+                housekeeping.append(group.create_task(keep_retention(journal, config.retention, self.clock, retention)))
             housekeeping.append(group.create_task(self.watchdog.run()))
             self.notifier.ready(status_line(self.lanes))
             log.info("daemon ready", node=config.node, lanes=list(self.lanes), socket=str(config.socket_path))

@@ -73,6 +73,8 @@ class DecisionLoop:
         self._clock = clock
         self.stopping = False
         self.reload_requested = False
+        self._passed_at: float | None = None  # the previous pass, for the seconds stranded capacity ran
+        self._stranded_idle: set[str] = set()  # lanes whose stranded capacity no run worked on at that pass
 
     async def run(self, tick: float, stamp: Callable[[], None], reload: Callable[[], Awaitable[None]] | None = None) -> None:
         """Pass after pass until ``stop()``; ``reload`` (when a reload was asked for) runs between passes."""
@@ -110,6 +112,21 @@ class DecisionLoop:
         for lane in self.lanes.values():
             if lane.leads:
                 self.step_lane(lane, None, readings)
+        self._count_stranded(self._clock())
+
+    def _count_stranded(self, now: float) -> None:
+        """The outside-window capacity metric: time a failed run's capacity waited with no run at work on it, counted
+        from one pass to the next for the lanes that were in that state at the earlier pass."""
+        elapsed = now - self._passed_at if self._passed_at is not None else 0.0
+        self._passed_at = now
+        idle_before, self._stranded_idle = self._stranded_idle, set()
+        for lane in self.lanes.values():
+            if lane.leads:
+                state = lane.state
+                if state.stranded is not None and state.active_run is None:
+                    self._stranded_idle.add(lane.name)
+                outside = elapsed if lane.name in idle_before else 0.0
+                self._metrics.capacity(lane.name, state.stranded is not None, outside)
 
     def _drop(self, lane: Lane, event: Event) -> None:
         """An event for a lane this node no longer leads: the lane's next leader decides (from the handover)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -14,6 +16,7 @@ from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.control.protocol import CommandRefused
 from hybridops_daemon.daemon.lane import Lane
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
+from hybridops_daemon.journal.retention import PruneReport
 from hybridops_daemon.journal.store import Journal, JournalError
 from hybridops_daemon.policy.types import Command, Decision, Trigger
 from hybridops_daemon.scheduler import DrillScheduler
@@ -23,14 +26,36 @@ log = structlog.get_logger("hybridops.daemon")
 Submit = Callable[[Command, str, str, Trigger], Awaitable[tuple[int, Decision]]]
 
 
-async def keep_retention(journal: Journal, retention: RetentionConfig, clock: Callable[[], float]) -> None:
+@dataclass
+class RetentionHold:
+    """Why the last retention check removed less than the rules asked for, for ``hyopsctl status``."""
+
+    reason: str | None = None
+    run_id: str | None = None  # the run that held it, when one did (``hyopsctl run abandon`` ends an orphan)
+    since: float | None = None
+
+    def note(self, report: PruneReport | None, now: float) -> None:
+        reason = report.held if report is not None else None
+        if reason != self.reason:
+            self.since = now if reason is not None else None
+        self.reason, self.run_id = reason, report.held_by if report is not None else None
+
+    def document(self) -> dict[str, Any] | None:
+        return None if self.reason is None else {"held": self.reason, "run_id": self.run_id, "since": self.since}
+
+
+async def keep_retention(
+    journal: Journal, retention: RetentionConfig, clock: Callable[[], float], hold: RetentionHold | None = None
+) -> None:
     """Cut the journal's oldest records to the configured age/size, one bounded batch at a time, so the loop (and the
     watchdog it feeds) keep running; every cut leaves a summary that verify() proves from."""
+    hold = hold if hold is not None else RetentionHold()
     while True:
         before = clock() - retention.days * 86400 if retention.days is not None else None
         max_bytes = int(retention.max_mb * 1024 * 1024) if retention.max_mb is not None else None
         try:
             while (report := journal.prune(before_ts=before, max_bytes=max_bytes, now=clock())) is not None:
+                hold.note(report, clock())
                 if report.removed:
                     log.info("journal pruned", removed=report.removed, held=report.held)
                 elif report.held:
@@ -38,6 +63,8 @@ async def keep_retention(journal: Journal, retention: RetentionConfig, clock: Ca
                 if not report.more:
                     break
                 await asyncio.sleep(0)
+            else:
+                hold.note(None, clock())  # nothing due: nothing held
         except JournalError:
             log.exception("journal retention failed; the next check retries")
         await asyncio.sleep(retention.check_every)

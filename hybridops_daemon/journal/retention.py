@@ -79,6 +79,7 @@ class PruneReport:
     more: bool
     live_bytes_before: int
     live_bytes_after: int
+    held_by: str | None = None  # the run that ``held`` names, if a run stopped the cut
 
 
 def live_bytes(conn: sqlite3.Connection) -> int:
@@ -163,6 +164,7 @@ def _prune_locked(
 
     goal = age_goal  # grows with the size rule's estimates
     held: str | None = None
+    held_by: str | None = None
     while True:
         if excess() > 0:
             # Estimated bytes per byte of pages freed, as measured on this cut so far. Before any measurement,
@@ -181,11 +183,12 @@ def _prune_locked(
                 goal = reach  # the size rule wants more: take finished runs whole rather than stop before them
                 continue
             held = f"run {run_id} has not ended" if unfinished else f"run {run_id} continues past the cut"
+            held_by = run_id
         if held is not None or end == limit or excess() <= 0:
             break
     more = False
     if age_goal <= end and excess() <= 0:
-        held = None  # the rules got what they asked for; what stopped the cut went no further than that
+        held = held_by = None  # the rules got what they asked for; what stopped the cut went no further than that
     elif held is None and end == head_seq - 1:
         held = "the newest record is always kept"
     elif held is None:
@@ -195,7 +198,7 @@ def _prune_locked(
         summary = insert(conn, PRUNED, canonical_json(cut.summary(reason)), ts=now, lane=None, run_id=None, key=key)
         conn.execute(NO_DELETE_TRIGGER)
         live = live_bytes(conn)
-    return PruneReport(cut.count, summary, held, more, live_before, live)
+    return PruneReport(cut.count, summary, held, more, live_before, live, held_by if held is not None else None)
 
 
 def _chain_start(conn: sqlite3.Connection, first_seq: int) -> str | None:

@@ -1,4 +1,5 @@
-"""Fixtures of the edge-pair tests: PowerDNS on the edge bridge, and two daemons on the edge testbed."""
+"""Fixtures of the end-to-end tests: the probed primary and single daemons; for the edge pair, PowerDNS on the edge
+bridge and two daemons on the edge testbed."""
 
 from __future__ import annotations
 
@@ -8,8 +9,26 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.edge_pair import Pair, Targets
+from tests.e2e.harness import DaemonProcess, Primary, free_port
 from tests.testbed.edgenet import BRIDGE_ADDRESS, EdgeTestbed
 from tests.testbed.powerdns import PowerDns, cleanup, start_powerdns
+
+
+@pytest.fixture
+def primary() -> Iterator[Primary]:
+    target = Primary(free_port())
+    target.start()
+    yield target
+    target.stop()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemons a test started, stopped after it."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
 
 
 @pytest.fixture(scope="module")

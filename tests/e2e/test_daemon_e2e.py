@@ -6,7 +6,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from tests.e2e.harness import DAEMON, PRIMARY_DOWN, DaemonProcess, Primary, free
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def primary() -> Iterator[Primary]:
-    target = Primary(free_port())
-    target.start()
-    yield target
-    target.stop()
-
-
 def make_daemon(tmp_path: Path, primary: Primary, latency: dict[str, float] | None = None, **prod: object) -> DaemonProcess:
     return DaemonProcess(
         tmp_path,
@@ -31,14 +22,6 @@ def make_daemon(tmp_path: Path, primary: Primary, latency: dict[str, float] | No
         {"prod": profile("prod", rules=[PRIMARY_DOWN], **prod), "drill": profile("drill")},
         latency or {},
     )
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
 
 
 def applies(daemon: DaemonProcess, lane: str) -> dict[str, int]:

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import PRIMARY_DOWN, DaemonProcess, Primary, free_port, profile
+from tests.e2e.harness import PRIMARY_DOWN, DaemonProcess, Primary, profile
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def primary() -> Iterator[Primary]:
-    target = Primary(free_port())
-    target.start()
-    yield target
-    target.stop()
 
 
 def test_a_drill_torn_down_across_a_restart_records_its_cost(tmp_path: Path, primary: Primary) -> None:

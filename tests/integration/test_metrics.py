@@ -162,6 +162,7 @@ def test_a_lane_counts_from_zero_so_rate_sees_its_first_decision_and_run() -> No
         "cutover",
         "failback",
         "drill",
+        "teardown",
         "refuse",
     }
     assert set(matching(s, "hybridops_decisions_total", lane="prod").values()) == {0.0}

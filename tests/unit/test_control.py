@@ -223,7 +223,7 @@ async def test_the_backend_sees_the_kernel_verified_actor(server: ControlServer,
 
 def test_submit_commands_are_the_policy_commands() -> None:
     """The server passes command names as strings; they must stay the ones the daemon's policy knows."""
-    assert {"drill", "cutover", "failback", "pause", "resume"} == {c.value for c in Command}
+    assert {"drill", "cutover", "failback", "pause", "resume", "teardown"} == {c.value for c in Command}
 
 
 # --------------------------------------------------------------------------------------------- bad requests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,34 @@ async def test_a_second_answer_is_refused_saying_who_answered_and_when(journal: 
 async def test_an_unknown_step_is_still_not_found(journal: Journal) -> None:
     with pytest.raises(NotFound, match="no step 'promote-db' of run 'cutover-1' is waiting for approval"):
         await backend_for(journal).approval("cutover-1", "promote-db", True, ALICE)
+
+
+# --------------------------------------------------------------------------------------------- run abandon
+
+ROOT = Actor(uid=0, gid=0, pid=1, user="root")
+
+
+def open_run(journal: Journal, run_id: str, lane: str = "gone") -> None:
+    journal.append("run.start", {"run_id": run_id, "chain": "cutover", "kind": "drill"}, ts=1.0, lane=lane, run_id=run_id)
+
+
+async def test_abandon_is_privileged(journal: Journal) -> None:
+    open_run(journal, "gone-1")
+    with pytest.raises(CommandRefused, match=r"run abandon is privileged: run it as root or as the daemon's user"):
+        await backend_for(journal).abandon("gone-1", "lane removed", Actor(uid=os.geteuid() + 1, gid=0, pid=2, user="x"))
+    assert journal.unfinished_runs() == ["gone-1"]
+
+
+async def test_abandon_ends_an_orphan_and_says_why(journal: Journal) -> None:
+    open_run(journal, "gone-1")
+    answer = await backend_for(journal).abandon("gone-1", "lane removed", ROOT)
+    assert answer["run_id"] == "gone-1" and answer["lane"] == "gone"
+    assert journal.unfinished_runs() == []
+    operator, end = journal.run_records("gone-1")[-2:]
+    assert operator.body == {"command": "abandon", "run_id": "gone-1", "reason": "lane removed", "actor": str(ROOT)}
+    assert end.kind == "run.end" and end.seq == answer["seq"] and end.body["abandoned"] is True
+    assert end.body["reason"] == f"abandoned by {ROOT}: lane removed" and end.body["ok"] is False
+    with pytest.raises(CommandRefused, match="has already ended"):
+        await backend_for(journal).abandon("gone-1", "again", ROOT)
+    with pytest.raises(NotFound, match="no run 'nope' in the journal"):
+        await backend_for(journal).abandon("nope", "typo", ROOT)
