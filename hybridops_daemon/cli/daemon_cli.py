@@ -200,16 +200,18 @@ def _head_seen_by_peer(db: Path, other: Path, node: str | None) -> tuple[int, st
     from hybridops_daemon.journal.store import PEER_HEAD, JournalError
     from hybridops_daemon.journal.verify import journal_node, peer_anchor
 
-    unreadable = (FileNotFoundError, JournalError)  # not a journal, or unreadable: no verdict on either file
+    # Not a journal, or unreadable: no verdict on either file (exit 1 means tampering).
     try:
         node = node or journal_node(db)
-    except unreadable as exc:
+    except JournalError as exc:
         raise ValueError(f"{db}: {exc}") from None
     if node is None:
         raise ValueError(f"{db}: no daemon.start record says which node wrote it; name it with --node")
     try:
         seen = peer_anchor(other, node)
-    except unreadable as exc:
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    except JournalError as exc:
         raise ValueError(f"{other}: {exc}") from None
     if seen is None:
         raise ValueError(f"{other}: no {PEER_HEAD} record of node {node}: the peer never recorded this journal's head")
