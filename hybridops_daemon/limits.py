@@ -43,6 +43,7 @@ CONTROL_REQUEST: Final = JsonLimits(max_bytes=64 * KIB, max_depth=8, max_items=1
 CONTROL_REPLY: Final = JsonLimits(max_bytes=64 * KIB * KIB, max_items=1_000_000)  # a whole run's records
 MQTT_PAYLOAD: Final = JsonLimits(max_bytes=64 * KIB, max_depth=8, max_items=100)
 PEER_SUMMARY: Final = JsonLimits(max_bytes=256 * KIB, max_depth=8)
+PEER_HEAD: Final = JsonLimits(max_bytes=1 * KIB, max_depth=2, max_items=16)  # {"node", "seq", "hash"}: ~130 bytes
 TRACE_LINE: Final = JsonLimits(max_bytes=MAX_TRACE_LINE_BYTES, max_depth=8, max_items=1_000)
 WEBHOOK: Final = JsonLimits(max_bytes=1024 * KIB)  # the receiver's max_body_bytes (config) replaces max_bytes
 

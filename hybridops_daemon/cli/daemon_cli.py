@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     journal_commands = journal.add_subparsers(dest="journal_command", required=True)
     verify = journal_commands.add_parser("verify", help="prove the hash chain of a journal file (README: what it proves)")
     verify.add_argument("--db", type=Path, required=True)
-    verify.add_argument("--expect-head", metavar="SEQ:HASH", help="fail unless record SEQ is still there with HASH")
+    anchor = verify.add_mutually_exclusive_group()
+    anchor.add_argument("--expect-head", metavar="SEQ:HASH", help="fail unless record SEQ is still there with HASH")
+    anchor.add_argument(
+        "--against", type=Path, metavar="OTHER_DB", help="fail unless the head the peer edge last recorded in OTHER_DB is there"
+    )
+    verify.add_argument("--node", help="with --against: this journal's node (default: what its daemon.start records say)")
     key = verify.add_mutually_exclusive_group()
     key.add_argument("--key-file", type=Path, help="check every signature with the node's journal key in this file")
     key.add_argument("--key-env", metavar="VAR", help="... or in this environment variable")
@@ -72,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "journal":
         if args.journal_command == "head":
             return _journal_head(args.db)
-        return _journal_verify(args.db, args.expect_head, args.key_file, args.key_env)
+        if args.node is not None and args.against is None:
+            parser.error("--node only goes with --against")
+        return _journal_verify(args.db, args.expect_head, args.key_file, args.key_env, args.against, args.node)
     if args.command == "simulate":
         return _simulate(args)
     return _demo_primary(args.host, args.port)
@@ -144,7 +151,9 @@ def _journal_head(db: Path) -> int:
     return EXIT_OK
 
 
-def _journal_verify(db: Path, expect_head: str | None, key_file: Path | None, key_env: str | None) -> int:
+def _journal_verify(
+    db: Path, expect_head: str | None, key_file: Path | None, key_env: str | None, against: Path | None, node: str | None
+) -> int:
     from hybridops_daemon.config.base import SecretRef
     from hybridops_daemon.journal.signing import parse_head
     from hybridops_daemon.journal.store import Journal, JournalError
@@ -155,6 +164,8 @@ def _journal_verify(db: Path, expect_head: str | None, key_file: Path | None, ke
         return EXIT_INVALID
     try:
         head = parse_head(expect_head) if expect_head is not None else None
+        if against is not None:
+            head = _head_seen_by_peer(db, against, node)
         ref = SecretRef(file=key_file, env=key_env) if key_file or key_env else None
         key = resolve("journal key", ref).encode() if ref is not None else None
     except (ValueError, SecretUnavailable) as exc:
@@ -181,6 +192,32 @@ def _journal_verify(db: Path, expect_head: str | None, key_file: Path | None, ke
     else:
         print("note: the end is not anchored: records cut from the end pass without --expect-head", file=sys.stderr)
     return EXIT_OK
+
+
+def _head_seen_by_peer(db: Path, other: Path, node: str | None) -> tuple[int, str]:
+    """The head of ``db``'s node that the peer last journaled in ``other`` (printed, as the anchor of this verify).
+    Raises ValueError with one line for the operator: without that record there is nothing to check against."""
+    from hybridops_daemon.journal.store import PEER_HEAD, JournalError
+    from hybridops_daemon.journal.verify import journal_node, peer_anchor
+
+    # Not a journal, or unreadable: no verdict on either file (exit 1 means tampering).
+    try:
+        node = node or journal_node(db)
+    except JournalError as exc:
+        raise ValueError(f"{db}: {exc}") from None
+    if node is None:
+        raise ValueError(f"{db}: no daemon.start record says which node wrote it; name it with --node")
+    try:
+        seen = peer_anchor(other, node)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    except JournalError as exc:
+        raise ValueError(f"{other}: {exc}") from None
+    if seen is None:
+        raise ValueError(f"{other}: no {PEER_HEAD} record of node {node}: the peer never recorded this journal's head")
+    by = seen.recorded_by or "the peer"
+    print(f"against {other}: {by} last recorded {node}'s head as #{seen.seq} hash {seen.hash} (its record #{seen.record})")
+    return seen.seq, seen.hash
 
 
 def _simulate(args: argparse.Namespace) -> int:

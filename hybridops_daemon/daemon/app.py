@@ -34,7 +34,7 @@ from hybridops_daemon.daemon.sources import SourceSupervisor
 from hybridops_daemon.daemon.takeover import Takeover, restore_state
 from hybridops_daemon.drivers.registry import build_drivers
 from hybridops_daemon.journal.redact import Redactor
-from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.journal.store import PEER_HEAD, Journal, JournalError
 from hybridops_daemon.lease.lanes import EtcdLaneLeadership, LocalLaneLeadership
 from hybridops_daemon.lease.local import LocalLease
 from hybridops_daemon.metrics import Metrics, MetricsServer
@@ -47,6 +47,11 @@ from hybridops_daemon.signals.registry import build_source
 from hybridops_daemon.signals.sample import Sample
 
 log = structlog.get_logger("hybridops.daemon")
+
+# How often, at most, the peer's journal head is journaled. The peer publishes it every second; a record per second
+# would outgrow everything else in an idle journal. A minute bounds that to 1440 small records a day at worst, and a
+# truncation of the peer's journal is still caught for all but its last minute of records.
+PEER_HEAD_EVERY = 60.0
 
 
 class Daemon:
@@ -76,6 +81,7 @@ class Daemon:
             edges=tuple(edge for edge in (config.node, config.peer) if edge),
         )
         self.journal: Journal | None = None
+        self.peer_heads = PeerHeads(clock)
 
     # Signal handlers and tests: flags and a wake-up, nothing more.
     def request_stop(self) -> None:
@@ -274,7 +280,17 @@ class Daemon:
             log.warning("unfinished run belongs to no lane's state; leaving it for an operator", run_id=run_id)
 
     def _build_source(self, spec: SourceSpec) -> Source:
-        context = SourceContext(self.config.node, self.config.peer, self.clock, self._published_signals, self.store.snapshot)
+        assert self.journal is not None  # sources start in _serve, with the journal open
+        journal = self.journal
+        context = SourceContext(
+            self.config.node,
+            self.config.peer,
+            self.clock,
+            self._published_signals,
+            self.store.snapshot,
+            journal_head=functools.partial(self.peer_heads.own, journal),
+            peer_head=functools.partial(self.peer_heads.record, journal),
+        )
         return build_source(spec, context)
 
     def _max_ages(self) -> dict[str, float]:
@@ -288,3 +304,42 @@ class Daemon:
     def _published_signals(self) -> dict[str, dict[str, float]]:
         """Per lane, the signals its profile reads and their max ages: what the peer edge is told about."""
         return {name: {s: spec.max_age for s, spec in lane.profile.signals.items()} for name, lane in self.lanes.items()}
+
+
+class PeerHeads:
+    """This node's journal head for the peer link to publish, and the peer's, journaled as ``peer.head`` records.
+
+    The head published passes over this journal's own ``peer.head`` records: otherwise recording the peer's head
+    would change this head, which the peer would record, and so on, a record a minute on each edge forever. Appended
+    on the loop like every other record (the link's callback runs there). Never raises: a journal that cannot be read
+    or written costs this evidence, not the peer link.
+    """
+
+    def __init__(self, clock: Callable[[], float], every: float = PEER_HEAD_EVERY) -> None:
+        self._clock = clock
+        self._every = every
+        self._last: dict[str, tuple[int, str, float]] = {}  # per peer: the head last journaled, and when
+
+    @staticmethod
+    def own(journal: Journal) -> tuple[int, str] | None:
+        try:
+            return journal.head(skip=PEER_HEAD)
+        except JournalError:
+            return None  # nothing to tell the peer this round; the failing append elsewhere says why
+
+    def record(self, journal: Journal, peer: str, seq: int, digest: str) -> None:
+        now = self._clock()
+        last = self._last.get(peer)
+        if last is not None:
+            if (seq, digest) == last[:2]:
+                return
+            if seq <= last[0]:  # journaled at once: it is the evidence
+                log.warning("the peer's journal head went back (restored, rewritten or cut?)", peer=peer, seq=seq, was=last[0])
+            elif now - last[2] < self._every:
+                return
+        try:
+            journal.append(PEER_HEAD, {"node": peer, "seq": seq, "hash": digest}, ts=now)
+        except JournalError as exc:
+            log.warning("could not journal the peer's journal head; the next one retries", peer=peer, error=str(exc))
+            return
+        self._last[peer] = (seq, digest, now)

@@ -48,8 +48,11 @@ from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.retention import CARRIED_KINDS, PRUNE_BATCH, PruneReport
 from hybridops_daemon.journal.verify import (
     MAX_PROBLEMS,
+    PEER_HEAD,
     VerifyReport,
     has_signature_column,
+    head_of,
+    newest_carried,
     read_head,
     verify_chain,
     verify_file,
@@ -61,6 +64,7 @@ __all__ = [
     "CARRIED_KINDS",
     "GENESIS_HASH",
     "MAX_PROBLEMS",
+    "PEER_HEAD",
     "PRUNED",
     "PRUNE_BATCH",
     "RUN_END",
@@ -252,19 +256,17 @@ class Journal:
         (kinds in ``CARRIED_KINDS``; see ``journal/retention.py``): the record as it was written, hash included.
         """
         found = self.records(kinds=[kind], lane=lane, limit=1, newest_first=True)
-        return found[0] if found else self._carried(kind, lane)
+        if found:
+            return found[0]
+        with sqlite_errors("query"):  # this runs only when no live record answers: a start-up path
+            carried = newest_carried(self._conn, kind, lane)
+        return Record(**carried) if carried is not None else None
 
-    def _carried(self, kind: str, lane: str | None) -> Record | None:
-        best: dict[str, Any] | None = None
-        # Summaries are few (one per prune) and this runs only when no live record answers: a start-up path.
+    def head(self, *, skip: str | None = None) -> tuple[int, str] | None:
+        """The newest record's ``(seq, hash)``, passing over records of kind ``skip``; None if there is none.
+        An indexed read from the end (``verify.head_of``), cheap enough to ask every second. Raises JournalError."""
         with sqlite_errors("query"):
-            summaries = self._conn.execute("SELECT body FROM records WHERE lane IS NULL AND kind = ?", (PRUNED,))
-            for (body,) in summaries:
-                for item in json.loads(body).get("carried", ()):
-                    wanted = item["kind"] == kind and (lane is None or item["lane"] == lane)
-                    if wanted and (best is None or item["seq"] > best["seq"]):
-                        best = item
-        return Record(**best) if best is not None else None
+            return head_of(self._conn, skip)
 
     def run_records(self, run_id: str) -> list[Record]:
         """Every record of one run, in seq order. Raises JournalError."""

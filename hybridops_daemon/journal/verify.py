@@ -10,6 +10,9 @@ first record onward when:
 A removal no summary explains, and an altered summary, are reported like any other break. A writer able to append a
 forged summary could append anything else too: as for every record, the defences are a head hash kept elsewhere
 (``expect_head``) and the node's signing key (``key``): see ``journal/signing.py``.
+
+The peer edge keeps such a head: its journal records this one's as ``peer.head`` (``{"node", "seq", "hash"}``,
+heard over the peer link), and ``peer_anchor`` reads the newest of them from the peer's file to anchor this walk.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from hybridops_daemon.journal.records import (
@@ -32,9 +36,10 @@ from hybridops_daemon.journal.records import (
     missing,
     sqlite_errors,
 )
-from hybridops_daemon.journal.signing import Anchor, SignatureCheck
+from hybridops_daemon.journal.signing import Anchor, SignatureCheck, parse_head
 
 MAX_PROBLEMS = 100
+PEER_HEAD = "peer.head"  # the peer's journal head as this node last recorded it (body: node, seq, hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +154,83 @@ def read_head(path: Path) -> tuple[int, str]:
     No verdict on the chain: run ``verify_file`` for that. Raises FileNotFoundError or JournalError.
     """
     with _readonly(path) as conn, sqlite_errors("query"):
-        row = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+        return head_of(conn) or (0, GENESIS_HASH)
+
+
+def head_of(conn: sqlite3.Connection, skip: str | None = None) -> tuple[int, str] | None:
+    """The newest record's ``(seq, hash)``, passing over records of kind ``skip``; None when there is none.
+
+    One walk down the primary key from the end: it stops at the first record that is not ``skip``."""
+    row = conn.execute("SELECT seq, hash FROM records WHERE kind IS NOT ? ORDER BY seq DESC LIMIT 1", (skip,)).fetchone()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnchor:
+    """The newest ``peer.head`` of ``node`` in the peer's journal: the head the peer last saw, and where it says so."""
+
+    node: str  # whose head it is
+    seq: int
+    hash: str
+    recorded_by: str | None  # the node that wrote the peer's journal (its newest daemon.start), if it says
+    record: int  # the peer.head record's seq in the peer's journal
+
+
+def peer_anchor(path: Path, node: str) -> PeerAnchor | None:
+    """The newest ``peer.head`` record naming ``node`` in the journal at ``path`` (read-only), or None.
+
+    Raises FileNotFoundError, or JournalError if the file is not a journal or that record is malformed."""
+    with _readonly(path) as conn, sqlite_errors("query"):
+        rows = conn.execute("SELECT seq, body FROM records WHERE kind = ? ORDER BY seq DESC", (PEER_HEAD,))
+        for seq, text in rows:  # one peer per edge, so the first record is nearly always the one
+            body = _body(seq, text)
+            if body.get("node") != node:
+                continue
+            try:
+                head = parse_head(f"{body['seq']}:{body['hash']}")
+            except (KeyError, ValueError):
+                raise JournalError(f"record {seq} is not a well-formed {PEER_HEAD} (node, seq, hash)") from None
+            return PeerAnchor(node, *head, _node_of(conn), int(seq))
+    return None
+
+
+def journal_node(path: Path) -> str | None:
+    """The node that writes the journal at ``path``, as its newest ``daemon.start`` says (read-only), or None."""
+    with _readonly(path) as conn, sqlite_errors("query"):
+        return _node_of(conn)
+
+
+def _node_of(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT seq, body FROM records WHERE kind = 'daemon.start' ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is not None:
+        start = _body(*row)
+    else:  # retention cut every start record: the newest summary that carried one
+        carried = newest_carried(conn, "daemon.start")
+        start = carried["body"] if carried is not None else {}
+    node = start.get("node")
+    return node if isinstance(node, str) else None
+
+
+def newest_carried(conn: sqlite3.Connection, kind: str, lane: str | None = None) -> dict[str, Any] | None:
+    """The newest copy of a ``kind`` record (in ``lane`` if given) that a retention summary carries, or None."""
+    best: dict[str, Any] | None = None
+    # Summaries are few (one per prune): reading them all is cheap.
+    for (body,) in conn.execute("SELECT body FROM records WHERE lane IS NULL AND kind = ?", (PRUNED,)):
+        for item in json.loads(body).get("carried", ()):
+            wanted = item["kind"] == kind and (lane is None or item["lane"] == lane)
+            if wanted and (best is None or item["seq"] > best["seq"]):
+                best = item
+    return best
+
+
+def _body(seq: int, text: str) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise JournalError(f"record {seq}'s body is not a JSON object")
+    return body
 
 
 @contextmanager

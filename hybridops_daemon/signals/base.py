@@ -24,13 +24,17 @@ from hybridops_daemon.signals.sample import Sample
 Emit = Callable[[Sample], None]
 LaneSignals = Callable[[], Mapping[str, Mapping[str, float]]]  # lane → {signal: max_age}
 Snapshot = Callable[[], Mapping[tuple[str, str], Sample]]
+JournalHead = Callable[[], tuple[int, str] | None]  # this node's journal head (seq, hash), None: nothing to tell
+PeerHead = Callable[[str, int, str], None]  # (peer, seq, hash): the peer's journal head, as the peer link heard it
 
 
 @dataclass(frozen=True)
 class SourceContext:
     """What the daemon hands every source's ``from_context(spec, context)``; each source takes what it needs.
 
-    ``published`` and ``snapshot`` are for the peer link, which tells the other edge what this one observes.
+    ``published`` and ``snapshot`` are for the peer link, which tells the other edge what this one observes;
+    ``journal_head`` and ``peer_head`` too: it tells the peer this journal's head and hands on the peer's, so each
+    edge's journal holds evidence of how far the other's reached (``journal verify --against``).
     """
 
     node: str
@@ -38,6 +42,8 @@ class SourceContext:
     clock: Callable[[], float] = time.time
     published: LaneSignals = dict
     snapshot: Snapshot = dict
+    journal_head: JournalHead | None = None
+    peer_head: PeerHead | None = None
 
 
 class Source(Protocol):

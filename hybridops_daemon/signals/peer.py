@@ -12,6 +12,10 @@ A node that cannot hear its peer must know it, never assume health:
 - the broker announces the peer's death (MQTT last will on ``<prefix>/_status/<node>``): every peer
   signal is then emitted as None (UNKNOWN) at once instead of waiting for max age;
 - if this node loses the broker, the peer's samples stop and go UNKNOWN by age in decide().
+
+The link also carries each journal's head: every ``publish_interval`` a node publishes ``{"node", "seq", "hash"}``
+(not retained) on ``<prefix>/_head/<node>``, and hands the peer's to the daemon, which journals it now and then as
+``peer.head``. A truncation of one edge's journal is then caught against the other's (``journal verify --against``).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import aiomqtt
 
 from hybridops_daemon import cancel, limits
 from hybridops_daemon.config.sources import PeerSource
+from hybridops_daemon.journal.signing import parse_head
 from hybridops_daemon.secrets import SecretUnavailable
-from hybridops_daemon.signals.base import Emit, InputHealth, LaneSignals, Snapshot, SourceContext
+from hybridops_daemon.signals.base import Emit, InputHealth, JournalHead, LaneSignals, PeerHead, Snapshot, SourceContext
 from hybridops_daemon.signals.mqtt_connection import connection, reconnect_backoff
 from hybridops_daemon.signals.sample import Sample
 
@@ -89,9 +94,23 @@ def peer_status(payload: bytes, peer: str) -> bool:
     return bool(data["online"])
 
 
-def _load(payload: bytes, what: str) -> Any:
+def peer_journal_head(payload: bytes, peer: str) -> tuple[int, str]:
+    """The peer's journal head ``(seq, hash)``. Raises MalformedSummary on anything off."""
+    data = _load(payload, "journal head", limits.PEER_HEAD)
+    if not isinstance(data, dict) or data.get("node") != peer:
+        raise MalformedSummary("not a journal head from the configured peer (node, seq, hash)")
+    seq, digest = data.get("seq"), data.get("hash")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not isinstance(digest, str):
+        raise MalformedSummary("journal head: 'seq' must be an integer and 'hash' a string")
     try:
-        return limits.loads(payload, limits.PEER_SUMMARY, what)
+        return parse_head(f"{seq}:{digest}")  # the one check of SEQ:HASH, as `journal verify --expect-head` reads it
+    except ValueError as exc:
+        raise MalformedSummary(f"journal head: {exc}") from None
+
+
+def _load(payload: bytes, what: str, bound: limits.JsonLimits = limits.PEER_SUMMARY) -> Any:
+    try:
+        return limits.loads(payload, bound, what)
     except limits.InputRejected as exc:
         raise MalformedSummary(str(exc)) from None
     except ValueError as exc:  # also UnicodeDecodeError
@@ -105,7 +124,16 @@ class PeerLink:
     def from_context(cls, spec: PeerSource, context: SourceContext) -> Self:
         if context.peer is None:  # check-config refuses this (PeerSource.needs_peer); a context built by hand may not
             raise ValueError("a `peer` source needs `peer:` (the other edge's node name)")
-        return cls(spec, context.node, context.peer, context.published, context.snapshot, context.clock)
+        return cls(
+            spec,
+            context.node,
+            context.peer,
+            context.published,
+            context.snapshot,
+            context.clock,
+            journal_head=context.journal_head,
+            on_peer_head=context.peer_head,
+        )
 
     def __init__(
         self,
@@ -115,6 +143,9 @@ class PeerLink:
         lanes: LaneSignals,
         snapshot: Snapshot,
         clock: Callable[[], float] = time.time,
+        *,
+        journal_head: JournalHead | None = None,
+        on_peer_head: PeerHead | None = None,
     ) -> None:
         self.name = spec.name
         self.spec = spec
@@ -126,6 +157,8 @@ class PeerLink:
         self._lanes = lanes
         self._snapshot = snapshot
         self._clock = clock
+        self._journal_head = journal_head
+        self._on_peer_head = on_peer_head
         self._heard: set[str] = set()  # peer signals seen, to mark UNKNOWN when it dies
         self._source = f"peer:{peer}"
 
@@ -134,6 +167,10 @@ class PeerLink:
 
     def _status_topic(self, node: str) -> str:
         return f"{self.spec.topic_prefix}/_status/{node}"
+
+    def _head_topic(self, node: str) -> str:
+        # Under the subscription to <prefix>/+/<peer> like _status: lane names cannot start with "_" (config Name).
+        return f"{self.spec.topic_prefix}/_head/{node}"
 
     async def __aenter__(self) -> Self:
         return self
@@ -177,19 +214,29 @@ class PeerLink:
             now = self._clock()
             readings = self._snapshot()
             for lane, signals in self._lanes().items():
-                body = summary(self.node, lane, signals, readings, now)
-                async with asyncio.timeout(self.spec.broker.connect_timeout):
-                    await client.publish(self._topic(lane, self.node), json.dumps(body, separators=(",", ":")), qos=0)
+                await self._publish(client, self._topic(lane, self.node), summary(self.node, lane, signals, readings, now))
                 self.published += 1
+            head = self._journal_head() if self._journal_head is not None else None
+            if head is not None:
+                await self._publish(client, self._head_topic(self.node), {"node": self.node, "seq": head[0], "hash": head[1]})
             await cancel.sleep(self.spec.publish_interval)
 
+    async def _publish(self, client: aiomqtt.Client, topic: str, body: Mapping[str, Any]) -> None:
+        async with asyncio.timeout(self.spec.broker.connect_timeout):
+            await client.publish(topic, json.dumps(body, separators=(",", ":")), qos=0)
+
     async def _read_forever(self, client: aiomqtt.Client, emit: Emit) -> None:
-        status_topic = self._status_topic(self.peer)
+        status_topic, head_topic = self._status_topic(self.peer), self._head_topic(self.peer)
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             try:
                 if message.topic.value == status_topic:
                     samples = [] if peer_status(payload, self.peer) else list(self._all_unknown())
+                elif message.topic.value == head_topic:
+                    samples = []
+                    seq, digest = peer_journal_head(payload, self.peer)
+                    if self._on_peer_head is not None:
+                        self._on_peer_head(self.peer, seq, digest)
                 else:
                     samples = peer_samples(payload, self.peer, self._source, self._clock())
             except MalformedSummary as exc:

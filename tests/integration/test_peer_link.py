@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from contextlib import AbstractAsyncContextManager
+
+import aiomqtt
 
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.config.sources import MqttBroker, PeerSource
@@ -42,7 +45,17 @@ class Node:
             broker=MqttBroker(host=broker.host, port=broker.port, reconnect_min=0.1, reconnect_max=0.5, keepalive=1),
             publish_interval=0.2,
         )
-        self.link = PeerLink(spec, name, peer, lambda: LANES, self.store.snapshot)
+        self.head: tuple[int, str] | None = None  # this node's journal head, as the daemon would read it
+        self.heads: list[tuple[str, int, str]] = []  # the peer's, as the link handed them on
+        self.link = PeerLink(
+            spec,
+            name,
+            peer,
+            lambda: LANES,
+            self.store.snapshot,
+            journal_head=lambda: self.head,
+            on_peer_head=lambda *head: self.heads.append(head),
+        )
         self.peer = peer
 
     def see(self, value: float) -> None:
@@ -138,3 +151,32 @@ async def test_losing_the_peer_uncleanly_marks_its_signals_unknown_via_the_will(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_each_edge_hears_the_others_journal_head_and_a_malformed_one_does_not_stop_the_link(mosquitto: Mosquitto) -> None:
+    edge01, edge02 = Node("edge01", "edge02", mosquitto), Node("edge02", "edge01", mosquitto)
+    edge01.head, edge02.head = (5, "a" * 64), (7, "b" * 64)
+    async with running(edge01), running(edge02):
+        await eventually("edge01 hears edge02's head", lambda: ("edge02", 7, "b" * 64) in edge01.heads)
+        await eventually("edge02 hears edge01's head", lambda: ("edge01", 5, "a" * 64) in edge02.heads)
+
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="test-forger", timeout=5) as forger:
+            forged = json.dumps({"node": "edge02", "seq": "7; DROP TABLE records", "hash": "b" * 64})
+            await forger.publish("hybridops/peer/_head/edge02", forged, qos=1)
+        await eventually("edge01 to drop the malformed head", lambda: edge01.link.health.malformed == 1)
+
+        edge02.head = (8, "c" * 64)
+        await eventually("edge01 still hears edge02's heads", lambda: ("edge02", 8, "c" * 64) in edge01.heads)
+        assert set(edge01.heads) == {("edge02", 7, "b" * 64), ("edge02", 8, "c" * 64)}
+        assert edge01.link.health.malformed == 1 and edge02.link.health.malformed == 0
+
+
+async def test_a_node_without_a_journal_head_publishes_none(mosquitto: Mosquitto) -> None:
+    edge01, edge02 = Node("edge01", "edge02", mosquitto), Node("edge02", "edge01", mosquitto)
+    edge02.head = (3, "d" * 64)
+    async with running(edge01), running(edge02):
+        edge01.see(1.0)
+        # A head would follow each summary edge01 publishes, in order on one connection: three rounds heard, none came.
+        await eventually("edge02 hears three of edge01's summaries", lambda: edge02.link.received >= 4)
+        await eventually("edge01 hears edge02's head", lambda: edge01.heads)
+        assert edge02.heads == [] and edge02.link.health.malformed == 0
