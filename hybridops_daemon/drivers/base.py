@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from hybridops_daemon import secrets  # the module, not its names: it may still be loading (see drivers/__init__.py)
 from hybridops_daemon.config.base import SecretRef
@@ -153,6 +153,34 @@ class ProbeResult:
     probe: str
     observed: Mapping[str, Any] = field(default_factory=dict)
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What a read-only preflight found: whether the step could succeed now and, when not, why, naming the fault
+    ("floating IP 203.0.113.10 is locked", "replica lag 5 MiB over max_lag_bytes 1 MiB"). ``observed`` is what it saw
+    (JSON-able, no secret): the journal keeps it when readiness changes. ``metrics`` are numbers worth exporting
+    (e.g. ``{"replica_lag_bytes": 123, "replica_lag_seconds": 0.4}``)."""
+
+    ready: bool
+    reason: str
+    observed: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    """A driver that can check, without changing anything, that a step would succeed now (readiness, issue #13).
+
+    ``preflight`` must never write: no mutating request, no lock taken that a chain could meet. It answers ready or
+    not ready with the reason; it raises the driver's usual errors (``CredentialsUnavailable``, ``Refused``,
+    ``NotFound``, ``Unavailable``...) when the target answers with one, and the caller reports them as not ready
+    with the error's text. The caller bounds it with a timeout. The step's inputs are as profiled, with references
+    to a run (``${run.id}``) or to earlier steps' outputs left unrendered: a preflight reads only literal inputs.
+    A driver without ``preflight`` is reported "not checked", never ready.
+    """
+
+    async def preflight(self, step: StepContext) -> Readiness: ...
 
 
 class Driver(Protocol):
