@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args,
 
 import yaml
 import yaml.composer
+import yaml.reader
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
@@ -196,7 +197,13 @@ def _parse(file: Path) -> _Parsed:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         parsed.errors.append(ConfigError(file, None, "", f"cannot read file: {reason}"))
         return parsed
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # refuses control characters (NUL, ...) here, before parsing a line
+    except yaml.reader.ReaderError as exc:  # its text would name "<unicode string>" and an offset, not a line
+        line = text.count("\n", 0, exc.position) + 1
+        message = f"invalid YAML: unacceptable character #x{exc.character:04x}: {exc.reason}"
+        parsed.errors.append(ConfigError(file, line, "", message))
+        return parsed
     try:
         root = loader.get_single_node()
         if root is None:
