@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args,
 
 import yaml
 import yaml.composer
+import yaml.constructor
 import yaml.reader
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -244,6 +245,17 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """PyYAML's safe constructors convert with int(), datetime(), a dict lookup: `!!int x`, `!!bool maybe`,
+        `2001-13-45` or a 5000-digit number raise what the conversion raises. Here that is a YAML error at the node."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
+            kind = node.tag.removeprefix("tag:yaml.org,2002:")
+            value = node.value if isinstance(node.value, str) else ""
+            shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}… ({len(value)} characters)"
+            raise yaml.constructor.ConstructorError(None, None, f"not a valid {kind}: {shown}", node.start_mark) from exc
 
 
 def _index(node: yaml.Node, path: KeyPath, line: int, parsed: _Parsed, ancestors: set[int]) -> None:

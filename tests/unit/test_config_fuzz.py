@@ -197,6 +197,7 @@ def peak_megabytes() -> Iterator[list[float]]:
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DAEMON_FILES)
 @example(b"node: edge01\nstate_dir: s\x00\n")  # a NUL: PyYAML's reader error named no line, and raised
+@example(b"node: !!int 0xZZ\nstate_dir: !!bool maybe\ntick: 2001-13-45\npeer: " + b"9" * 5000)  # conversions raised
 def test_fuzz_check_config_answers_with_a_config_or_one_line_errors(tree: Path, data: bytes) -> None:
     path = tree / "config" / "fuzzed.yaml"
     path.write_bytes(data)
