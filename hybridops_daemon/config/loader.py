@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,11 +87,11 @@ def check_config(
     """
     config, parsed, errors = _check_daemon_config(path)
     lanes = {name: lane.profile for name, lane in config.lanes.items()} if config else _raw_lane_profiles(parsed)
-    found = {lane: profile_path for lane, profile_path in lanes.items() if profile_path.is_file()}
+    unreadable = {lane: problem for lane, profile_path in lanes.items() if (problem := _not_a_file(profile_path))}
+    found = {lane: profile_path for lane, profile_path in lanes.items() if lane not in unreadable}
     missing = [
-        parsed.error(("lanes", lane, "profile"), f"profile {_not_a_file(profile_path)}: {_display(profile_path)}")
-        for lane, profile_path in lanes.items()
-        if lane not in found
+        parsed.error(("lanes", lane, "profile"), f"profile {problem}: {_display(lanes[lane])}")
+        for lane, problem in unreadable.items()
     ]
     errors = _by_line(errors + missing)  # the daemon config's errors first, then each profile's
     checked: dict[Path, Profile | None] = {}  # lanes sharing a profile file report its errors once
@@ -170,17 +171,25 @@ class _Parsed:
         return line
 
 
-def _not_a_file(path: Path) -> str:
-    """Why ``path`` cannot be read as a config file: a device like /dev/zero would be read forever."""
-    if path.is_dir():
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a config file (a device like /dev/zero would be read forever), or None.
+
+    By stat, not Path.is_file(): that raises for a name too long or a folder it may not search."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the name
+        return "file not found"
+    except OSError as exc:
+        return f"cannot read file: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
         return "is a directory, not a file"
-    return "file not found" if not path.exists() else "is not a regular file (a device or a pipe?)"
+    return None if stat.S_ISREG(mode) else "is not a regular file (a device or a pipe?)"
 
 
 def _parse(file: Path) -> _Parsed:
     parsed = _Parsed(file)
-    if not file.is_file():
-        parsed.errors.append(ConfigError(file, None, "", _not_a_file(file)))
+    if problem := _not_a_file(file):
+        parsed.errors.append(ConfigError(file, None, "", problem))
         return parsed
     try:
         with file.open("rb") as handle:
