@@ -269,7 +269,8 @@ class _BoundedLoader(yaml.SafeLoader):
 
 def _index(node: yaml.Node, path: KeyPath, line: int, parsed: _Parsed, ancestors: set[int]) -> None:
     """Record the line of every key path under ``node`` and report duplicate keys. Raises ComposerError past
-    MAX_YAML_NODES nodes: aliases expand here as they would in the data, so a small file can stand for billions."""
+    MAX_YAML_NODES nodes or MAX_YAML_DEPTH levels: aliases expand here as they would in the data, so a small file can
+    stand for billions of nodes, or for nesting deep enough to exhaust the recursion of this walk and the constructor."""
     parsed.lines[path] = line
     parsed.nodes += 1
     if parsed.nodes > limits.MAX_YAML_NODES:
@@ -277,6 +278,9 @@ def _index(node: yaml.Node, path: KeyPath, line: int, parsed: _Parsed, ancestors
         raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
     if id(node) in ancestors:  # a recursive alias (`&a [*a]`) would never end
         return
+    if len(path) >= limits.MAX_YAML_DEPTH:  # `&b [[*a]]` is two levels deeper than `a`: a chain of them, without end
+        problem = f"nested deeper than {limits.MAX_YAML_DEPTH} levels once aliases are expanded"
+        raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
     ancestors = ancestors | {id(node)}
     if isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):

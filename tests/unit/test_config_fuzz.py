@@ -219,6 +219,7 @@ def test_fuzz_profiles_answer_with_a_profile_or_one_line_errors(tree: Path, data
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(BOMBS)
+@example(alias_chain(60, 30))  # 30 levels as written, 1800 once expanded: RecursionError
 def test_fuzz_hostile_yaml_is_refused_in_bounded_time_and_memory(tree: Path, text: str) -> None:
     path = tree / "config" / "bomb.yaml"
     path.write_text(text)
