@@ -6,6 +6,7 @@ exits 0 or 2, never with a traceback."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,8 @@ HYOPS_DAEMON = Path(sys.executable).parent / "hyops-daemon"
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 PROFILES = sorted([*(REPO / "policies").rglob("*.yaml"), *(REPO / "simulations" / "profiles").glob("*.yaml")])
 SECONDS = 5.0  # per example; the slowest takes ~0.5 s, more when the machine is busy
-BOMB_SECONDS = 10.0  # a file of MAX_YAML_NODES nodes takes ~3 s to compose in pure Python
-BOMB_MEGABYTES = 128
+BOMB_SECONDS = 10.0  # tracemalloc slows PyYAML ~5x
+BOMB_MEGABYTES = 32  # traced; the alias bombs peak at a few MB
 
 # ------------------------------------------------------------------------------------------ arbitrary YAML
 
@@ -239,3 +240,32 @@ def test_fuzz_the_cli_exits_0_or_2_without_a_traceback(tree: Path, data: bytes) 
     assert done.returncode in {0, 2}, out + err
     assert "Traceback" not in out + err
     assert out.strip() or err.strip()
+
+
+# The CLI measures its own peak RSS: tracemalloc would slow composing these ~5x. check-config on demo.yaml: ~40 MB.
+MEASURED = """
+import resource, sys
+from hybridops_daemon.cli.daemon_cli import main
+code = main(["check-config", sys.argv[1]])
+print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["node: [" + "a, " * 349_000 + "]\n", "- a\n" * 250_000],
+    ids=["flow-list", "block-list"],
+)
+def test_a_file_of_the_most_nodes_is_refused_in_seconds_and_bounded_memory(tree: Path, text: str) -> None:
+    """Nodes are counted as they are composed: the 1 MiB list was composed whole first (60 s, 300 MB)."""
+    path = tree / "config" / "wide.yaml"
+    path.write_text(text)
+    assert len(text) < limits.MAX_CONFIG_BYTES
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", MEASURED, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    peak = int(done.stderr.split("peak RSS ")[1].split()[0])
+    assert peak < 160, done.stderr  # it was 261 MB
+    assert time.monotonic() - began < BOMB_SECONDS
+    assert done.returncode == 2
+    assert re.fullmatch(rf"{re.escape(str(path))}:\d+: invalid YAML: more than {limits.MAX_YAML_NODES} nodes\n", done.stdout)
