@@ -53,7 +53,9 @@ class ConfigError:
 
     def __str__(self) -> str:
         where = _display(self.file) if self.line is None else f"{_display(self.file)}:{self.line}"
-        return f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        # YAML's "\ud800" is a lone surrogate, which print() cannot encode: a profile path naming one was a traceback
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ConfigInvalid(Exception):

@@ -134,7 +134,7 @@ def mutated(draw: st.DrawFn, originals: list[Path]) -> bytes:
         at = draw(st.integers(0, len(lines) - 1))
         line = lines[at]
         key, colon, _ = line.partition(b":")
-        value = draw(st.sampled_from([b"", b"x" * 100_000, b"[]", b"{}", b"-1", b"1e400", b"~", b"*nope", b"!!int x"]))
+        value = draw(st.sampled_from([b"", b"x" * 100_000, b"[]", b"{}", b"-1", b"1e400", b"~", b"*nope", b"!!int x", b'"\\ud800"']))
         edit = draw(st.integers(0, 6))
         if edit == 0 and colon:
             lines[at] = key + b": " + value
@@ -180,6 +180,7 @@ def check(config: Path, within: float = SECONDS) -> list[ConfigError]:
         assert error.line is None or error.line >= 1
         rendered = str(error)
         assert "\n" not in rendered, rendered
+        rendered.encode()  # the CLI prints it as UTF-8
         assert rendered.startswith(str(error.file)) or error.file.name in rendered.split(" ")[0], rendered
     return errors
 
@@ -200,6 +201,7 @@ def peak_megabytes() -> Iterator[list[float]]:
 @example(b"node: edge01\nstate_dir: s\x00\n")  # a NUL: PyYAML's reader error named no line, and raised
 @example(b"node: !!int 0xZZ\nstate_dir: !!bool maybe\ntick: 2001-13-45\npeer: " + b"9" * 5000)  # conversions raised
 @example(b"node: edge01\nstate_dir: s\nlanes: {prod: {profile: " + b"x" * 5000 + b"}}\n")  # stat: name too long
+@example(b'node: edge01\nstate_dir: s\nlanes: {prod: {profile: "\\ud800"}}\n')  # a surrogate: print() raised
 def test_fuzz_check_config_answers_with_a_config_or_one_line_errors(tree: Path, data: bytes) -> None:
     path = tree / "config" / "fuzzed.yaml"
     path.write_bytes(data)
