@@ -35,13 +35,52 @@ BOMB_MEGABYTES = 32  # traced; the alias bombs peak at a few MB
 
 ODD_SCALARS = st.sampled_from(
     [
-        "~", "null", "yes", "off", ".nan", "-.inf", "1e400", "0x_1F", "0o17", "0b101", "1_000", "190:20:30", "-0",
-        "2001-12-14t21:59:43.10-05:00", "2001-13-45", "2001-02-30 25:61:61", "!!binary aGVsbG8=", "!!binary ?!",
-        "!!python/object:os.system x", "!!python/name:os.system", "!!bool maybe", "!!int abc", "!!int 0xZZ",
-        "!!float x", "!!timestamp nope", "!!null x", "!!set {a, b}", "!!omap [a: 1]", "!!omap [a]", "!!pairs [[a]]",
-        "!!str 1", "!custom x", "!!merge x", "<<", "'it''s'", '"\\x00\\uD800\\U0010FFFF"', '"\\e\\N\\_"', "|\n  lit",
-        "? complex\n: key", "@reserved", "`tick", "&", "*", "*undefined", "!<tag:yaml.org,2002:int> 1",
-    ]  # fmt: skip
+        "~",
+        "null",
+        "yes",
+        "off",
+        ".nan",
+        "-.inf",
+        "1e400",
+        "0x_1F",
+        "0o17",
+        "0b101",
+        "1_000",
+        "190:20:30",
+        "-0",
+        "2001-12-14t21:59:43.10-05:00",
+        "2001-13-45",
+        "2001-02-30 25:61:61",
+        "!!binary aGVsbG8=",
+        "!!binary ?!",
+        "!!python/object:os.system x",
+        "!!python/name:os.system",
+        "!!bool maybe",
+        "!!int abc",
+        "!!int 0xZZ",
+        "!!float x",
+        "!!timestamp nope",
+        "!!null x",
+        "!!set {a, b}",
+        "!!omap [a: 1]",
+        "!!omap [a]",
+        "!!pairs [[a]]",
+        "!!str 1",
+        "!custom x",
+        "!!merge x",
+        "<<",
+        "'it''s'",
+        '"\\x00\\uD800\\U0010FFFF"',
+        '"\\e\\N\\_"',
+        "|\n  lit",
+        "? complex\n: key",
+        "@reserved",
+        "`tick",
+        "&",
+        "*",
+        "*undefined",
+        "!<tag:yaml.org,2002:int> 1",
+    ]
 )
 HUGE_NUMBERS = st.builds(
     lambda digits, n, fraction: digits * n + fraction,
@@ -134,7 +173,9 @@ def mutated(draw: st.DrawFn, originals: list[Path]) -> bytes:
         at = draw(st.integers(0, len(lines) - 1))
         line = lines[at]
         key, colon, _ = line.partition(b":")
-        value = draw(st.sampled_from([b"", b"x" * 100_000, b"[]", b"{}", b"-1", b"1e400", b"~", b"*nope", b"!!int x", b'"\\ud800"']))
+        value = draw(
+            st.sampled_from([b"", b"x" * 100_000, b"[]", b"{}", b"-1", b"1e400", b"~", b"*nope", b"!!int x", b'"\\ud800"'])
+        )
         edit = draw(st.integers(0, 6))
         if edit == 0 and colon:
             lines[at] = key + b": " + value
