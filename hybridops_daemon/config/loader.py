@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args,
 
 import yaml
 import yaml.composer
+import yaml.constructor
+import yaml.reader
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
@@ -50,7 +53,9 @@ class ConfigError:
 
     def __str__(self) -> str:
         where = _display(self.file) if self.line is None else f"{_display(self.file)}:{self.line}"
-        return f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        # YAML's "\ud800" is a lone surrogate, which print() cannot encode: a profile path naming one was a traceback
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ConfigInvalid(Exception):
@@ -84,11 +89,11 @@ def check_config(
     """
     config, parsed, errors = _check_daemon_config(path)
     lanes = {name: lane.profile for name, lane in config.lanes.items()} if config else _raw_lane_profiles(parsed)
-    found = {lane: profile_path for lane, profile_path in lanes.items() if profile_path.is_file()}
+    unreadable = {lane: problem for lane, profile_path in lanes.items() if (problem := _not_a_file(profile_path))}
+    found = {lane: profile_path for lane, profile_path in lanes.items() if lane not in unreadable}
     missing = [
-        parsed.error(("lanes", lane, "profile"), f"profile {_not_a_file(profile_path)}: {_display(profile_path)}")
-        for lane, profile_path in lanes.items()
-        if lane not in found
+        parsed.error(("lanes", lane, "profile"), f"profile {problem}: {_display(lanes[lane])}")
+        for lane, problem in unreadable.items()
     ]
     errors = _by_line(errors + missing)  # the daemon config's errors first, then each profile's
     checked: dict[Path, Profile | None] = {}  # lanes sharing a profile file report its errors once
@@ -168,17 +173,25 @@ class _Parsed:
         return line
 
 
-def _not_a_file(path: Path) -> str:
-    """Why ``path`` cannot be read as a config file: a device like /dev/zero would be read forever."""
-    if path.is_dir():
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a config file (a device like /dev/zero would be read forever), or None.
+
+    By stat, not Path.is_file(): that raises for a name too long or a folder it may not search."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the name
+        return "file not found"
+    except OSError as exc:
+        return f"cannot read file: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
         return "is a directory, not a file"
-    return "file not found" if not path.exists() else "is not a regular file (a device or a pipe?)"
+    return None if stat.S_ISREG(mode) else "is not a regular file (a device or a pipe?)"
 
 
 def _parse(file: Path) -> _Parsed:
     parsed = _Parsed(file)
-    if not file.is_file():
-        parsed.errors.append(ConfigError(file, None, "", _not_a_file(file)))
+    if problem := _not_a_file(file):
+        parsed.errors.append(ConfigError(file, None, "", problem))
         return parsed
     try:
         with file.open("rb") as handle:
@@ -196,7 +209,13 @@ def _parse(file: Path) -> _Parsed:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         parsed.errors.append(ConfigError(file, None, "", f"cannot read file: {reason}"))
         return parsed
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # refuses control characters (NUL, ...) here, before parsing a line
+    except yaml.reader.ReaderError as exc:  # its text would name "<unicode string>" and an offset, not a line
+        line = text.count("\n", 0, exc.position) + 1
+        message = f"invalid YAML: unacceptable character #x{exc.character:04x}: {exc.reason}"
+        parsed.errors.append(ConfigError(file, line, "", message))
+        return parsed
     try:
         root = loader.get_single_node()
         if root is None:
@@ -216,13 +235,15 @@ def _parse(file: Path) -> _Parsed:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with bounds on nesting and aliases, checked as the document is composed: its composer
-    recurses once per level (a deep file would raise RecursionError), and aliases multiply what they reference."""
+    """PyYAML's safe loader with bounds on nesting, aliases and nodes, checked as the document is composed: its
+    composer recurses once per level (a deep file would raise RecursionError), aliases multiply what they reference,
+    and a 1 MiB list of 350k items would take a minute and 300 MB to compose before _index counted them."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
         self._aliases = 0
+        self._nodes = 0  # as written, an alias one: never more than _index counts with aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
@@ -230,6 +251,9 @@ class _BoundedLoader(yaml.SafeLoader):
             self._aliases += 1
             if self._aliases > limits.MAX_YAML_ALIASES:
                 raise yaml.composer.ComposerError(None, None, f"more than {limits.MAX_YAML_ALIASES} aliases", mark)
+        self._nodes += 1
+        if self._nodes > limits.MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"more than {limits.MAX_YAML_NODES} nodes", mark)
         self._depth += 1
         try:
             if self._depth > limits.MAX_YAML_DEPTH:
@@ -238,10 +262,22 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """PyYAML's safe constructors convert with int(), datetime(), a dict lookup: `!!int x`, `!!bool maybe`,
+        `2001-13-45` or a 5000-digit number raise what the conversion raises. Here that is a YAML error at the node."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
+            kind = node.tag.removeprefix("tag:yaml.org,2002:")
+            value = node.value if isinstance(node.value, str) else ""
+            shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}… ({len(value)} characters)"
+            raise yaml.constructor.ConstructorError(None, None, f"not a valid {kind}: {shown}", node.start_mark) from exc
+
 
 def _index(node: yaml.Node, path: KeyPath, line: int, parsed: _Parsed, ancestors: set[int]) -> None:
     """Record the line of every key path under ``node`` and report duplicate keys. Raises ComposerError past
-    MAX_YAML_NODES nodes: aliases expand here as they would in the data, so a small file can stand for billions."""
+    MAX_YAML_NODES nodes or MAX_YAML_DEPTH levels: aliases expand here as they would in the data, so a small file can
+    stand for billions of nodes, or for nesting deep enough to exhaust the recursion of this walk and the constructor."""
     parsed.lines[path] = line
     parsed.nodes += 1
     if parsed.nodes > limits.MAX_YAML_NODES:
@@ -249,6 +285,9 @@ def _index(node: yaml.Node, path: KeyPath, line: int, parsed: _Parsed, ancestors
         raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
     if id(node) in ancestors:  # a recursive alias (`&a [*a]`) would never end
         return
+    if len(path) >= limits.MAX_YAML_DEPTH:  # `&b [[*a]]` is two levels deeper than `a`: a chain of them, without end
+        problem = f"nested deeper than {limits.MAX_YAML_DEPTH} levels once aliases are expanded"
+        raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
     ancestors = ancestors | {id(node)}
     if isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
