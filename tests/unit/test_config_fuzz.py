@@ -286,11 +286,15 @@ def test_fuzz_the_cli_exits_0_or_2_without_a_traceback(tree: Path, data: bytes) 
 
 
 # The CLI measures its own peak RSS: tracemalloc would slow composing these ~5x. check-config on demo.yaml: ~40 MB.
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec, so a child spawned by a large pytest process
+# would report pytest's own peak (measured: 173 MB in a full run for a 98 MB check).
 MEASURED = """
-import resource, sys
+import re, sys
+from pathlib import Path
 from hybridops_daemon.cli.daemon_cli import main
 code = main(["check-config", sys.argv[1]])
-print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB", file=sys.stderr)
+hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+print(f"peak RSS {hwm // 1024} MB", file=sys.stderr)
 sys.exit(code)
 """
 
