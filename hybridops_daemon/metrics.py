@@ -188,6 +188,27 @@ class Metrics:
             ["lane"],
             registry=self.registry,
         )
+        self._step_ready = Gauge(
+            "hybridops_step_ready",
+            "The step's last preflight: 1 ready, 0 not ready, -1 not checked (its driver has no preflight).",
+            ["lane", "chain", "step"],
+            registry=self.registry,
+        )
+        self._readiness_checked = Gauge(
+            "hybridops_readiness_checked_timestamp_seconds",
+            "When the lane's preflights last ran (epoch seconds).",
+            ["lane"],
+            registry=self.registry,
+        )
+        self._lag = {
+            name: Gauge(
+                f"hybridops_{name}",
+                f"The database step's replica lag ({unit}) at its last preflight: the recovery point a cutover would give.",
+                ["lane", "chain", "step"],
+                registry=self.registry,
+            )
+            for name, unit in (("replica_lag_bytes", "bytes"), ("replica_lag_seconds", "seconds"))
+        }
         self._leader = Gauge("hybridops_leader", "1 while this node holds the lane's lease.", ["lane"], registry=self.registry)
         self._fencing_token = Gauge(
             "hybridops_fencing_token",
@@ -234,6 +255,16 @@ class Metrics:
         self._stranded.labels(lane).set(1.0 if stranded else 0.0)
         if outside_seconds > 0:
             self._outside.labels(lane).inc(outside_seconds)
+
+    def step_ready(self, lane: str, chain: str, step: str, state: str, measured: Mapping[str, float]) -> None:
+        """A step's preflight answered ``state`` (ready / not ready / not checked); ``measured`` may hold its lag."""
+        self._step_ready.labels(lane, chain, step).set({"ready": 1.0, "not ready": 0.0}.get(state, -1.0))
+        for name, gauge in self._lag.items():
+            if name in measured:
+                gauge.labels(lane, chain, step).set(measured[name])
+
+    def readiness_checked(self, lane: str, at: float) -> None:
+        self._readiness_checked.labels(lane).set(at)
 
     def step(self, lane: str, step: str, outcome: StepOutcome, seconds: float) -> None:
         self._step_seconds.labels(lane, step, outcome).observe(seconds)

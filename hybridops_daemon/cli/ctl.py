@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     command("failback", _submitter("failback"), "fail a lane back to the primary side").add_argument("--lane", required=True)
     command("pause", _submitter("pause"), "stop automatic decisions (one lane, or all)").add_argument("--lane")
     command("resume", _submitter("resume"), "resume automatic decisions (one lane, or all)").add_argument("--lane")
+    command("ready", _ready, "run the lanes' preflights now: is the cutover path ready?").add_argument("--lane")
     teardown = command("teardown", _submitter("teardown"), "stop the capacity a failed run left running (failback chain)")
     teardown.add_argument("--lane", required=True)
     for name in ("approve", "reject"):
@@ -213,6 +214,13 @@ def _approval(cmd: str) -> Handler:
     return handler
 
 
+def _ready(ns: argparse.Namespace) -> int:
+    result = _request(ns, "ready", {"lane": ns.lane})
+    _emit(ns, result, lambda lanes: render_ready(lanes, time.time()))
+    broken = [s for lane in result for s in lane["steps"] if s.get("state") == "not ready"] if isinstance(result, list) else []
+    return EXIT_REFUSED if broken else EXIT_OK  # a script (or a cron job) sees a broken path
+
+
 def _abandon(ns: argparse.Namespace) -> int:
     result = _request(ns, "run_abandon", {"run_id": ns.run, "reason": ns.reason})
     _emit(ns, result, lambda r: f"run {r['run_id']} (lane {r.get('lane') or '-'}) ended as abandoned: record #{r['seq']}")
@@ -290,6 +298,8 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
         status = lane["status"] if not lane.get("paused_by") else f"{lane['status']} (by {lane['paused_by']})"
         if lane.get("capacity"):
             stranded.append(_stranded(lane["lane"], lane["capacity"], now))
+        for fault in (lane.get("readiness") or {}).get("not_ready", []):
+            stranded.append(f"{lane['lane']}: {lane['readiness']['chain']} step {fault['step']} not ready: {fault['reason']}")
         last = lane.get("last_decision")
         decision = f"{last['kind']} {_ago(last['at'], now)}: {_clip(last['reason'], _REASON_CHARS)}" if last else None
         leader = lane.get("leadership") or {}
@@ -299,9 +309,11 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
         elif leader.get("reason"):
             idle.append(f"{lane['lane']}: {situation}, not acting here: {leader['reason']}")
         since = _ago(lane.get("since"), now)
-        rows.append([lane["lane"], status, situation, since, lane.get("profile"), lane.get("active_run"), decision])
+        ready = (lane.get("readiness") or {}).get("summary")
+        rows.append([lane["lane"], status, situation, since, lane.get("profile"), lane.get("active_run"), ready, decision])
     if rows:
-        lines.append(format_table(["LANE", "STATUS", "LEADERSHIP", "SINCE", "PROFILE", "RUN", "LAST DECISION"], rows))
+        headers = ["LANE", "STATUS", "LEADERSHIP", "SINCE", "PROFILE", "RUN", "READINESS", "LAST DECISION"]
+        lines.append(format_table(headers, rows))
     else:
         lines.append("no lanes configured")
     lines += idle + stranded
@@ -335,6 +347,19 @@ def _stranded(lane: str, capacity: Mapping[str, Any], now: float) -> str:
         f"{capacity['left_by']}); teardown {when}, failed teardowns: {capacity['failed_teardowns']}"
         f"; hyopsctl teardown --lane {lane}"
     )
+
+
+def render_ready(lanes: Sequence[Mapping[str, Any]], now: float) -> str:
+    rows, notes = [], []
+    for lane in lanes:
+        if lane.get("skipped"):
+            notes.append(f"{lane['lane']}: not checked now: {lane['skipped']} (the last results follow)")
+        for step in lane["steps"]:
+            took = f"{step['duration_s']:.2f}s"
+            reason = _clip(step["reason"], 90)
+            rows.append([lane["lane"], step["chain"], step["step"], step["state"], _ago(step["checked_at"], now), took, reason])
+    table = format_table(["LANE", "CHAIN", "STEP", "STATE", "CHECKED", "TOOK", "REASON"], rows) if rows else "no steps checked"
+    return "\n".join([*notes, table])
 
 
 def render_submit(cmd: str, result: Mapping[str, Any]) -> str:

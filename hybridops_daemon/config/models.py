@@ -21,9 +21,18 @@ from hybridops_daemon.config.sources import Source
 from hybridops_daemon.drivers.declarations import LaneDrivers as LaneDrivers
 
 
+class ReadinessConfig(Strict):
+    """How often the lane's cutover and failback preflights run (jittered), and each step's time budget."""
+
+    enabled: bool = True
+    every: PositiveDuration = 300.0
+    timeout: PositiveDuration = 30.0
+
+
 class LaneConfig(Strict):
     profile: Path
     drivers: LaneDrivers = LaneDrivers()
+    readiness: ReadinessConfig = ReadinessConfig()
 
 
 class ControlConfig(Strict):

@@ -107,6 +107,15 @@ class DrillPolicy(Strict):
         return value
 
 
+class ReadinessPolicy(Strict):
+    """How the lane's readiness (its steps' preflights, as ``ready_<chain>_<step>`` signals) weighs on decisions."""
+
+    refuse_broken_cutover: bool = Field(
+        default=False, description="refuse an automatic cutover while a cutover step's preflight reports it not ready"
+    )
+    max_age: PositiveDuration = Field(default=900.0, description="older readiness is UNKNOWN, and UNKNOWN never blocks")
+
+
 class TeardownPolicy(Strict):
     """When a failed run may have left paid capacity running, its teardown (the failback chain) is retried on this
     schedule: ``retry_after`` after the failure, doubling per failed teardown up to ``retry_max``."""
@@ -156,6 +165,7 @@ class Profile(Strict):
     failback: FailbackPolicy = FailbackPolicy()
     drill: DrillPolicy = DrillPolicy()
     teardown: TeardownPolicy = TeardownPolicy()
+    readiness: ReadinessPolicy = ReadinessPolicy()
     approval_timeout: PositiveDuration = 3600.0
     cost: CostGuardrail | None = None
     chains: Chains

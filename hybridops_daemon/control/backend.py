@@ -13,7 +13,8 @@ from typing import Any
 from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
 from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
 from hybridops_daemon.daemon.housekeeping import RetentionHold
-from hybridops_daemon.daemon.lane import Lane
+from hybridops_daemon.daemon.lane import Lane, lane_document
+from hybridops_daemon.daemon.readiness import ON_DEMAND_BUDGET, Busy, Readiness
 from hybridops_daemon.journal.records import RUN_END, RUN_START
 from hybridops_daemon.journal.store import Journal, Record
 from hybridops_daemon.policy.types import Command, Decision
@@ -39,6 +40,7 @@ class DaemonBackend:
         clock: Callable[[], float],
         drills: Callable[[], DrillScheduler | None] = lambda: None,
         retention: RetentionHold | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self._node = node
         self._lease = lease
@@ -51,6 +53,7 @@ class DaemonBackend:
         self._drills = drills  # started after the control socket: a status call may come first
         self._verify_slots = asyncio.Semaphore(VERIFY_THREADS)
         self._retention = retention
+        self._readiness = readiness
 
     async def status(self) -> dict[str, Any]:
         drills = self._drills()
@@ -101,6 +104,26 @@ class DaemonBackend:
             },
             "decisions": [{"lane": d.lane, "kind": d.kind.value, "reason": d.reason} for d in decisions],
         }
+
+    async def ready(self, lane: str | None) -> list[dict[str, Any]]:
+        """Run the preflights now: per lane, its steps' readiness, or why none ran (a chain is running)."""
+        if lane is not None and lane not in self._lanes:
+            raise NotFound(f"no lane {lane!r}; lanes: {', '.join(self._lanes)}")
+        if self._readiness is None:
+            raise CommandRefused("readiness is not running yet")
+        checker = self._readiness
+        names = [lane] if lane is not None else list(self._lanes)
+
+        async def one(name: str) -> dict[str, Any]:
+            try:
+                results = await checker.check(name, ON_DEMAND_BUDGET)
+            except Busy as exc:
+                return {"lane": name, "skipped": str(exc), "steps": [r.document() for r in self._lanes[name].readiness.values()]}
+            return {"lane": name, "skipped": None, "steps": [r.document() for r in results]}
+
+        async with asyncio.TaskGroup() as group:  # the lanes' preflights side by side
+            tasks = [group.create_task(one(name)) for name in names]
+        return [task.result() for task in tasks]
 
     async def abandon(self, run_id: str, reason: str, actor: Actor) -> dict[str, Any]:
         if actor.uid not in (0, os.geteuid()):
@@ -186,6 +209,7 @@ def _lane_status(lane: Lane, next_drill: Any) -> dict[str, Any]:
     leadership = lane.leadership
     return {
         "capacity": _capacity(lane),
+        "readiness": lane_document(lane),
         "lane": lane.name,
         "status": lane.state.status.value,
         "since": lane.state.since,

@@ -108,6 +108,10 @@ class ResumeArgs(Args):
     lane: LaneName | None = None  # None: every lane
 
 
+class ReadyArgs(Args):
+    lane: LaneName | None = None  # None: every lane
+
+
 class TeardownArgs(Args):
     lane: LaneName
 
@@ -152,6 +156,7 @@ COMMANDS: Final[Mapping[str, type[Args]]] = {
     "pause": PauseArgs,
     "resume": ResumeArgs,
     "teardown": TeardownArgs,
+    "ready": ReadyArgs,
     "run_abandon": RunAbandonArgs,
     "approve": ApproveArgs,
     "reject": RejectArgs,

@@ -36,6 +36,7 @@ from hybridops_daemon.control.protocol import (
     JournalShowArgs,
     JournalVerifyArgs,
     PauseArgs,
+    ReadyArgs,
     RejectArgs,
     Request,
     ResumeArgs,
@@ -93,6 +94,12 @@ class ControlBackend(Protocol):
         (the loop will act on it). A policy refusal is a decision of kind ``refuse``, not an exception; raise
         CommandRefused only when the intent itself cannot be recorded, NotFound for an unknown lane.
         """
+        ...
+
+    async def ready(self, lane: str | None) -> list[dict[str, Any]]:
+        """Run the preflights of one lane (or every lane) now, read-only: ``[{"lane", "skipped": why none ran (a
+        chain is running) | None, "steps": [{"chain", "step", "state": "ready"|"not ready"|"not checked", "reason",
+        "checked_at", "duration_s", "observed", "metrics"}]}]``. NotFound for an unknown lane."""
         ...
 
     async def abandon(self, run_id: str, reason: str, actor: Actor) -> dict[str, Any]:
@@ -298,6 +305,8 @@ class ControlServer:
                 return await backend.submit("pause", lane, actor)
             case ResumeArgs(lane=lane):
                 return await backend.submit("resume", lane, actor)
+            case ReadyArgs(lane=lane):
+                return await backend.ready(lane)
             case TeardownArgs(lane=lane):
                 return await backend.submit("teardown", lane, actor)
             case RunAbandonArgs(run_id=run_id, reason=reason):

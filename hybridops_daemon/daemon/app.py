@@ -30,6 +30,7 @@ from hybridops_daemon.daemon.housekeeping import RetentionHold, keep_retention, 
 from hybridops_daemon.daemon.inbox import Inbox
 from hybridops_daemon.daemon.lane import Lane, status_line
 from hybridops_daemon.daemon.lifecycle import Watchdog, previous_stop_was_unclean, signal_flags
+from hybridops_daemon.daemon.readiness import Readiness
 from hybridops_daemon.daemon.sources import SourceSupervisor
 from hybridops_daemon.daemon.takeover import Takeover, restore_state
 from hybridops_daemon.drivers.registry import build_drivers
@@ -159,19 +160,8 @@ class Daemon:
             if self._stop_requested:  # a signal before the loop existed
                 loop.stop()
             drills: list[DrillScheduler] = []
-            retention = RetentionHold()
-            backend = DaemonBackend(
-                config.node,
-                config.lease.type,
-                self.lanes,
-                journal,
-                self.approvals,
-                self.sources.sources,
-                loop.submit,
-                self.clock,
-                lambda: drills[0] if drills else None,
-                retention,
-            )
+            retention, readiness = RetentionHold(), self._readiness(journal)
+            backend = self._backend(journal, loop, drills, retention, readiness)
             await stack.enter_async_context(ControlServer(config.socket_path, backend, group=config.control.group))
             if config.metrics is not None:
                 await stack.enter_async_context(MetricsServer(config.metrics, self.metrics))
@@ -196,6 +186,7 @@ class Daemon:
             if config.retention is not None:
                 housekeeping.append(group.create_task(keep_retention(journal, config.retention, self.clock, retention)))
             housekeeping.append(group.create_task(self.watchdog.run()))
+            housekeeping.append(group.create_task(readiness.run()))
             self.notifier.ready(status_line(self.lanes))
             log.info("daemon ready", node=config.node, lanes=list(self.lanes), socket=str(config.socket_path))
             reload = functools.partial(reload_profiles, self.path, config, self.lanes, drills[0], journal, self.clock)
@@ -203,6 +194,36 @@ class Daemon:
                 await loop.run(self.watchdog.tick(config.tick), self.watchdog.stamp, reload)
             finally:
                 await self._shutdown(journal, loop, chains, housekeeping, leaders)
+
+    def _readiness(self, journal: Journal) -> Readiness:
+        return Readiness(
+            self.config.node,
+            self.lanes,
+            {name: lane_config.readiness for name, lane_config in self.config.lanes.items()},
+            journal,
+            self.on_sample,
+            self.metrics,
+            self.redactor,
+            self.clock,
+            lambda: self.notifier.status(status_line(self.lanes)),
+        )
+
+    def _backend(
+        self, journal: Journal, loop: DecisionLoop, drills: list[DrillScheduler], retention: RetentionHold, readiness: Readiness
+    ) -> DaemonBackend:
+        return DaemonBackend(
+            self.config.node,
+            self.config.lease.type,
+            self.lanes,
+            journal,
+            self.approvals,
+            self.sources.sources,
+            loop.submit,
+            self.clock,
+            lambda: drills[0] if drills else None,  # started after the control socket: a status call may come first
+            retention,
+            readiness,
+        )
 
     async def _shutdown(
         self,

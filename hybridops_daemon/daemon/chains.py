@@ -49,6 +49,8 @@ class ChainSupervisor:
         self._spawn(lane, run_id, self._runner.resume(run_id))
 
     def _spawn(self, lane: Lane, run_id: str, work: Coroutine[Any, Any, ChainEvent]) -> None:
+        if lane.preflight is not None:  # never beside the lane's own chain (daemon/readiness.py)
+            lane.preflight.cancel()
         task = self._group.create_task(self._watch(lane.name, run_id, work))
         lane.chain, lane.chain_run = task, run_id
         self._tasks.add(task)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hybridops_daemon.chain.preflight import NOT_CHECKED, READY, StepReadiness
 from hybridops_daemon.chain.runner import RunSpec
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.drivers.base import Driver
@@ -128,6 +129,8 @@ class Lane:
     dirty: asyncio.Event = field(default_factory=asyncio.Event)  # the handover changed: publish it
     chain: asyncio.Task[None] | None = None
     chain_run: str | None = None  # the run ``chain`` works on
+    preflight: asyncio.Task[list[StepReadiness]] | None = None  # readiness checks under way: a chain start stops them
+    readiness: dict[tuple[str, str], StepReadiness] = field(default_factory=dict)  # (chain, step) → the last preflight
 
     @property
     def leads(self) -> bool:
@@ -189,5 +192,46 @@ class Lane:
 
 
 def status_line(lanes: Mapping[str, Lane]) -> str:
-    """sd_notify's STATUS: every lane's status in one line."""
-    return ", ".join(f"{name}: {lane.state.status.value}" for name, lane in lanes.items())
+    """sd_notify's STATUS: every lane's status, and its path's readiness once checked, in one line."""
+    parts = []
+    for name, lane in lanes.items():
+        path = path_summary(lane)
+        parts.append(f"{name}: {lane.state.status.value}" + (f", {path}" if path else ""))
+    return "; ".join(parts) if any(lane.readiness for lane in lanes.values()) else ", ".join(parts)
+
+
+def next_chain(lane: Lane) -> str:
+    """The chain the lane would run next: failback once it is on standby, cutover otherwise."""
+    status = lane.state.paused_from or lane.state.status
+    return "failback" if status.value in ("ON_STANDBY", "FAILING_BACK") else "cutover"
+
+
+def path_summary(lane: Lane) -> str:
+    return path_summary_of(lane, lane.readiness)
+
+
+def path_summary_of(lane: Lane, readiness: Mapping[tuple[str, str], StepReadiness]) -> str:
+    """"path ready", "path broken at database, dns", "path not checked", or "" before any preflight ran."""
+    chain = next_chain(lane)
+    steps = [result for (which, _), result in readiness.items() if which == chain]
+    if not steps:
+        return ""
+    broken = [result.step for result in steps if result.state not in (READY, NOT_CHECKED)]
+    if broken:
+        return f"path broken at {', '.join(broken)}"
+    return "path ready" if any(result.state == READY for result in steps) else "path not checked"
+
+
+def lane_document(lane: Lane) -> dict[str, Any] | None:
+    """The lane's readiness for ``status``: the next chain's summary, its faults, when it was checked."""
+    if not lane.readiness:
+        return None
+    chain = next_chain(lane)
+    steps = [result for (which, _), result in lane.readiness.items() if which == chain]
+    return {
+        "chain": chain,
+        "summary": path_summary(lane),
+        "checked_at": max((result.checked_at for result in steps), default=None),
+        "not_ready": [{"step": r.step, "reason": r.reason} for r in steps if r.state not in (READY, NOT_CHECKED)],
+        "not_checked": [r.step for r in steps if r.state == NOT_CHECKED],
+    }

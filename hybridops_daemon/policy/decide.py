@@ -19,6 +19,7 @@ from hybridops_daemon.config.profile import Profile, Rule
 from hybridops_daemon.durations import format_duration
 from hybridops_daemon.policy import teardown
 from hybridops_daemon.policy.compiled import CompiledProfile, compile_profile
+from hybridops_daemon.policy.readiness import broken_steps, described
 from hybridops_daemon.policy.rules import advance, evidence
 from hybridops_daemon.policy.types import (
     EMPTY_MEMORY,
@@ -58,7 +59,19 @@ _Fact = tuple[Rule, str, Sample | None, RuleMemory, bool, bool]  # rule, edge, r
 
 
 class _Evaluation:
-    __slots__ = ("_evidence", "clear", "corroborated", "degraded", "facts", "now", "plan", "state", "tripped_rules", "unknown")
+    __slots__ = (
+        "_evidence",
+        "clear",
+        "corroborated",
+        "degraded",
+        "facts",
+        "now",
+        "observation",
+        "plan",
+        "state",
+        "tripped_rules",
+        "unknown",
+    )
 
     def __init__(
         self,
@@ -71,6 +84,7 @@ class _Evaluation:
         unknown: tuple[str, ...],
         plan: CompiledProfile,
         now: float,
+        observation: Observation,
     ) -> None:
         self.state = state
         self.facts = facts
@@ -80,6 +94,7 @@ class _Evaluation:
         self.clear = clear
         self.unknown = unknown
         self.plan = plan  # the compiled profile: the outcomes read its timers
+        self.observation = observation  # the outcomes read the chain's readiness from it
         self.now = now
         self._evidence: tuple[RuleEvidence, ...] | None = None
 
@@ -153,7 +168,7 @@ def _evaluate(state: LaneState, observation: Observation, plan: CompiledProfile,
     clear_since = (state.clear_since if state.clear_since is not None else now) if clear and plan.rules else None
     if changed is not None or clear_since != state.clear_since:
         state = state.evolved(MappingProxyType(changed) if changed is not None else state.rules, clear_since)
-    return _Evaluation(state, facts, tuple(tripped_rules), corroborated, degraded, clear, tuple(unknown), plan, now)
+    return _Evaluation(state, facts, tuple(tripped_rules), corroborated, degraded, clear, tuple(unknown), plan, now, observation)
 
 
 # ------------------------------------------------------------------------------------------------ outcomes
@@ -215,6 +230,11 @@ def _tripped_summary(evaluation: _Evaluation) -> str:
         if item.tripped and item.rule in evaluation.tripped_rules:
             parts.append(f"{item.rule}@{item.edge} ({item.signal}={_shown(item)}, {item.consecutive} in a row)")
     return ", ".join(parts)
+
+
+def _broken_path(evaluation: _Evaluation, now: float) -> list[tuple[str, str]]:
+    observation = evaluation.observation
+    return broken_steps(observation.readings, observation.self_edge, evaluation.plan.profile, "cutover", now)
 
 
 def _guardrail(state: LaneState, plan: CompiledProfile, now: float) -> tuple[str, str] | None:
@@ -320,6 +340,9 @@ def _breaching_summary(evaluation: _Evaluation) -> str:
 def _automatic_cutover(state: LaneState, evaluation: _Evaluation, now: float) -> tuple[Decision, LaneState]:
     plan = evaluation.plan
     blocked = _guardrail(state, plan, now)
+    if blocked is None and plan.profile.readiness.refuse_broken_cutover and (broken := _broken_path(evaluation, now)):
+        # A half-done cutover is worse than none; an UNKNOWN (stale) readiness never gets here.
+        blocked = "path", f"the cutover path is reported broken at {described(broken)}"
     tripped = _tripped_summary(evaluation)
     if blocked is not None:
         code, why = blocked
@@ -434,6 +457,8 @@ def _on_intent(
         reason = f"cutover forced by {intent.actor} (run {after.active_run})"
         if overridden is not None:
             reason += f"; overrides: {overridden[1]}"
+        if broken := _broken_path(evaluation, now):
+            reason += f"; runs against a path reported broken at {described(broken)}"
         return _decision(K.CUTOVER, state, after, reason, evaluation, now, chain="cutover", intent=intent)
     # FAILBACK
     if status is not S.ON_STANDBY:

@@ -16,3 +16,4 @@ class Sample(NamedTuple):
     observed_at: float
     source: str
     edge: str
+    detail: str | None = None  # words beside the number, where a source has them (a preflight's reason)

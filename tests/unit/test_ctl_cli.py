@@ -31,8 +31,8 @@ async def test_status_prints_a_lane_table_and_pending_approvals(served: Path, ca
     assert await ctl("--socket", str(served), "status") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "node edge01 (lease: etcd)"
-    assert re.match(r"LANE +STATUS +LEADERSHIP +SINCE +PROFILE +RUN +LAST DECISION$", lines[1])
-    assert re.match(r"prod +PRIMARY +leading \(token 7\) +\S+ ago +prod@v3 +- +hold \S+ ago: all signals healthy$", lines[2])
+    assert re.match(r"LANE +STATUS +LEADERSHIP +SINCE +PROFILE +RUN +READINESS +LAST DECISION$", lines[1])
+    assert re.match(r"prod +PRIMARY +leading \(token 7\) +\S+ ago +prod@v3 +- +- +hold \S+ ago: all signals healthy$", lines[2])
     assert re.match(r"drill +PAUSED \(by uid=0\(root\) pid=4242\) +no quorum +", lines[3])
     # Why a lane is not acted on here is spelled out, not left to a column.
     assert lines[4] == "drill: no quorum, not acting here: cannot campaign: no answer from etcd within 1s (no quorum?)"
