@@ -161,9 +161,7 @@ class ControlServer:
                     os.chown(self._path, -1, gid)  # skipped when it already has the group: the unit's seccomp allows no chown
             except OSError as exc:
                 raise ControlSocketError(f"cannot set up the control socket {self._path}: {exc.strerror or exc}") from exc
-            self._server = await asyncio.start_unix_server(
-                self._on_connect, sock=sock, limit=MAX_REQUEST_BYTES, backlog=_BACKLOG
-            )
+            self._server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=MAX_REQUEST_BYTES, backlog=_BACKLOG)
         except BaseException:
             sock.close()
             self._unlink()
@@ -215,8 +213,9 @@ class ControlServer:
             reply = await self._answer(reader, writer)
             if reply is not None:
                 writer.write(reply)
-                async with asyncio.timeout(_IO_TIMEOUT_S):
-                    await writer.drain()
+                if writer.transport.get_write_buffer_size():  # a reply the socket took whole needs no drain and no timer
+                    async with asyncio.timeout(_IO_TIMEOUT_S):
+                        await writer.drain()
         except (ConnectionError, TimeoutError) as exc:
             _log.debug("control client went away", error=repr(exc))
         except Exception:
