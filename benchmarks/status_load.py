@@ -1,12 +1,16 @@
 """`status` under load: N clients at once ask a real daemon (a subprocess on the demo's embedded defaults) for its
-status over the control socket, as `hyopsctl status` does, round after round; latency from connect to the reply.
+status over the control socket, round after round; latency from connect to the reply, and the server's CPU time per
+request. The clients are plain non-blocking sockets in one selector loop by default, so little of the figure is
+theirs; ``--client hyopsctl`` uses hyopsctl's asyncio client instead (500 of them in this one process).
 
 Printed beside the floor it cannot beat, measured the same way in the same run: a bare asyncio Unix-socket server (a
 subprocess too) that answers every request line with a canned reply of the same size, no parsing, no backend.
+When every client asks at once, the last answer waits for all the others': p99 is about N times the server's CPU per
+request, so the bare server's CPU column says what this machine allows.
 Aim (issue #19): p99 under 50 ms with 500 concurrent clients. ``--also-tree DIR`` measures a daemon run from another
 checkout too (e.g. the commit before a change), interleaved in the same run, with this checkout's client.
 
-    python -m benchmarks.status_load [--clients 500] [--rounds 5] [--also-tree DIR]
+    python -m benchmarks.status_load [--clients 500] [--rounds 5] [--also-tree DIR] [--client raw|hyopsctl]
 """
 
 from __future__ import annotations
