@@ -5,8 +5,8 @@ theirs; ``--client hyopsctl`` uses hyopsctl's asyncio client instead (500 of the
 
 Printed beside the floor it cannot beat, measured the same way in the same run: a bare asyncio Unix-socket server (a
 subprocess too) that answers every request line with a canned reply of the same size, no parsing, no backend.
-When every client asks at once, the last answer waits for all the others': p99 is about N times the server's CPU per
-request, so the bare server's CPU column says what this machine allows.
+When every client asks at once, the last answer waits for all the others': p99 is N times the server's CPU per
+request at the least, so the bare server's CPU column says what this machine allows.
 Aim (issue #19): p99 under 50 ms with 500 concurrent clients. ``--also-tree DIR`` measures a daemon run from another
 checkout too (e.g. the commit before a change), interleaved in the same run, with this checkout's client.
 
