@@ -56,6 +56,9 @@ READ_TIMEOUT_S = 5.0  # a client that connects must send its line promptly; a st
 _IO_TIMEOUT_S = 5.0  # writing the reply, closing, probing an existing socket
 _USER_LOOKUP_TIMEOUT_S = 2.0  # NSS may be LDAP/sssd; a slow lookup falls back to the uid number
 _SHUTDOWN_GRACE_S = 5.0  # in-flight requests get this long to finish on exit before they are cancelled
+# asyncio's default of 100 makes a burst of clients (monitoring polling status from many hosts' agents at once) get
+# EAGAIN and back off for 10 ms and more; the kernel caps this at net.core.somaxconn
+_BACKLOG = 1024
 _INTERNAL_MESSAGE = "internal error in the daemon; see its log"
 
 
@@ -175,7 +178,7 @@ class ControlServer:
                     os.chown(self._path, -1, gid)  # skipped when it already has the group: the unit's seccomp allows no chown
             except OSError as exc:
                 raise ControlSocketError(f"cannot set up the control socket {self._path}: {exc.strerror or exc}") from exc
-            self._server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=MAX_REQUEST_BYTES)
+            self._server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=MAX_REQUEST_BYTES, backlog=_BACKLOG)
         except BaseException:
             sock.close()
             self._unlink()
@@ -227,8 +230,9 @@ class ControlServer:
             reply = await self._answer(reader, writer)
             if reply is not None:
                 writer.write(reply)
-                async with asyncio.timeout(_IO_TIMEOUT_S):
-                    await writer.drain()
+                if writer.transport.get_write_buffer_size():  # a reply the socket took whole needs no drain and no timer
+                    async with asyncio.timeout(_IO_TIMEOUT_S):
+                        await writer.drain()
         except (ConnectionError, TimeoutError) as exc:
             _log.debug("control client went away", error=repr(exc))
         except Exception:
@@ -264,10 +268,18 @@ class ControlServer:
         log = _log.bind(cmd=request.cmd)
         deadline = asyncio.timeout(self._request_timeout)
         try:
-            actor = await _actor(writer)
-            log = log.bind(actor=str(actor))
+            if request.cmd in MUTATING:
+                actor = await _actor(writer)
+                log = log.bind(actor=str(actor))
+                call = self._mutate(request.args, actor)
+            else:
+                # a read's actor only reaches the log: the kernel's word will do, without the user name's NSS lookup
+                # and its hop to a thread, which a burst of status polls would queue behind the executor
+                pid, uid, _ = peer_credentials(writer.get_extra_info("socket"))
+                log = log.bind(actor=f"uid={uid} pid={pid}")
+                call = self._read(request.args)
             async with deadline:
-                result = await self._call(request.args, actor)
+                result = await call
             reply = encode_result(result)
         except ControlError as exc:
             log.info("control request refused", code=exc.code.value, error=str(exc))
@@ -290,11 +302,22 @@ class ControlServer:
         (log.info if request.cmd in MUTATING else log.debug)("control request done")
         return reply
 
-    async def _call(self, args: Args, actor: Actor) -> Any:
+    async def _read(self, args: Args) -> Any:
         backend = self._backend
         match args:
             case StatusArgs():
                 return await backend.status()
+            case JournalListArgs(lane=lane, limit=limit):
+                return await backend.journal_list(lane, limit)
+            case JournalShowArgs(run_id=run_id) | JournalRunRecordsArgs(run_id=run_id):
+                return await backend.journal_show(run_id)
+            case JournalVerifyArgs():
+                return await backend.journal_verify()
+        raise AssertionError(f"no backend read for {type(args).__name__}")
+
+    async def _mutate(self, args: Args, actor: Actor) -> Any:
+        backend = self._backend
+        match args:
             case DrillArgs(lane=lane):
                 return await backend.submit("drill", lane, actor)
             case CutoverArgs(lane=lane):
@@ -315,12 +338,6 @@ class ControlServer:
                 return await backend.approval(run_id, step, True, actor)
             case RejectArgs(run_id=run_id, step=step):
                 return await backend.approval(run_id, step, False, actor)
-            case JournalListArgs(lane=lane, limit=limit):
-                return await backend.journal_list(lane, limit)
-            case JournalShowArgs(run_id=run_id) | JournalRunRecordsArgs(run_id=run_id):
-                return await backend.journal_show(run_id)
-            case JournalVerifyArgs():
-                return await backend.journal_verify()
         raise AssertionError(f"no backend call for {type(args).__name__}")
 
 

@@ -221,6 +221,27 @@ async def test_the_backend_sees_the_kernel_verified_actor(server: ControlServer,
     assert str(actor) == f"uid={os.getuid()}({actor.user}) pid={os.getpid()}"
 
 
+async def test_only_commands_that_change_something_look_the_user_up(
+    server: ControlServer, backend: RecordingBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read's actor only reaches the log; the NSS lookup (a thread hop each) would queue a burst of status polls."""
+    looked_up: list[int] = []
+
+    def user_name(uid: int) -> str:
+        looked_up.append(uid)
+        return "someone"
+
+    monkeypatch.setattr(server_module, "user_name", user_name)
+    with structlog.testing.capture_logs() as logs:
+        assert await request(server.path, "status", {}) == STATUS
+    assert looked_up == []
+    (done,) = [entry for entry in logs if entry["event"] == "control request done"]
+    assert done["actor"] == f"uid={os.getuid()} pid={os.getpid()}"
+    await request(server.path, "drill", {"lane": "drill"})
+    assert looked_up == [os.getuid()]
+    assert backend.actors[-1].user == "someone"
+
+
 def test_submit_commands_are_the_policy_commands() -> None:
     """The server passes command names as strings; they must stay the ones the daemon's policy knows."""
     assert {"drill", "cutover", "failback", "pause", "resume", "teardown"} == {c.value for c in Command}
