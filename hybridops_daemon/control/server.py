@@ -313,6 +313,8 @@ class ControlServer:
                 return await backend.journal_show(run_id)
             case JournalVerifyArgs():
                 return await backend.journal_verify()
+            case ReadyArgs(lane=lane):  # runs the preflights, which only read
+                return await backend.ready(lane)
         raise AssertionError(f"no backend read for {type(args).__name__}")
 
     async def _mutate(self, args: Args, actor: Actor) -> Any:
@@ -328,8 +330,6 @@ class ControlServer:
                 return await backend.submit("pause", lane, actor)
             case ResumeArgs(lane=lane):
                 return await backend.submit("resume", lane, actor)
-            case ReadyArgs(lane=lane):
-                return await backend.ready(lane)
             case TeardownArgs(lane=lane):
                 return await backend.submit("teardown", lane, actor)
             case RunAbandonArgs(run_id=run_id, reason=reason):

@@ -21,7 +21,7 @@ import structlog
 
 from hybridops_daemon.control import server as server_module
 from hybridops_daemon.control.client import DaemonNotRunning, DaemonRefused, DaemonTimeout, request
-from hybridops_daemon.control.protocol import MAX_REQUEST_BYTES, Actor, CommandRefused, NotFound
+from hybridops_daemon.control.protocol import COMMANDS, MAX_REQUEST_BYTES, Actor, CommandRefused, NotFound
 from hybridops_daemon.control.server import ControlServer, ControlSocketError
 from hybridops_daemon.policy.types import Command
 
@@ -153,6 +153,15 @@ class RecordingBackend:
         await self._called("journal_verify")
         return self.verify
 
+    async def ready(self, lane: str | None) -> list[dict[str, Any]]:
+        await self._called("ready", lane)
+        return [{"lane": lane or "prod", "skipped": None, "steps": []}]
+
+    async def abandon(self, run_id: str, reason: str, actor: Actor) -> dict[str, Any]:
+        self.actors.append(actor)
+        await self._called("abandon", run_id, reason)
+        return {"run_id": run_id, "lane": "gone", "seq": 7}
+
 
 def present(path: Path) -> bool:
     return os.path.lexists(path)
@@ -240,6 +249,34 @@ async def test_only_commands_that_change_something_look_the_user_up(
     await request(server.path, "drill", {"lane": "drill"})
     assert looked_up == [os.getuid()]
     assert backend.actors[-1].user == "someone"
+
+
+EXAMPLE_ARGS: dict[str, dict[str, Any]] = {
+    "status": {},
+    "drill": {"lane": "drill"},
+    "cutover": {"lane": "prod", "confirm": True},
+    "failback": {"lane": "prod"},
+    "pause": {},
+    "resume": {"lane": "prod"},
+    "teardown": {"lane": "drill"},
+    "ready": {},
+    "run_abandon": {"run_id": "gone-1", "reason": "lane removed"},
+    "approve": {"run_id": "r", "step": "s"},
+    "reject": {"run_id": "r", "step": "s"},
+    "journal_list": {},
+    "journal_show": {"run_id": "r"},
+    "journal_verify": {},
+    "journal_run_records": {"run_id": "r"},
+}
+
+
+async def test_every_command_reaches_the_backend(server: ControlServer, backend: RecordingBackend) -> None:
+    """A command the protocol accepts but the server does not route (a read routed as a change, say) answers
+    `internal`: each one is sent once and must get the backend's answer."""
+    assert set(EXAMPLE_ARGS) == set(COMMANDS)
+    for cmd, args in EXAMPLE_ARGS.items():
+        await request(server.path, cmd, args)
+    assert len(backend.calls) == len(COMMANDS)
 
 
 def test_submit_commands_are_the_policy_commands() -> None:
