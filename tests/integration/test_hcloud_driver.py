@@ -540,12 +540,14 @@ def preflight_step(target: str = "edge02", ip: str = IP) -> StepContext:
 async def readiness(fake: HcloudFake, driver: HcloudDriver, target: str = "edge02", ip: str = IP) -> Readiness:
     """The driver's preflight as its caller reads it (a DriverError is not ready, its text the reason), checked
     to have written nothing; the time it took is printed (``pytest -s``)."""
+    requests = sum(fake.all_calls().values())
     began = time.monotonic()
     try:
         answer = await driver.preflight(preflight_step(target, ip))
     except DriverError as exc:
         answer = Readiness(False, str(exc))
-    print(f"hcloud preflight ({answer.reason}): {time.monotonic() - began:.3f}s, {sum(fake.all_calls().values())} requests")
+    took, requests = time.monotonic() - began, sum(fake.all_calls().values()) - requests
+    print(f"hcloud preflight ({answer.reason}): {took:.3f}s, {requests} requests")
     assert fake.mutating_calls() == {}
     assert fake.actions_started("assign_floating_ip") == 0
     return answer
