@@ -53,6 +53,7 @@ from hybridops_daemon.drivers.base import (
     NotFound,
     ProbeResult,
     RateLimited,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -71,6 +72,11 @@ TARGET_STATUSES: Mapping[str, frozenset[str]] = {
     "stopped": frozenset({"TERMINATED", "STOPPED"}),
 }
 TRANSITIONAL = frozenset({"PROVISIONING", "STAGING", "STOPPING", "SUSPENDING", "REPAIRING"})
+# The statuses each verb acts on (a SUSPENDED instance can be stopped, not started: it must be resumed).
+ACTIONABLE: Mapping[str, frozenset[str]] = {
+    "start": frozenset({"TERMINATED", "STOPPED"}),
+    "stop": frozenset({"RUNNING", "SUSPENDED"}),
+}
 
 T = TypeVar("T")
 
@@ -135,6 +141,14 @@ def _observed(instance: compute_v1.Instance) -> dict[str, Any]:
 
 def _outputs(inputs: ComputeCapacity, instance: compute_v1.Instance) -> dict[str, Any]:
     return {"name": inputs.name, "state": inputs.state, **_observed(instance)}
+
+
+def _verb(state: str) -> str:
+    return "start" if state == "running" else "stop"
+
+
+def _suspended(name: str) -> str:
+    return f"gcp: instance {name} is SUSPENDED: resume it (not part of {MODULE}) before it can run"
 
 
 def _operation_errors(op: compute_v1.Operation) -> tuple[tuple[str, ...], str]:
@@ -220,6 +234,42 @@ class GcpDriver:
         result = await self._converge(inputs, opposite)
         return ApplyResult(log=tuple(f"compensation: {line}" for line in result.log), outputs=result.outputs)
 
+    async def preflight(self, step: StepContext) -> Readiness:
+        """Could apply() bring the instance to ``state`` now? Read-only: ``instances.get`` and, when there is
+        something to do, ``instances.testIamPermissions`` (a POST that changes nothing); no start, no stop.
+
+        Ready when the credentials are accepted, the instance exists and is already in the state, or is in a
+        status the verb acts on (TERMINATED to start; RUNNING or SUSPENDED to stop) and the credentials hold
+        its permission (``compute.instances.start``/``stop``). Not ready: a transitional status (apply() would
+        first wait it out), SUSPENDED for a start, a missing permission. ``observed``: the instance's status,
+        id, self link. Budget: 2 requests, each ≤ request_timeout. Raises as check() (a deleted instance:
+        NotFound; denied credentials: Refused, 403; refused ones: CredentialsUnavailable).
+        """
+        inputs = self._inputs(step)
+        instance = await self._get(inputs.name)
+        status, verb = _status(instance), _verb(inputs.state)
+        where = f"gcp: instance {inputs.name}"
+        observed = _observed(instance)
+        if status in TARGET_STATUSES[inputs.state]:
+            return Readiness(True, f"{where} is already {status}: nothing to {verb}", observed)
+        if status in TRANSITIONAL:
+            return Readiness(False, f"{where} is {status}, between states: not ready to {verb} until it settles", observed)
+        if verb == "start" and status == "SUSPENDED":
+            return Readiness(False, _suspended(inputs.name), observed)
+        if status not in ACTIONABLE[verb]:
+            return Readiness(False, f"{where} is {status}, a status {verb} cannot act on", observed)
+        permission = f"compute.instances.{verb}"
+        clients = await self._client()
+        held = await self._call(
+            f"instances.testIamPermissions {inputs.name}",
+            clients.instances.test_iam_permissions,
+            resource=inputs.name,
+            test_permissions_request_resource=compute_v1.TestPermissionsRequest(permissions=[permission]),
+        )
+        if permission not in held.permissions:
+            return Readiness(False, f"{where}: the credentials lack {permission}: a {verb} would be refused (403)", observed)
+        return Readiness(True, f"{where} is {status}: ready to {verb}", observed)
+
     # ------------------------------------------------------------------------------------------ internals
 
     @staticmethod
@@ -230,7 +280,7 @@ class GcpDriver:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.operation_timeout
         targets = TARGET_STATUSES[state]
-        verb = "start" if state == "running" else "stop"
+        verb = _verb(state)
         instance = await self._settled(inputs.name, deadline, f"before {verb}")
         before = _status(instance)
         if before in targets:
@@ -238,7 +288,7 @@ class GcpDriver:
                 log=(f"instance {inputs.name} already {before}: nothing to do",), outputs=_outputs(inputs, instance)
             )
         if verb == "start" and before == "SUSPENDED":
-            raise Refused(f"gcp: instance {inputs.name} is SUSPENDED: resume it (not part of {MODULE}) before it can run")
+            raise Refused(_suspended(inputs.name))
 
         clients = await self._client()
         call = clients.instances.start_unary if verb == "start" else clients.instances.stop_unary

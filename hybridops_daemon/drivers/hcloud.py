@@ -49,6 +49,7 @@ from hybridops_daemon.drivers.base import (
     NotFound,
     ProbeResult,
     RateLimited,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -161,6 +162,14 @@ def _what(inputs: FloatingIp) -> str:
     return f"floating IP {inputs.ip}"
 
 
+def _no_floating_ip(inputs: FloatingIp) -> str:
+    return f"hcloud: no floating IP {inputs.ip} in the token's project"
+
+
+def _no_server(inputs: FloatingIp) -> str:
+    return f"hcloud: no server named {inputs.target!r} in the token's project"
+
+
 def _covers(listed: str | None, wanted: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """An IPv4 floating IP is one address; an IPv6 one is a /64 network holding ``wanted``."""
     if not listed:
@@ -260,6 +269,20 @@ class HcloudDriver:
         observed = self._observed(inputs, fip_id, current, target_id, stamp)
         return ProbeResult(ok=ok, probe=PROBE, observed=observed, detail=detail)
 
+    async def preflight(self, step: StepContext) -> Readiness:
+        """Could the step succeed now? Read-only: GET requests only, nothing stamped, no action started.
+
+        Ready when the token is accepted, the floating IP and the target server exist, and, unless the IP already
+        is on the target (then apply() writes nothing), neither is locked: not the server (its ``locked`` flag)
+        nor the IP (an action still running on it); an assign would meet 423 ``locked`` either way. ``observed``
+        says where the IP points now (``server_id``, ``assigned_to``). Not checked: whether the token may write
+        (a read-only token passes; only a write could tell) and the fencing stamp (a preflight has no token of
+        its own to compare it with). Budget: 4 requests (+1 per 50 floating IPs past the first 50), each ≤
+        ``request_timeout``. A missing IP or server, or a lock, is not ready; raises as check() (never Fenced).
+        """
+        inputs = self._inputs(step)
+        return await self._run("preflight", lambda client: self._readiness(client, inputs))
+
     async def compensate(self, step: StepContext) -> ApplyResult:
         """None: the driver does not know where the IP was before, and moving it back is the failback chain's
         job (a step of its own, checked and verified like this one). Always raises NoCompensation."""
@@ -267,16 +290,51 @@ class HcloudDriver:
 
     # ------------------------------------------------------------------------------------------ the work (worker thread)
 
-    def _locate(self, client: hcloud.Client, inputs: FloatingIp) -> _Located:
+    @staticmethod
+    def _floating_ip(client: hcloud.Client, inputs: FloatingIp) -> BoundFloatingIP | None:
         wanted = ipaddress.ip_address(inputs.ip)
-        fip = next((f for f in client.floating_ips.get_all() if _covers(f.ip, wanted)), None)
+        return next((f for f in client.floating_ips.get_all() if _covers(f.ip, wanted)), None)
+
+    def _locate(self, client: hcloud.Client, inputs: FloatingIp) -> _Located:
+        fip = self._floating_ip(client, inputs)
         if fip is None:
-            raise NotFound(f"hcloud: no floating IP {inputs.ip} in the token's project", code="not_found")
+            raise NotFound(_no_floating_ip(inputs), code="not_found")
         server: BoundServer | None = client.servers.get_by_name(inputs.target)
         if server is None:
-            raise NotFound(f"hcloud: no server named {inputs.target!r} in the token's project", code="not_found")
+            raise NotFound(_no_server(inputs), code="not_found")
         current = None if fip.server is None else _id(fip.server.id, "a server")
         return _Located(fip, server, _id(fip.id, "a floating IP"), _id(server.id, "a server"), current, _stamp(fip))
+
+    def _readiness(self, client: hcloud.Client, inputs: FloatingIp) -> Readiness:
+        """preflight()'s reads, each fault answered as soon as it is seen (later reads could not change the answer)."""
+        fip = self._floating_ip(client, inputs)
+        if fip is None:
+            return Readiness(False, _no_floating_ip(inputs), {"ip": inputs.ip, "target": inputs.target})
+        fip_id = _id(fip.id, "a floating IP")
+        current = None if fip.server is None else _id(fip.server.id, "a server")
+        server: BoundServer | None = client.servers.get_by_name(inputs.target)
+        if server is None:
+            observed = {"ip": inputs.ip, "floating_ip_id": fip_id, "server_id": current, "target": inputs.target}
+            return Readiness(False, _no_server(inputs), observed)
+        target_id = _id(server.id, "a server")
+        observed = self._observed(inputs, fip_id, current, target_id, _stamp(fip)) | {"target_locked": bool(server.locked)}
+        if current == target_id:
+            observed["assigned_to"] = inputs.target
+            return Readiness(True, f"hcloud: {inputs.ip} is already assigned to {inputs.target}: nothing to move", observed)
+        # Where the IP points now, by name: what an operator reading the readiness wants to know.
+        observed["assigned_to"] = None if current is None else client.servers.get_by_id(current).name
+        where = "unassigned" if current is None else f"assigned to {observed['assigned_to']} (server {current})"
+        if server.locked:
+            why = f"server {inputs.target!r} (server {target_id}) is locked: an assign to it gets 423 locked until it is unlocked"
+            return Readiness(False, f"hcloud: {why}; {inputs.ip} is {where}", observed)
+        running = client.floating_ips.get_actions_list(fip, status=["running"], per_page=1).actions
+        if running:
+            action = running[0]
+            observed["running_action"] = {"id": action.id, "command": action.command}
+            why = f"floating IP {inputs.ip} is locked by action {action.id} ({action.command}), still running"
+            return Readiness(False, f"hcloud: {why}: an assign now gets 423 locked; it is {where}", observed)
+        ready = f"hcloud: {inputs.ip} is {where} and can be assigned to {inputs.target} (server {target_id})"
+        return Readiness(True, ready, observed)
 
     def _assign(self, client: hcloud.Client, inputs: FloatingIp, step: StepContext) -> ApplyResult:
         found = self._locate(client, inputs)

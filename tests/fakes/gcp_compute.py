@@ -15,6 +15,8 @@ Modelled on the public API reference:
 - Errors have Google's JSON shape ``{"error": {"code", "message", "errors": [{"message", "domain", "reason"}]}}``.
 - Operation and instance ``id`` are numeric (uint64, sent as a JSON string like Google does): the SDK's
   protobuf parser rejects anything else.
+- ``instances/{resource}/testIamPermissions`` answers which of the asked permissions the caller holds (all of
+  ``PERMISSIONS`` but those revoked with ``revoke_permissions``); a revoked one also gets its request a 403.
 - Without ``require_auth`` any caller is let in (the SDK sends no Authorization header with anonymous
   credentials). With it, a request needs ``Authorization: Bearer`` with a listed token or a self-signed JWT
   (what the SDK sends for a service account) signed by a registered key; else 401, or 403 for a denied account.
@@ -48,6 +50,11 @@ START = INSTANCE + "/start"
 STOP = INSTANCE + "/stop"
 OPERATION = ZONE_PATH + "/operations/{operation}"
 OPERATION_WAIT = OPERATION + "/wait"
+TEST_PERMISSIONS = ZONE_PATH + "/instances/{resource}/testIamPermissions"
+# POSTs that change nothing: what mutating_calls() leaves out.
+READ_ONLY_POSTS = frozenset({OPERATION_WAIT, TEST_PERMISSIONS})
+# The permissions an instance's testIamPermissions knows of (the caller has them all unless revoked).
+PERMISSIONS = frozenset({"compute.instances.get", "compute.instances.start", "compute.instances.stop"})
 
 DEFAULT_PROJECT = "dr-project"
 DEFAULT_ZONE = "europe-west3-a"
@@ -185,6 +192,7 @@ class GcpComputeFake:
             self._tokens: frozenset[str] | None = None
             self._keys: dict[str, str] = {}
             self._denied: frozenset[str] = frozenset()
+            self._revoked: frozenset[str] = frozenset()
 
     @property
     def endpoint(self) -> str:
@@ -247,6 +255,12 @@ class GcpComputeFake:
             self._keys = dict(service_accounts or {})
             self._denied = frozenset(denied)
 
+    def revoke_permissions(self, *permissions: str) -> None:
+        """From now on the caller lacks ``permissions`` (e.g. ``compute.instances.start``): testIamPermissions leaves
+        them out and the requests that need them get 403, as Google answers a role without them."""
+        with self._lock:
+            self._revoked = frozenset(permissions)
+
     def calls(self, method: str, template: str) -> int:
         """How many requests hit ``method template`` (e.g. ``"POST", START``), faulted ones included."""
         with self._lock:
@@ -266,6 +280,11 @@ class GcpComputeFake:
     def call_counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return dict(self._calls)
+
+    def mutating_calls(self) -> dict[tuple[str, str], int]:
+        """The calls that could change something: every method but GET, less the POSTs that only read."""
+        with self._lock:
+            return {key: n for key, n in self._calls.items() if key[0] != "GET" and key[1] not in READ_ONLY_POSTS}
 
     def operations(self) -> list[dict[str, Any]]:
         """Every operation so far, oldest first, with the statuses it went through (``history``)."""
@@ -363,6 +382,7 @@ class GcpComputeFake:
         app.router.add_get(INSTANCE, self._get_instance)
         app.router.add_post(START, self._start_or_stop)
         app.router.add_post(STOP, self._start_or_stop)
+        app.router.add_post(TEST_PERMISSIONS, self._test_permissions)
         app.router.add_get(OPERATION, self._get_operation)
         app.router.add_post(OPERATION_WAIT, self._wait_operation)
         app.router.add_get("/_fake/calls", self._fake_calls)
@@ -436,9 +456,30 @@ class GcpComputeFake:
             await asyncio.sleep(0.05)
         return google_error(503, "hung request released", "backendError")
 
+    def _forbidden(self, permission: str, name: str) -> web.Response | None:
+        """Google's 403 when ``permission`` is revoked; None when the caller holds it. Lock held."""
+        if permission not in self._revoked:
+            return None
+        where = f"projects/{self.project}/zones/{self.zone}/instances/{name}"
+        return google_error(403, f"Required '{permission}' permission for '{where}'", "forbidden")
+
+    async def _test_permissions(self, request: web.Request) -> web.Response:
+        name = request.match_info["resource"]
+        try:
+            asked = (await request.json()).get("permissions", [])
+        except ValueError:
+            return google_error(400, "Invalid JSON payload received.", "parseError")
+        with self._lock:
+            if name not in self._instances:
+                return self._instance_not_found(name)
+            granted = [p for p in asked if p in PERMISSIONS and p not in self._revoked]
+        return web.json_response({"permissions": granted} if granted else {})
+
     async def _get_instance(self, request: web.Request) -> web.Response:
         name = request.match_info["instance"]
         with self._lock:
+            if (forbidden := self._forbidden("compute.instances.get", name)) is not None:
+                return forbidden
             self._advance()
             inst = self._instances.get(name)
             if inst is None:
@@ -452,6 +493,8 @@ class GcpComputeFake:
         name = request.match_info["instance"]
         kind = request.path.rsplit("/", 1)[1]
         with self._lock:
+            if (forbidden := self._forbidden(f"compute.instances.{kind}", name)) is not None:
+                return forbidden
             self._advance()
             inst = self._instances.get(name)
             if inst is None:

@@ -4,9 +4,9 @@ Modelled on the public API reference (https://docs.hetzner.cloud): JSON bodies w
 (``{"floating_ip": {...}}``), lists paginated with ``page``/``per_page`` and ``meta.pagination``, asynchronous
 actions that go ``running`` → ``success`` (or ``error``), errors shaped ``{"error": {"code", "message",
 "details"}}`` with the reference's status codes (401 ``unauthorized``, 404 ``not_found``, 422 ``invalid_input``,
-423 ``locked`` while another action runs on the floating IP, 429 ``rate_limit_exceeded``), and the
-``RateLimit-Limit`` / ``RateLimit-Remaining`` / ``RateLimit-Reset`` headers on every answer (a token bucket of
-``rate_limit`` requests per hour that refills gradually, as the reference describes).
+423 ``locked`` while another action runs on the floating IP or when the target server is ``locked``, 429
+``rate_limit_exceeded``), and the ``RateLimit-Limit`` / ``RateLimit-Remaining`` / ``RateLimit-Reset`` headers on
+every answer (a token bucket of ``rate_limit`` requests per hour that refills gradually, as the reference describes).
 
 Floating IPs carry ``labels`` (GET shows them); ``PUT /v1/floating_ips/{id}`` updates ``name``, ``description``
 and ``labels``, and labels sent REPLACE the whole set, as the reference says ("if you want to add a new label,
@@ -21,7 +21,9 @@ Only the official SDK talks to ``/v1``. Tests steer the fake from Python (``Hclo
 Faults: ``action_delay`` (seconds an action stays ``running``), ``fail_next_action`` (the next action ends in
 ``error``), ``fail_next`` (the next N matching requests get an error, e.g. 429, 423, 500), ``hang_next`` (the next
 N matching requests stall until ``release_hangs()`` or their own limit, then are served normally, so the effect
-of a request the client gave up on still lands, as with a real API).
+of a request the client gave up on still lands, as with a real API). Locks: ``lock_server`` sets a server's
+``locked`` flag, ``hold_action`` keeps someone else's action running on a floating IP; ``GET
+/v1/floating_ips/{id}/actions?status=running`` shows it. ``mutating_calls()`` counts every request but GETs.
 
 Runs in a background thread with its own event loop on a free loopback port (``HcloudFake().start()``), or
 standalone: ``python -m tests.fakes.hcloud_api --port 8080 --token T``.
@@ -157,6 +159,7 @@ class Server:
     status: str = "running"
     created: str = field(default_factory=_now_iso)
     labels: dict[str, str] = field(default_factory=dict)
+    locked: bool = False  # the API's flag: "True if Server has been locked and is not available to user"
 
 
 @dataclass
@@ -291,6 +294,21 @@ class FakeState:
                 if fip.server == server_id:
                     fip.server = None
 
+    def lock_server(self, name: str, locked: bool = True) -> None:
+        """Set the server's ``locked`` flag (as Hetzner does while it works on a server): GET shows it, and an assign
+        to it is refused with 423 ``locked``. Behind the API's back, not counted."""
+        with self._lock:
+            server_id = self._server_id(name)
+            assert server_id is not None
+            self.servers[server_id].locked = locked
+
+    def hold_action(self, ip: str, command: str = "change_protection") -> int:
+        """Start an action on the floating IP that keeps ``running`` until ``finish_action(id)``: someone else's work,
+        which locks the IP (an assign meanwhile gets 423 ``locked``). It changes no assignment. Not counted."""
+        with self._lock:
+            fip = self._fip_by_ip(ip)
+            return self.start_action(command, fip, fip.server).id
+
     def assign(self, ip: str, server: str | int | None) -> None:
         """Move (or unassign) a floating IP at once, behind the API's back: no action, no lock, not counted."""
         with self._lock:
@@ -410,6 +428,11 @@ class FakeState:
         with self._lock:
             return dict(self._calls)
 
+    def mutating_calls(self) -> dict[str, int]:
+        """The calls that could change something: every method but GET (the API's reads are all GETs)."""
+        with self._lock:
+            return {key: n for key, n in self._calls.items() if not key.startswith("GET ")}
+
     def reset_calls(self) -> None:
         with self._lock:
             self._calls.clear()
@@ -491,7 +514,7 @@ class FakeState:
             "image": None,
             "iso": None,
             "rescue_enabled": False,
-            "locked": False,
+            "locked": server.locked,
             "backup_window": None,
             "outgoing_traffic": 0,
             "ingoing_traffic": 0,
@@ -685,6 +708,8 @@ def make_app(state: FakeState) -> web.Application:
                 raise _invalid_field("server", "Not a valid integer.")
             if server not in state.servers:
                 raise ApiError("not_found", f"server with ID {server} not found")
+            if state.servers[server].locked:
+                raise ApiError("locked", f"server {server} is locked")
             if fip.server == server and state.running_action(fip.id) is None:
                 raise ApiError("floating_ip_assigned", f"floating_ip {fip.id} is already assigned to server {server}")
             return _start("assign_floating_ip", fip, server)
@@ -718,6 +743,15 @@ def make_app(state: FakeState) -> web.Application:
             return _start("unassign_floating_ip", fip_or_404(_path_id(request)), None)
 
     # ---- actions
+
+    async def list_fip_actions(request: web.Request) -> web.Response:
+        """The floating IP's actions, newest first, filtered by ``status`` (repeatable), paginated."""
+        wanted = request.query.getall("status", [])
+        with state._lock:
+            fip = fip_or_404(_path_id(request))
+            actions = [a for a in state.actions.values() if a.floating_ip == fip.id and (not wanted or a.status in wanted)]
+            chunk, meta = _paginate(request, sorted(actions, key=lambda a: -a.id))
+            return web.json_response({"actions": [state.action_json(a) for a in chunk], "meta": meta})
 
     def action_or_404(action_id: int, fip_id: int | None = None) -> Action:
         action = state.actions.get(action_id)
@@ -801,7 +835,7 @@ def make_app(state: FakeState) -> web.Application:
 
     async def post_state(request: web.Request) -> web.Response:
         """``{"servers": [name...], "floating_ips": [{"ip", "server"?, "name"?}], "assign": {"ip", "server": name|id|null},
-        "labels": {"ip", "labels": {...}}}`` (labels replaced behind the API's back)"""
+        "labels": {"ip", "labels": {...}}, "locked": {"server": name, "locked": bool}}`` (behind the API's back)"""
         body = await request.json()
         try:
             for name in body.get("servers", []):
@@ -812,6 +846,8 @@ def make_app(state: FakeState) -> web.Application:
                 state.assign(body["assign"]["ip"], body["assign"].get("server"))
             if "labels" in body:
                 state.set_labels(body["labels"]["ip"], body["labels"]["labels"])
+            if "locked" in body:
+                state.lock_server(body["locked"]["server"], bool(body["locked"].get("locked", True)))
         except (KeyError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         except ApiError as exc:
@@ -826,6 +862,7 @@ def make_app(state: FakeState) -> web.Application:
     app.router.add_put(f"{API}/floating_ips/{{id}}", update_floating_ip)
     app.router.add_post(f"{API}/floating_ips/{{id}}/actions/assign", assign)
     app.router.add_post(f"{API}/floating_ips/{{id}}/actions/unassign", unassign)
+    app.router.add_get(f"{API}/floating_ips/{{id}}/actions", list_fip_actions)
     app.router.add_get(f"{API}/floating_ips/{{id}}/actions/{{action_id}}", get_fip_action)
     app.router.add_get(f"{API}/actions/{{id}}", get_action)
     app.router.add_get(f"{API}/servers", list_servers)

@@ -30,7 +30,9 @@ from hybridops_daemon.drivers.base import (
     DriverError,
     NotFound,
     PermanentDriverError,
+    Preflight,
     RateLimited,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -40,7 +42,7 @@ from hybridops_daemon.drivers.gcp import REQUEST_TIMEOUT, GcpDriver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
-from tests.fakes.gcp_compute import INSTANCE, OPERATION_WAIT, START, STOP, GcpComputeFake
+from tests.fakes.gcp_compute import INSTANCE, OPERATION_WAIT, START, STOP, TEST_PERMISSIONS, GcpComputeFake
 from tests.testbed.process import Process, free_port, wait_until
 
 PROJECT = "dr-project"
@@ -494,3 +496,132 @@ async def test_standalone_fake_serves_the_sdk_and_its_http_knobs(tmp_path: Path)
         assert calls[("GET", INSTANCE)] == 3
     finally:
         process.stop()
+
+
+# --------------------------------------------------------------------------------------------- preflight (readiness)
+
+
+def preflight_step(state: str = "running", name: str = VM) -> StepContext:
+    """As the daemon builds it: run "preflight", fencing token 0, the profiled (literal) inputs."""
+    return StepContext("preflight", "drill", "capacity", COMPUTE, {"name": name, "state": state}, {}, fencing_token=0)
+
+
+async def readiness(fake: GcpComputeFake, driver: GcpDriver, state: str = "running", name: str = VM) -> Readiness:
+    """The driver's preflight as its caller reads it (a DriverError is not ready, its text the reason), checked
+    to have started and stopped nothing; the time it took is printed (``pytest -s``)."""
+    before = fake.instances()
+    requests = sum(fake.call_counts().values())
+    began = time.monotonic()
+    try:
+        answer = await driver.preflight(preflight_step(state, name))
+    except DriverError as exc:
+        answer = Readiness(False, str(exc))
+    took = time.monotonic() - began
+    print(f"gcp preflight ({answer.reason}): {took:.3f}s, {sum(fake.call_counts().values()) - requests} requests")
+    assert fake.mutating_calls() == {}
+    assert fake.operations() == [] and fake.instances() == before
+    return answer
+
+
+async def test_preflight_is_ready_to_start_a_stopped_standby_and_only_reads(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
+    assert isinstance(driver, Preflight)
+
+    answer = await readiness(gcp_fake, driver)
+
+    assert answer.ready is True and answer.reason == f"gcp: instance {VM} is TERMINATED: ready to start"
+    assert answer.observed["status"] == "TERMINATED" and answer.observed["id"] == gcp_fake.instances()[VM]["id"]
+    assert answer.observed["self_link"].endswith(f"/projects/{PROJECT}/zones/{ZONE}/instances/{VM}")
+    assert gcp_fake.call_counts() == {("GET", INSTANCE): 1, ("POST", TEST_PERMISSIONS): 1}
+
+
+@pytest.mark.parametrize(
+    ("status", "state", "reason"),
+    [
+        ("RUNNING", "running", "is already RUNNING: nothing to start"),
+        ("TERMINATED", "stopped", "is already TERMINATED: nothing to stop"),
+        ("RUNNING", "stopped", "is RUNNING: ready to stop"),
+        ("SUSPENDED", "stopped", "is SUSPENDED: ready to stop"),
+    ],
+)
+async def test_preflight_is_ready_in_every_status_the_step_can_act_on(
+    gcp_fake: GcpComputeFake, driver: GcpDriver, status: str, state: str, reason: str
+) -> None:
+    gcp_fake.set_status(VM, status)
+    answer = await readiness(gcp_fake, driver, state)
+    assert answer.ready is True and answer.reason == f"gcp: instance {VM} {reason}"
+    assert answer.observed["status"] == status
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("STOPPING", "running"),
+        ("STAGING", "stopped"),
+        ("PROVISIONING", "running"),
+        ("SUSPENDING", "stopped"),
+        ("REPAIRING", "running"),
+    ],
+)
+async def test_preflight_of_an_instance_between_states_is_not_ready(
+    gcp_fake: GcpComputeFake, driver: GcpDriver, status: str, state: str
+) -> None:
+    gcp_fake.set_status(VM, status)
+    answer = await readiness(gcp_fake, driver, state)
+    verb = "start" if state == "running" else "stop"
+    assert answer.ready is False
+    assert answer.reason == f"gcp: instance {VM} is {status}, between states: not ready to {verb} until it settles"
+    assert answer.observed["status"] == status
+
+
+async def test_preflight_of_a_suspended_instance_to_start_is_not_ready(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
+    gcp_fake.set_status(VM, "SUSPENDED")
+    answer = await readiness(gcp_fake, driver, "running")
+    assert answer.ready is False and answer.reason.startswith(f"gcp: instance {VM} is SUSPENDED: resume it")
+
+
+async def test_preflight_of_a_deleted_instance_is_not_ready(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
+    gcp_fake.delete_instance(VM)
+    answer = await readiness(gcp_fake, driver)
+    assert answer.ready is False
+    assert answer.reason.startswith(f"gcp instances.get {VM}: HTTP 404 notFound: GET http")  # the SDK quotes the request
+    assert answer.reason.endswith(f"The resource 'projects/{PROJECT}/zones/{ZONE}/instances/{VM}' was not found")
+
+
+async def test_preflight_with_denied_credentials_is_not_ready_403(gcp_fake: GcpComputeFake, tmp_path: Path) -> None:
+    key_file, public_key, private_line = service_account_key(tmp_path, gcp_fake.endpoint)
+    gcp_fake.require_auth(service_accounts={SA_EMAIL: public_key}, denied=[SA_EMAIL])
+    driver = make_driver(gcp_fake.endpoint, credentials=SecretRef(file=key_file))
+
+    answer = await readiness(gcp_fake, driver)
+
+    assert answer.ready is False
+    assert answer.reason.startswith(f"gcp instances.get {VM}: HTTP 403 forbidden: GET http")
+    assert answer.reason.endswith(f"Required 'compute.instances.get' permission for 'projects/{PROJECT}'")
+    assert private_line not in answer.reason
+
+
+async def test_preflight_with_refused_credentials_is_not_ready_401(gcp_fake: GcpComputeFake, tmp_path: Path) -> None:
+    key_file, _, private_line = service_account_key(tmp_path, gcp_fake.endpoint)
+    gcp_fake.require_auth(service_accounts={})  # the key is not (or no longer) one the API knows
+    driver = make_driver(gcp_fake.endpoint, credentials=SecretRef(file=key_file))
+
+    answer = await readiness(gcp_fake, driver)
+
+    assert answer.ready is False
+    assert answer.reason.startswith(f"gcp instances.get {VM}: HTTP 401 authError: GET http")
+    assert answer.reason.endswith(": Request had invalid authentication credentials.")
+    assert private_line not in answer.reason
+
+
+async def test_preflight_of_credentials_that_may_not_start_is_not_ready(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
+    gcp_fake.revoke_permissions("compute.instances.start")
+
+    answer = await readiness(gcp_fake, driver)
+
+    assert answer.ready is False
+    assert answer.reason == f"gcp: instance {VM}: the credentials lack compute.instances.start: a start would be refused (403)"
+    assert (await readiness(gcp_fake, driver, "stopped")).ready is True  # stopping needs (and has) another permission
+    # What the preflight foresaw: the step itself is refused.
+    with pytest.raises(Refused, match="403"):
+        await driver.apply(step("running"))
+    assert gcp_fake.status(VM) == "TERMINATED"

@@ -26,7 +26,9 @@ from hybridops_daemon.drivers.base import (
     Fenced,
     NotFound,
     PermanentDriverError,
+    Preflight,
     RateLimited,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -522,3 +524,129 @@ def test_the_fake_runs_standalone(tmp_path: Path) -> None:
         assert wait_until("the standalone hcloud fake", servers, timeout=20, proc=proc) == ["edge01", "edge02"]
     finally:
         proc.stop()
+
+
+# --------------------------------------------------------------------------------------------- preflight (readiness)
+
+SERVER = "/v1/servers/{id}"
+FIP_ACTIONS = "/v1/floating_ips/{id}/actions"
+
+
+def preflight_step(target: str = "edge02", ip: str = IP) -> StepContext:
+    """As the daemon builds it: run "preflight", fencing token 0, the profiled (literal) inputs."""
+    return StepContext("preflight", LANE, "fip", FIP, {"ip": ip, "target": target}, {}, fencing_token=0)
+
+
+async def readiness(fake: HcloudFake, driver: HcloudDriver, target: str = "edge02", ip: str = IP) -> Readiness:
+    """The driver's preflight as its caller reads it (a DriverError is not ready, its text the reason), checked
+    to have written nothing; the time it took is printed (``pytest -s``)."""
+    requests = sum(fake.all_calls().values())
+    began = time.monotonic()
+    try:
+        answer = await driver.preflight(preflight_step(target, ip))
+    except DriverError as exc:
+        answer = Readiness(False, str(exc))
+    took, requests = time.monotonic() - began, sum(fake.all_calls().values()) - requests
+    print(f"hcloud preflight ({answer.reason}): {took:.3f}s, {requests} requests")
+    assert fake.mutating_calls() == {}
+    assert fake.actions_started("assign_floating_ip") == 0
+    return answer
+
+
+async def test_preflight_is_ready_against_a_healthy_target_and_only_reads(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
+    assert isinstance(driver, Preflight)
+    edge01, edge02 = hcloud_fake.server_id("edge01"), hcloud_fake.server_id("edge02")
+    hcloud_fake.set_labels(IP, {FENCING_LABEL: "3"})
+
+    answer = await readiness(hcloud_fake, driver)
+
+    assert answer.ready is True, answer.reason
+    assert answer.reason == (
+        f"hcloud: {IP} is assigned to edge01 (server {edge01}) and can be assigned to edge02 (server {edge02})"
+    )
+    assert answer.observed == {
+        "ip": IP,
+        "floating_ip_id": hcloud_fake.floating_ip_id(IP),
+        "server_id": edge01,
+        "assigned_to": "edge01",
+        "target": "edge02",
+        "target_server_id": edge02,
+        "target_locked": False,
+        "fencing_token": 3,
+    }
+    assert json.loads(json.dumps(answer.observed)) == answer.observed
+    assert hcloud_fake.all_calls() == {f"GET {LIST_FIPS}": 1, "GET /v1/servers": 1, f"GET {SERVER}": 1, f"GET {FIP_ACTIONS}": 1}
+    assert hcloud_fake.assigned_to(IP) == "edge01" and hcloud_fake.labels(IP) == {FENCING_LABEL: "3"}
+
+
+async def test_preflight_of_an_ip_already_on_its_target_is_ready_with_nothing_to_move(
+    hcloud_fake: HcloudFake, driver: HcloudDriver
+) -> None:
+    hcloud_fake.lock_server("edge01")  # a lock on the target does not matter when apply() has nothing to do
+    answer = await readiness(hcloud_fake, driver, target="edge01")
+    assert answer.ready is True and answer.reason == f"hcloud: {IP} is already assigned to edge01: nothing to move"
+    assert answer.observed["assigned_to"] == "edge01" and answer.observed["target_locked"] is True
+    assert hcloud_fake.calls() == 2  # the listing and the target: nothing else needs asking
+
+
+async def test_preflight_with_a_revoked_token_is_not_ready_unauthorized(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
+    old = hcloud_fake.token
+    hcloud_fake.token = "hcloud-rotated-token-52e1a9"  # the API no longer knows the driver's token (401)
+    answer = await readiness(hcloud_fake, driver)
+    assert answer.ready is False
+    assert answer.reason == "hcloud preflight: unauthorized: unable to authenticate"
+    assert old not in answer.reason and hcloud_fake.token not in answer.reason
+
+
+async def test_preflight_of_a_deleted_floating_ip_is_not_ready(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
+    hcloud_fake.remove_floating_ip(IP)
+    answer = await readiness(hcloud_fake, driver)
+    assert answer.ready is False and answer.reason == f"hcloud: no floating IP {IP} in the token's project"
+    assert answer.observed == {"ip": IP, "target": "edge02"}
+    assert hcloud_fake.calls() == 1
+
+
+async def test_preflight_of_an_unknown_target_server_is_not_ready(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
+    answer = await readiness(hcloud_fake, driver, target="edge99")
+    assert answer.ready is False and answer.reason == "hcloud: no server named 'edge99' in the token's project"
+    assert answer.observed["server_id"] == hcloud_fake.server_id("edge01")  # where the IP still points
+
+
+async def test_preflight_of_a_locked_target_server_is_not_ready_and_an_assign_would_meet_423(
+    hcloud_fake: HcloudFake, driver: HcloudDriver
+) -> None:
+    edge02 = hcloud_fake.server_id("edge02")
+    hcloud_fake.lock_server("edge02")
+
+    answer = await readiness(hcloud_fake, driver)
+
+    assert answer.ready is False
+    assert answer.reason == (
+        f"hcloud: server 'edge02' (server {edge02}) is locked: an assign to it gets 423 locked until it is unlocked; "
+        f"{IP} is assigned to edge01 (server {hcloud_fake.server_id('edge01')})"
+    )
+    assert answer.observed["target_locked"] is True
+    # What the preflight foresaw: the step itself meets the 423 (the fake models the API's lock).
+    with pytest.raises(Unavailable) as caught:
+        await driver.apply(step())
+    assert caught.value.code == "locked" and hcloud_fake.assigned_to(IP) == "edge01"
+    hcloud_fake.lock_server("edge02", locked=False)
+    hcloud_fake.reset_calls()
+    assert (await readiness(hcloud_fake, driver)).ready is True
+
+
+async def test_preflight_of_an_ip_locked_by_a_running_action_is_not_ready(hcloud_fake: HcloudFake, driver: HcloudDriver) -> None:
+    action = hcloud_fake.hold_action(IP, "change_protection")
+
+    answer = await readiness(hcloud_fake, driver)
+
+    assert answer.ready is False
+    assert f"floating IP {IP} is locked by action {action} (change_protection), still running" in answer.reason
+    assert "423 locked" in answer.reason
+    assert answer.observed["running_action"] == {"id": action, "command": "change_protection"}
+    with pytest.raises(Unavailable, match="locked by action") as caught:
+        await driver.apply(step())
+    assert caught.value.code == "locked"
+    hcloud_fake.finish_action(action)
+    hcloud_fake.reset_calls()
+    assert (await readiness(hcloud_fake, driver)).ready is True
