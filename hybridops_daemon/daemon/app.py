@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -187,6 +188,9 @@ class Daemon:
                 housekeeping.append(group.create_task(keep_retention(journal, config.retention, self.clock, retention)))
             housekeeping.append(group.create_task(self.watchdog.run()))
             housekeeping.append(group.create_task(readiness.run()))
+            # Start-up objects (modules, config, profiles) live as long as the daemon: out of the collector's sight, its
+            # young-generation passes stop re-walking them (status at 500 clients: 165 → 145 µs of CPU per request).
+            gc.freeze()
             self.notifier.ready(status_line(self.lanes))
             log.info("daemon ready", node=config.node, lanes=list(self.lanes), socket=str(config.socket_path))
             reload = functools.partial(reload_profiles, self.path, config, self.lanes, drills[0], journal, self.clock)
