@@ -380,6 +380,8 @@ async def test_dashboard_queries_run_on_real_data(scraper: Prometheus, metrics_p
     bed.metrics.lane_state("prod", "ON_STANDBY")
     bed.metrics.step("prod", "database", "applied", 0.4)
     bed.metrics.run("prod", "cutover", "succeeded")
+    bed.metrics.step_ready("prod", "cutover", "database", "ready", {"replica_lag_bytes": 120.0, "replica_lag_seconds": 0.2})
+    bed.metrics.readiness_checked("prod", bed.clock.now)
     board = dashboard()
     async with MetricsServer(MetricsConfig(port=metrics_port), bed.metrics):
         for title, exprs in panel_queries(board).items():
