@@ -29,6 +29,7 @@ from hybridops_daemon.drivers.base import (
     Fenced,
     NoCompensation,
     PermanentDriverError,
+    Preflight,
     Readiness,
     Refused,
     StepContext,
@@ -508,6 +509,7 @@ def snapshot(admin: Any, address: str) -> tuple[list[dict[str, Any]], int, int]:
 
 
 async def test_preflight_ready_for_an_existing_or_missing_address_and_writes_nothing(nb: NetboxDriver, admin: Any) -> None:
+    assert isinstance(nb, Preflight)
     before = snapshot(admin, "203.0.113.10")
     missing = await readiness(nb, pf())
     assert missing.ready and "203.0.113.10/32 is not in NetBox yet: apply would create it" in missing.reason

@@ -23,6 +23,7 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     NotFound,
     PermanentDriverError,
+    Preflight,
     Readiness,
     Refused,
     StepContext,
@@ -407,6 +408,7 @@ def world(pair: PgPair, *, xids: bool = True) -> dict[str, Any]:
 
 async def test_preflight_is_ready_against_a_streaming_replica_and_writes_nothing(pg_pair: PgPair) -> None:
     driver = driver_for(pg_pair)
+    assert isinstance(driver, Preflight)
     before = world(pg_pair)
     timings = []
     for _ in range(5):
