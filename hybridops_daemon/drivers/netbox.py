@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pynetbox  # type: ignore[import-untyped]
 import requests
+from pynetbox.core.query import Request  # type: ignore[import-untyped]
 
 from hybridops_daemon.drivers.base import (
     ApplyResult,
@@ -36,6 +37,7 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     ProbeResult,
     RateLimited,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -190,6 +192,34 @@ def _root_cause(exc: BaseException) -> str:
     return text.split(": ", 1)[1] if text.startswith("<") and ": " in text else text
 
 
+def _field_fault(fields: Sequence[Mapping[str, Any]]) -> str:
+    """Why the fencing stamp could not be written: "" when ``FENCING_FIELD`` is an integer field on IP addresses."""
+    if not fields:
+        return f"NetBox defines no custom field {FENCING_FIELD}: apply would write unstamped, unfenced (see README, NetBox)"
+    kind = fields[0].get("type")
+    kind = kind.get("value") if isinstance(kind, Mapping) else kind
+    on = fields[0].get("object_types") or []
+    if kind != "integer" or "ipam.ipaddress" not in on:
+        where = ", ".join(on) or "no object type"
+        return f"NetBox's custom field {FENCING_FIELD} is of type {kind} on {where}: the stamp needs integer on ipam.ipaddress"
+    return ""
+
+
+def _write_fault(actions: Mapping[str, Any], verb: str, inputs: IpamAddress) -> str:
+    """Why apply's POST (create) or PATCH (change) would be refused, from NetBox's OPTIONS answer: "" when it would not.
+
+    NetBox lists a write method under ``actions`` only when the token may use it (write-enabled, with the object
+    permission), and with it the status choices the API accepts."""
+    if verb not in actions:
+        what = "add" if verb == "POST" else "change"
+        return f"the NetBox token may not {what} IP addresses (NetBox's OPTIONS answer offers no {verb})"
+    status = actions[verb].get("status")
+    offered = [str(choice.get("value")) for choice in status.get("choices", [])] if isinstance(status, Mapping) else []
+    if offered and inputs.status not in offered:
+        return f"status {inputs.status!r} is not one NetBox accepts ({', '.join(offered)})"
+    return ""
+
+
 class NetboxDriver:
     """``ipam/address@v1`` against one NetBox (``config.url``) with the token ``config.token`` refers to."""
 
@@ -199,6 +229,46 @@ class NetboxDriver:
     def __init__(self, config: NetboxDriverConfig) -> None:
         self._config = config
         self._url = config.url.rstrip("/")
+
+    async def preflight(self, step: StepContext) -> Readiness:
+        """Would apply() succeed now, and be fenced? Read-only: GETs and one OPTIONS, never a write.
+
+        The token is accepted (a 401/403 raises CredentialsUnavailable, as check()); the custom field
+        ``hyops_fencing_token`` is defined, integer, on IP addresses (else apply would go unstamped: not ready);
+        NetBox's OPTIONS answer grants the write apply would make (POST to create, PUT/PATCH to change) and offers
+        the step's status. A missing address is ready, since apply creates it, unless NetBox holds the same host
+        with another prefix length in the global table (ENFORCE_GLOBAL_UNIQUE, on by default, refuses the create). The stamp
+        found is reported, never held against a preflight (its fencing token 0 is no run's). The description is
+        not compared: profiles put ``${run.id}`` in it, unrendered here.
+        Budget: three or four requests, each ``config.timeout``. Raises as check(), never Fenced.
+        """
+        inputs, address = _desired(step)
+
+        def look(api: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str], Mapping[str, Any]]:
+            found = self._find(api, address)
+            fields = [dict(field) for field in api.extras.custom_fields.filter(name=FENCING_FIELD)]
+            host = address.split("/")[0]
+            others = [] if found else [str(r.address) for r in api.ipam.ip_addresses.filter(address=host, vrf_id="null")]
+            key = None if found is None else found["id"]
+            answer = Request(base=api.ipam.ip_addresses.url, key=key, token=api.token, http_session=api.http_session)
+            actions = answer.options().get("actions") or {}
+            return found, fields, others, actions if isinstance(actions, Mapping) else {}
+
+        found, fields, others, actions = await self._call("preflight", look)
+        verb = "POST" if found is None else "PUT"  # NetBox lists PATCH's permission as PUT
+        faults = [fault for fault in (_field_fault(fields), _write_fault(actions, verb, inputs)) if fault]
+        if others:
+            faults.append(
+                f"NetBox holds {', '.join(others)} in the global table: creating {address} would be a refused duplicate"
+            )
+        observed = _observed(found) | {"fencing_field": bool(fields), "writable": verb in actions, "same_host": others}
+        if faults:
+            return Readiness(False, "; ".join(faults), observed)
+        if found is None:
+            return Readiness(True, f"{address} is not in NetBox yet: apply would create it, stamped", observed)
+        stamp = "unstamped" if found["fencing_token"] is None else f"stamped with fencing token {found['fencing_token']}"
+        held = f"NetBox holds {address} (id {found['id']}, {found['status']}, {stamp})"
+        return Readiness(True, f"{held}: apply may change it", observed)
 
     async def check(self, step: StepContext) -> CheckResult:
         """Does NetBox hold the address, in the global table, with the desired status and description?

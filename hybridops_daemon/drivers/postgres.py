@@ -45,6 +45,7 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     NotFound,
     ProbeResult,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -52,6 +53,13 @@ from hybridops_daemon.drivers.base import (
 )
 from hybridops_daemon.drivers.declarations.postgres import PostgresDriverConfig, PostgresSite
 from hybridops_daemon.drivers.modules import DatabasePrimary, validate_inputs
+from hybridops_daemon.drivers.postgres_preflight import (
+    STANDBY_SQL,
+    Standby,
+    guarded_peers,
+    primary_readiness,
+    replica_readiness,
+)
 
 MODULE = "database/primary@v1"
 PROBE_TABLE = "hybridops_probe"
@@ -170,6 +178,28 @@ class PostgresDriver:
 
     def __init__(self, config: PostgresDriverConfig) -> None:
         self._config = config
+
+    async def preflight(self, step: StepContext) -> Readiness:
+        """Would apply() succeed now? Read-only: SELECTs only, on the target and on each peer (as apply() reads them).
+
+        A target that already is a primary is ready unless another site writes too (split brain). A replica must
+        stream (pg_stat_wal_receiver), lag no more than ``max_lag_bytes`` (apply()'s own measure: received but not
+        replayed, and the writable peer's current LSN minus the replay LSN), be allowed to run pg_promote, and not
+        meet a guard that would refuse even with the primary gone (see drivers/postgres_preflight.py). Exports
+        ``replica_lag_bytes`` and ``replica_lag_seconds``: the recovery point a cutover would give now.
+        Budget: the target's connect and three statements, the peers' probes in parallel with one of them.
+        Raises as check(): CredentialsUnavailable (a wrong password), Unavailable (the target down), NotFound, Refused.
+        """
+        inputs, guards = parse_inputs(step)
+        cluster, target = inputs.cluster, inputs.primary
+        async with self._connect(cluster, target) as (conn, where):
+            state = await self._state(conn, where)
+            if not state.in_recovery:
+                return primary_readiness(where, state, await self._peers(cluster, target))
+            row, peers = await asyncio.gather(self._one(conn, where, STANDBY_SQL), self._peers(cluster, target))
+            lag = await self._lag(conn, where, state, peers)  # after the peers: their LSN is read before our replay LSN
+        refusal = self._refusal(cluster, target, guards, guarded_peers(peers), lag)
+        return replica_readiness(where, state, Standby.from_row(row), peers, lag, guards, refusal)
 
     async def check(self, step: StepContext) -> CheckResult:
         """Is the target site already a primary (``pg_is_in_recovery()`` false)? Read-only and idempotent.

@@ -29,6 +29,8 @@ from hybridops_daemon.drivers.base import (
     Fenced,
     NoCompensation,
     PermanentDriverError,
+    Preflight,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -477,3 +479,93 @@ async def test_invalid_inputs_and_compensation_are_permanent(nb: NetboxDriver) -
     with pytest.raises(NoCompensation, match=r"no compensation for ipam/address@v1"):
         await nb.compensate(ctx())
     assert issubclass(Unavailable, DriverError) and Unavailable.retryable
+
+
+# --------------------------------------------------------------------------------------------- preflight (issue #13)
+
+
+def pf(address: str = "203.0.113.10", status: str = "active") -> StepContext:
+    """A step as the readiness check hands it over: run "preflight", fencing token 0, the description unrendered."""
+    inputs = {"address": address, "status": status, "description": "on edge02 by run ${run.id}"}
+    return StepContext("preflight", "prod", "ipam", MODULE, inputs, secrets={}, fencing_token=0)
+
+
+async def readiness(nb: NetboxDriver, step: StepContext) -> Readiness:
+    """What the caller makes of a preflight: a DriverError is not ready, with the error's text as the reason."""
+    began = time.monotonic()
+    try:
+        answer = await nb.preflight(step)
+    except DriverError as exc:
+        answer = Readiness(False, str(exc))
+    print(f"netbox preflight: {time.monotonic() - began:.3f}s ready={answer.ready}: {answer.reason}")
+    return answer
+
+
+def snapshot(admin: Any, address: str) -> tuple[list[dict[str, Any]], int, int]:
+    """What a preflight must leave as it found it: the objects holding the host, the IP address change log as a
+    whole (every write to any address adds an entry), and the custom fields defined."""
+    log = admin.core.object_changes.filter(changed_object_type="ipam.ipaddress")
+    return stored(admin, address), len(list(log)), len(list(admin.extras.custom_fields.all()))
+
+
+async def test_preflight_ready_for_an_existing_or_missing_address_and_writes_nothing(nb: NetboxDriver, admin: Any) -> None:
+    assert isinstance(nb, Preflight)
+    before = snapshot(admin, "203.0.113.10")
+    missing = await readiness(nb, pf())
+    assert missing.ready and "203.0.113.10/32 is not in NetBox yet: apply would create it" in missing.reason
+    assert missing.observed["fencing_field"] is True and missing.observed["writable"] is True
+    assert snapshot(admin, "203.0.113.10") == before == ([], before[1], before[2])
+
+    await nb.apply(ctx(token=42))  # a newer stamp than the preflight's token 0: reported, not fenced
+    before = snapshot(admin, "203.0.113.10")
+    timings = []
+    for _ in range(5):
+        began = time.monotonic()
+        held = await nb.preflight(pf(status="reserved"))
+        timings.append(time.monotonic() - began)
+        assert held.ready, held.reason
+    print(f"netbox preflight (ready): {[f'{t:.3f}' for t in timings]} s")
+    assert f"(id {before[0][0]['id']}, active, stamped with fencing token 42): apply may change it" in held.reason
+    assert held.observed["fencing_token"] == 42 and held.observed["status"] == "active"
+    assert snapshot(admin, "203.0.113.10") == before  # the object, its last_updated and every change-log entry
+
+
+async def test_preflight_wrong_token_is_not_ready_and_never_shows_it(
+    netbox: NetboxInstance, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "nbt_notakey12345.0123456789abcdef0123456789abcdef01234567"
+    answer = await readiness(driver(netbox.url, monkeypatch, token), pf())
+    assert not answer.ready and "HTTP 403" in answer.reason and "check the API token" in answer.reason
+    assert token.split(".")[-1] not in answer.reason
+
+
+async def test_preflight_without_the_custom_field_is_not_ready(nb: NetboxDriver, admin: Any, without_fencing_field: None) -> None:
+    await nb.apply(ctx())  # unstamped: NetBox has no field for it
+    before = snapshot(admin, "203.0.113.10")
+    for step in (pf(), pf("203.0.113.11")):  # an object to read the field from, and none
+        answer = await readiness(nb, step)
+        assert not answer.ready and f"NetBox defines no custom field {FENCING_FIELD}" in answer.reason
+        assert answer.observed["fencing_field"] is False
+    assert snapshot(admin, "203.0.113.10") == before
+
+
+async def test_preflight_read_only_token_bad_status_and_duplicate_host_are_not_ready(
+    netbox: NetboxInstance, nb: NetboxDriver, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = await readiness(nb, pf(status="on-fire"))
+    assert not bad.ready and "status 'on-fire' is not one NetBox accepts (active, reserved," in bad.reason
+
+    admin.ipam.ip_addresses.create(address="203.0.113.10/24", status="active", description="someone else's")
+    duplicate = await readiness(nb, pf())
+    assert not duplicate.ready and "NetBox holds 203.0.113.10/24 in the global table" in duplicate.reason
+    assert "creating 203.0.113.10/32 would be a refused duplicate" in duplicate.reason
+
+    token_id, read_only = netbox.read_only_token()
+    try:
+        before = snapshot(admin, "203.0.113.12")
+        for step, verb in ((pf("203.0.113.12"), "add"), (pf("203.0.113.10/24"), "change")):
+            answer = await readiness(driver(netbox.url, monkeypatch, read_only), step)
+            assert not answer.ready and f"the NetBox token may not {verb} IP addresses" in answer.reason
+        assert snapshot(admin, "203.0.113.12") == before
+    finally:
+        netbox.delete_token(token_id)

@@ -23,6 +23,8 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     NotFound,
     PermanentDriverError,
+    Preflight,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -357,3 +359,150 @@ async def test_through_the_chain_runner_the_refusal_lands_in_the_journal(pg_pair
     finally:
         lease.release()
         journal.close()
+
+
+# --------------------------------------------------------------------------------------------- preflight (issue #13)
+
+
+def pf_step(primary: str = "cloud", **extra: Any) -> StepContext:
+    """A step as the readiness check hands it over: run "preflight", fencing token 0, inputs as profiled."""
+    return StepContext("preflight", "prod", "db", MODULE, {"cluster": "app", "primary": primary, **extra}, {}, 0)
+
+
+async def readiness(driver: PostgresDriver, ctx: StepContext) -> Readiness:
+    """What the caller makes of a preflight: a DriverError is not ready, with the error's text as the reason."""
+    began = time.monotonic()
+    try:
+        answer = await driver.preflight(ctx)
+    except DriverError as exc:
+        answer = Readiness(False, str(exc))
+    elapsed = time.monotonic() - began
+    print(f"postgres preflight {ctx.inputs['primary']}: {elapsed:.3f}s ready={answer.ready}: {answer.reason}")
+    return answer
+
+
+def inserted(pair: PgPair) -> str:
+    """The primary's WAL insert position: with synchronous_commit off, a commit may not be written out yet."""
+    return str(pair.sql("primary", "SELECT pg_current_wal_insert_lsn()::text")[0][0])
+
+
+def world(pair: PgPair, *, xids: bool = True) -> dict[str, Any]:
+    """What a preflight must leave as it found it, per running server: its role, the probe table's absence, its
+    replay pause state and (paused) replay LSN, and with ``xids`` the next transaction id (any write takes one)."""
+    seen: dict[str, Any] = {}
+    for site in ("primary", "replica"):
+        if not pair.server(site).running():
+            continue
+        row = pair.sql(
+            site,
+            "SELECT pg_is_in_recovery(), to_regclass(%s)::text, "
+            "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, "
+            "CASE WHEN pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused' "
+            "THEN pg_last_wal_replay_lsn()::text END, "
+            "CASE WHEN %s THEN pg_snapshot_xmax(pg_current_snapshot())::text END",
+            (PROBE_TABLE, xids),
+        )[0]
+        seen[site] = row
+    return seen
+
+
+async def test_preflight_is_ready_against_a_streaming_replica_and_writes_nothing(pg_pair: PgPair) -> None:
+    driver = driver_for(pg_pair)
+    assert isinstance(driver, Preflight)
+    before = world(pg_pair)
+    timings = []
+    for _ in range(5):
+        began = time.monotonic()
+        answer = await driver.preflight(pf_step(max_lag_bytes=16 * MB))
+        timings.append(time.monotonic() - began)
+        assert answer.ready, answer.reason
+    print(f"postgres preflight (ready): {[f'{t:.3f}' for t in timings]} s")
+    assert "app/cloud" in answer.reason and "is a streaming replica" in answer.reason
+    assert f"max_lag_bytes={16 * MB}" in answer.reason and "split-brain guard" in answer.reason
+    assert answer.observed["wal_receiver"] == "streaming" and answer.observed["peers"]["onprem"]["status"] == "primary"
+    assert answer.metrics.keys() == {"replica_lag_bytes", "replica_lag_seconds"}
+    assert 0 <= answer.metrics["replica_lag_bytes"] < MB and 0 <= answer.metrics["replica_lag_seconds"] < 60
+    assert world(pg_pair) == before  # roles, probe table, pause state, next xid: all as they were
+    assert before["replica"][0] is True and before["primary"][0] is False
+
+
+async def test_preflight_lag_over_the_limit_is_not_ready(pg_pair: PgPair) -> None:
+    pg_pair.sql("primary", "CREATE TABLE replayed_once ()")  # one commit replayed: the lag in seconds has a start
+    pg_pair.wait_replayed(inserted(pg_pair))
+    build_lag(pg_pair, megabytes=4)
+    driver = driver_for(pg_pair)
+    before = world(pg_pair, xids=False)  # the primary's autovacuum may analyze the filler table meanwhile
+
+    over = await readiness(driver, pf_step(max_lag_bytes=MB))
+    assert not over.ready
+    assert "replay lag" in over.reason and f"exceeds max_lag_bytes={MB}" in over.reason
+    assert over.metrics["replica_lag_bytes"] > 3 * MB and over.metrics["replica_lag_seconds"] >= 0
+    assert over.observed["replay_pause"] == "paused"
+
+    within = await readiness(driver, pf_step(max_lag_bytes=64 * MB))
+    assert within.ready and "replay is paused" in within.reason, within.reason
+    forced = await readiness(driver, pf_step(max_lag_bytes=MB, force=True))
+    assert forced.ready and "force overrides: refusing to promote app/cloud: replay lag" in forced.reason
+    assert world(pg_pair, xids=False) == before  # still paused, nothing replayed, nothing promoted
+    assert before["replica"][2] == "paused" and before["replica"][3] is not None
+
+
+async def test_preflight_replica_that_stopped_streaming_or_is_down_is_not_ready(pg_pair: PgPair) -> None:
+    driver = driver_for(pg_pair)
+    pg_pair.sql("replica", "ALTER SYSTEM SET primary_conninfo = ''")  # its WAL receiver ends; the primary stays up
+    pg_pair.sql("replica", "SELECT pg_reload_conf()")
+    wait_until("the WAL receiver to stop", lambda: pg_pair.sql("replica", "SELECT count(*) FROM pg_stat_wal_receiver")[0][0] == 0)
+    gone = await readiness(driver, pf_step(max_lag_bytes=16 * MB))
+    assert not gone.ready and "app/cloud" in gone.reason and "is not streaming: no WAL receiver" in gone.reason
+
+    pg_pair.stop_primary()
+    orphan = await readiness(driver, pf_step())
+    assert not orphan.ready and "is not streaming" in orphan.reason
+    assert orphan.observed["peers"]["onprem"]["status"] == "down"
+    assert "replica_lag_bytes" in orphan.metrics  # received vs replayed still says what a promotion would lose
+
+    pg_pair.replica.stop()
+    down = await readiness(driver, pf_step())
+    assert not down.ready and "app/cloud (127.0.0.1:" in down.reason and "refused" in down.reason.lower()
+
+
+async def test_preflight_wrong_password_is_not_ready_and_never_shows_it(
+    pg_pair_factory: Callable[..., PgPair], tmp_path: Path
+) -> None:
+    pair = pg_pair_factory(password="right-horse-battery")
+    good = secret_file(tmp_path, "right-horse-battery")
+    wrong = secret_file(tmp_path, "wrong-staple-x9", name="wrong")
+
+    target = await readiness(driver_for(pair, password=wrong), pf_step())
+    assert not target.ready and "app/cloud" in target.reason and "password authentication failed" in target.reason
+
+    # The peer's password wrong: apply's split-brain guard could not rule out a writable onprem.
+    peer = await readiness(driver_for(pair, password=good, onprem_password=wrong), pf_step())
+    assert not peer.ready and "cannot rule out that onprem is writable" in peer.reason
+    assert "password authentication failed" in peer.reason
+    for text in (target.reason, peer.reason, repr(peer.observed)):
+        assert "wrong-staple-x9" not in text and "right-horse-battery" not in text
+    assert (await readiness(driver_for(pair, password=good), pf_step())).ready
+
+
+async def test_preflight_a_role_that_may_not_promote_is_not_ready(pg_pair: PgPair) -> None:
+    pg_pair.sql("primary", "CREATE ROLE app LOGIN")
+    pg_pair.wait_replayed(inserted(pg_pair))
+    as_app = pg_pair.replica_dsn.replace("user=postgres", "user=app")
+    answer = await readiness(driver_for(pg_pair, cloud=as_app), pf_step())
+    assert not answer.ready
+    assert "the role may not execute pg_promote" in answer.reason and "pg_read_all_stats" in answer.reason
+
+
+async def test_preflight_failback_target_already_primary_and_split_brain(pg_pair: PgPair) -> None:
+    driver = driver_for(pg_pair)
+    before = world(pg_pair)
+    home = await readiness(driver, pf_step("onprem", max_lag_bytes=MB))
+    assert home.ready and "app/onprem" in home.reason and "already is the primary" in home.reason
+    assert home.metrics == {} and home.observed["peers"]["cloud"]["status"] == "replica"
+    assert world(pg_pair) == before
+
+    pg_pair.sql("replica", "SELECT pg_promote()")  # behind the driver's back: two writable primaries
+    for site, other in (("onprem", "cloud"), ("cloud", "onprem")):
+        split = await readiness(driver, pf_step(site))
+        assert not split.ready and "split brain" in split.reason and f"so is {other}" in split.reason

@@ -64,6 +64,19 @@ class NetboxInstance:
             if status != 204:
                 raise ComponentFailed(f"NetBox DELETE custom field {FENCING_FIELD} answered {status}: {str(body)[:500]}")
 
+    def read_only_token(self) -> tuple[int, str]:
+        """A second v2 token of the superuser with ``write_enabled`` off: its id (to delete it) and the token."""
+        body = {"username": self.admin, "password": self.password, "write_enabled": False, "description": "read-only test"}
+        status, answer = _http("POST", f"{self.url}/api/users/tokens/provision/", body)
+        if status != 201 or not isinstance(answer, dict) or answer.get("write_enabled") is not False:
+            raise ComponentFailed(f"NetBox read-only token provisioning answered {status}: {str(answer)[:500]}")
+        return int(answer["id"]), f"nbt_{answer['key']}.{answer['token']}"
+
+    def delete_token(self, token_id: int) -> None:
+        status, body = _http("DELETE", f"{self.url}/api/users/tokens/{token_id}/", token=self.token)
+        if status != 204:
+            raise ComponentFailed(f"NetBox DELETE token {token_id} answered {status}: {str(body)[:500]}")
+
 
 def _as_postgres(argv: Sequence[str]) -> list[str]:
     # PostgreSQL refuses to run as root.
