@@ -110,7 +110,11 @@ def replica_readiness(
     if seconds is not None:
         metrics["replica_lag_seconds"] = seconds
     faults = []
-    if standby.receiver_status != "streaming":
+    # With no writable peer the primary is down: that is the outage a cutover exists for, and a replica with nothing
+    # to stream from is expected then (its lag is the data the promotion would lose). Only a primary that is up while
+    # the replica does not stream from it is a broken path; else readiness would refuse exactly the cutovers it guards.
+    primary_up = any(p.status == "primary" for p in peers)
+    if standby.receiver_status != "streaming" and primary_up:
         faults.append(_not_streaming(where, standby))
     if refusal is not None and not guards.force:
         faults.append(f"apply would refuse: {refusal}")
@@ -121,7 +125,8 @@ def replica_readiness(
     limit = "no limit" if guards.max_lag_bytes is None else f"max_lag_bytes={guards.max_lag_bytes}"
     lag_text = "unknown" if lag is None else f"{lag} bytes"
     age = "" if seconds is None else f", {seconds:.1f}s"
-    reason = f"{where} is a streaming replica, replay lag {lag_text}{age} ({limit})"
+    kind = "a streaming replica" if standby.receiver_status == "streaming" else "a replica with no primary to stream from"
+    reason = f"{where} is {kind}, replay lag {lag_text}{age} ({limit})"
     writable = [p.site for p in peers if p.status == "primary"]
     if writable and not guards.force:
         reason += f"; apply refuses while {writable[0]} still takes writes (split-brain guard): it runs once that is down"

@@ -447,7 +447,7 @@ async def test_preflight_lag_over_the_limit_is_not_ready(pg_pair: PgPair) -> Non
     assert before["replica"][2] == "paused" and before["replica"][3] is not None
 
 
-async def test_preflight_replica_that_stopped_streaming_or_is_down_is_not_ready(pg_pair: PgPair) -> None:
+async def test_preflight_replica_not_streaming_from_a_live_primary_or_down_is_not_ready(pg_pair: PgPair) -> None:
     driver = driver_for(pg_pair)
     pg_pair.sql("replica", "ALTER SYSTEM SET primary_conninfo = ''")  # its WAL receiver ends; the primary stays up
     pg_pair.sql("replica", "SELECT pg_reload_conf()")
@@ -455,9 +455,11 @@ async def test_preflight_replica_that_stopped_streaming_or_is_down_is_not_ready(
     gone = await readiness(driver, pf_step(max_lag_bytes=16 * MB))
     assert not gone.ready and "app/cloud" in gone.reason and "is not streaming: no WAL receiver" in gone.reason
 
+    # The primary down is the outage a cutover is for: a replica with nothing to stream from is ready then (were it
+    # not, a profile refusing broken paths would refuse every real cutover), and its lag says what promotion loses.
     pg_pair.stop_primary()
     orphan = await readiness(driver, pf_step())
-    assert not orphan.ready and "is not streaming" in orphan.reason
+    assert orphan.ready and "a replica with no primary to stream from" in orphan.reason, orphan.reason
     assert orphan.observed["peers"]["onprem"]["status"] == "down"
     assert "replica_lag_bytes" in orphan.metrics  # received vs replayed still says what a promotion would lose
 
