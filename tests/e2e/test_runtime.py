@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -99,9 +100,11 @@ class NotifyListener:
 
 
 def status_of(fields: list[str]) -> dict[str, str]:
-    """``STATUS=drill: PRIMARY, prod: PRIMARY`` → {"drill": "PRIMARY", "prod": "PRIMARY"}."""
+    """``STATUS=drill: PRIMARY, prod: PRIMARY`` (or, once readiness ran, ``drill: PRIMARY, path ready; prod: ...``)
+    → {"drill": "PRIMARY", "prod": "PRIMARY"}."""
     line = next(f for f in fields if f.startswith("STATUS="))
-    return dict(part.split(": ", 1) for part in line.removeprefix("STATUS=").split(", "))
+    lanes = re.split(r"[,;] (?=[a-z][a-z0-9_-]*: )", line.removeprefix("STATUS="))
+    return {name: rest.split(",")[0] for name, rest in (part.split(": ", 1) for part in lanes)}
 
 
 def pings(messages: list[list[str]]) -> int:
