@@ -88,7 +88,10 @@ class AlertmanagerReceiver:
         # chunked body (no Content-Length) cannot make us buffer more than max_body_bytes either.
         app = web.Application(client_max_size=self.spec.max_body_bytes)
         app.router.add_post(self.spec.path, self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        # A short grace at cleanup: our handler never awaits once it has the body, and a body still arriving when
+        # the server stops never completes (aiohttp drops a closing connection's data), so the grace only delays
+        # the source's cancel (shutdown, restart) while a webhook is in flight. Alertmanager re-sends a cut one.
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, self.spec.listen, self.spec.port).start()
