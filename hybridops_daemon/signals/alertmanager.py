@@ -143,6 +143,9 @@ class AlertmanagerReceiver:
         except TimeoutError:
             self.health.malformed_input("webhook body not received within 10s")
             return web.Response(status=408, text="request body timeout\n")
+        except ConnectionResetError:  # left to aiohttp, it would log a traceback
+            self.health.malformed_input("webhook client went away before its body arrived")
+            return web.Response(status=400, text="connection lost\n")  # to nobody: aiohttp drops it
         try:
             alerts = _parse(body, self._limits)
         except BadWebhook as exc:
