@@ -392,8 +392,11 @@ class PowerDnsDriver(_ResolvingVerifier):
         key = secret("powerdns", "powerdns.api_key", self._config.api_key)
         url = self._zone_url(want.inputs.zone)
         try:
+            # asyncio.timeout with aiohttp's timers off: on 3.11 aiohttp's timer, firing as the caller's cancel
+            # arrives, turns the cancel into a TimeoutError and withdraws it (see signals/http_probe.py).
             async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout)) as session,
+                asyncio.timeout(self._timeout),
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session,
                 session.patch(url, json=body, headers={"X-API-Key": key}, allow_redirects=False) as response,
             ):
                 status = response.status
