@@ -12,6 +12,7 @@ must end within ``WITHIN``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -36,9 +37,11 @@ from hybridops_daemon.config.sources import (
     MqttSource,
     PeerSource,
     PrometheusSource,
+    SourceSpec,
 )
+from hybridops_daemon.daemon.sources import SourceSupervisor
 from hybridops_daemon.signals.alertmanager import AlertmanagerReceiver
-from hybridops_daemon.signals.base import Source
+from hybridops_daemon.signals.base import Emit, Source
 from hybridops_daemon.signals.bgp import BgpPoller
 from hybridops_daemon.signals.http_probe import HttpProbe
 from hybridops_daemon.signals.ipsec import IpsecPoller
@@ -320,3 +323,46 @@ async def test_an_ipsec_source_cancelled_at_any_moment_ends_within_a_second(char
 
     seed = random.randrange(2**32)
     report("ipsec", seed, await cancel_at_random_moments(make, seed))
+
+
+class Swallowing:
+    """A source with the bug this file hunts: cancelled, its ``run`` loses the cancel and ends normally. Only the
+    first instance does, so that a supervisor which starts another can still be cancelled and the test ends."""
+
+    name = "swallowing"
+    swallowed = False
+
+    async def __aenter__(self) -> Swallowing:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+    async def run(self, _emit: Emit) -> None:
+        if Swallowing.swallowed:
+            await asyncio.sleep(3600)
+        Swallowing.swallowed = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+
+
+async def test_the_supervisor_ends_on_cancel_even_when_its_source_swallowed_it() -> None:
+    # The daemon's supervisor would otherwise take the normal end for a finished run and start the source again.
+    spec = HttpProbeSource.model_validate({"type": "http_probe", "signal": "app_up", "url": "http://127.0.0.1:1/"})
+    builds = 0
+
+    def build(_spec: SourceSpec) -> Source:
+        nonlocal builds
+        builds += 1
+        return Swallowing()
+
+    task = asyncio.create_task(SourceSupervisor(build, lambda _sample: None).run(spec))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=WITHIN)
+    where = awaiting(task)
+    if not done:
+        task.cancel()  # the second source does not swallow: the test ends, the failure is recorded below
+        await asyncio.wait({task}, timeout=WITHIN)
+    assert done and task.cancelled(), f"the supervisor ran on after its cancel ({builds} builds), at {where}"
+    assert builds == 1
