@@ -54,6 +54,7 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
+from hybridops_daemon import cancel
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -222,6 +223,7 @@ async def _ask(server: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
     resolver.cache = None  # every probe is fresh
     try:
         answer = await resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
+        cancel.raise_if_cancelled()  # dnspython's asyncio backend waits with wait_for, which on 3.11 loses cancels
     except dns.resolver.NXDOMAIN:
         return _Answer("nxdomain", reachable=True)
     except dns.resolver.LifetimeTimeout:
@@ -310,7 +312,7 @@ class _ResolvingVerifier:
         answers, fences = await self._probe(want)
         # Secondaries converge after NOTIFY + transfer: within `settle`, ask again until all agree.
         while not converged(answers, fences) and loop.time() + _SETTLE_INTERVAL < deadline:
-            await asyncio.sleep(_SETTLE_INTERVAL)
+            await cancel.sleep(_SETTLE_INTERVAL)
             answers, fences = await self._probe(want)
         stamp = _stamp(fences)
         servers = ", ".join(self._nameservers)
@@ -392,8 +394,11 @@ class PowerDnsDriver(_ResolvingVerifier):
         key = secret("powerdns", "powerdns.api_key", self._config.api_key)
         url = self._zone_url(want.inputs.zone)
         try:
+            # asyncio.timeout with aiohttp's timers off: on 3.11 aiohttp's timer, firing as the caller's cancel
+            # arrives, turns the cancel into a TimeoutError and withdraws it (see signals/http_probe.py).
             async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout)) as session,
+                asyncio.timeout(self._timeout),
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session,
                 session.patch(url, json=body, headers={"X-API-Key": key}, allow_redirects=False) as response,
             ):
                 status = response.status
@@ -508,6 +513,7 @@ class Rfc2136Driver(_ResolvingVerifier):
             address = await _address(host, self._timeout)
             remaining = max(0.1, self._timeout - (loop.time() - began))  # one budget, name lookup included
             response = await dns.asyncquery.tcp(message, address, timeout=remaining, port=port)
+            cancel.raise_if_cancelled()  # dnspython waits with wait_for: a cancel as the answer came in is lost
         except (dns.exception.Timeout, TimeoutError):
             raise Unavailable(f"DNS UPDATE to {where}: no answer within {self._timeout:g}s") from None
         except (OSError, EOFError) as exc:
