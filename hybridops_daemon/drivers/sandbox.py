@@ -3,7 +3,8 @@
 It stands in for the outside world in demos and tests, so that effects can be watched and counted:
 ``resources`` holds each resource as last applied, ``applies`` counts apply() calls per resource,
 ``events`` is the history (with each apply's ``previous`` value, which compensate() restores), and
-``faults`` lets a test make an operation fail, fail permanently, or hang. A missing file is an empty world.
+``faults`` lets a test make an operation fail, fail permanently, or hang (``preflight`` too: how a test plants a
+step that is not ready). A missing file is an empty world.
 
 Every change happens under an exclusive ``flock`` on ``<world>.lock`` (read, modify, write) and is written
 atomically (temp file, fsync, rename, fsync of the folder), so concurrent drivers and processes never lose
@@ -23,9 +24,11 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from hybridops_daemon.chain.templating import UnresolvedReference, render
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -33,6 +36,8 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     PermanentDriverError,
     ProbeResult,
+    Readiness,
+    Refused,
     StepContext,
 )
 from hybridops_daemon.drivers.modules import (
@@ -48,7 +53,7 @@ from hybridops_daemon.drivers.modules import (
     validate_inputs,
 )
 
-Op = Literal["check", "apply", "verify", "compensate"]
+Op = Literal["check", "apply", "verify", "compensate", "preflight"]
 World = dict[str, Any]
 
 _SECRET_REF = re.compile(r"\{secret:([^{}]+)\}")
@@ -248,6 +253,33 @@ class SandboxDriver:
             return ApplyResult(log=(f"removed {key}: it did not exist before run {step.run_id}",))
         restored = MODULES[step.module].model_validate(original)
         return ApplyResult(log=(f"restored {_describe(restored)}",), outputs=_outputs(restored))
+
+    async def preflight(self, step: StepContext) -> Readiness:
+        """Could the step run now? Validates the inputs and reads the world file; never writes the world's
+        resources, applies or events.
+
+        Inputs that reference an earlier step's outputs (``${steps.<id>.<key>}``) are known only to the run: then
+        only the module is checked, and the reason says so. A ``preflight`` fault armed with
+        ``SandboxWorld.inject_fault(module, "preflight", ...)`` raises its message (DriverError, PermanentDriverError)
+        or hangs, as the other operations' faults do: the caller reports it as not ready. Consuming one failure of
+        an armed fault rewrites its counter, as for every operation. Budget: one file read (no latency), two and
+        a write when a fault is armed. Raises PermanentDriverError (Refused) on bad inputs or an unreadable world.
+        """
+        key: str | None = None
+        what, unchecked = step.module, ""
+        try:
+            rendered = render(step.inputs, {}, {"id": step.run_id, "lane": step.lane})
+        except UnresolvedReference as exc:  # only the run knows it: the inputs are checked then
+            unchecked = f"; inputs not checked: {exc}"
+            if step.module not in MODULES:
+                raise Refused(f"sandbox: unknown module {step.module!r}") from None
+        else:
+            inputs, _desired, key = self._intent(replace(step, inputs=rendered))
+            what = _describe(inputs)
+        await self._honour_fault(step, "preflight")
+        current = (await asyncio.to_thread(_read, self._world))["resources"].get(key) if key else None
+        observed = {"world": str(self._world), "resource": key, "current": current}
+        return Readiness(True, f"sandbox: {what} can be applied to world {self._world.name}{unchecked}", observed)
 
     # ------------------------------------------------------------------------------------------ internals
 

@@ -302,3 +302,82 @@ async def test_corrupt_world_is_a_permanent_error(driver: SandboxDriver, world: 
     world.path.write_text("{not json")
     with pytest.raises(PermanentDriverError, match="not valid JSON"):
         await driver.check(step())
+
+
+# --------------------------------------------------------------------------------------------- preflight (issue #13)
+
+SITE = "service/active-site@v1"
+PREFLIGHT_INPUTS = {**{module: inputs for module, (inputs, _key, _outputs) in CASES.items()},
+                    SITE: {"service": "web", "site": "ams", "config_dir": "/etc/web"}}  # fmt: skip
+
+
+def preflight_step(module: str, inputs: dict[str, Any] | None = None) -> StepContext:
+    """As the daemon hands it: run id "preflight", fencing token 0, the inputs as profiled."""
+    return StepContext("preflight", "drill", "s", module, PREFLIGHT_INPUTS[module] if inputs is None else inputs, {}, 0)
+
+
+def untouched(world: SandboxWorld) -> tuple[Any, Any, Any]:
+    data = world.read()
+    return data["resources"], data["applies"], data["events"]
+
+
+async def test_preflight_is_ready_for_every_module_and_writes_nothing(driver: SandboxDriver, world: SandboxWorld) -> None:
+    assert set(PREFLIGHT_INPUTS) == set(MODULES)  # every module the driver runs
+    await driver.apply(step())  # a world that holds something
+    before, raw = untouched(world), world.path.read_bytes()
+    for module in sorted(MODULES):
+        began = time.perf_counter()
+        readiness = await driver.preflight(preflight_step(module))
+        print(f"sandbox preflight {module}: {1000 * (time.perf_counter() - began):.2f} ms")
+        assert readiness.ready, readiness.reason
+        key = resource_key(module, validate_inputs(module, PREFLIGHT_INPUTS[module]))
+        assert readiness.observed["resource"] == key
+        assert "can be applied to world world.json" in readiness.reason
+    assert readiness.observed["current"] is None  # active-site, sorted last: not in the world
+    fip = await driver.preflight(preflight_step(FIP))
+    assert fip.observed["current"] == {"ip": "203.0.113.10", "target": "edge02"}  # what is there now
+    assert untouched(world) == before and world.path.read_bytes() == raw
+
+
+async def test_preflight_fault_plants_a_not_ready_step(driver: SandboxDriver, world: SandboxWorld) -> None:
+    world.inject_fault(FIP, "preflight", fail_times=2, message="standby project over its IP quota")
+    before = untouched(world)
+    for _ in range(2):
+        with pytest.raises(DriverError, match="standby project over its IP quota") as caught:
+            await driver.preflight(preflight_step(FIP))
+        assert caught.value.retryable  # the caller reports str(exc) as the reason
+    assert (await driver.check(step())).satisfied is False  # other operations are not affected
+    assert (await driver.preflight(preflight_step(FIP))).ready  # spent: ready again
+    assert (await driver.preflight(preflight_step("dns/record@v1"))).ready  # a fault is per module
+    world.inject_fault(FIP, "preflight", message="token revoked", permanent=True)
+    with pytest.raises(PermanentDriverError, match="token revoked"):
+        await driver.preflight(preflight_step(FIP))
+    assert untouched(world) == before
+
+
+async def test_preflight_hang_is_cut_by_the_callers_timeout(driver: SandboxDriver, world: SandboxWorld) -> None:
+    world.inject_fault("dns/record@v1", "preflight", hang=True)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await driver.preflight(preflight_step("dns/record@v1"))
+    assert time.monotonic() - started < 1.0
+    assert untouched(world) == ({}, {}, [])
+
+
+async def test_preflight_checks_literal_inputs_leaves_references_to_the_run(driver: SandboxDriver, world: SandboxWorld) -> None:
+    with pytest.raises(PermanentDriverError, match="content"):
+        await driver.preflight(preflight_step("dns/record@v1", {"zone": "example.com", "name": "app", "content": "not-an-ip"}))
+    with pytest.raises(PermanentDriverError, match="unknown module"):
+        await driver.preflight(StepContext("preflight", "drill", "s", "x/y@v1", {"a": "${steps.fip.ip}"}, {}, 0))
+    # ${run.*} is known (the preflight's own); an earlier step's output is not, so those inputs wait for the run.
+    named = await driver.preflight(preflight_step("ipam/address@v1", {"address": "203.0.113.9", "status": "active",
+                                                                       "description": "run ${run.id}"}))  # fmt: skip
+    assert named.ready and named.observed["resource"] == "ipam/address@v1:203.0.113.9"
+    later = {"zone": "example.com", "name": "app", "content": "${steps.capacity.ip}"}
+    deferred = await driver.preflight(preflight_step("dns/record@v1", later))
+    assert deferred.ready and deferred.observed["resource"] is None
+    assert "inputs not checked: ${steps.capacity.ip}: step 'capacity' has published no output 'ip'" in deferred.reason
+    world.path.write_text("{not json")
+    with pytest.raises(PermanentDriverError, match="not valid JSON"):
+        await driver.preflight(preflight_step(FIP))
