@@ -31,6 +31,7 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     NotFound,
     PermanentDriverError,
+    Preflight,
     ProbeResult,
     Refused,
     StepContext,
@@ -437,6 +438,7 @@ def files(folder: Path) -> dict[str, tuple[bytes, int, int]]:
 
 
 async def test_preflight_runs_apply_in_check_mode_and_changes_nothing(site: Site) -> None:
+    assert isinstance(site.driver, Preflight)
     before, hups = files(site.config_dir), site.hups()
     assert {"active-site", "service.conf", "service.pid"} <= set(before)
     step = preflight_ctx(SITE_MODULE, {"service": "web", "site": "fra", "config_dir": str(site.config_dir)})  # a move

@@ -36,6 +36,7 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     NotFound,
     PermanentDriverError,
+    Preflight,
     RateLimited,
     Refused,
     StepContext,
@@ -678,6 +679,7 @@ async def test_preflight_is_ready_against_a_healthy_target_and_writes_nothing(
     kind: str, powerdns: PowerDns, tmp_path: Path
 ) -> None:
     driver = make_driver(kind, powerdns, tmp_path)
+    assert isinstance(driver, Preflight)
     await driver.apply(ctx("pf", "192.0.2.209"))  # the record exists already: a preflight must not touch it either
     before, seen = zone_state(powerdns), counters(powerdns)
     rounds, times = 5, []
