@@ -295,8 +295,13 @@ def _index(node: yaml.Node, path: KeyPath, line: int, parsed: _Parsed, ancestors
     elif isinstance(node, yaml.MappingNode):
         seen: dict[tuple[str, str], int] = {}
         for key, value in node.value:
-            # Merge keys (`<<: *base`) are not config keys; complex keys fail construction anyway.
-            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+            if not isinstance(key, yaml.ScalarNode):  # complex keys fail construction anyway
+                continue
+            if key.tag == _MERGE_TAG:
+                # Not a config key, but its content is data: counted, since `&b {<<: *a, k: *a}` doubles per level.
+                line = parsed.lines[path]
+                _index(value, path, line, parsed, ancestors)
+                parsed.lines[path] = line
                 continue
             key_line = key.start_mark.line + 1
             identity = (key.tag, key.value)  # `1:` and `"1":` are different keys

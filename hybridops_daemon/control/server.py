@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from hybridops_daemon import cancel
 from hybridops_daemon.control.protocol import (
     MAX_REQUEST_BYTES,
     MUTATING,
@@ -236,6 +237,7 @@ class ControlServer:
         except (ConnectionError, TimeoutError) as exc:
             _log.debug("control client went away", error=repr(exc))
         except Exception:
+            cancel.raise_if_cancelled()  # as in _dispatch: a swallowed shutdown cancel is not a failed connection
             _log.exception("control connection failed")
         finally:
             writer.close()
@@ -296,6 +298,9 @@ class ControlServer:
                 " check hyopsctl status before retrying",
             )
         except Exception:
+            # A backend TaskGroup whose child failed as shutdown cancelled this handler raises the child's error, not
+            # the cancel (Python 3.11): that is the shutdown, not a failed request.
+            cancel.raise_if_cancelled()
             log.exception("control request failed")
             return encode_error(ErrorCode.INTERNAL, _INTERNAL_MESSAGE)
         # reads are polled by monitoring; only commands that change something are worth an info line each

@@ -39,6 +39,8 @@ class SourceSupervisor:
     async def run(self, spec: SourceSpec) -> None:
         backoff = self._backoff()
         while True:
+            # A run() that ended normally may have lost this task's cancel on the way (see cancel): not a restart.
+            cancel.raise_if_cancelled()
             try:
                 source = self._build(spec)
                 async with source:

@@ -16,7 +16,8 @@ The contract with a pack (packs/README.md says it at length):
   "outputs"?: {...}, ...observed}``, verify ``{"ok": bool, "detail"?: str, ...observed}``, apply/compensate
   the outputs to publish.
 * ``check`` and ``verify`` run with ``--check`` so that a task that would change something is only simulated;
-  the task that writes the result file says ``check_mode: false``.
+  the task that writes the result file says ``check_mode: false``. preflight() runs ``apply.yml`` with ``--check``
+  (drivers/ansible_preflight.py), so no task of ``apply.yml`` may say ``check_mode: false``.
 * Secrets never travel as vars: each of the step's secrets is an environment variable ``HYOPS_SECRET_<NAME>``
   (name upper-cased, other characters than A-Z, 0-9 and _ turned into _), which the pack reads with
   ``lookup('env', ...)`` in tasks marked ``no_log: true``.
@@ -31,9 +32,9 @@ step. A pack must not start long-lived processes of its own (``async`` tasks, ``
 exit they would be left running, and on a timeout they would be killed.
 
 Errors, in the shared vocabulary of ``drivers.base``: ``Unavailable`` (retryable) when ansible-playbook exits
-non-zero (``code`` its exit status; a failed task is named, with ``details["task"]`` and ``details["detail"]``,
-ansible's message for it; exit 4 with UNREACHABLE: the host), runs past ``config.timeout``, or finishes without
-a usable result file; permanent ``NotFound`` (module not bound, pack or phase playbook missing, no
+non-zero (``code`` its exit status; a failed task is named, with ``details["task"]``, ``details["host"]`` and
+``details["detail"]``, ansible's message for it; exit 4 with UNREACHABLE: the host), runs past ``config.timeout``,
+or finishes without a usable result file; permanent ``NotFound`` (module not bound, pack or phase playbook missing, no
 ansible-playbook), ``Refused`` (ansible refused to parse the playbook or its options; inputs that cannot be
 handed to a playbook) and ``NoCompensation``. Every line and message the driver returns has the step's secret
 values replaced by ``***``: the journal redacts them too, but the driver does not rely on it.
@@ -58,6 +59,7 @@ from typing import Any, Literal
 
 import yaml
 
+from hybridops_daemon.drivers import ansible_preflight
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -65,6 +67,7 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     NotFound,
     ProbeResult,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -72,8 +75,9 @@ from hybridops_daemon.drivers.base import (
 from hybridops_daemon.drivers.declarations.ansible import AnsibleDriverConfig
 from hybridops_daemon.drivers.modules import MODULES, validate_inputs
 
-Phase = Literal["check", "apply", "verify", "compensate"]
+Phase = Literal["check", "apply", "verify", "compensate", "preflight"]
 _PHASES: tuple[Phase, ...] = ("check", "apply", "verify")  # every pack ships these; compensate.yml is optional
+_CHECK_MODE: tuple[Phase, ...] = ("check", "verify", "preflight")  # run with --check
 
 LOG_LINES = 50  # lines of ansible's output returned in ApplyResult.log
 _MAX_LINE = 1000  # characters kept per output line
@@ -85,7 +89,8 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED = ("hyops_", "ansible_")  # the driver's own vars, and ansible's connection/behaviour vars
 _BANNER = re.compile(r"^(?:PLAY|TASK|RUNNING HANDLER)\b.*\*{3,}$")
 _TASK = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(?P<name>.*)\]")
-_FATAL = re.compile(r"^fatal: \[[^\]]*\]: (?P<kind>FAILED|UNREACHABLE)! => (?P<result>.*)$")
+_FATAL = re.compile(r"^fatal: \[(?P<host>[^\]]*)\]: (?P<kind>FAILED|UNREACHABLE)! => (?P<result>.*)$")
+_CHANGED = re.compile(r"^changed: \[")
 _ERROR = re.compile(r"^(?:\[ERROR\]|ERROR!):? ?(?P<message>.*)$")
 # Passed through from the daemon's environment; everything else (other lanes' secrets, ANSIBLE_*) stays out.
 _ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "TZ")
@@ -104,9 +109,11 @@ class _Transcript:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     task: str = ""  # the task running (or last started)
     failed_task: str = ""
+    failed_host: str = ""
     failure: str = ""
     unreachable: bool = False
     error: str = ""  # the first [ERROR] line: a parse error has no task
+    changed: list[str] = field(default_factory=list)  # tasks that changed something (under --check: would have)
 
     def feed(self, raw: str) -> None:
         line = _mask(raw.rstrip(), self.secrets)[:_MAX_LINE]
@@ -116,12 +123,14 @@ class _Transcript:
             line = line.rstrip(" *")  # ansible pads banners with asterisks to 80 columns
         if match := _TASK.match(line):
             self.task = match["name"]
+        elif _CHANGED.match(line) and self.task not in self.changed:
+            self.changed.append(self.task)
         elif match := _FATAL.match(line):
-            self.failed_task = self.task
+            self.failed_task, self.failed_host = self.task, match["host"]
             self.failure = _result_message(match["result"], self.secrets)
             self.unreachable = match["kind"] == "UNREACHABLE"
         elif line.strip() == "...ignoring":
-            self.failed_task, self.failure, self.unreachable = "", "", False
+            self.failed_task, self.failed_host, self.failure, self.unreachable = "", "", "", False
         elif (match := _ERROR.match(line)) and not self.error:
             self.error = match["message"]
         self.tail.append(line)
@@ -207,6 +216,7 @@ def secret_env_name(name: str) -> str:
 class _Run:
     result: dict[str, Any]
     log: tuple[str, ...]
+    changed: tuple[str, ...] = ()  # the tasks that changed something (under --check: would have)
 
 
 class AnsibleDriver:
@@ -276,6 +286,12 @@ class AnsibleDriver:
         run = await self._run(step, "compensate")
         return ApplyResult(log=run.log, outputs=run.result)
 
+    async def preflight(self, step: StepContext) -> Readiness:
+        """Run the pack's ``apply.yml`` under --check (drivers/ansible_preflight.py): writes nothing as long as the
+        pack keeps its contract. Not ready, naming the task and the host, when a task fails there; raises as
+        apply() otherwise. Budget: as apply(), ansible's start-up plus the playbook, within ``config.timeout``."""
+        return await ansible_preflight.readiness(self, step)
+
     def pack_problems(self) -> list[str]:
         """What is wrong with the bound packs (missing pack folder or phase playbook), for start-up validation."""
         problems: list[str] = []
@@ -307,6 +323,8 @@ class AnsibleDriver:
         return self._config.packs_dir / self._pack(step)
 
     def _where(self, step: StepContext, phase: Phase) -> str:
+        if phase == "preflight":
+            return f"ansible pack {self._pack(step)} apply.yml in check mode"
         return f"ansible pack {self._pack(step)} {phase}.yml"
 
     def _binary(self) -> str:
@@ -369,7 +387,7 @@ class AnsibleDriver:
 
     async def _run(self, step: StepContext, phase: Phase) -> _Run:
         where = self._where(step, phase)
-        playbook = self._pack_dir(step) / f"{phase}.yml"
+        playbook = self._pack_dir(step) / f"{'apply' if phase == 'preflight' else phase}.yml"
         if not playbook.is_file():
             raise NotFound(f"{where}: {playbook} does not exist")
         binary = self._binary()
@@ -392,7 +410,7 @@ class AnsibleDriver:
             _write_private(vars_file, yaml.dump(extra, Dumper=_VarsDumper, sort_keys=True, allow_unicode=True))
             _write_private(tmp / "ansible.cfg", "")
             argv = [binary, "-i", "localhost,", "-c", "local", "-e", f"@{vars_file}"]
-            if phase in ("check", "verify"):
+            if phase in _CHECK_MODE:
                 argv.append("--check")
             argv.append(str(playbook.resolve()))
 
@@ -400,14 +418,15 @@ class AnsibleDriver:
             returncode = await self._execute(argv, tmp, self._env(tmp, secrets), transcript, where)
             if returncode != 0:
                 raise self._failure(where, returncode, transcript)
-            result = self._read_result(output_file, where)
+            # apply.yml's result is simulated under --check, like its other writes: a preflight has none to read
+            result = {} if phase == "preflight" else self._read_result(output_file, where)
         finally:
             # Synchronous on purpose: it must also run to the end when the step is being cancelled.
             shutil.rmtree(tmp, ignore_errors=True)
         encoded = json.dumps(result)
         if any(secret in encoded for secret in masked):
             raise Unavailable(f"{where}: the result holds a secret value; refusing to publish it")
-        return _Run(result=result, log=tuple(transcript.tail))
+        return _Run(result=result, log=tuple(transcript.tail), changed=tuple(transcript.changed))
 
     async def _execute(self, argv: list[str], tmp: Path, env: dict[str, str], transcript: _Transcript, where: str) -> int:
         try:
@@ -450,7 +469,7 @@ class AnsibleDriver:
         if transcript.failure:
             task, detail = transcript.failed_task or "(unnamed)", transcript.failure
             how = ": host unreachable" if transcript.unreachable else " failed"
-            details = {"task": task, "detail": detail}
+            details = {"task": task, "host": transcript.failed_host, "detail": detail}
             return Unavailable(f"{where}: task {task!r}{how}: {detail}", code=returncode, details=details)
         error = transcript.error or (transcript.tail[-1] if transcript.tail else "no output")
         # Exit 4 without an unreachable host, or 5: ansible refused the playbook or the options (a pack bug).

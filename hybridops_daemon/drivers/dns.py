@@ -54,6 +54,7 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
+from hybridops_daemon import cancel
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -63,6 +64,7 @@ from hybridops_daemon.drivers.base import (
     NotFound,
     ProbeResult,
     RateLimited,
+    Readiness,
     Refused,
     StepContext,
     Unavailable,
@@ -222,6 +224,7 @@ async def _ask(server: str, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
     resolver.cache = None  # every probe is fresh
     try:
         answer = await resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
+        cancel.raise_if_cancelled()  # dnspython's asyncio backend waits with wait_for, which on 3.11 loses cancels
     except dns.resolver.NXDOMAIN:
         return _Answer("nxdomain", reachable=True)
     except dns.resolver.LifetimeTimeout:
@@ -310,7 +313,7 @@ class _ResolvingVerifier:
         answers, fences = await self._probe(want)
         # Secondaries converge after NOTIFY + transfer: within `settle`, ask again until all agree.
         while not converged(answers, fences) and loop.time() + _SETTLE_INTERVAL < deadline:
-            await asyncio.sleep(_SETTLE_INTERVAL)
+            await cancel.sleep(_SETTLE_INTERVAL)
             answers, fences = await self._probe(want)
         stamp = _stamp(fences)
         servers = ", ".join(self._nameservers)
@@ -360,6 +363,14 @@ class PowerDnsDriver(_ResolvingVerifier):
         server = urllib.parse.quote(self._config.server_id, safe="")
         return f"{self._api}/api/v1/servers/{server}/zones/{urllib.parse.quote(zone + '.', safe='.')}"
 
+    async def preflight(self, step: StepContext) -> Readiness:
+        """Could the change land now? Read-only (drivers/dns_preflight.py): one GET of the zone's metadata (the API
+        key accepted, the zone there), then a SOA query to each nameserver, concurrently, each within ``timeout``.
+        Not ready, naming it, when a nameserver is silent or not authoritative; raises as apply() on the API's answer."""
+        from hybridops_daemon.drivers import dns_preflight  # it builds on this module's helpers: imported at first use
+
+        return await dns_preflight.powerdns(self, step)
+
     async def apply(self, step: StepContext) -> ApplyResult:
         """REPLACE the rrset (name, type) with the one desired record and TTL, and the fence TXT beside it with
         the step's stamp: one PATCH to the zone (PowerDNS applies a PATCH's rrsets in one transaction).
@@ -390,18 +401,7 @@ class PowerDnsDriver(_ResolvingVerifier):
             ]
         }
         key = secret("powerdns", "powerdns.api_key", self._config.api_key)
-        url = self._zone_url(want.inputs.zone)
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout)) as session,
-                session.patch(url, json=body, headers={"X-API-Key": key}, allow_redirects=False) as response,
-            ):
-                status = response.status
-                text = await response.text(errors="replace")
-        except TimeoutError:
-            raise Unavailable(f"PowerDNS API at {self._api} did not answer within {self._timeout:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise Unavailable(f"PowerDNS API at {self._api} unreachable: {type(exc).__name__}: {exc}") from None
+        status, text = await self._request("PATCH", self._zone_url(want.inputs.zone), key, body)
         if 200 <= status < 300:
             return ApplyResult(
                 log=(
@@ -410,22 +410,39 @@ class PowerDnsDriver(_ResolvingVerifier):
                 ),
                 outputs=want.outputs(),
             )
-        raise self._http_error(status, _error_text(text, key), want)
+        raise self._http_error(status, _error_text(text, key), want.inputs.zone, want.describe())
 
-    def _http_error(self, status: int, error: str, want: _Record) -> DriverError:
+    async def _request(self, method: str, url: str, key: str, body: Any = None) -> tuple[int, str]:
+        """One API request within ``timeout``: (status, body text). Unavailable when there is no answer."""
+        try:
+            # asyncio.timeout with aiohttp's timers off: on 3.11 aiohttp's timer, firing as the caller's cancel
+            # arrives, turns the cancel into a TimeoutError and withdraws it (see signals/http_probe.py).
+            async with (
+                asyncio.timeout(self._timeout),
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session,
+                session.request(method, url, json=body, headers={"X-API-Key": key}, allow_redirects=False) as response,
+            ):
+                return response.status, await response.text(errors="replace")
+        except TimeoutError:
+            raise Unavailable(f"PowerDNS API at {self._api} did not answer within {self._timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise Unavailable(f"PowerDNS API at {self._api} unreachable: {type(exc).__name__}: {exc}") from None
+
+    def _http_error(self, status: int, error: str, zone: str, what: str) -> DriverError:
+        """The error for a non-2xx answer about ``zone``; ``what`` names what was asked for (in a Refused)."""
         where = f"PowerDNS API at {self._api}"
         if status in (401, 403):
             return CredentialsUnavailable(f"{where} rejected the API key (HTTP {status})", code=status)
         if status == 404:
             return NotFound(
-                f"{where}: no zone {want.inputs.zone}. on server {self._config.server_id!r} (HTTP 404; or a wrong api_url)",
+                f"{where}: no zone {zone}. on server {self._config.server_id!r} (HTTP 404; or a wrong api_url)",
                 code=status,
             )
         if status == 429:
             return RateLimited(f"{where} answered HTTP {status}: {error}", code=status)
         if status >= 500:
             return Unavailable(f"{where} answered HTTP {status}: {error}", code=status)
-        return Refused(f"{where} rejected {want.describe()} (HTTP {status}): {error}", code=status)
+        return Refused(f"{where} rejected {what} (HTTP {status}): {error}", code=status)
 
 
 def _error_text(text: str, key: str) -> str:
@@ -470,22 +487,32 @@ class Rfc2136Driver(_ResolvingVerifier):
         self._timeout = timeout
         self._settle = settle
 
-    def _message(self, want: _Record, fence: dns.rdata.Rdata) -> dns.update.UpdateMessage:
+    def _sign(self, message: dns.message.Message) -> None:
+        """Sign ``message`` with the configured TSIG key (if any); CredentialsUnavailable when the secret is unusable."""
         config = self._config
         if config.tsig_name is None or config.tsig_secret is None:
-            message = dns.update.UpdateMessage(want.zone)
-        else:
-            tsig = secret("rfc2136", "rfc2136.tsig_secret", config.tsig_secret)
-            try:
-                keyring = dns.tsigkeyring.from_text({config.tsig_name: tsig})
-            except (binascii.Error, ValueError, dns.exception.DNSException):
-                raise CredentialsUnavailable("rfc2136: the TSIG secret is not valid base64") from None
-            message = dns.update.UpdateMessage(
-                want.zone, keyring=keyring, keyname=dns.name.from_text(config.tsig_name), keyalgorithm=self._algorithm
-            )
+            return
+        tsig = secret("rfc2136", "rfc2136.tsig_secret", config.tsig_secret)
+        try:
+            keyring = dns.tsigkeyring.from_text({config.tsig_name: tsig})
+        except (binascii.Error, ValueError, dns.exception.DNSException):
+            raise CredentialsUnavailable("rfc2136: the TSIG secret is not valid base64") from None
+        message.use_tsig(keyring, keyname=dns.name.from_text(config.tsig_name), algorithm=self._algorithm)
+
+    def _message(self, want: _Record, fence: dns.rdata.Rdata) -> dns.update.UpdateMessage:
+        message = dns.update.UpdateMessage(want.zone)
+        self._sign(message)
         message.replace(want.name, want.inputs.ttl, want.rdata)
         message.replace(want.fence, want.inputs.ttl, fence)  # the stamp, in the same (atomic) update
         return message
+
+    async def preflight(self, step: StepContext) -> Readiness:
+        """Could the update land now? Read-only, no UPDATE (drivers/dns_preflight.py): a SOA query to the update server,
+        TSIG-signed (the key accepted, the zone served), then one to each nameserver, concurrently, each within
+        ``timeout``. Not ready, naming it, when a server fails; CredentialsUnavailable when the key is rejected."""
+        from hybridops_daemon.drivers import dns_preflight  # it builds on this module's helpers: imported at first use
+
+        return await dns_preflight.rfc2136(self, step)
 
     async def apply(self, step: StepContext) -> ApplyResult:
         """Send one UPDATE that replaces the rrset (name, type) with the desired record and TTL, and the fence
@@ -499,28 +526,8 @@ class Rfc2136Driver(_ResolvingVerifier):
         want = _record(step)
         fence = _fence_rdata(step)
         message = self._message(want, fence)
-        host, port = self._config.server, self._config.port
-        where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-        signed = f" (TSIG {self._config.tsig_name})" if self._config.tsig_name else ""
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        try:
-            address = await _address(host, self._timeout)
-            remaining = max(0.1, self._timeout - (loop.time() - began))  # one budget, name lookup included
-            response = await dns.asyncquery.tcp(message, address, timeout=remaining, port=port)
-        except (dns.exception.Timeout, TimeoutError):
-            raise Unavailable(f"DNS UPDATE to {where}: no answer within {self._timeout:g}s") from None
-        except (OSError, EOFError) as exc:
-            raise Unavailable(f"DNS UPDATE to {where}: {type(exc).__name__}: {exc}") from None
-        except dns.tsig.PeerError as exc:  # the server said BADKEY / BADSIG / BADTIME in a signed answer
-            raise CredentialsUnavailable(f"DNS UPDATE to {where}{signed}: TSIG rejected ({type(exc).__name__})") from None
-        except (dns.tsig.BadSignature, dns.exception.FormError) as exc:
-            if not signed:
-                raise Refused(f"DNS UPDATE to {where}: malformed answer ({exc})") from None
-            # A server that rejects our key answers REFUSED/NOTAUTH unsigned; dnspython then refuses to parse it.
-            raise CredentialsUnavailable(
-                f"DNS UPDATE to {where}{signed}: refused without a valid signature (wrong TSIG key name, secret or algorithm?)"
-            ) from None
+        response = await self._exchange(message, "DNS UPDATE")
+        where, signed = self._where, self._signed
         rcode = response.rcode()
         if rcode == dns.rcode.NOERROR:
             return ApplyResult(
@@ -538,3 +545,39 @@ class Rfc2136Driver(_ResolvingVerifier):
         if rcode == dns.rcode.NOTZONE:
             raise NotFound(f"DNS UPDATE to {where}: {want.inputs.fqdn} is not in zone {want.inputs.zone} (NOTZONE)", code=text)
         raise Refused(f"DNS UPDATE to {where}: {text} for {want.describe()}", code=text)
+
+    @property
+    def _where(self) -> str:
+        host, port = self._config.server, self._config.port
+        return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+
+    @property
+    def _signed(self) -> str:
+        return f" (TSIG {self._config.tsig_name})" if self._config.tsig_name else ""
+
+    async def _exchange(self, message: dns.message.Message, what: str) -> dns.message.Message:
+        """Send ``message`` to the server over TCP, one exchange within ``timeout`` (name lookup included), and
+        return the answer, its TSIG verified when signed. Raises Unavailable (timeout, connection refused/reset),
+        CredentialsUnavailable (TSIG rejected) and Refused (an unsigned answer that does not parse)."""
+        where, signed = self._where, self._signed
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            address = await _address(self._config.server, self._timeout)
+            remaining = max(0.1, self._timeout - (loop.time() - began))  # one budget, name lookup included
+            response = await dns.asyncquery.tcp(message, address, timeout=remaining, port=self._config.port)
+            cancel.raise_if_cancelled()  # dnspython waits with wait_for: a cancel as the answer came in is lost
+        except (dns.exception.Timeout, TimeoutError):
+            raise Unavailable(f"{what} to {where}: no answer within {self._timeout:g}s") from None
+        except (OSError, EOFError) as exc:
+            raise Unavailable(f"{what} to {where}: {type(exc).__name__}: {exc}") from None
+        except dns.tsig.PeerError as exc:  # the server said BADKEY / BADSIG / BADTIME in a signed answer
+            raise CredentialsUnavailable(f"{what} to {where}{signed}: TSIG rejected ({type(exc).__name__})") from None
+        except (dns.tsig.BadSignature, dns.exception.FormError) as exc:
+            if not signed:
+                raise Refused(f"{what} to {where}: malformed answer ({exc})") from None
+            # A server that rejects our key answers REFUSED/NOTAUTH unsigned; dnspython then refuses to parse it.
+            raise CredentialsUnavailable(
+                f"{what} to {where}{signed}: refused without a valid signature (wrong TSIG key name, secret or algorithm?)"
+            ) from None
+        return response

@@ -88,7 +88,10 @@ class AlertmanagerReceiver:
         # chunked body (no Content-Length) cannot make us buffer more than max_body_bytes either.
         app = web.Application(client_max_size=self.spec.max_body_bytes)
         app.router.add_post(self.spec.path, self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        # A short grace at cleanup: our handler never awaits once it has the body, and a body still arriving when
+        # the server stops never completes (aiohttp drops a closing connection's data), so the grace only delays
+        # the source's cancel (shutdown, restart) while a webhook is in flight. Alertmanager re-sends a cut one.
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, self.spec.listen, self.spec.port).start()
@@ -131,12 +134,18 @@ class AlertmanagerReceiver:
             # Refused before reading a byte of it.
             return self._too_large()
         try:
-            body = await asyncio.wait_for(request.read(), timeout=10.0)  # a client trickling its body gets cut off
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses the shutdown's cancel of this handler when it
+            # arrives as the read completes. A client trickling its body gets cut off.
+            async with asyncio.timeout(10.0):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
         except TimeoutError:
             self.health.malformed_input("webhook body not received within 10s")
             return web.Response(status=408, text="request body timeout\n")
+        except ConnectionResetError:  # left to aiohttp, it would log a traceback
+            self.health.malformed_input("webhook client went away before its body arrived")
+            return web.Response(status=400, text="connection lost\n")  # to nobody: aiohttp drops it
         try:
             alerts = _parse(body, self._limits)
         except BadWebhook as exc:

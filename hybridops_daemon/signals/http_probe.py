@@ -18,6 +18,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from hybridops_daemon import cancel
 from hybridops_daemon.config.sources import HttpProbeSource
 from hybridops_daemon.signals.base import SourceContext
 from hybridops_daemon.signals.sample import Sample
@@ -66,10 +67,14 @@ class HttpProbe:
         started = time.monotonic()
         error: str | None
         try:
-            # No redirects: a 302 to a login page answering 200 is not the health the operator asked for.
-            async with self._session.get(
-                self.spec.url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self.spec.timeout)
-            ) as response:
+            # Bounded by asyncio.timeout, with aiohttp's own timers off (ClientTimeout()): on Python 3.11 aiohttp's
+            # timer, firing in the loop iteration of an outside cancel, turns that cancel into a TimeoutError and
+            # withdraws it (uncancel), so the probe loop ran on. No redirects: a 302 to a login page answering 200
+            # is not the health the operator asked for.
+            async with (
+                asyncio.timeout(self.spec.timeout),
+                self._session.get(self.spec.url, allow_redirects=False, timeout=aiohttp.ClientTimeout()) as response,
+            ):
                 error = self._judge(response.status, time.monotonic() - started)
         except TimeoutError:
             error = f"timeout after {self.spec.timeout:g}s"
@@ -107,7 +112,7 @@ class HttpProbe:
             now = loop.time()
             if tick < now:
                 tick += math.ceil((now - tick) / interval) * interval
-            await asyncio.sleep(tick - now)
+            await cancel.sleep(tick - now)  # a cancel the probe's request swallowed is re-raised here
 
     def _judge(self, status: int, latency: float) -> str | None:
         if status != self.spec.expect_status:

@@ -31,6 +31,7 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     NotFound,
     PermanentDriverError,
+    Preflight,
     ProbeResult,
     Refused,
     StepContext,
@@ -417,3 +418,77 @@ async def test_pack_problems_are_typed(probe: AnsibleDriver, site: Site, tmp_pat
         f"{BROKEN_MODULE}: pack broken has no verify.yml",
         f"{PROBE_MODULE}: pack probe has no check.yml",
     ]
+
+
+# --------------------------------------------------------------------------------------------- preflight (issue #13)
+
+
+def preflight_ctx(module: str, inputs: dict[str, Any]) -> StepContext:
+    """As the daemon hands it: run id "preflight", fencing token 0, the inputs as profiled."""
+    return StepContext("preflight", "drill", "site", module, inputs, {}, fencing_token=0)
+
+
+def files(folder: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file under ``folder``: content, inode and mtime (a rewrite with the same bytes still shows)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+async def test_preflight_runs_apply_in_check_mode_and_changes_nothing(site: Site) -> None:
+    assert isinstance(site.driver, Preflight)
+    before, hups = files(site.config_dir), site.hups()
+    assert {"active-site", "service.conf", "service.pid"} <= set(before)
+    step = preflight_ctx(SITE_MODULE, {"service": "web", "site": "fra", "config_dir": str(site.config_dir)})  # a move
+    began = time.monotonic()
+    readiness = await site.driver.preflight(step)
+    print(f"ansible preflight (active-site apply.yml --check): {time.monotonic() - began:.2f} s")
+    assert readiness.ready, readiness.reason
+    # The templates would rewrite both files, and the result its private file; the SIGHUP (a command: skipped
+    # under --check) is not among them.
+    changes = ["Render the service config", "Write the cutover marker", "Write the apply outputs for the driver"]
+    assert readiness.observed["would_change"] == changes
+    assert readiness.reason == f"ansible pack active-site apply.yml in check mode passed; it would change: {', '.join(changes)}"
+    assert readiness.metrics == {"tasks_would_change": 3.0}
+    assert files(site.config_dir) == before and site.hups() == hups  # nothing written, no reload
+    assert list(site.temp_root.iterdir()) == []
+
+
+async def test_preflight_names_the_task_and_host_failing_in_check_mode(site: Site, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    readiness = await site.driver.preflight(
+        preflight_ctx(SITE_MODULE, {"service": "web", "site": "fra", "config_dir": str(missing)})
+    )
+    assert not readiness.ready
+    assert readiness.reason == (
+        """ansible pack active-site apply.yml in check mode: task "Require the service's config directory" failed: """
+        f"config_dir {missing} does not exist or is not a directory (host localhost)"
+    )
+    assert readiness.observed["task"] == "Require the service's config directory"
+    assert readiness.observed["host"] == "localhost" and readiness.observed["exit_status"] == 2
+    assert not missing.exists()
+
+
+async def test_preflight_missing_playbook_and_other_faults_raise(site: Site, probe: AnsibleDriver, tmp_path: Path) -> None:
+    packs = tmp_path / "packs"
+    (packs / "checks-only").mkdir(parents=True)
+    (packs / "checks-only" / "check.yml").write_text(PROBE_VERIFY)
+    no_apply = driver(packs, {SITE_MODULE: "checks-only"}, tmp_path)
+    inputs = {"service": "web", "site": "fra", "config_dir": str(site.config_dir)}
+    with pytest.raises(NotFound) as missing:  # the caller's reason is the error's text
+        await no_apply.preflight(preflight_ctx(SITE_MODULE, inputs))
+    assert str(missing.value) == (
+        f"ansible pack checks-only apply.yml in check mode: {packs / 'checks-only' / 'apply.yml'} does not exist"
+    )
+    with pytest.raises(NotFound, match="not bound to an ansible pack"):
+        await probe.preflight(preflight_ctx("test/unbound@v1", {}))
+    with pytest.raises(Refused, match="refused the pack"):
+        await probe.preflight(preflight_ctx(BROKEN_MODULE, {}))
+    # An earlier step's output is known only to the run: the playbook is not run with the reference's text.
+    later = await site.driver.preflight(preflight_ctx(SITE_MODULE, {**inputs, "site": "${steps.capacity.site}"}))
+    assert not later.ready and later.reason == (
+        "ansible pack active-site apply.yml in check mode not run: "
+        "${steps.capacity.site}: step 'capacity' has published no output 'site', known only to the run"
+    )

@@ -36,6 +36,7 @@ from hybridops_daemon.drivers.base import (
     NoCompensation,
     NotFound,
     PermanentDriverError,
+    Preflight,
     RateLimited,
     Refused,
     StepContext,
@@ -623,3 +624,169 @@ def test_rfc2136_config_mistakes_fail_at_construction() -> None:
         Rfc2136Driver(Rfc2136DriverConfig(server="127.0.0.1", tsig_algorithm="hmac-nope"))
     with pytest.raises(ValueError, match="not host"):
         Rfc2136Driver(Rfc2136DriverConfig(server="127.0.0.1", nameservers=("127.0.0.1:notaport",)))
+
+
+# --------------------------------------------------------------------------------------------- preflight (issue #13)
+
+
+def preflight_ctx(name: str = "pf", content: str = "192.0.2.210", zone: str = ZONE, rtype: str = "A") -> StepContext:
+    """As the daemon hands it: run id "preflight", fencing token 0, the inputs as profiled."""
+    inputs = {"zone": zone, "name": name, "type": rtype, "content": content, "ttl": 60}
+    return StepContext("preflight", "drill", "dns", MODULE, inputs, {}, fencing_token=0)
+
+
+def zone_state(powerdns: PowerDns) -> tuple[int, list[Any]]:
+    """(serial, every rrset) through the API: what a preflight must leave exactly as it was."""
+    status, zone = powerdns.api("GET", f"/api/v1/servers/localhost/zones/{ZONE}")
+    assert status == 200
+    return int(zone["serial"]), sorted(zone["rrsets"], key=lambda rrset: (rrset["name"], rrset["type"]))
+
+
+def counters(powerdns: PowerDns) -> dict[str, int]:
+    """PowerDNS's own counts of the DNS messages it received: queries by transport, and UPDATEs."""
+    status, items = powerdns.api("GET", "/api/v1/servers/localhost/statistics")
+    assert status == 200
+    wanted = ("udp-queries", "tcp-queries", "dnsupdate-queries")
+    return {item["name"]: int(item["value"]) for item in items if item["name"] in wanted}
+
+
+@contextlib.asynccontextmanager
+async def non_authoritative() -> AsyncIterator[str]:
+    """A DNS server that answers every question, but without the AA flag: a resolver, or a server left out of the zone."""
+
+    class Resolverish(asyncio.DatagramProtocol):
+        transport: asyncio.DatagramTransport
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.DatagramTransport, transport)
+
+        def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+            query = dns.message.from_wire(data)
+            response = dns.message.make_response(query)  # AA clear
+            rrset = response.find_rrset(response.answer, query.question[0].name, 1, dns.rdatatype.SOA, create=True)
+            rrset.add(dns.rdata.from_text("IN", "SOA", "ns1.dr.example. hostmaster.dr.example. 1 3600 600 86400 30"), 60)
+            self.transport.sendto(response.to_wire(), addr)
+
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Resolverish, local_addr=("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_preflight_is_ready_against_a_healthy_target_and_writes_nothing(
+    kind: str, powerdns: PowerDns, tmp_path: Path
+) -> None:
+    driver = make_driver(kind, powerdns, tmp_path)
+    assert isinstance(driver, Preflight)
+    await driver.apply(ctx("pf", "192.0.2.209"))  # the record exists already: a preflight must not touch it either
+    before, seen = zone_state(powerdns), counters(powerdns)
+    rounds, times = 5, []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        readiness = await driver.preflight(preflight_ctx())
+        times.append(time.perf_counter() - began)
+        assert readiness.ready, readiness.reason
+    after = counters(powerdns)
+    sent = {name: (after[name] - seen[name]) / rounds for name in after}
+    print(f"{kind} preflight: {1000 * min(times):.1f}-{1000 * max(times):.1f} ms; DNS messages per preflight {sent}")
+
+    assert zone_state(powerdns) == before  # serial and every rrset as they were
+    assert sent == {"udp-queries": 1, "tcp-queries": 1 if kind == "rfc2136" else 0, "dnsupdate-queries": 0}
+    serial = before[0]
+    assert readiness.observed["zone"] == "dr.example."
+    assert readiness.observed["change"] == "pf.dr.example A 192.0.2.210 (ttl 60)"
+    assert readiness.observed["nameservers"] == {powerdns.nameserver: {"status": "ok", "serial": serial}}
+    assert readiness.metrics == {"nameservers": 1.0, "nameservers_authoritative": 1.0, "soa_serial_spread": 0.0}
+    if kind == "powerdns":
+        assert readiness.observed["api"] == {"serial": serial, "kind": "Native"}
+        assert readiness.reason == (
+            f"powerdns: API key accepted, zone dr.example. exists (Native, serial {serial}); "
+            "all 1 nameserver(s) answer its SOA authoritatively"
+        )
+    else:
+        where = f"127.0.0.1:{powerdns.dns_port}"
+        assert readiness.observed["update_server"] == {
+            "server": where,
+            "tsig_key": "hyops-update.",
+            "status": "ok",
+            "serial": serial,
+        }
+        assert readiness.reason.startswith(f"rfc2136: TSIG key hyops-update. accepted by {where}, zone dr.example. served there")
+    assert powerdns.api_key not in str(readiness) and powerdns.tsig_secret not in str(readiness)
+
+
+@pytest.mark.parametrize("kind", ["powerdns", "rfc2136"])
+async def test_preflight_names_a_nameserver_that_is_silent_or_not_authoritative(
+    kind: str, powerdns: PowerDns, tmp_path: Path
+) -> None:
+    before = zone_state(powerdns)
+    with silent_udp() as hanging:
+        async with non_authoritative() as resolver:
+            driver = make_driver(kind, powerdns, tmp_path, nameservers=(powerdns.nameserver, hanging, resolver))
+            began = time.monotonic()
+            readiness = await driver.preflight(preflight_ctx())
+            elapsed = time.monotonic() - began
+    print(f"{kind} preflight with a silent nameserver: {elapsed:.2f} s")
+    assert elapsed < 2 * TIMEOUT + SLACK  # the update server or API, then the nameservers at once
+    assert not readiness.ready
+    assert f"nameserver {hanging} did not answer in time" in readiness.reason
+    assert f"nameserver {resolver} answered without the AA flag (not authoritative for the zone)" in readiness.reason
+    assert powerdns.nameserver not in readiness.reason  # the healthy one is not blamed
+    assert readiness.observed["nameservers"][hanging] == {"status": "timeout", "serial": None}
+    assert readiness.metrics["nameservers_authoritative"] == 1.0 and readiness.metrics["nameservers"] == 3.0
+    assert zone_state(powerdns) == before
+
+
+async def test_powerdns_preflight_wrong_api_key_and_missing_zone(powerdns: PowerDns, tmp_path: Path) -> None:
+    before = zone_state(powerdns)
+    wrong = "revoked-" + "5" * 24
+    with pytest.raises(CredentialsUnavailable) as revoked:
+        await pdns_driver(powerdns, tmp_path, key=wrong).preflight(preflight_ctx())
+    # The caller's reason is the error's text: it names the fault, never the key.
+    assert str(revoked.value) == f"PowerDNS API at {powerdns.api_url} rejected the API key (HTTP 401)"
+    with pytest.raises(NotFound) as missing:
+        await pdns_driver(powerdns, tmp_path).preflight(preflight_ctx(zone="nowhere.example"))
+    assert "no zone nowhere.example. on server 'localhost' (HTTP 404" in str(missing.value)
+    with stopped(powerdns), pytest.raises(Unavailable, match="unreachable"):
+        await pdns_driver(powerdns, tmp_path).preflight(preflight_ctx())
+    assert zone_state(powerdns) == before
+
+
+async def test_rfc2136_preflight_wrong_tsig_and_missing_zone_without_an_update(powerdns: PowerDns, tmp_path: Path) -> None:
+    before, seen = zone_state(powerdns), counters(powerdns)
+    wrong = base64.b64encode(b"not-the-real-secret-0123456789ab").decode()
+    (tmp_path / "bad").mkdir()
+    unknown = {"tsig_name": "no-such-key.", "tsig_secret": secret_file(tmp_path, "other", wrong)}
+    for bad in (rfc_driver(powerdns, tmp_path / "bad", secret=wrong), rfc_driver(powerdns, tmp_path, tsig=False, **unknown)):
+        with pytest.raises(CredentialsUnavailable) as rejected:
+            await bad.preflight(preflight_ctx())
+        assert "SOA query to 127.0.0.1" in str(rejected.value) and "without a valid signature" in str(rejected.value)
+        assert wrong not in str(rejected.value) and powerdns.tsig_secret not in str(rejected.value)
+
+    missing = await rfc_driver(powerdns, tmp_path).preflight(preflight_ctx(zone="nowhere.example"))
+    assert not missing.ready
+    where = f"127.0.0.1:{powerdns.dns_port}"
+    assert missing.reason == (
+        f"rfc2136: zone nowhere.example.: update server {where} does not serve the zone (REFUSED); "
+        f"nameserver {powerdns.nameserver} refused the query (not authoritative for the zone?)"
+    )
+    # No TSIG configured: only the zone can be proved, and the reason says so.
+    unsigned = await rfc_driver(powerdns, tmp_path, tsig=False).preflight(preflight_ctx())
+    assert unsigned.ready and f"{where} answers (no TSIG key configured)" in unsigned.reason
+    assert counters(powerdns)["dnsupdate-queries"] == seen["dnsupdate-queries"]  # not one UPDATE
+    assert zone_state(powerdns) == before
+
+
+async def test_preflight_checks_literal_inputs_and_leaves_references_to_the_run(powerdns: PowerDns, tmp_path: Path) -> None:
+    driver = pdns_driver(powerdns, tmp_path)
+    with pytest.raises(Refused, match="does not parse"):
+        await driver.preflight(preflight_ctx(content="no priority here", rtype="MX"))
+    later = await driver.preflight(preflight_ctx(content="${steps.capacity.ip}"))  # known only to the run
+    assert later.ready and later.observed["change"] == "a record in zone dr.example."
+    assert later.reason.endswith(
+        "; the record is not checked: ${steps.capacity.ip}: step 'capacity' has published no output 'ip'"
+    )
+    with pytest.raises(Refused, match="the zone must be a literal DNS name"):
+        await driver.preflight(preflight_ctx(zone="${steps.zone.name}"))

@@ -261,9 +261,14 @@ def test_fuzz_profiles_answer_with_a_profile_or_one_line_errors(tree: Path, data
         load_profile(profile, DRIVER_MODULES)
 
 
+# Each level merges the one before and holds it under a key: 25 levels, 50 aliases, 2^25 nodes once serialised.
+MERGE_DOUBLING = "x0: &a0 {k: 1, j: 2}\n" + "".join(f"x{i}: &a{i} {{<<: *a{i - 1}, k{i}: *a{i - 1}}}\n" for i in range(1, 26))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(BOMBS)
 @example(alias_chain(60, 30))  # 30 levels as written, 1800 once expanded: RecursionError
+@example(MERGE_DOUBLING)  # 2^25 nodes through merge keys, which the expanded count skipped: accepted before
 def test_fuzz_hostile_yaml_is_refused_in_bounded_time_and_memory(tree: Path, text: str) -> None:
     path = tree / "config" / "bomb.yaml"
     path.write_text(text)
@@ -316,3 +321,10 @@ def test_a_file_of_the_most_nodes_is_refused_in_seconds_and_bounded_memory(tree:
     assert time.monotonic() - began < BOMB_SECONDS
     assert done.returncode == 2
     assert re.fullmatch(rf"{re.escape(str(path))}:\d+: invalid YAML: more than {limits.MAX_YAML_NODES} nodes\n", done.stdout)
+
+
+def test_merge_keys_count_towards_the_node_bound(tree: Path) -> None:
+    path = tree / "config" / "merges.yaml"
+    path.write_text("node: edge01\nstate_dir: s\n" + MERGE_DOUBLING)
+    [error] = check(path, within=BOMB_SECONDS)
+    assert error.message == f"invalid YAML: more than {limits.MAX_YAML_NODES} nodes once aliases are expanded"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hybridops_daemon.drivers.base import Driver, DriverError, PermanentDriverError, StepContext
+from hybridops_daemon.drivers.base import Driver, DriverError, PermanentDriverError, Preflight, StepContext
 from hybridops_daemon.drivers.modules import MODULES, resource_key, validate_inputs
 from hybridops_daemon.drivers.sandbox import Op, SandboxDriver, SandboxWorld
 
@@ -323,6 +323,8 @@ def untouched(world: SandboxWorld) -> tuple[Any, Any, Any]:
 
 async def test_preflight_is_ready_for_every_module_and_writes_nothing(driver: SandboxDriver, world: SandboxWorld) -> None:
     assert set(PREFLIGHT_INPUTS) == set(MODULES)  # every module the driver runs
+    checked: Preflight = driver  # checked by mypy; at run time by the caller's isinstance
+    assert isinstance(checked, Preflight)
     await driver.apply(step())  # a world that holds something
     before, raw = untouched(world), world.path.read_bytes()
     for module in sorted(MODULES):

@@ -289,3 +289,15 @@ def test_the_profile_s_drill_schedule_fires_on_the_simulated_clock(tmp_path: Pat
     assert result.billed == [(10800.0, 11715.0), (97200.0, 98115.0)]  # until each teardown (15 s chain) completes
     unscheduled = make_profile(drill={"allowed": False, "schedule": "0 3 * * *"})
     assert replay(unscheduled, trace_of(tmp_path, probe(0, 86400, step=60)), lane="prod").decisions == []
+
+
+def test_readiness_replays_from_a_trace_like_any_signal(tmp_path: Path) -> None:
+    """A trace records the preflights as ``ready_<chain>_<step>`` samples: the replay refuses the outage's automatic
+    cutover while the floating-IP step is reported broken (the profile's option), and cuts over once it is fixed."""
+    broken = [{"t": t, "signal": "ready_cutover_fip", "value": 0} for t in range(0, 130, 60)]
+    fixed = [{"t": 150, "signal": "ready_cutover_fip", "value": 1}]
+    trace = trace_of(tmp_path, sorted(probe(0, 100) + probe(100, 200, 0) + broken + fixed, key=lambda line: line["t"]))
+    result = replay(make_profile(readiness={"refuse_broken_cutover": True}), trace, lane="prod")
+    refusal = next(d for d in result.decisions if d.kind == "refuse")
+    assert refusal.t == 103.0 and "the cutover path is reported broken at fip: no reason given" in refusal.reason
+    assert [(d.t, d.kind) for d in result.decisions if d.kind == "cutover"] == [(150.0, "cutover")]
