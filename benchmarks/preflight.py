@@ -2,9 +2,10 @@
 decision path's latency while preflights run.
 
 The lane is tests/e2e/test_real_chain.py's, built in-process the way the daemon builds it (``build_drivers`` from
-the lane's drivers config, ``Preflights(...).check(profile)``: both chains' steps at once): the GCP and Hetzner fakes
-(in this process, on their own threads), a real PostgreSQL primary + streaming replica, a real PowerDNS and, unless
-left out, a real NetBox (its start costs ~20 s, so ``--quick`` leaves it out and the ipam steps with it).
+the lane's drivers config, ``Preflights(...).check(profile)``: both chains' steps at once): the GCP and Hetzner
+fakes (in this process, on threads of their own; ``--fakes-apart``: each in a process of its own), a real PostgreSQL
+primary + streaming replica, a real PowerDNS and, unless left out, a real NetBox (its start costs ~20 s, so
+``--quick`` leaves it out and the ipam steps with it).
 
 1. ``--rounds`` full preflights one after another: wall time p50/p99, and per target what one preflight sent:
    the fakes' call counters; PostgreSQL's ``pg_stat_database`` (sessions, transactions: the driver runs autocommit,
@@ -22,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -49,13 +53,20 @@ from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import DecisionKind, LaneState, Observation
 from hybridops_daemon.signals.sample import Sample
 from tests.e2e.test_real_chain import profile as real_chain_profile
+from tests.fakes.gcp_compute import READ_ONLY_POSTS as GCP_READ_POSTS
 from tests.fakes.gcp_compute import GcpComputeFake
+from tests.fakes.hcloud_api import API as HCLOUD_API
+from tests.fakes.hcloud_api import DEFAULT_TOKEN as HCLOUD_TOKEN
 from tests.fakes.hcloud_api import HcloudFake
 from tests.testbed.netbox import NetboxTestbed
 from tests.testbed.postgres import PgPair, make_template, start_pair
 from tests.testbed.powerdns import PowerDns, cleanup, start_powerdns
+from tests.testbed.process import Process, free_port
+from tests.testbed.wait import eventually_sync
 
 LANE = "prod"
+# Back-to-back preflights would drain the Hetzner fake's 3600 requests/hour (the real API's limit) in minutes.
+HCLOUD_RATE = 10**9
 BUDGET = 30.0  # ReadinessConfig's default per-step timeout
 REQUEST_LINE = re.compile(r'"([A-Z]+) ([^ ?"]+)[^ "]* HTTP/1\.[01]" (\d{3})')  # NetBox's runserver and PowerDNS alike
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -92,15 +103,65 @@ class Target:
     unit: str = "requests"
 
 
+def fake_target(fake: GcpComputeFake | HcloudFake) -> Target:
+    """An in-process fake, counted by its own ``mutating_calls()``."""
+
+    def key(call: str | tuple[str, str]) -> str:
+        return call if isinstance(call, str) else " ".join(call)
+
+    if isinstance(fake, GcpComputeFake):
+        return Target(
+            "gcp (fake)",
+            lambda: Counter({key(c): n for c, n in fake.call_counts().items()}),
+            lambda k: k in {key(c) for c in fake.mutating_calls()},
+        )
+    return Target("hcloud (fake)", lambda: Counter(fake.all_calls()), lambda k: k in fake.mutating_calls())  # fmt: skip
+
+
+class FakeProcess:
+    """A fake in a ``python -m`` process of its own (``--fakes-apart``): its work off this process's GIL, as a
+    remote API's is. Counted over its ``/_fake/calls``."""
+
+    def __init__(self, module: str, args: list[str], scratch: Path, stack: ExitStack) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        process = Process(module, [sys.executable, "-m", module, "--port", str(port), *args], scratch / f"{module}.log")
+        stack.callback(process.stop)
+        eventually_sync(f"{module} on port {port}", self.calls, within=30, proc=process)
+
+    def calls(self) -> Any:
+        with urllib.request.urlopen(f"{self.url}/_fake/calls", timeout=5) as answer:
+            return json.load(answer)
+
+    def gcp_counts(self) -> Counter[str]:
+        return Counter({f"{c['method']} {c['path']}": c["count"] for c in self.calls()["calls"]})
+
+
 class Testbed:
     """The prod lane's targets and the lane's drivers config pointing at them."""
 
-    def __init__(self, stack: ExitStack, netbox: bool, scratch: Path) -> None:
-        self.gcp = GcpComputeFake("dr-project", "europe-west3-a", {"cloud-standby": "TERMINATED"}).start()
-        stack.callback(self.gcp.stop)
-        # Back-to-back preflights would drain the fake's 3600 requests/hour bucket (Hetzner's real limit) in minutes.
-        self.hcloud = HcloudFake(rate_limit=10**9).start()
-        stack.callback(self.hcloud.stop)
+    def __init__(self, stack: ExitStack, netbox: bool, fakes_apart: bool, scratch: Path) -> None:
+        if fakes_apart:
+            gcp = FakeProcess("tests.fakes.gcp_compute", ["--instance", "cloud-standby=TERMINATED"], scratch, stack)
+            hcloud = FakeProcess("tests.fakes.hcloud_api", ["--rate-limit", str(HCLOUD_RATE)], scratch, stack)
+            self.gcp_endpoint, self.hcloud_endpoint, self.hcloud_token = gcp.url, hcloud.url + HCLOUD_API, HCLOUD_TOKEN
+            self.fakes = [
+                Target(
+                    "gcp (fake)", gcp.gcp_counts, lambda key: key.split()[0] != "GET" and key.split()[1] not in GCP_READ_POSTS
+                ),
+                Target("hcloud (fake)", lambda: Counter(hcloud.calls()["calls"]), lambda key: not key.startswith("GET ")),
+            ]
+        else:
+            self.gcp = GcpComputeFake("dr-project", "europe-west3-a", {"cloud-standby": "TERMINATED"}).start()
+            stack.callback(self.gcp.stop)
+            self.hcloud = HcloudFake(rate_limit=HCLOUD_RATE).start()
+            stack.callback(self.hcloud.stop)
+            self.gcp_endpoint, self.hcloud_endpoint, self.hcloud_token = (
+                self.gcp.endpoint,
+                self.hcloud.endpoint,
+                self.hcloud.token,
+            )
+            self.fakes = [fake_target(self.gcp), fake_target(self.hcloud)]
         template_dir = Path(tempfile.mkdtemp(prefix="hyops-pfbench-pg-"))
         stack.callback(shutil.rmtree, template_dir, ignore_errors=True)
         self.pg = start_pair(make_template(template_dir))
@@ -123,17 +184,17 @@ class Testbed:
             instance = self.netbox.start()
             self.netbox_url, self.netbox_token = instance.url, instance.token
             self.netbox_seconds = time.monotonic() - began
-        os.environ.update(HCLOUD_TOKEN=self.hcloud.token, PDNS_KEY=self.pdns.api_key, NETBOX_TOKEN=self.netbox_token)
+        os.environ.update(HCLOUD_TOKEN=self.hcloud_token, PDNS_KEY=self.pdns.api_key, NETBOX_TOKEN=self.netbox_token)
 
     def drivers_config(self) -> dict[str, Any]:
         """As tests/e2e/test_real_chain.py's World configures the lane (NetBox only when started)."""
         drivers: dict[str, Any] = {
-            "gcp": {"project": "dr-project", "zone": "europe-west3-a", "endpoint": self.gcp.endpoint, "poll_interval": "200ms"},
+            "gcp": {"project": "dr-project", "zone": "europe-west3-a", "endpoint": self.gcp_endpoint, "poll_interval": "200ms"},
             "postgres": {
                 "clusters": {"app-db": {"onprem": {"dsn": self.pg.primary_dsn}, "cloud": {"dsn": self.pg.replica_dsn}}},
                 "connect_timeout": "2s",
             },
-            "hcloud": {"endpoint": self.hcloud.endpoint, "token": {"env": "HCLOUD_TOKEN"}, "poll_interval": "100ms"},
+            "hcloud": {"endpoint": self.hcloud_endpoint, "token": {"env": "HCLOUD_TOKEN"}, "poll_interval": "100ms"},
             "powerdns": {"api_url": self.pdns.api_url, "api_key": {"env": "PDNS_KEY"}, "nameservers": [self.pdns.nameserver]},
         }
         if self.netbox is not None:
@@ -152,12 +213,10 @@ class Testbed:
             return requests + Counter({f"DNS {name}": value for name, value in found.items()})
 
         found = [
-            Target("gcp (fake)", lambda: Counter({f"{m} {p}": n for (m, p), n in self.gcp.call_counts().items()}),
-                   lambda key: key in {f"{m} {p}" for m, p in self.gcp.mutating_calls()}),
-            Target("hcloud (fake)", lambda: Counter(self.hcloud.all_calls()), lambda key: key in self.hcloud.mutating_calls()),
+            *self.fakes,
             Target("postgresql", lambda: pg_counters(self.pg), lambda key: key.endswith("rows written"), "sessions"),
             Target("powerdns", pdns_read, lambda key: key.split()[0] not in READS | {"DNS"} or key.endswith("dnsupdate-queries")),
-        ]  # fmt: skip
+        ]
         if self.netbox is not None:
             log = self.netbox.workdir / "netbox.log"
             found.append(Target("netbox", lambda: log_requests(log, 0), lambda key: key.split()[0] not in READS))
@@ -251,6 +310,7 @@ async def interleaved(
 ) -> list[Block]:
     """Quiet, busy, busy, quiet, ...: each kind as often first as second, so a drift in the machine's load (other
     people's tests) falls on both alike."""
+    await path.block(runs, gap)  # warm-up, not counted: the journal's first pages, the first decisions
     done: list[Block] = []
     for i in range(2 * blocks):
         busy = i % 4 in (1, 2)
@@ -358,6 +418,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500, help="decisions per block")
     parser.add_argument("--gap", type=float, default=2.0, help="ms between decisions")
     parser.add_argument("--netbox", action=argparse.BooleanOptionalAction, default=True, help="start NetBox (~20 s)")
+    parser.add_argument("--fakes-apart", action="store_true", help="serve the GCP and Hetzner fakes from processes of their own")
     parser.add_argument("--quick", action="store_true", help="a few seconds: 10 rounds, 4+4 blocks of 150, no NetBox")
     args = parser.parse_args()
     if args.quick:
@@ -367,7 +428,7 @@ def main() -> None:
     began = time.monotonic()
     with ExitStack() as stack:
         scratch = scratch_dir(stack, base)
-        bed = Testbed(stack, args.netbox, scratch)
+        bed = Testbed(stack, args.netbox, args.fakes_apart, scratch)
         journal = Journal.open(scratch / "journal.db", Redactor(), key=b"benchmark journal key, 32 bytes.")
         stack.callback(journal.close)
         started = time.monotonic() - began
