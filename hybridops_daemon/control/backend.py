@@ -92,7 +92,9 @@ class DaemonBackend:
         decisions = [decision for _, decision in answers]
         refused = [d for d in decisions if d.kind.value == "refuse"]
         if refused and len(refused) == len(decisions):
-            raise CommandRefused("; ".join(d.reason for d in refused))
+            # every lane refused: one lane's reason alone, else each lane's, named (they may differ)
+            reasons = [d.reason if len(refused) == 1 else f"{d.lane}: {d.reason}" for d in refused]
+            raise CommandRefused("; ".join(reasons))
         last = decisions[-1]
         return {
             "intent_id": answers[-1][0],

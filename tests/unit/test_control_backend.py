@@ -129,3 +129,22 @@ async def test_abandon_ends_an_orphan_and_says_why(journal: Journal) -> None:
         await backend_for(journal).abandon("gone-1", "again", ROOT)
     with pytest.raises(NotFound, match="no run 'nope' in the journal"):
         await backend_for(journal).abandon("nope", "typo", ROOT)
+
+
+async def test_resume_refused_by_every_lane_names_each_lane(journal: Journal) -> None:
+    from hybridops_daemon.policy.types import DecisionKind, LaneStatus
+    from tests.unit.test_status_line import lane
+
+    lanes = {"prod": lane("prod"), "drill": lane("drill", LaneStatus.ON_STANDBY)}
+
+    async def submit(command: Command, name: str, actor: str) -> tuple[int, Decision]:
+        status = lanes[name].state.status
+        reason = f"resume refused: lane is {status.value}, not paused"
+        return 1, Decision(DecisionKind.REFUSE, name, reason, 0.0, status, status)
+
+    backend = DaemonBackend("edge01", "local", lanes, journal, ApprovalBook(), {}, submit, clock=lambda: 5000.0)
+    with pytest.raises(CommandRefused) as refused:
+        await backend.submit("resume", None, ROOT)
+    assert str(refused.value) == (
+        "prod: resume refused: lane is PRIMARY, not paused; drill: resume refused: lane is ON_STANDBY, not paused"
+    )
