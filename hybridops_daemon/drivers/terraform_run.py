@@ -29,7 +29,6 @@ from hybridops_daemon.drivers.declarations.terraform import TerraformDriverConfi
 
 LOG_LINES = 50  # lines of Terraform's output returned in ApplyResult.log
 _MAX_LINE = 1000
-_LOCK_ID = re.compile(r"\bID:\s+(\S+)")
 _TEXT_ERROR = re.compile(r"^(?:│ )?Error: (?P<summary>.+)$")
 _TEXT_AT = re.compile(r"^(?:│ )?\s*on (?P<file>\S+) line (?P<line>\d+)")
 _UNDECLARED = "Value for undeclared variable"
@@ -57,7 +56,6 @@ class Transcript:
     errors: list[str] = field(default_factory=list)
     in_pack: bool = False  # an error points at a file and line of the pack: its configuration is wrong
     undeclared: list[str] = field(default_factory=list)
-    lock_id: str = ""
 
     def feed(self, raw: str) -> None:
         line = process.mask(raw.rstrip(), self.spellings)
@@ -98,9 +96,9 @@ class Transcript:
         if where.get("filename"):
             self.in_pack = True
             summary = f"{summary} (on {where['filename']} line {where.get('start', {}).get('line', '?')})"
-        self.errors.append(f"{summary}: {' '.join(detail.split())}" if detail else summary)
-        if found := _LOCK_ID.search(detail):
-            self.lock_id = found.group(1)
+        # A lock error's "Lock Info" describes the request that failed, not the holder (pg backend): not worth keeping.
+        detail = " ".join(detail.split("Lock Info:")[0].split())
+        self.errors.append(f"{summary}: {detail}" if detail else summary)
 
     def _text(self, line: str) -> None:
         """init and workspace have no -json in Terraform 1.0: read their human diagnostics."""
@@ -109,8 +107,6 @@ class Transcript:
         elif (found := _TEXT_AT.match(line)) and self.errors:
             self.in_pack = True
             self.errors[-1] += f" (on {found['file']} line {found['line']})"
-        elif found := _LOCK_ID.search(line):
-            self.lock_id = found.group(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +254,8 @@ def failure(where: str, code: int, transcript: Transcript) -> DriverError:
     missing variable) is Refused, permanent; a held state lock, a stale plan, the backend or a provider failing are
     Unavailable, retryable (the runner re-checks, which plans afresh)."""
     errors = "; ".join(transcript.errors) or (transcript.tail[-1] if transcript.tail else "no output")
-    if transcript.lock_id or "state lock" in errors:
-        held = f" (lock ID {transcript.lock_id})" if transcript.lock_id else ""
-        return Unavailable(f"{where}: the state is locked by another run{held}: {errors}", code="locked",
-                           details={"lock_id": transcript.lock_id})  # fmt: skip
+    if "Error acquiring the state lock" in errors:
+        return Unavailable(f"{where}: the state is locked by another run: {errors}", code="locked")
     if transcript.in_pack:
         return Refused(f"{where}: Terraform refused the pack's configuration (exit {code}): {errors}", code=code)
     return Unavailable(f"{where}: terraform exited {code}: {errors}", code=code)
