@@ -98,24 +98,31 @@ async def run_streaming(
     feed: Callable[[str], None],
     time_limit: float,
     stdout_to: Path | None = None,
+    log_file: Path | None = None,
 ) -> int:
     """Run ``argv`` as the leader of a new session and return its exit status; every line of its output, decoded, goes
     to ``feed`` as it arrives (stdout and stderr merged, or only stderr when ``stdout_to`` names a private file that
     receives stdout: a tool's JSON answer that must not mix with its warnings).
 
+    With ``log_file`` (a new private file) the output goes there instead of a pipe, and is followed from it: a child
+    whose work must not stop half-way when the daemon dies (Terraform mid-apply) keeps running, where a pipe without
+    its reader would fail or kill it at its next line.
+
     Raises CannotStart, and TimeoutError past ``time_limit`` seconds. When it does not end by itself (timed out,
     cancelled, a read failed), the whole process tree is killed before this returns or raises.
     """
     with contextlib.ExitStack() as files:
-        stdout: int | IO[bytes] = asyncio.subprocess.PIPE
-        if stdout_to is not None:
-            stdout = files.enter_context(os.fdopen(os.open(stdout_to, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"))
+
+        def private(path: Path) -> IO[bytes]:
+            return files.enter_context(os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"))
+
+        output: int | IO[bytes] = asyncio.subprocess.PIPE if log_file is None else private(log_file)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=asyncio.subprocess.STDOUT if stdout_to is None else asyncio.subprocess.PIPE,
+                stdout=output if stdout_to is None else private(stdout_to),
+                stderr=asyncio.subprocess.STDOUT if stdout_to is None else output,
                 cwd=cwd,
                 env=env,
                 start_new_session=True,  # its own session: nothing of the run shares the daemon's group
@@ -123,23 +130,55 @@ async def run_streaming(
             )
         except OSError as exc:
             raise CannotStart(f"cannot start {argv[0]}: {exc.strerror}") from None
-    stream = proc.stdout if stdout_to is None else proc.stderr
-    assert stream is not None
     try:
         async with asyncio.timeout(time_limit):
-            while True:
-                try:
-                    line = await stream.readline()
-                except ValueError:  # longer than STREAM_LIMIT: asyncio dropped it
-                    feed("(an over-long output line was dropped)")
-                    continue
-                if not line:
-                    break
-                feed(line.decode("utf-8", errors="replace"))
+            if log_file is not None:
+                await _follow(log_file, proc, feed)
+            else:
+                stream = proc.stdout if stdout_to is None else proc.stderr
+                assert stream is not None
+                await _read_lines(stream, feed)
             return await proc.wait()
     finally:
         if proc.returncode is None:  # timed out, cancelled, or the read failed: leave nothing behind
             await kill_tree(proc)
+
+
+async def _read_lines(stream: asyncio.StreamReader, feed: Callable[[str], None]) -> None:
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # longer than STREAM_LIMIT: asyncio dropped it
+            feed("(an over-long output line was dropped)")
+            continue
+        if not line:
+            return
+        feed(line.decode("utf-8", errors="replace"))
+
+
+async def _follow(path: Path, proc: asyncio.subprocess.Process, feed: Callable[[str], None]) -> None:
+    """Feed each line the child appends to ``path`` until it has exited and every line is read."""
+    exited = asyncio.ensure_future(proc.wait())
+    try:
+        with path.open("rb") as handle:
+            pending = b""
+            while True:
+                chunk = handle.read(65536)
+                if chunk:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    if len(pending) > STREAM_LIMIT:
+                        pending = b""
+                        feed("(an over-long output line was dropped)")
+                    for line in lines:
+                        feed(line.decode("utf-8", errors="replace"))
+                elif exited.done():
+                    if pending:
+                        feed(pending.decode("utf-8", errors="replace"))
+                    return
+                else:  # nothing new: wait for more output or the exit, whichever first
+                    await asyncio.wait({exited}, timeout=0.02)
+    finally:
+        exited.cancel()
 
 
 # --------------------------------------------------------------------------------------------- process trees
@@ -211,6 +250,21 @@ async def kill_tree(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
             while any(_running(pid) for pid in tree):  # noqa: ASYNC110 - not our children: no event to await
                 await asyncio.sleep(0.01)
+
+
+def working_dirs() -> set[Path]:
+    """The current directory of every process this user may inspect."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.add(Path(os.readlink(f"/proc/{entry.name}/cwd")))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not died (a zombie has)."""
+    return _running(pid)
 
 
 def _running(pid: int) -> bool:

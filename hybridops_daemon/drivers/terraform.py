@@ -49,7 +49,7 @@ from hybridops_daemon.drivers.base import (
 )
 from hybridops_daemon.drivers.declarations.terraform import PACK_NAME, TerraformDriverConfig
 from hybridops_daemon.drivers.modules import MODULES, validate_inputs
-from hybridops_daemon.drivers.terraform_run import Plan, Workspace
+from hybridops_daemon.drivers.terraform_run import Plan, Workspace, sweep_leftovers
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_KEPT = 32  # plans kept between check() and apply(); the oldest goes first
@@ -78,6 +78,7 @@ class TerraformDriver:
         self._temp_root = temp_root
         self._kept: dict[Key, _Kept] = {}
         self.modules: frozenset[str] = frozenset(config.packs)
+        sweep_leftovers(temp_root)
 
     async def check(self, step: StepContext) -> CheckResult:
         """Plan with the step's inputs; satisfied when Terraform would change nothing (then the outputs are read too).
@@ -201,6 +202,7 @@ class TerraformDriver:
 
     def _expire(self) -> None:
         """Drop plans older than ``plan_max_age`` (an approval that never came, a run that ended elsewhere)."""
+        sweep_leftovers(self._temp_root)  # and the working copies of a daemon killed before it could remove them
         now = time.monotonic()
         for key in [key for key, kept in self._kept.items() if now - kept.workspace.created > self._config.plan_max_age]:
             self._kept.pop(key).workspace.close()

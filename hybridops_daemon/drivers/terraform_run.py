@@ -14,8 +14,10 @@ diagnostics with the file and line they point at), masked for every secret spell
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -32,6 +34,8 @@ _MAX_LINE = 1000
 _TEXT_ERROR = re.compile(r"^(?:│ )?Error: (?P<summary>.+)$")
 _TEXT_AT = re.compile(r"^(?:│ )?\s*on (?P<file>\S+) line (?P<line>\d+)")
 _UNDECLARED = "Value for undeclared variable"
+_PREFIX = "hyops-terraform-"
+_OWNER = "owner.pid"
 _CLI_CONFIG = """provider_installation {{
   filesystem_mirror {{
     path    = {path}
@@ -111,13 +115,13 @@ class Transcript:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """``empty`` is Terraform's own word, its -detailed-exitcode (0: no changes); ``changes`` name what would change
+    (and what drifted outside Terraform, which alone does not make a plan non-empty)."""
+
+    empty: bool
     changes: tuple[str, ...]
     summary: Mapping[str, int]
     version: str
-
-    @property
-    def empty(self) -> bool:
-        return not self.changes and not any(self.summary.values())
 
 
 class Workspace:
@@ -127,13 +131,15 @@ class Workspace:
         self._config = config
         self.pack = pack
         self.where = where
-        self.dir = process.make_private_dir("hyops-terraform-", root)
+        self.dir = process.make_private_dir(_PREFIX, root)
+        process.write_private(self.dir / _OWNER, str(os.getpid()))  # see sweep_leftovers
         self.work = self.dir / "pack"
         self.plan_file = self.dir / "step.tfplan"
         self.created = time.monotonic()
         self._env = env
         self.spellings = process.secret_spellings(v for k, v in env.items() if k.startswith("TF_VAR_") or k == "PGPASSWORD")
         self.version = ""
+        self._runs = 0
 
     def close(self) -> None:
         """Remove the folder, the saved plan with it. Synchronous: it runs to the end while the step is cancelled."""
@@ -190,7 +196,8 @@ class Workspace:
                 f"{self.where}: the inputs hold what the pack declares no variable for: {'; '.join(transcript.undeclared)}"
             )
         self.version = transcript.version or self.version
-        return Plan(tuple(transcript.changes), transcript.summary or {"add": 0, "change": 0, "destroy": 0}, self.version)
+        summary = transcript.summary or {"add": 0, "change": 0, "destroy": 0}
+        return Plan(code == 0, tuple(transcript.changes), summary, self.version)
 
     async def apply(self) -> Transcript:
         """Apply the saved plan, and nothing else: Terraform refuses it when the state moved since (stale plan)."""
@@ -225,9 +232,15 @@ class Workspace:
         transcript = Transcript(self.spellings)
         argv = [self._config.binary, *args]
         try:
-            code = await process.run_streaming(
-                argv, cwd=self.work, env=self._env, feed=transcript.feed, time_limit=self._config.timeout, stdout_to=stdout_to
-            )
+            self._runs += 1
+            log_file = self.dir / f"terraform-{self._runs}.log"  # not a pipe: Terraform outlives a daemon killed mid-apply
+            try:
+                code = await process.run_streaming(
+                    argv, cwd=self.work, env=self._env, feed=transcript.feed, time_limit=self._config.timeout,
+                    stdout_to=stdout_to, log_file=log_file,
+                )  # fmt: skip
+            finally:
+                log_file.unlink(missing_ok=True)
         except process.CannotStart as exc:
             raise NotFound(f"terraform: {exc}") from None
         except TimeoutError:
@@ -240,6 +253,34 @@ class Workspace:
         if check and code != 0:
             raise failure(f"{self.where} {what}", code, transcript)
         return code, transcript
+
+
+def sweep_leftovers(root: Path | None) -> list[Path]:
+    """Remove the working copies a daemon killed with SIGKILL left behind (a saved plan holds variable values): those
+    under ``root`` (default: the system's temp) whose owner process, named in them, is gone. Returns what it removed.
+    A folder some process still works in loses its saved plan and inputs file now and the rest at a later sweep.
+    A Terraform command such a daemon had started runs on to its end (its own session), saving the state it applied;
+    the resumed run's check() waits for its lock and plans from what it left."""
+    removed: list[Path] = []
+    orphaned = []
+    for folder in Path(root or tempfile.gettempdir()).glob(_PREFIX + "*"):
+        try:
+            owner = int((folder / _OWNER).read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            continue  # not one of ours, or not readable to us
+        if owner != os.getpid() and not process.alive(owner):
+            orphaned.append(folder)
+    if not orphaned:
+        return removed
+    busy = process.working_dirs()  # a Terraform the dead daemon started may still be applying in there
+    for folder in orphaned:
+        if not any(cwd == folder or folder in cwd.parents for cwd in busy):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        else:  # it read them when it started: only what holds values goes now, the rest at a later sweep
+            for holding_values in (folder / "step.tfplan", folder / "inputs.tfvars.json"):
+                holding_values.unlink(missing_ok=True)
+    return removed
 
 
 LOCK_AFTER_KILL = (

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
@@ -511,3 +512,91 @@ def test_check_config_accepts_the_profile_and_names_a_missing_binary_or_mirror(
     no_mirror = errors(plugin_mirror=str(tmp_path / "no-mirror"))
     assert {path for path, _ in no_mirror} == {"lanes.drill.drivers.terraform.plugin_mirror"}
     assert all(f"provider mirror {tmp_path / 'no-mirror'} is not a folder" in message for _, message in no_mirror)
+
+
+# --------------------------------------------------------------------------------------------- the daemon killed mid-apply
+
+SLOW_CAPACITY = textwrap.dedent(
+    """
+    terraform {
+      required_providers {
+        null = { source = "hashicorp/null", version = "2.1.2" }
+      }
+      backend "pg" {}
+    }
+    variable "name" { type = string }
+    variable "state" { type = string }
+    variable "api_token" {
+      type      = string
+      sensitive = true
+    }
+    resource "null_resource" "capacity" {
+      triggers = { name = var.name, state = var.state }
+      provisioner "local-exec" {
+        command = "echo ${var.state} >> MARKER && sleep 4"
+      }
+    }
+    output "state" { value = null_resource.capacity.triggers.state }
+    """
+)
+
+
+def test_kill_9_of_the_daemon_mid_apply_then_restart_applies_once(
+    terraform_bin: TerraformBin, tf_postgres: TfPostgres, tmp_path: Path
+) -> None:
+    """The daemon dies (SIGKILL) while Terraform applies. Terraform, in a session of its own, finishes and saves the
+    state; the restarted daemon removes the dead daemon's working copy (its saved plan), resumes the run at check(),
+    which waits for the lock and finds the capacity there: skipped, applied once."""
+    from tests.e2e.harness import DaemonProcess, free_port, wait_for
+
+    marker, runs, packs_dir = tmp_path / "applied", tmp_path / "runs", tmp_path / "packs"
+    runs.mkdir()
+    (packs_dir / "slow-capacity").mkdir(parents=True)
+    (packs_dir / "slow-capacity" / "main.tf").write_text(SLOW_CAPACITY.replace("MARKER", str(marker)))
+
+    def step(state: str) -> dict[str, Any]:
+        return {"id": "capacity", "module": CAPACITY, "driver": "terraform", "inputs": {"name": "drill-standby", "state": state},
+                "secrets": {"api_token": {"env": "HYOPS_TEST_TF_TOKEN"}}, "timeout": "90s", "backoff": "200ms"}  # fmt: skip
+
+    drill = {"name": "drill", "version": 1, "signals": {"primary_http": {"max_age": "3s"}}, "rules": [],
+             "drill": {"allowed": True, "teardown_after": "10m"},
+             "chains": {"cutover": [step("running")], "failback": [step("stopped")]}}  # fmt: skip
+    env = {"TMPDIR": str(runs), PW_ENV: PG_PASSWORD, "HYOPS_TEST_TF_TOKEN": SECRET, "PYTHONPATH": str(REPO)}
+    daemon = DaemonProcess(tmp_path / "node", free_port(), {"drill": drill}, {}, env=env)
+    settings = yaml.safe_load(daemon.config.read_text())
+    settings["lanes"]["drill"]["drivers"] = {"terraform": {
+        "binary": str(terraform_bin.binary), "plugin_mirror": str(terraform_bin.plugin_mirror), "packs_dir": str(packs_dir),
+        "packs": {CAPACITY: "slow-capacity"}, "backend": {"conn_str": tf_postgres.conn_str, "password": {"env": PW_ENV}},
+        "timeout": "60s", "lock_timeout": "60s"}}  # fmt: skip
+    daemon.config.write_text(yaml.safe_dump(settings))
+    try:
+        daemon.start()
+        started = daemon.ctl("drill", "--lane", "drill")
+        assert started.returncode == 0, started.stderr
+        run_id = daemon.lane("drill")["active_run"]
+        wait_for("Terraform's apply to run its provisioner", marker.exists, timeout=60, interval=0.05)
+        daemon.kill9()
+        orphans = live_with_env(str(runs))
+        assert orphans  # Terraform outlives the daemon: its apply goes on, under the state lock
+        [left] = [p for p in runs.iterdir() if p.name.startswith("hyops-terraform-")]
+        assert (left / "step.tfplan").exists()  # the dead daemon's saved plan, until the restart sweeps it
+
+        daemon.start()
+
+        def ended() -> list[dict[str, Any]]:
+            records: list[dict[str, Any]] = daemon.ctl_json("journal", "show", run_id)
+            return records if any(r["kind"] == "run.end" for r in records) else []
+
+        records = wait_for("the resumed run to end", ended, timeout=90, interval=0.2)
+    finally:
+        daemon.stop()
+    assert marker.read_text().split() == ["running"]  # applied once
+    assert [r["body"]["ok"] for r in records if r["kind"] == "run.end"] == [True]
+    assert [r["body"]["from_step"] for r in records if r["kind"] == "run.resumed"] == ["capacity"]
+    done = [r["body"]["outcome"] for r in records if r["kind"] == "step.done"]
+    assert done == ["skipped (already satisfied)"], records
+    assert not (left / "step.tfplan").exists()  # swept at the restart (the rest of it once Terraform had left it)
+    assert [p for p in runs.iterdir() if p.name.startswith("hyops-terraform-") and p != left] == []
+    assert all(not live(pid) for pid in orphans)
+    assert SECRET not in daemon.logs()
+    assert all(SECRET.encode() not in read_bytes(p) for p in files_under(runs) if p.is_file())
