@@ -73,7 +73,6 @@ class TerraformDriver:
 
     def __init__(self, config: TerraformDriverConfig, *, lane: str, temp_root: Path | None = None) -> None:
         self._config = config
-        self._lane = lane
         self._schema = config.backend.schema_name or "hyops_" + lane.replace("-", "_")
         self._temp_root = temp_root
         self._kept: dict[Key, _Kept] = {}
@@ -159,17 +158,6 @@ class TerraformDriver:
             return Readiness(True, f"{self._where(step)}: terraform plan shows no changes", observed)
         return Readiness(False, f"{self._where(step)}: drift: the plan would change {', '.join(plan.changes)} "
                          f"({_summary(plan)})", observed, {"resources_would_change": float(len(plan.changes))})  # fmt: skip
-
-    def pack_problems(self) -> list[str]:
-        """What is wrong with the bound packs (name, folder, no ``.tf`` file), for start-up validation."""
-        problems = []
-        for module, pack in sorted(self._config.packs.items()):
-            folder = self._config.packs_dir / pack
-            if not PACK_NAME.fullmatch(pack) or not folder.is_dir():
-                problems.append(f"{module}: pack folder {folder} does not exist")
-            elif not any(folder.glob("*.tf")):
-                problems.append(f"{module}: pack {pack} has no .tf file")
-        return problems
 
     # ------------------------------------------------------------------------------------------ internals
 
