@@ -18,6 +18,7 @@ run: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	scripts/testbed-install
+	PIP=$(BIN)/pip scripts/terraform-install >/dev/null   # Terraform + the null provider, cached outside the repo
 	$(BIN)/ruff check hybridops_daemon tests benchmarks simulations
 	$(BIN)/mypy --strict hybridops_daemon
 	$(BIN)/pytest

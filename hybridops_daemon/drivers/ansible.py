@@ -42,24 +42,18 @@ values replaced by ``***``: the journal redacts them too, but the driver does no
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import math
-import os
 import re
-import shutil
-import signal
-import tempfile
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from hybridops_daemon.drivers import ansible_preflight
+from hybridops_daemon.drivers import ansible_preflight, process
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -81,9 +75,6 @@ _CHECK_MODE: tuple[Phase, ...] = ("check", "verify", "preflight")  # run with --
 
 LOG_LINES = 50  # lines of ansible's output returned in ApplyResult.log
 _MAX_LINE = 1000  # characters kept per output line
-_STREAM_LIMIT = 4 * 1024 * 1024  # longest line asyncio will buffer; a longer one is dropped, not fatal
-_KILL_WAIT = 5.0  # seconds to wait for a killed process tree to be gone
-_MASK = "***"
 _PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED = ("hyops_", "ansible_")  # the driver's own vars, and ansible's connection/behaviour vars
@@ -92,9 +83,6 @@ _TASK = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(?P<name>.*)\]")
 _FATAL = re.compile(r"^fatal: \[(?P<host>[^\]]*)\]: (?P<kind>FAILED|UNREACHABLE)! => (?P<result>.*)$")
 _CHANGED = re.compile(r"^changed: \[")
 _ERROR = re.compile(r"^(?:\[ERROR\]|ERROR!):? ?(?P<message>.*)$")
-# Passed through from the daemon's environment; everything else (other lanes' secrets, ANSIBLE_*) stays out.
-_ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "TZ")
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SECRET_ENV_PREFIX = "HYOPS_SECRET_"
 
 
@@ -116,7 +104,7 @@ class _Transcript:
     changed: list[str] = field(default_factory=list)  # tasks that changed something (under --check: would have)
 
     def feed(self, raw: str) -> None:
-        line = _mask(raw.rstrip(), self.secrets)[:_MAX_LINE]
+        line = process.mask(raw.rstrip(), self.secrets)[:_MAX_LINE]
         if not line.strip():
             return
         if _BANNER.match(line):
@@ -149,22 +137,7 @@ def _result_message(text: str, secrets: tuple[str, ...]) -> str:
         stderr = str(result.get("stderr") or "").strip()
         if stderr and stderr not in message:
             message = f"{message}: {stderr.splitlines()[-1]}" if message else stderr.splitlines()[-1]
-    return _mask(message or text, secrets)[:500]
-
-
-def _spellings(secrets: Iterable[str]) -> tuple[str, ...]:
-    """Each secret as it may appear in ansible's output: raw, and escaped inside a JSON result. Longest first,
-    so a secret that contains another is masked whole."""
-    forms = {
-        form for secret in secrets for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
-    }
-    return tuple(sorted(forms, key=len, reverse=True))
-
-
-def _mask(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, _MASK)
-    return text
+    return process.mask(message or text, secrets)[:500]
 
 
 # --------------------------------------------------------------------------------------------- vars file
@@ -196,12 +169,6 @@ def _untemplatable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_untemplatable(item) for item in value]
     return value
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
 
 
 def secret_env_name(name: str) -> str:
@@ -329,8 +296,8 @@ class AnsibleDriver:
 
     def _binary(self) -> str:
         wanted = self._config.playbook
-        found = wanted if os.sep in wanted else shutil.which(wanted, path=os.environ.get("PATH", _DEFAULT_PATH))
-        if found is None or not os.access(found, os.X_OK) or not os.path.isfile(found):
+        found = process.find_program(wanted)
+        if found is None:
             raise NotFound(f"ansible: {wanted} is not installed or not executable on this node")
         return found
 
@@ -363,8 +330,7 @@ class AnsibleDriver:
         return env
 
     def _env(self, tmp: Path, secrets: dict[str, str]) -> dict[str, str]:
-        env = {key: os.environ[key] for key in _ENV_KEEP if key in os.environ}
-        env.setdefault("PATH", _DEFAULT_PATH)
+        env = process.base_env()  # no ANSIBLE_* nor other lanes' secrets from the daemon's environment
         env.update(
             LANG="C.UTF-8",
             LC_ALL="C.UTF-8",
@@ -393,10 +359,9 @@ class AnsibleDriver:
         binary = self._binary()
         inputs = self._inputs(step)
         secrets = self._secret_env(step)
-        masked = _spellings(secrets.values())
+        masked = process.secret_spellings(secrets.values())
 
-        tmp = Path(tempfile.mkdtemp(prefix="hyops-ansible-", dir=self._temp_root))  # 0700
-        try:
+        with process.private_dir("hyops-ansible-", self._temp_root) as tmp:
             output_file = tmp / "result.json"
             vars_file = tmp / "vars.yml"
             extra = {
@@ -407,8 +372,8 @@ class AnsibleDriver:
                 # modules run under the Python that runs ansible-playbook: no interpreter discovery, no warning
                 "ansible_python_interpreter": "{{ ansible_playbook_python }}",
             }
-            _write_private(vars_file, yaml.dump(extra, Dumper=_VarsDumper, sort_keys=True, allow_unicode=True))
-            _write_private(tmp / "ansible.cfg", "")
+            process.write_private(vars_file, yaml.dump(extra, Dumper=_VarsDumper, sort_keys=True, allow_unicode=True))
+            process.write_private(tmp / "ansible.cfg", "")
             argv = [binary, "-i", "localhost,", "-c", "local", "-e", f"@{vars_file}"]
             if phase in _CHECK_MODE:
                 argv.append("--check")
@@ -420,9 +385,6 @@ class AnsibleDriver:
                 raise self._failure(where, returncode, transcript)
             # apply.yml's result is simulated under --check, like its other writes: a preflight has none to read
             result = {} if phase == "preflight" else self._read_result(output_file, where)
-        finally:
-            # Synchronous on purpose: it must also run to the end when the step is being cancelled.
-            shutil.rmtree(tmp, ignore_errors=True)
         encoded = json.dumps(result)
         if any(secret in encoded for secret in masked):
             raise Unavailable(f"{where}: the result holds a secret value; refusing to publish it")
@@ -430,39 +392,14 @@ class AnsibleDriver:
 
     async def _execute(self, argv: list[str], tmp: Path, env: dict[str, str], transcript: _Transcript, where: str) -> int:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=tmp,
-                env=env,
-                start_new_session=True,  # its own session: nothing of the run shares the daemon's group
-                limit=_STREAM_LIMIT,
-            )
-        except OSError as exc:
-            raise NotFound(f"ansible: cannot start {argv[0]}: {exc.strerror}") from None
-        try:
-            async with asyncio.timeout(self._config.timeout):
-                assert proc.stdout is not None
-                while True:
-                    try:
-                        line = await proc.stdout.readline()
-                    except ValueError:  # longer than _STREAM_LIMIT: asyncio dropped it
-                        transcript.feed("(an over-long output line was dropped)")
-                        continue
-                    if not line:
-                        break
-                    transcript.feed(line.decode("utf-8", errors="replace"))
-                return await proc.wait()
+            return await process.run_streaming(argv, cwd=tmp, env=env, feed=transcript.feed, time_limit=self._config.timeout)
+        except process.CannotStart as exc:
+            raise NotFound(f"ansible: {exc}") from None
         except TimeoutError:
             doing = f" (running task {transcript.task!r})" if transcript.task else ""
             raise Unavailable(
                 f"{where} did not finish within {self._config.timeout:g}s{doing}: it was killed with every process it started"
             ) from None
-        finally:
-            if proc.returncode is None:  # timed out, cancelled, or the read failed: leave nothing behind
-                await _kill_tree(proc)
 
     @staticmethod
     def _failure(where: str, returncode: int, transcript: _Transcript) -> DriverError:
@@ -492,81 +429,3 @@ class AnsibleDriver:
         if not isinstance(result, dict):
             raise Unavailable(f"{where}: its result must be a JSON object, not {type(result).__name__}")
         return result
-
-
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid → (parent pid, process group) of every process, from /proc."""
-    table: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
-                table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-    return table
-
-
-def _descendants(root: int) -> dict[int, int]:
-    """pid → process group of every descendant of ``root``."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _group) in table.items():
-        children.setdefault(parent, []).append(pid)
-    found: dict[int, int] = {}
-    todo = list(children.get(root, ()))
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found[pid] = table[pid][1]
-            todo.extend(children.get(pid, ()))
-    return found
-
-
-def _signal(pid: int, sig: signal.Signals, group: bool = False) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        (os.killpg if group else os.kill)(pid, sig)
-
-
-async def _kill_tree(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL ansible-playbook and everything it started, then reap it.
-
-    Killing its process group is not enough: ansible-core's workers call setsid(), so each worker and the
-    modules it runs are a session of their own. So, while the leader is still unreaped (its pid and the tree
-    below it cannot have been reused): stop the leader's group, then walk the tree from /proc, stopping every
-    descendant (a stopped process cannot fork) until no new one appears, and SIGKILL every group and process
-    found. Synchronous up to the final wait, so a second cancellation cannot interrupt it half-way.
-    """
-    _signal(proc.pid, signal.SIGSTOP, group=True)
-    tree: dict[int, int] = {}
-    for _ in range(100):  # each round stops what the last round's processes had forked meanwhile
-        found = _descendants(proc.pid)
-        new = found.keys() - tree.keys()
-        if not new:
-            break
-        for pid in new:
-            _signal(pid, signal.SIGSTOP)
-        tree.update(found)
-    ours = os.getpgrp()
-    for group in {proc.pid, *tree.values()} - {ours}:
-        _signal(group, signal.SIGKILL, group=True)
-    for pid in tree:
-        _signal(pid, signal.SIGKILL)
-    # SIGKILL is only queued: wait until the tree is really gone, so that when the call returns nothing of the
-    # run still holds a file or a lock. A second cancellation may cut this short; everything dies regardless.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_KILL_WAIT):
-            await proc.wait()
-            while any(_running(pid) for pid in tree):  # noqa: ASYNC110 - not our children: no event to await
-                await asyncio.sleep(0.01)
-
-
-def _running(pid: int) -> bool:
-    """Not yet dead: a zombie (dead, waiting to be reaped by whoever inherited it) does not count."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")

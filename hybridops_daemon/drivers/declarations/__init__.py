@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hybridops_daemon.drivers.declaration import DriverDeclaration, LaneDriversBase, lane_drivers_model
-from hybridops_daemon.drivers.declarations import ansible, dns, gcp, hcloud, netbox, postgres, sandbox
+from hybridops_daemon.drivers.declarations import ansible, dns, gcp, hcloud, netbox, postgres, sandbox, terraform
 
 DECLARATIONS: tuple[DriverDeclaration[Any], ...] = (
     sandbox.DECLARATION,
@@ -20,6 +20,7 @@ DECLARATIONS: tuple[DriverDeclaration[Any], ...] = (
     netbox.DECLARATION,
     gcp.DECLARATION,
     ansible.DECLARATION,
+    terraform.DECLARATION,
 )
 
 # Type checkers see the shape every lane's drivers share; pydantic sees one field per declared driver.
