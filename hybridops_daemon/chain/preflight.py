@@ -89,12 +89,13 @@ class Preflights:
         self._redactor = redactor
         self._clock = clock
 
-    async def check(self, profile: Profile) -> list[StepReadiness]:
+    async def check(self, profile: Profile, at_rest: Chain = "failback") -> list[StepReadiness]:
         """Every step of both chains, all at once (each preflight reads its own target), in chain order. Bounded by
-        the budget: each step gets it whole."""
+        the budget: each step gets it whole. ``at_rest``: the chain whose end state the lane is in (its steps are
+        told so: a change there is drift)."""
         steps = [(chain, step) for chain in CHAINS for step in profile.chain(chain)]
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._check_step(chain, step)) for chain, step in steps]
+            tasks = [group.create_task(self._check_step(chain, step, chain == at_rest)) for chain, step in steps]
         return [task.result() for task in tasks]
 
     def _answer(
@@ -114,7 +115,7 @@ class Preflights:
         took = round(time.monotonic() - started[1], 4)
         return StepReadiness(self.lane, chain, step.id, state, text, started[0], took, shown, dict(metrics or {}))
 
-    async def _check_step(self, chain: Chain, step: Step) -> StepReadiness:
+    async def _check_step(self, chain: Chain, step: Step, at_rest: bool) -> StepReadiness:
         started = (float(self._clock()), time.monotonic())
         driver = self._drivers.get(step.driver)
         if driver is None:
@@ -128,7 +129,8 @@ class Preflights:
             return self._answer(chain, step, started, NOT_READY, str(exc))
         for value in secrets.values():
             self._redactor.add_secret(value)
-        context = StepContext("preflight", self.lane, step.id, step.module, preflight_inputs(step, self.lane), secrets, 0)
+        inputs = preflight_inputs(step, self.lane)
+        context = StepContext("preflight", self.lane, step.id, step.module, inputs, secrets, 0, at_rest=at_rest)
         try:
             async with asyncio.timeout(self.budget):
                 found = await driver.preflight(context)

@@ -18,9 +18,9 @@ from typing import Any
 
 import structlog
 
-from hybridops_daemon.chain.preflight import NOT_CHECKED, READY, Preflights, StepReadiness
+from hybridops_daemon.chain.preflight import NOT_CHECKED, READY, Chain, Preflights, StepReadiness
 from hybridops_daemon.config.models import ReadinessConfig
-from hybridops_daemon.daemon.lane import Lane, path_summary, path_summary_of
+from hybridops_daemon.daemon.lane import Lane, next_chain, path_summary, path_summary_of
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.metrics import Metrics
@@ -93,7 +93,8 @@ class Readiness:
             try:
                 # A task of its own, so that the chain supervisor can cancel it and not whoever waits here.
                 async with asyncio.TaskGroup() as group:
-                    lane.preflight = group.create_task(preflights.check(lane.profile))
+                    at_rest: Chain = "cutover" if next_chain(lane) == "failback" else "failback"
+                    lane.preflight = group.create_task(preflights.check(lane.profile, at_rest))
             finally:
                 inner, lane.preflight = lane.preflight, None
             assert inner is not None

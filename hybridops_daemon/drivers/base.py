@@ -128,6 +128,9 @@ class StepContext:
     secrets: Mapping[str, str]
     fencing_token: int
     attempt: int = 1
+    # Preflight only: the step belongs to the chain whose end state the lane is in now (the failback chain of a lane
+    # on its primary), so its target should already be as the step wants it, and a change would be drift.
+    at_rest: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,7 +143,9 @@ class TerraformDriver:
 
     async def preflight(self, step: StepContext) -> Readiness:
         """The check's plan, read-only: ``-lock=false``, no schema or workspace created, nothing saved. No changes:
-        ready. Changes at rest: drift, not ready, naming what would change. Raises as check() otherwise."""
+        ready. Changes in a step of the chain the lane rests in (``step.at_rest``): drift, not ready, naming what
+        would change. Changes in a step of the other chain are what that chain is for: ready, and the reason says
+        what it would change. Raises as check() otherwise."""
         try:
             inputs = render(step.inputs, {}, {"id": step.run_id, "lane": step.lane})
         except UnresolvedReference as exc:
@@ -156,6 +158,9 @@ class TerraformDriver:
         observed = self._observed(step, plan)
         if plan.empty:
             return Readiness(True, f"{self._where(step)}: terraform plan shows no changes", observed)
+        if not step.at_rest:
+            would = f"{self._where(step)}: the plan would change {', '.join(plan.changes)} ({_summary(plan)})"
+            return Readiness(True, would, observed, {"resources_would_change": float(len(plan.changes))})
         return Readiness(False, f"{self._where(step)}: drift: the plan would change {', '.join(plan.changes)} "
                          f"({_summary(plan)})", observed, {"resources_would_change": float(len(plan.changes))})  # fmt: skip
 

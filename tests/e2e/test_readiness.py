@@ -89,7 +89,9 @@ def test_a_broken_path_refuses_the_automatic_cutover_and_a_forced_one_says_so(
     plant(daemon)
     wait_for("the fault in status", lambda: daemon.lane("prod")["readiness"]["not_ready"], timeout=10)
     primary.stop()
-    lane = wait_for("the refusal", lambda: (s := daemon.lane("prod"))["last_decision"]["kind"] == "refuse" and s, timeout=15)
+    lane = wait_for(
+        "the refusal", lambda: ((s := daemon.lane("prod"))["last_decision"] or {}).get("kind") == "refuse" and s, timeout=15
+    )
     assert lane["status"] == "DEGRADED"
     assert f"the cutover path is reported broken at database: {FAULT}" in lane["last_decision"]["reason"]
     assert daemon.world("prod").get("applies", {}) == {}  # nothing half-done

@@ -130,9 +130,9 @@ def driver(cfg: TerraformDriverConfig, lane_name: str, temp_root: Path) -> Terra
 
 
 def ctx(lane_name: str, module: str = CAPACITY, inputs: dict[str, Any] | None = None, *, secrets: dict[str, str] | None = None,
-        run_id: str = "run-1", attempt: int = 1) -> StepContext:  # fmt: skip
+        run_id: str = "run-1", attempt: int = 1, at_rest: bool = False) -> StepContext:  # fmt: skip
     given = inputs if inputs is not None else {"name": "drill-standby", "state": "running"}
-    return StepContext(run_id, lane_name, "capacity", module, given, secrets or {}, fencing_token=3, attempt=attempt)
+    return StepContext(run_id, lane_name, "capacity", module, given, secrets or {}, 3, attempt, at_rest)
 
 
 def by_hand(tf: TerraformBin, pg: TfPostgres, lane_name: str, pack: Path, workdir: Path) -> dict[str, str]:
@@ -261,7 +261,10 @@ async def test_drift_planted_outside_the_daemon_shows_in_check_and_preflight(
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     locks = advisory_locks(tf_postgres)
-    drift = await tf.preflight(ctx(name, run_id="preflight"))
+    # The other chain's step (it would stop the capacity, by design) is ready, and says what it would change.
+    other = await tf.preflight(ctx(name, run_id="preflight"))
+    assert other.ready and "the plan would change null_resource.capacity (replace)" in other.reason, other.reason
+    drift = await tf.preflight(ctx(name, run_id="preflight", at_rest=True))  # the chain the lane rests in: drift
     assert not drift.ready
     assert "drift" in drift.reason and "null_resource.capacity (replace)" in drift.reason, drift.reason
     assert drift.observed["plan"] == {"add": 1, "change": 0, "destroy": 1}
