@@ -18,7 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from hybridops_daemon import __version__
+from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.config.models import MetricsConfig
+from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.policy.types import DecisionKind, LaneStatus
 from hybridops_daemon.signals.base import InputHealth
 from hybridops_daemon.signals.sample import Sample
@@ -137,13 +139,95 @@ class _JournalCollector:
         return [family]
 
 
+class _ApprovalCollector:
+    """``hybridops_approval_waiting_seconds{lane,step}``: how long each gated step has waited, at scrape time.
+
+    No run id label (one series per run would grow without bound): a lane runs one chain at a time, so lane and
+    step name the gate, and ``hyopsctl status`` names the run."""
+
+    def __init__(self, pending: Callable[[], Iterable[PendingApproval]], clock: Callable[[], float]) -> None:
+        self._pending = pending
+        self._clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "hybridops_approval_waiting_seconds",
+            "Seconds the step has waited for an operator's approval; absent while none waits.",
+            labels=["lane", "step"],
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        now = self._clock()
+        waited: dict[tuple[str, str], float] = {}
+        for pending in self._pending():  # a duplicate series would make the whole exposition invalid: keep the oldest
+            key = (pending.lane, pending.step)
+            waited[key] = max(waited.get(key, 0.0), now - pending.since)
+        for (lane, step), seconds in sorted(waited.items()):
+            family.add_metric([lane, step], seconds)
+        return [family]
+
+
+DrillSchedule = Callable[[], Mapping[str, tuple[float, float]]]
+
+
+class _DrillCollector:
+    """Per lane with a drill schedule: when the next drill fires, the schedule's interval, and when the lane's last
+    drill started (from the journal, so that it survives a restart). A drill overdue is a last drill older than the
+    interval: a fire refused, skipped, or missed while the daemon was down, alike."""
+
+    def __init__(self, schedule: DrillSchedule, last_drill: Callable[[str], float | None]) -> None:
+        self.schedule = schedule
+        self.last_drill = last_drill
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "hybridops_drill_next_run_timestamp_seconds", "When the lane's next scheduled drill fires.", labels=["lane"]
+            ),
+            GaugeMetricFamily(
+                "hybridops_drill_interval_seconds", "Seconds between the lane's next two scheduled drills.", labels=["lane"]
+            ),
+            GaugeMetricFamily(
+                "hybridops_drill_last_run_timestamp_seconds",
+                "When the lane's last drill run started (any trigger); absent if it never drilled.",
+                labels=["lane"],
+            ),
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        following, interval, last = families = self._families()
+        for lane, (at, every) in sorted(self.schedule().items()):
+            following.add_metric([lane], at)
+            interval.add_metric([lane], every)
+            started = self.last_drill(lane)
+            if started is not None:
+                last.add_metric([lane], started)
+        return families
+
+
+def last_drill_started(journal: Journal, lane: str, look_back: int = 50) -> float | None:
+    """When the lane's newest drill run started, among its newest ``look_back`` runs (an indexed read: drills and
+    their teardowns alternate, so a drill is found within the first two unless the lane ran many other chains since)."""
+    for record in journal.records(kinds=["run.start"], lane=lane, newest_first=True, limit=look_back):
+        if record.body.get("kind") == "drill":
+            return record.ts
+    return None
+
+
 class Metrics:
     """Every metric of one daemon, in a registry of its own (never prometheus_client's global one).
 
     ``edges``: where every signal a profile declares is expected (this node, and its peer when it has one), so a
     signal that never arrived there reads UNKNOWN rather than being missing from the exposition.
     ``max_ages``: per signal, the max age after which it is UNKNOWN (a signal read by several lanes: the smallest).
-    ``journal_size`` may return None while the journal is not open.
+    ``journal_size`` may return None while the journal is not open. ``approvals``: the steps waiting for approval.
     """
 
     def __init__(
@@ -154,6 +238,7 @@ class Metrics:
         journal_size: Callable[[], int | None],
         clock: Callable[[], float] = time.time,
         edges: Sequence[str] = (),
+        approvals: Callable[[], Iterable[PendingApproval]] = tuple,
     ) -> None:
         self.registry = CollectorRegistry()
         self._lanes: set[str] = set()
@@ -220,9 +305,20 @@ class Metrics:
             "hybridops_build_info", "Always 1; the daemon's version as a label.", ["version"], registry=self.registry
         )
         build_info.labels(__version__).set(1)
+        # prometheus_client's process collector lives on the global registry, not this one: a start time of our own,
+        # labelled with how the previous run ended (unclean: killed by the watchdog, crashed, or lost power).
+        self._started = Gauge(
+            "hybridops_start_time_seconds",
+            "When this daemon process started (epoch seconds); previous_shutdown says how the one before it ended.",
+            ["previous_shutdown"],
+            registry=self.registry,
+        )
         self.registry.register(_SignalCollector(snapshot, max_ages, edges, clock))
         self.registry.register(_SourceCollector(sources))
         self.registry.register(_JournalCollector(journal_size))
+        self.registry.register(_ApprovalCollector(approvals, clock))
+        self._drills = _DrillCollector(dict, lambda lane: None)  # no schedule until drills() is told one
+        self.registry.register(self._drills)
 
     def _lane(self, lane: str) -> None:
         """Create a lane's decision and run counters at 0: a counter first exported at 1 would hide its first
@@ -236,6 +332,16 @@ class Metrics:
             for chain in CHAINS:
                 for outcome in RUN_OUTCOMES:
                     self._runs.labels(lane, chain, outcome)
+
+    def started(self, at: float, unclean: bool) -> None:
+        """The daemon started at ``at``, after a stop that was ``unclean`` or not (as its ``daemon.start`` record says)."""
+        self._started.clear()
+        self._started.labels("unclean" if unclean else "clean").set(at)
+
+    def drills(self, schedule: DrillSchedule, last_drill: Callable[[str], float | None]) -> None:
+        """Export the drill schedule: ``schedule()`` gives per scheduled lane (next fire, interval) in epoch seconds,
+        ``last_drill(lane)`` when its last drill started. Told once the scheduler runs (it starts after the metrics)."""
+        self._drills.schedule, self._drills.last_drill = schedule, last_drill
 
     def decision(self, lane: str, kind: str) -> None:
         """A notable decision was journaled. Raises ValueError for a kind that is not a DecisionKind."""

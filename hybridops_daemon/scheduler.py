@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -89,6 +89,17 @@ class DrillScheduler:
     def next_runs(self) -> dict[str, datetime]:
         """Per scheduled lane, when its next drill fires (UTC)."""
         return {job.id: job.next_run_time for job in self.scheduler.get_jobs() if job.next_run_time is not None}
+
+    def schedule(self) -> dict[str, tuple[float, float]]:
+        """Per scheduled lane, its next fire and the seconds from it to the one after (epoch seconds): the metrics'
+        view, from which a drill overdue is judged."""
+        found: dict[str, tuple[float, float]] = {}
+        for job in self.scheduler.get_jobs():
+            at = job.next_run_time
+            after = job.trigger.get_next_fire_time(at, at + timedelta(seconds=1)) if at is not None else None
+            if at is not None and after is not None:
+                found[job.id] = (at.timestamp(), (after - at).total_seconds())
+        return found
 
     async def _run(self, lane: str) -> None:
         task = asyncio.current_task()

@@ -39,7 +39,7 @@ from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import PEER_HEAD, Journal, JournalError
 from hybridops_daemon.lease.lanes import EtcdLaneLeadership, LocalLaneLeadership
 from hybridops_daemon.lease.local import LocalLease
-from hybridops_daemon.metrics import Metrics, MetricsServer
+from hybridops_daemon.metrics import Metrics, MetricsServer, last_drill_started
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.scheduler import DrillScheduler
 from hybridops_daemon.sdnotify import Notifier
@@ -81,6 +81,7 @@ class Daemon:
             lambda: None if self.journal is None else self.journal.size_bytes(),
             clock,
             edges=tuple(edge for edge in (config.node, config.peer) if edge),
+            approvals=self.approvals.pending,
         )
         self.journal: Journal | None = None
         self.peer_heads = PeerHeads(clock)
@@ -130,6 +131,7 @@ class Daemon:
             "lanes": {name: profile.ref for name, profile in self._profiles_at_start.items()},
         }
         journal.append("daemon.start", body, ts=self.clock())
+        self.metrics.started(self.clock(), body["previous_shutdown"] == "unclean")
 
     async def _serve(self, journal: Journal, local: LocalLease | None) -> None:
         config = self.config
@@ -168,6 +170,7 @@ class Daemon:
                 await stack.enter_async_context(MetricsServer(config.metrics, self.metrics))
             profiles = {name: lane.profile for name, lane in self.lanes.items()}
             drills.append(await stack.enter_async_context(DrillScheduler(profiles, scheduled_drill(loop.submit))))
+            self.metrics.drills(drills[0].schedule, functools.partial(last_drill_started, journal))
             self._warn_of_orphan_runs(journal)
             takeover = Takeover(
                 config.node,
