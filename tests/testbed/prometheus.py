@@ -10,7 +10,7 @@ import json
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -99,23 +99,32 @@ class Exporter:
 
 
 class Prometheus:
-    """One Prometheus scraping ``targets`` as job ``dr`` every second. ``url`` stays the same across restarts."""
+    """One Prometheus scraping ``targets`` as job ``job`` every second. ``url`` stays the same across restarts.
+    ``rule_files`` are evaluated every second and their alerts sent to the ``alertmanagers`` (host:port)."""
 
-    def __init__(self, workdir: Path, targets: list[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        targets: list[str],
+        *,
+        job: str = "dr",
+        rule_files: Sequence[Path] = (),
+        alertmanagers: Sequence[str] = (),
+    ) -> None:
         self.binary = require("prometheus")
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "prometheus.yml"
-        # JSON is YAML: no quoting surprises.
-        self.config.write_text(
-            json.dumps(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "500ms"},
-                    "scrape_configs": [{"job_name": "dr", "static_configs": [{"targets": targets}]}],
-                }
-            )
-        )
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "500ms"},
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+        }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
+        if alertmanagers:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
+        self.config.write_text(json.dumps(config))  # JSON is YAML: no quoting surprises
         self.process: Process | None = None
 
     @property
