@@ -187,7 +187,7 @@ async def test_a_failed_drill_fires_through_prometheus_and_alertmanager_to_the_w
                 _, decision = await daemon.loop.submit(Command.DRILL, "drill", "test")
                 assert decision.kind.value == "drill", decision.reason
 
-                await eventually("HybridopsChainFailed at the webhook", lambda: receiver.firing("HybridopsChainFailed"), within=30)
+                await eventually("the alert at the webhook", lambda: receiver.firing("HybridopsChainFailed"), within=30)
                 alert = receiver.firing("HybridopsChainFailed")[0]
                 assert alert["labels"] == {
                     "alertname": "HybridopsChainFailed",
