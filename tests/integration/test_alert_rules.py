@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import subprocess
 import tempfile
@@ -20,15 +21,21 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.config.loader import check_config
 from hybridops_daemon.daemon.app import Daemon
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.drivers.sandbox import SandboxWorld
+from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.metrics import last_drill_started
 from hybridops_daemon.policy.types import Command
+from hybridops_daemon.scheduler import DrillScheduler
+from tests.integration.test_metrics import Bed, matching, value
 from tests.testbed.alertmanager import Alertmanager
 from tests.testbed.process import free_port, require
 from tests.testbed.prometheus import Prometheus
 from tests.testbed.wait import eventually
+from tests.unit.test_scheduler import profile
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "config" / "prometheus" / "hybridops-alerts.yml"
@@ -93,6 +100,52 @@ def test_every_alert_has_a_summary_a_description_naming_its_lane_and_a_runbook_s
         assert url.startswith("docs/runbook.md#") and url.split("#")[1] in sections, (rule["alert"], url)
         if rule["alert"] in lane_alerts:
             assert "{{ $labels.lane }}" in notes["description"], rule["alert"]
+
+
+# --------------------------------------------------------------------------------------------- the metrics they read
+
+
+def test_approval_wait_is_per_lane_and_step_and_absent_when_none_waits() -> None:
+    bed = Bed()
+    assert not matching(bed.scrape(), "hybridops_approval_waiting_seconds")
+    bed.approvals = [
+        PendingApproval("prod-1", "database", "prod", since=900.0, expires_at=4500.0),
+        PendingApproval("prod-0", "database", "prod", since=400.0, expires_at=4000.0),  # a leftover: the oldest wins
+        PendingApproval("drill-1", "dns", "drill", since=990.0, expires_at=4590.0),
+    ]
+    s = bed.scrape()
+    assert value(s, "hybridops_approval_waiting_seconds", lane="prod", step="database") == 600.0
+    assert value(s, "hybridops_approval_waiting_seconds", lane="drill", step="dns") == 10.0
+    bed.clock.now += 5
+    assert value(bed.scrape(), "hybridops_approval_waiting_seconds", lane="drill", step="dns") == 15.0
+
+
+def test_start_time_says_how_the_previous_run_ended() -> None:
+    bed = Bed()
+    assert not matching(bed.scrape(), "hybridops_start_time_seconds")
+    bed.metrics.started(1000.0, unclean=True)
+    bed.metrics.started(1001.0, unclean=False)  # one series per process, never both
+    assert matching(bed.scrape(), "hybridops_start_time_seconds") == {(("previous_shutdown", "clean"),): 1001.0}
+
+
+async def test_drill_schedule_and_the_last_drill_from_the_journal(tmp_path: Path) -> None:
+    bed = Bed()
+    profiles = {"drill": profile("0 3 * * *"), "weekly": profile("0 4 * * 1"), "manual": profile(None)}
+    with Journal.open(tmp_path / "journal.db") as journal:
+        journal.append("run.start", {"kind": "drill"}, ts=500.0, lane="drill", run_id="d-1")
+        journal.append("run.start", {"kind": "teardown"}, ts=600.0, lane="drill", run_id="d-2")
+        journal.append("run.start", {"kind": "drill"}, ts=700.0, lane="weekly", run_id="n-1")
+        journal.append("run.start", {"kind": "cutover"}, ts=800.0, lane="weekly", run_id="n-2")
+        async with DrillScheduler(profiles, lambda lane: asyncio.sleep(0)) as drills:
+            bed.metrics.drills(drills.schedule, functools.partial(last_drill_started, journal))
+            s = bed.scrape()
+            next_fire = drills.next_runs()["drill"].timestamp()
+    assert value(s, "hybridops_drill_next_run_timestamp_seconds", lane="drill") == next_fire
+    assert value(s, "hybridops_drill_interval_seconds", lane="drill") == 86400.0
+    assert value(s, "hybridops_drill_interval_seconds", lane="weekly") == 7 * 86400.0
+    assert value(s, "hybridops_drill_last_run_timestamp_seconds", lane="drill") == 500.0  # not the teardown after it
+    assert value(s, "hybridops_drill_last_run_timestamp_seconds", lane="weekly") == 700.0
+    assert not matching(s, "hybridops_drill_next_run_timestamp_seconds", lane="manual")  # no schedule: no series
 
 
 # --------------------------------------------------------------------------------------------- end to end

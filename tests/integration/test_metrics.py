@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from hybridops_daemon import __version__
+from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.config.models import MetricsConfig
 from hybridops_daemon.metrics import Metrics, MetricsServer
 from hybridops_daemon.policy.types import LaneStatus
@@ -53,8 +54,15 @@ class Bed:
         self.max_ages: dict[str, float] = {}
         self.sources: dict[str, object] = {}
         self.journal: int | None = 4096
+        self.approvals: list[PendingApproval] = []
         self.metrics = Metrics(
-            lambda: self.readings, lambda: self.max_ages, lambda: self.sources, lambda: self.journal, self.clock, edges
+            lambda: self.readings,
+            lambda: self.max_ages,
+            lambda: self.sources,
+            lambda: self.journal,
+            self.clock,
+            edges,
+            approvals=lambda: self.approvals,
         )
 
     def sample(self, signal: str, value: float | None, age: float, edge: str = "edge01") -> None:
@@ -382,6 +390,9 @@ async def test_dashboard_queries_run_on_real_data(scraper: Prometheus, metrics_p
     bed.metrics.run("prod", "cutover", "succeeded")
     bed.metrics.step_ready("prod", "cutover", "database", "ready", {"replica_lag_bytes": 120.0, "replica_lag_seconds": 0.2})
     bed.metrics.readiness_checked("prod", bed.clock.now)
+    bed.approvals = [PendingApproval("prod-1", "database", "prod", bed.clock.now - 60, bed.clock.now + 3540)]
+    bed.metrics.drills(lambda: {"drill": (bed.clock.now + 3600, 86400.0)}, lambda lane: bed.clock.now - 82800)
+    bed.metrics.started(bed.clock.now, unclean=False)
     board = dashboard()
     async with MetricsServer(MetricsConfig(port=metrics_port), bed.metrics):
         for title, exprs in panel_queries(board).items():
