@@ -301,24 +301,28 @@ class Metrics:
             ["lane"],
             registry=self.registry,
         )
-        build_info = Gauge(
-            "hybridops_build_info", "Always 1; the daemon's version as a label.", ["version"], registry=self.registry
-        )
-        build_info.labels(__version__).set(1)
-        # prometheus_client's process collector lives on the global registry, not this one: a start time of our own,
-        # labelled with how the previous run ended (unclean: killed by the watchdog, crashed, or lost power).
-        self._started = Gauge(
-            "hybridops_start_time_seconds",
-            "When this daemon process started (epoch seconds); previous_shutdown says how the one before it ended.",
-            ["previous_shutdown"],
-            registry=self.registry,
-        )
+        self._started = self._process_gauges()
         self.registry.register(_SignalCollector(snapshot, max_ages, edges, clock))
         self.registry.register(_SourceCollector(sources))
         self.registry.register(_JournalCollector(journal_size))
         self.registry.register(_ApprovalCollector(approvals, clock))
         self._drills = _DrillCollector(dict, lambda lane: None)  # no schedule until drills() is told one
         self.registry.register(self._drills)
+
+    def _process_gauges(self) -> Gauge:
+        """The build info, set; and the start time, returned, set once the journal says how the last run ended."""
+        build_info = Gauge(
+            "hybridops_build_info", "Always 1; the daemon's version as a label.", ["version"], registry=self.registry
+        )
+        build_info.labels(__version__).set(1)
+        # prometheus_client's process collector lives on the global registry, not this one: a start time of our own,
+        # labelled with how the previous run ended (unclean: killed by the watchdog, crashed, or lost power).
+        return Gauge(
+            "hybridops_start_time_seconds",
+            "When this daemon process started (epoch seconds); previous_shutdown says how the one before it ended.",
+            ["previous_shutdown"],
+            registry=self.registry,
+        )
 
     def _lane(self, lane: str) -> None:
         """Create a lane's decision and run counters at 0: a counter first exported at 1 would hide its first
