@@ -71,7 +71,8 @@ def hostile_run(journal: Journal, run_id: str = "prod-1") -> None:
         ("step.failed", 12.5, {"step": "dns", "error": "no answer"}),
     ):
         journal.append(kind, {"step": HOSTILE, **extra}, ts=ts, lane="prod", run_id=run_id)
-    journal.append("run.end", {"run_id": run_id, "ok": False, "reason": "dns failed", "outputs": {}}, ts=13.0, lane="prod", run_id=run_id)
+    end = {"run_id": run_id, "ok": False, "reason": "dns failed", "outputs": {}}
+    journal.append("run.end", end, ts=13.0, lane="prod", run_id=run_id)
 
 
 def backend_for(journal: Journal) -> DaemonBackend:
@@ -94,9 +95,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, str, Any]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        async with session.request(method, url, headers=AUTH if headers is None else headers) as answer:
-            return answer.status, await answer.text(errors="replace"), answer.headers
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.request(method, url, headers=AUTH if headers is None else headers) as answer,
+    ):
+        return answer.status, await answer.text(errors="replace"), answer.headers
 
 
 def test_filter_parsing_refuses_what_the_journal_cannot_hold() -> None:
@@ -179,10 +182,12 @@ async def test_requests_without_the_token_writes_and_bad_parameters_are_refused(
 async def test_export_holds_the_files_hyopsctl_writes(view: tuple[str, Journal], tmp_path: Path) -> None:
     base, journal = view
     hostile_run(journal)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        async with session.get(base + "/runs/prod-1/export.zip", headers=AUTH) as answer:
-            assert answer.status == 200 and answer.headers["Content-Disposition"] == 'attachment; filename="prod-1.zip"'
-            archive = zipfile.ZipFile(io.BytesIO(await answer.read()))
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(base + "/runs/prod-1/export.zip", headers=AUTH) as answer,
+    ):
+        assert answer.status == 200 and answer.headers["Content-Disposition"] == 'attachment; filename="prod-1.zip"'
+        archive = zipfile.ZipFile(io.BytesIO(await answer.read()))
     written = write_run_folder([r.to_dict() for r in journal.run_records("prod-1")], tmp_path / "cli")
     assert sorted(archive.namelist()) == sorted(f"prod-1/{path.name}" for path in written)
     for path in written:
