@@ -53,13 +53,13 @@ def fill(journal: Journal, count: int) -> list[tuple[int, str, str, str]]:
     return made
 
 
-def hostile_run(journal: Journal, run_id: str = "prod-1") -> None:
+def hostile_run(journal: Journal, run_id: str = "prod-1", lane: str = "prod", at: float = 10.0) -> None:
     """A run whose step name and values carry HTML, as a journal written by someone else could."""
-    body = decision(0, "prod", DecisionKind.CUTOVER, Trigger.AUTOMATIC, run_id)
-    journal.append("decision", body, ts=10.0, lane="prod", run_id=run_id)
-    start = {"run_id": run_id, "lane": "prod", "chain": "cutover", "kind": "cutover", "trigger": "automatic",
+    body = decision(0, lane, DecisionKind.CUTOVER, Trigger.AUTOMATIC, run_id)
+    journal.append("decision", body, ts=at, lane=lane, run_id=run_id)
+    start = {"run_id": run_id, "lane": lane, "chain": "cutover", "kind": "cutover", "trigger": "automatic",
              "actor": HOSTILE, "reason": HOSTILE, "profile": {"name": "prod", "version": 3}, "steps": [HOSTILE, "dns"]}
-    journal.append("run.start", {**start, "fencing_token": 7}, ts=11.0, lane="prod", run_id=run_id)
+    journal.append("run.start", {**start, "fencing_token": 7}, ts=at + 1, lane=lane, run_id=run_id)
     for kind, ts, extra in (
         ("step.intent", 11.0, {"attempt": 1, "fencing_token": 7, "module": "m@v1"}),
         ("step.check", 11.1, {"satisfied": False, "observed": {"x": HOSTILE}}),
@@ -70,9 +70,9 @@ def hostile_run(journal: Journal, run_id: str = "prod-1") -> None:
         ("step.intent", 12.0, {"step": "dns", "attempt": 1, "fencing_token": 7}),
         ("step.failed", 12.5, {"step": "dns", "error": "no answer"}),
     ):
-        journal.append(kind, {"step": HOSTILE, **extra}, ts=ts, lane="prod", run_id=run_id)
+        journal.append(kind, {"step": HOSTILE, **extra}, ts=at + ts - 10, lane=lane, run_id=run_id)
     end = {"run_id": run_id, "ok": False, "reason": "dns failed", "outputs": {}}
-    journal.append("run.end", end, ts=13.0, lane="prod", run_id=run_id)
+    journal.append("run.end", end, ts=at + 3, lane=lane, run_id=run_id)
 
 
 def backend_for(journal: Journal) -> DaemonBackend:
