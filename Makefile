@@ -28,6 +28,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.mqtt_ingest --messages 5000 --repeat 1
 	$(BIN)/python -m benchmarks.replay_throughput --repeat 1 --trace simulations/scenarios/slow-degradation.jsonl --profile simulations/profiles/prod.yaml
 	$(BIN)/python -m benchmarks.status_load --clients 50 --rounds 1
+	$(BIN)/python -m benchmarks.web_view --records 5000 --requests 20
 	$(BIN)/python -m benchmarks.preflight --quick
 	# Issue #7's takeover figures, printed into the log; it fails if any takeover applied an effect twice.
 	$(BIN)/python -m benchmarks.takeover

@@ -291,6 +291,8 @@ def _ago(ts: float | None, now: float) -> str:
 
 def render_status(result: Mapping[str, Any], now: float) -> str:
     lines = [f"node {result['node']}" + (f" (lease: {result['lease']})" if result.get("lease") else "")]
+    if result.get("web"):
+        lines.append(f"journal view: {result['web']}")
     rows = []
     idle: list[str] = []  # lanes this node does not act on, and why (no quorum, another node leads)
     stranded: list[str] = []  # lanes with capacity a failed run may have left running, and when it goes

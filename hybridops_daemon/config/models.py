@@ -86,6 +86,18 @@ class MetricsConfig(Strict):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class WebConfig(Strict):
+    """The read-only journal view in a browser (``hybridops_daemon/web/``). Loopback by default: for remote access
+    put a reverse proxy in front and set ``token`` (every request must carry ``Authorization: Bearer <token>``)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(default=9465, ge=0, le=65535)
+    token: SecretRef | None = Field(default=None, description="bearer token every request must carry, by reference")
+    socket: Path | None = Field(
+        default=None, description="listen on this Unix socket instead (mode 0660, the control socket's group)"
+    )
+
+
 class RetentionConfig(Strict):
     """Journal retention: keep records newer than ``days`` and/or the journal under ``max_mb``. What is cut is
     summarised in a record so that ``journal verify`` still proves the chain from the cut onward."""
@@ -107,6 +119,7 @@ class DaemonConfig(Strict):
     shutdown_grace: Duration = 10.0
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig | None = None
+    web: WebConfig | None = None
     retention: RetentionConfig | None = None
     lease: LeaseConfig = LocalLeaseConfig()
     sources: tuple[Source, ...] = ()
@@ -149,6 +162,9 @@ class DaemonConfig(Strict):
                 if isinstance(self.lease, LocalLeaseConfig)
                 else self.lease,
                 "lanes": lanes,
+                "web": self.web.model_copy(update={"socket": rel(self.web.socket)})
+                if self.web is not None and self.web.socket is not None
+                else self.web,
             }
         )
 

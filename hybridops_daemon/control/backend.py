@@ -54,6 +54,7 @@ class DaemonBackend:
         self._verify_slots = asyncio.Semaphore(VERIFY_THREADS)
         self._retention = retention
         self._readiness = readiness
+        self.web_url: str | None = None  # the journal view's address, once it listens (web/server.py)
 
     async def status(self) -> dict[str, Any]:
         drills = self._drills()
@@ -79,6 +80,7 @@ class DaemonBackend:
             "pending_approvals": pending,
             "sources": sources,
             "retention": self._retention.document() if self._retention is not None else None,
+            "web": self.web_url,
         }
 
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from hybridops_daemon.secrets import SecretUnavailable, referenced, resolve
 from hybridops_daemon.signals.base import Source, SourceContext
 from hybridops_daemon.signals.registry import build_source
 from hybridops_daemon.signals.sample import Sample
+from hybridops_daemon.web.server import WebServer
 
 log = structlog.get_logger("hybridops.daemon")
 
@@ -168,6 +169,9 @@ class Daemon:
             await stack.enter_async_context(ControlServer(config.socket_path, backend, group=config.control.group))
             if config.metrics is not None:
                 await stack.enter_async_context(MetricsServer(config.metrics, self.metrics))
+            if config.web is not None:
+                view = WebServer(config.web, backend, journal, group=config.control.group)
+                backend.web_url = (await stack.enter_async_context(view)).url
             profiles = {name: lane.profile for name, lane in self.lanes.items()}
             drills.append(await stack.enter_async_context(DrillScheduler(profiles, scheduled_drill(loop.submit))))
             self.metrics.drills(drills[0].schedule, functools.partial(last_drill_started, journal))
