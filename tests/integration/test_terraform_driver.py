@@ -9,10 +9,12 @@ Each test works in a lane of its own (``hyops_<lane>`` schema), so tests do not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
 import shutil
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -591,8 +593,18 @@ def test_kill_9_of_the_daemon_mid_apply_then_restart_applies_once(
             return records if any(r["kind"] == "run.end" for r in records) else []
 
         records = wait_for("the resumed run to end", ended, timeout=90, interval=0.2)
+        # Nothing of the first daemon's Terraform outlives the run: not it, not a provider plugin it started later.
+        assert daemon.proc is not None
+
+        def terraform_left() -> list[int]:  # the restarted daemon's environment names the folder too
+            return [pid for pid in live_with_env(str(runs)) if pid != daemon.proc.pid]  # type: ignore[union-attr]
+
+        wait_for("no Terraform process left", lambda: not terraform_left(), timeout=15, interval=0.1)
     finally:
         daemon.stop()
+        for pid in live_with_env(str(runs)):  # what a failure left (the daemon is stopped): never into the next test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert marker.read_text().split() == ["running"]  # applied once
     assert [r["body"]["ok"] for r in records if r["kind"] == "run.end"] == [True]
     assert [r["body"]["from_step"] for r in records if r["kind"] == "run.resumed"] == ["capacity"]
