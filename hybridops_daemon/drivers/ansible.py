@@ -66,6 +66,7 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
+from hybridops_daemon.drivers.declaration import PACK_NAME, bound_pack
 from hybridops_daemon.drivers.declarations.ansible import AnsibleDriverConfig
 from hybridops_daemon.drivers.modules import MODULES, validate_inputs
 
@@ -75,7 +76,6 @@ _CHECK_MODE: tuple[Phase, ...] = ("check", "verify", "preflight")  # run with --
 
 LOG_LINES = 50  # lines of ansible's output returned in ApplyResult.log
 _MAX_LINE = 1000  # characters kept per output line
-_PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED = ("hyops_", "ansible_")  # the driver's own vars, and ansible's connection/behaviour vars
 _BANNER = re.compile(r"^(?:PLAY|TASK|RUNNING HANDLER)\b.*\*{3,}$")
@@ -263,7 +263,7 @@ class AnsibleDriver:
         """What is wrong with the bound packs (missing pack folder or phase playbook), for start-up validation."""
         problems: list[str] = []
         for module, pack in sorted(self._config.packs.items()):
-            if not _PACK_NAME.fullmatch(pack):
+            if not PACK_NAME.fullmatch(pack):
                 problems.append(f"{module}: pack name {pack!r} is not a plain folder name")
                 continue
             folder = self._config.packs_dir / pack
@@ -278,13 +278,10 @@ class AnsibleDriver:
     # ------------------------------------------------------------------------------------------ internals
 
     def _pack(self, step: StepContext) -> str:
-        pack = self._config.packs.get(step.module)
-        if pack is None:
-            known = ", ".join(sorted(self._config.packs)) or "none"
-            raise NotFound(f"ansible: module {step.module} is not bound to an ansible pack (bound: {known})")
-        if not _PACK_NAME.fullmatch(pack):  # a name, never a path out of packs_dir
-            raise NotFound(f"ansible: pack name {pack!r} for {step.module} is not a plain folder name")
-        return pack
+        try:
+            return bound_pack("ansible", self._config.packs, step.module)
+        except ValueError as exc:
+            raise NotFound(str(exc)) from None
 
     def _pack_dir(self, step: StepContext) -> Path:
         return self._config.packs_dir / self._pack(step)

@@ -9,6 +9,7 @@ a driver loads that driver's SDK.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,21 @@ from pydantic import create_model
 
 from hybridops_daemon.config.base import Strict
 from hybridops_daemon.drivers.base import Driver
+
+PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a pack is a folder name, never a path out of packs_dir
+
+
+def bound_pack(driver: str, packs: Mapping[str, str], module: str) -> str:
+    """The pack a pack driver (ansible, terraform) runs for ``module``. Raises ValueError, in words, when none is
+    bound or the bound name is not a plain folder name; each driver raises it as its own NotFound."""
+    pack = packs.get(module)
+    if pack is None:
+        known = ", ".join(sorted(packs)) or "none"
+        article = "an" if driver[0] in "aeiou" else "a"
+        raise ValueError(f"{driver}: module {module} is not bound to {article} {driver} pack (bound: {known})")
+    if not PACK_NAME.fullmatch(pack):
+        raise ValueError(f"{driver}: pack name {pack!r} for {module} is not a plain folder name")
+    return pack
 
 
 def under(base: Path, path: Path) -> Path:

@@ -47,7 +47,8 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     secret,
 )
-from hybridops_daemon.drivers.declarations.terraform import PACK_NAME, TerraformDriverConfig
+from hybridops_daemon.drivers.declaration import bound_pack
+from hybridops_daemon.drivers.declarations.terraform import TerraformDriverConfig
 from hybridops_daemon.drivers.modules import MODULES, validate_inputs
 from hybridops_daemon.drivers.terraform_run import Plan, Workspace, sweep_leftovers
 
@@ -216,13 +217,10 @@ class TerraformDriver:
         return hashlib.sha256(made_of.encode()).hexdigest()
 
     def _pack(self, step: StepContext) -> str:
-        pack = self._config.packs.get(step.module)
-        if pack is None:
-            known = ", ".join(sorted(self._config.packs)) or "none"
-            raise NotFound(f"terraform: module {step.module} is not bound to a terraform pack (bound: {known})")
-        if not PACK_NAME.fullmatch(pack):  # a name, never a path out of packs_dir
-            raise NotFound(f"terraform: pack name {pack!r} for {step.module} is not a plain folder name")
-        return pack
+        try:
+            return bound_pack("terraform", self._config.packs, step.module)
+        except ValueError as exc:
+            raise NotFound(str(exc)) from None
 
     def _pack_dir(self, step: StepContext) -> Path:
         folder = self._config.packs_dir / self._pack(step)

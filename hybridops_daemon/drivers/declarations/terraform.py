@@ -16,11 +16,10 @@ from pydantic import Field
 
 from hybridops_daemon.config.base import Duration, PositiveDuration, SecretRef, Strict
 from hybridops_daemon.drivers.base import Driver
-from hybridops_daemon.drivers.declaration import DriverConfig, DriverDeclaration, under
+from hybridops_daemon.drivers.declaration import PACK_NAME, DriverConfig, DriverDeclaration, under
 from hybridops_daemon.drivers.modules import MODULES
 from hybridops_daemon.drivers.process import find_program
 
-PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
