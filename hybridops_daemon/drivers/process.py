@@ -248,7 +248,7 @@ async def kill_tree(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(_KILL_WAIT):
             await proc.wait()
-            while any(_running(pid) for pid in tree):  # noqa: ASYNC110 - not our children: no event to await
+            while any(alive(pid) for pid in tree):  # noqa: ASYNC110 - not our children: no event to await
                 await asyncio.sleep(0.01)
 
 
@@ -263,12 +263,8 @@ def working_dirs() -> set[Path]:
 
 
 def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not died (a zombie has)."""
-    return _running(pid)
-
-
-def _running(pid: int) -> bool:
-    """Not yet dead: a zombie (dead, waiting to be reaped by whoever inherited it) does not count."""
+    """Whether process ``pid`` exists and has not died: a zombie (dead, waiting to be reaped by whoever inherited it)
+    does not count."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
             state = handle.read().rsplit(")", 1)[1].split()[0]

@@ -22,9 +22,7 @@ import yaml
 from aiohttp import web
 
 from hybridops_daemon.chain.approvals import PendingApproval
-from hybridops_daemon.config.loader import check_config
 from hybridops_daemon.daemon.app import Daemon
-from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.drivers.sandbox import SandboxWorld
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.metrics import last_drill_started
@@ -32,6 +30,7 @@ from hybridops_daemon.policy.types import Command
 from hybridops_daemon.scheduler import DrillScheduler
 from tests.integration.test_metrics import Bed, matching, value
 from tests.testbed.alertmanager import Alertmanager
+from tests.testbed.inprocess import daemon_from, running
 from tests.testbed.process import free_port, require
 from tests.testbed.prometheus import Prometheus
 from tests.testbed.wait import eventually
@@ -189,19 +188,7 @@ def drill_daemon(directory: Path, metrics_port: int) -> Daemon:
         f"lanes:\n  drill:\n    profile: {directory / 'drill.yaml'}\n    drivers:\n      sandbox: {{}}\n"
         "    readiness: {enabled: false}\n"
     )
-    config, profiles, errors = check_config(config_file, DRIVER_MODULES)
-    assert config is not None and not errors, errors
-    return Daemon(config, profiles, config_file)
-
-
-@contextlib.asynccontextmanager
-async def running(daemon: Daemon) -> AsyncIterator[None]:
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(task, 15)
+    return daemon_from(config_file)
 
 
 async def query(prometheus: Prometheus, promql: str, expected: float | None = None, within: float = 20.0) -> list[Any]:

@@ -38,7 +38,7 @@ from hybridops_daemon.drivers.base import (
     Unavailable,
 )
 from hybridops_daemon.drivers.declarations.ansible import AnsibleDriverConfig
-from tests.testbed.process import Process, require, wait_until
+from tests.testbed.process import Process, live, live_with_env, require, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PACKS = REPO / "packs" / "ansible"
@@ -123,14 +123,6 @@ def ctx(module: str, inputs: dict[str, Any], secrets: dict[str, str] | None = No
     return StepContext(run_id, "drill", "site", module, inputs, secrets or {}, fencing_token=7)
 
 
-def live(pid: int) -> bool:
-    """Running (a zombie nobody reaped does not count: it runs nothing)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
 
 def live_in_group(pgid: int) -> list[int]:
     found = []
@@ -144,20 +136,6 @@ def live_in_group(pgid: int) -> list[int]:
                 found.append(int(entry.name))
     return found
 
-
-def live_with_env(fragment: str) -> list[int]:
-    """Processes whose environment mentions ``fragment``: every process of a run carries its temp folder in
-    ANSIBLE_LOCAL_TEMP (ansible-playbook, workers, modules and what they start)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if fragment.encode() in environ and live(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 def proc_file(pid: int, name: str) -> bytes:

@@ -4,19 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from hybridops_daemon.cli.daemon_cli import main
-from hybridops_daemon.config.loader import check_config
 from hybridops_daemon.daemon.app import Daemon
-from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.journal.store import PEER_HEAD, Journal
+from tests.testbed.inprocess import daemon_from, running
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.wait import eventually
 from tests.unit.test_journal_proof import cut_tail
@@ -35,19 +32,7 @@ def daemon(directory: Path, node: str, peer: str, broker: Mosquitto) -> Daemon:
         f"lanes:\n  prod:\n    profile: {directory / 'prod.yaml'}\n    drivers:\n      sandbox: {{}}\n"
         "    readiness: {enabled: false}\n"  # its records would land at a random moment: the heads' seqs are asserted
     )
-    config, profiles, errors = check_config(config_file, DRIVER_MODULES)
-    assert config is not None and not errors, errors
-    return Daemon(config, profiles, config_file)
-
-
-@contextlib.asynccontextmanager
-async def running(daemon: Daemon) -> AsyncIterator[None]:
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(task, 15)
+    return daemon_from(config_file)
 
 
 def recorded(daemon: Daemon, peer: str) -> list[tuple[int, str]]:

@@ -41,6 +41,7 @@ from hybridops_daemon.drivers.terraform import TerraformDriver, pack_version
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
+from tests.testbed.process import live, live_with_env
 from tests.testbed.terraform import PG_PASSWORD, TerraformBin, TfPostgres, terraform_bin, tf_postgres
 
 __all__ = ["terraform_bin", "tf_postgres"]  # the fixtures, imported for this module (tests/conftest.py is not ours)
@@ -158,13 +159,6 @@ def read_bytes(path: Path) -> bytes:
 def files_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*")]
 
-
-def live(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def advisory_locks(pg: TfPostgres) -> int:
@@ -478,19 +472,6 @@ async def test_cancellation_kills_the_tree_secret_only_in_the_environment(
     assert not live(pid) and live_with_env(str(runs)) == [] and files_under(runs) == []
     await poll("PostgreSQL to end the killed session's advisory lock", lambda: advisory_locks(tf_postgres) == 0, 10)
 
-
-def live_with_env(fragment: str) -> list[int]:
-    """Processes whose environment mentions ``fragment``: Terraform and its children carry TF_DATA_DIR=<private>."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if fragment.encode() in environ and live(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 # --------------------------------------------------------------------------------------------- configuration

@@ -83,3 +83,27 @@ class Process:
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(timeout=5)
+
+
+def live(pid: int) -> bool:
+    """Running (a zombie nobody reaped does not count: it runs nothing)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def live_with_env(fragment: str) -> list[int]:
+    """Processes (not this one) whose environment mentions ``fragment``: a driver's children carry their private
+    folder in it (ANSIBLE_LOCAL_TEMP, TF_DATA_DIR), down to what they start themselves."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if fragment.encode() in environ and live(int(entry.name)):
+                found.append(int(entry.name))
+    return found

@@ -1,0 +1,30 @@
+"""A daemon in the test's own event loop: built from a config file exactly as `hyops-daemon run` builds it, and run
+for the length of a ``with`` block."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from hybridops_daemon.config.loader import check_config
+from hybridops_daemon.daemon.app import Daemon
+from hybridops_daemon.drivers.registry import DRIVER_MODULES
+
+
+def daemon_from(config_file: Path) -> Daemon:
+    """The daemon for ``config_file``, which must pass check-config."""
+    config, profiles, errors = check_config(config_file, DRIVER_MODULES)
+    assert config is not None and not errors, errors
+    return Daemon(config, profiles, config_file)
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: Daemon) -> AsyncIterator[None]:
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 15)
