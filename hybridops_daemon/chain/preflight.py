@@ -18,7 +18,7 @@ import structlog
 
 from hybridops_daemon.chain.templating import UnresolvedReference, render
 from hybridops_daemon.config.profile import Profile, Step
-from hybridops_daemon.drivers.base import Driver, DriverError, Preflight, StepContext
+from hybridops_daemon.drivers.base import Driver, DriverError, Preflight, Readiness, StepContext
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.policy.readiness import signal_name
 from hybridops_daemon.secrets import SecretUnavailable, resolve_all
@@ -63,6 +63,15 @@ class StepReadiness:
             "observed": dict(self.observed),
             "metrics": dict(self.metrics),
         }
+
+
+async def read(driver: Preflight, context: StepContext) -> Readiness:
+    """A driver's preflight as readiness reads it: a driver error is not ready, its text (an operator's sentence) the
+    reason. The driver tests call this too, so they judge a preflight as the daemon does."""
+    try:
+        return await driver.preflight(context)
+    except DriverError as exc:
+        return Readiness(False, str(exc))
 
 
 def preflight_inputs(step: Step, lane: str) -> dict[str, Any]:
@@ -133,11 +142,9 @@ class Preflights:
         context = StepContext("preflight", self.lane, step.id, step.module, inputs, secrets, 0, at_rest=at_rest)
         try:
             async with asyncio.timeout(self.budget):
-                found = await driver.preflight(context)
+                found = await read(driver, context)
         except TimeoutError:
             return self._answer(chain, step, started, NOT_READY, f"preflight timed out after {self.budget:g}s")
-        except DriverError as exc:
-            return self._answer(chain, step, started, NOT_READY, str(exc))
         except Exception as exc:  # a bug in a driver's preflight is a not-ready step, never a dead readiness loop
             log.exception("preflight crashed", lane=self.lane, chain=chain, step=step.id)
             reason = f"internal error in the {step.driver} preflight: {type(exc).__name__}"

@@ -74,7 +74,7 @@ class Readiness:
         while True:
             if lane.leads:
                 try:
-                    await self.check(lane.name, setting.timeout)
+                    await self.check(lane.name)
                 except Busy as exc:
                     log.debug("readiness skipped", lane=lane.name, reason=str(exc))
             await asyncio.sleep(setting.every * self._rng.uniform(1.0 - JITTER, 1.0 + JITTER))

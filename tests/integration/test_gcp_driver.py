@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from hybridops_daemon.chain import preflight
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.base import SecretRef
@@ -512,10 +513,7 @@ async def readiness(fake: GcpComputeFake, driver: GcpDriver, state: str = "runni
     before = fake.instances()
     requests = sum(fake.call_counts().values())
     began = time.monotonic()
-    try:
-        answer = await driver.preflight(preflight_step(state, name))
-    except DriverError as exc:
-        answer = Readiness(False, str(exc))
+    answer = await preflight.read(driver, preflight_step(state, name))  # as the daemon reads it
     took = time.monotonic() - began
     print(f"gcp preflight ({answer.reason}): {took:.3f}s, {sum(fake.call_counts().values()) - requests} requests")
     assert fake.mutating_calls() == {}

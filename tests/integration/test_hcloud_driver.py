@@ -17,6 +17,7 @@ from typing import Any
 import hcloud
 import pytest
 
+from hybridops_daemon.chain import preflight
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.profile import Step
@@ -542,10 +543,7 @@ async def readiness(fake: HcloudFake, driver: HcloudDriver, target: str = "edge0
     to have written nothing; the time it took is printed (``pytest -s``)."""
     requests = sum(fake.all_calls().values())
     began = time.monotonic()
-    try:
-        answer = await driver.preflight(preflight_step(target, ip))
-    except DriverError as exc:
-        answer = Readiness(False, str(exc))
+    answer = await preflight.read(driver, preflight_step(target, ip))  # as the daemon reads it
     took, requests = time.monotonic() - began, sum(fake.all_calls().values()) - requests
     print(f"hcloud preflight ({answer.reason}): {took:.3f}s, {requests} requests")
     assert fake.mutating_calls() == {}

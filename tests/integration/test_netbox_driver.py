@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from hybridops_daemon.chain import preflight
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.base import SecretRef
@@ -493,10 +494,7 @@ def pf(address: str = "203.0.113.10", status: str = "active") -> StepContext:
 async def readiness(nb: NetboxDriver, step: StepContext) -> Readiness:
     """What the caller makes of a preflight: a DriverError is not ready, with the error's text as the reason."""
     began = time.monotonic()
-    try:
-        answer = await nb.preflight(step)
-    except DriverError as exc:
-        answer = Readiness(False, str(exc))
+    answer = await preflight.read(nb, step)  # as the daemon reads it
     print(f"netbox preflight: {time.monotonic() - began:.3f}s ready={answer.ready}: {answer.reason}")
     return answer
 

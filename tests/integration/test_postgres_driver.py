@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from hybridops_daemon.chain import preflight
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.base import SecretRef
@@ -372,10 +373,7 @@ def pf_step(primary: str = "cloud", **extra: Any) -> StepContext:
 async def readiness(driver: PostgresDriver, ctx: StepContext) -> Readiness:
     """What the caller makes of a preflight: a DriverError is not ready, with the error's text as the reason."""
     began = time.monotonic()
-    try:
-        answer = await driver.preflight(ctx)
-    except DriverError as exc:
-        answer = Readiness(False, str(exc))
+    answer = await preflight.read(driver, ctx)  # as the daemon reads it
     elapsed = time.monotonic() - began
     print(f"postgres preflight {ctx.inputs['primary']}: {elapsed:.3f}s ready={answer.ready}: {answer.reason}")
     return answer
