@@ -66,9 +66,8 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     Unavailable,
 )
-from hybridops_daemon.drivers.declaration import PACK_NAME, bound_pack
+from hybridops_daemon.drivers.declaration import PACK_NAME, bound_pack, pack_inputs
 from hybridops_daemon.drivers.declarations.ansible import AnsibleDriverConfig
-from hybridops_daemon.drivers.modules import MODULES, validate_inputs
 
 Phase = Literal["check", "apply", "verify", "compensate", "preflight"]
 _PHASES: tuple[Phase, ...] = ("check", "apply", "verify")  # every pack ships these; compensate.yml is optional
@@ -76,7 +75,6 @@ _CHECK_MODE: tuple[Phase, ...] = ("check", "verify", "preflight")  # run with --
 
 LOG_LINES = 50  # lines of ansible's output returned in ApplyResult.log
 _MAX_LINE = 1000  # characters kept per output line
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED = ("hyops_", "ansible_")  # the driver's own vars, and ansible's connection/behaviour vars
 _BANNER = re.compile(r"^(?:PLAY|TASK|RUNNING HANDLER)\b.*\*{3,}$")
 _TASK = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(?P<name>.*)\]")
@@ -300,21 +298,13 @@ class AnsibleDriver:
 
     @staticmethod
     def _inputs(step: StepContext) -> dict[str, Any]:
-        """The inputs as extra vars: validated and normalised by the catalogue's model when the module has one."""
-        if step.module in MODULES:
-            inputs: dict[str, Any] = validate_inputs(step.module, step.inputs).model_dump(mode="json")
-        else:  # a lane-local module: the pack validates its own inputs
-            inputs = dict(step.inputs)
-        for name in inputs:
-            if not isinstance(name, str) or not _VAR_NAME.fullmatch(name):
-                raise Refused(f"ansible: input {name!r} of {step.module} is not a valid variable name")
+        """The inputs as extra vars (``pack_inputs``); none may take a name the driver passes itself."""
+
+        def not_reserved(name: str) -> None:
             if name.startswith(_RESERVED):
                 raise Refused(f"ansible: input {name!r} of {step.module} uses a reserved prefix ({', '.join(_RESERVED)})")
-        try:
-            json.dumps(inputs, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise Refused(f"ansible: inputs of {step.module} are not JSON-able: {type(exc).__name__}") from None
-        return inputs
+
+        return pack_inputs("ansible", step, not_reserved)
 
     @staticmethod
     def _secret_env(step: StepContext) -> dict[str, str]:

@@ -9,6 +9,7 @@ a driver loads that driver's SDK.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from typing import Any, Generic, Self, TypeVar
 from pydantic import create_model
 
 from hybridops_daemon.config.base import Strict
-from hybridops_daemon.drivers.base import Driver
+from hybridops_daemon.drivers.base import Driver, Refused, StepContext
+from hybridops_daemon.drivers.modules import MODULES, validate_inputs
 
 PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a pack is a folder name, never a path out of packs_dir
 
@@ -34,6 +36,28 @@ def bound_pack(driver: str, packs: Mapping[str, str], module: str) -> str:
     if not PACK_NAME.fullmatch(pack):
         raise ValueError(f"{driver}: pack name {pack!r} for {module} is not a plain folder name")
     return pack
+
+
+VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a variable name both Ansible and Terraform accept
+
+
+def pack_inputs(driver: str, step: StepContext, check_name: Callable[[str], None] = lambda _name: None) -> dict[str, Any]:
+    """A pack step's inputs as the pack's variables: validated and normalised by the catalogue's model when the module
+    has one (a lane-local module's pack validates its own); each a variable name (then ``check_name``, the driver's
+    own rule); JSON-able. Raises Refused, naming the driver, the module and the input."""
+    if step.module in MODULES:
+        inputs: dict[str, Any] = validate_inputs(step.module, step.inputs).model_dump(mode="json")
+    else:
+        inputs = dict(step.inputs)
+    for name in inputs:
+        if not isinstance(name, str) or not VAR_NAME.fullmatch(name):
+            raise Refused(f"{driver}: input {name!r} of {step.module} is not a valid variable name")
+        check_name(name)
+    try:
+        json.dumps(inputs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise Refused(f"{driver}: inputs of {step.module} are not JSON-able: {type(exc).__name__}") from None
+    return inputs
 
 
 def under(base: Path, path: Path) -> Path:

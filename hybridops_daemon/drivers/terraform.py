@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,12 +46,10 @@ from hybridops_daemon.drivers.base import (
     StepContext,
     secret,
 )
-from hybridops_daemon.drivers.declaration import bound_pack
+from hybridops_daemon.drivers.declaration import VAR_NAME, bound_pack, pack_inputs
 from hybridops_daemon.drivers.declarations.terraform import TerraformDriverConfig
-from hybridops_daemon.drivers.modules import MODULES, validate_inputs
 from hybridops_daemon.drivers.terraform_run import Plan, Workspace, sweep_leftovers
 
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_KEPT = 32  # plans kept between check() and apply(); the oldest goes first
 Key = tuple[str, str, int]
 
@@ -233,27 +230,19 @@ class TerraformDriver:
 
     @staticmethod
     def _inputs(step: StepContext) -> dict[str, Any]:
-        """The inputs as variables: validated and normalised by the catalogue's model when the module has one."""
-        if step.module in MODULES:
-            inputs: dict[str, Any] = validate_inputs(step.module, step.inputs).model_dump(mode="json")
-        else:  # a lane-local module: the pack's variable declarations validate it
-            inputs = dict(step.inputs)
-        for name in inputs:
-            if not isinstance(name, str) or not _VAR_NAME.fullmatch(name):
-                raise Refused(f"terraform: input {name!r} of {step.module} is not a valid variable name")
+        """The inputs as variables (``pack_inputs``); none may also be a secret (both would set one variable)."""
+
+        def not_a_secret(name: str) -> None:
             if name in step.secrets:
                 raise Refused(f"terraform: {name!r} of {step.module} is both an input and a secret")
-        try:
-            json.dumps(inputs, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise Refused(f"terraform: inputs of {step.module} are not JSON-able: {type(exc).__name__}") from None
-        return inputs
+
+        return pack_inputs("terraform", step, not_a_secret)
 
     @staticmethod
     def _secret_env(step: StepContext) -> dict[str, str]:
         """Each step secret as ``TF_VAR_<name>``: the pack declares ``variable "<name>" { sensitive = true }``."""
         for name in step.secrets:
-            if not _VAR_NAME.fullmatch(name):
+            if not VAR_NAME.fullmatch(name):
                 raise Refused(f"terraform: secret {name!r} of step {step.step_id} is not a valid variable name")
         return {f"TF_VAR_{name}": value for name, value in step.secrets.items()}
 

@@ -43,6 +43,7 @@ from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
 from tests.testbed.process import live, live_with_env
 from tests.testbed.terraform import PG_PASSWORD, TerraformBin, TfPostgres, terraform_bin, tf_postgres
+from tests.testbed.wait import eventually
 
 __all__ = ["terraform_bin", "tf_postgres"]  # the fixtures, imported for this module (tests/conftest.py is not ours)
 
@@ -163,15 +164,6 @@ def files_under(root: Path) -> list[Path]:
 
 def advisory_locks(pg: TfPostgres) -> int:
     return int(pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0])  # type: ignore[call-overload]
-
-
-async def poll(what: str, ready: Any, within: float = 60.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if result := ready():
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {within}s waiting for {what}")
 
 
 # --------------------------------------------------------------------------------------------- the module path
@@ -395,7 +387,7 @@ async def test_concurrent_applies_wait_for_the_lock_and_apply_once(
 
     await patient.check(ctx(name, SLOW, inputs))
     applying = asyncio.create_task(patient.apply(ctx(name, SLOW, inputs)))
-    await poll("the provisioner to start (the lock is held)", (tmp_path / "ran.pid").exists)
+    await eventually("the provisioner to start (the lock is held)", (tmp_path / "ran.pid").exists, within=60)
     with pytest.raises(Unavailable, match="the state is locked by another run") as locked:
         await hasty.check(ctx(name, SLOW, inputs, run_id="run-2"))
     assert locked.value.retryable and locked.value.code == "locked"
@@ -441,7 +433,7 @@ async def test_timeout_kills_terraforms_process_tree_and_the_lock_is_released(
     pid, pgid = map(int, (tmp_path / "ran.pid").read_text().split())
     assert not live(pid) and not live(pgid) and live_with_env(str(runs)) == []
     assert files_under(runs) == []
-    await poll("PostgreSQL to end the killed session's advisory lock", lambda: advisory_locks(tf_postgres) == 0, 10)
+    await eventually("PostgreSQL to end the killed session's advisory lock", lambda: advisory_locks(tf_postgres) == 0, within=10)
     unlocked = driver(config(terraform_bin, tf_postgres, packs, lock_timeout=0.0), name, runs)
     assert not (await unlocked.check(ctx(name, SLOW, inputs, run_id="run-2"))).satisfied  # no lock in the way
 
@@ -456,7 +448,7 @@ async def test_cancellation_kills_the_tree_secret_only_in_the_environment(
     inputs = {"label": "k", "seconds": 300, "marker": str(tmp_path / "ran")}
     task = asyncio.create_task(tf.apply(ctx(name, SLOW, inputs, secrets={"token": SECRET})))
     try:
-        await poll("the provisioner's sleep", (tmp_path / "ran.pid").exists)
+        await eventually("the provisioner's sleep", (tmp_path / "ran.pid").exists, within=60)
         pid, _ = map(int, (tmp_path / "ran.pid").read_text().split())
         tree = live_with_env(str(runs))
         assert pid in tree and len(tree) >= 2  # terraform, its shell and the sleep
@@ -470,7 +462,7 @@ async def test_cancellation_kills_the_tree_secret_only_in_the_environment(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not live(pid) and live_with_env(str(runs)) == [] and files_under(runs) == []
-    await poll("PostgreSQL to end the killed session's advisory lock", lambda: advisory_locks(tf_postgres) == 0, 10)
+    await eventually("PostgreSQL to end the killed session's advisory lock", lambda: advisory_locks(tf_postgres) == 0, within=10)
 
 
 
