@@ -98,6 +98,52 @@ class WebConfig(Strict):
     )
 
 
+class AlertmanagerNotifyConfig(Strict):
+    """Direct notification (``hybridops_daemon/notify/``): the daemon posts its own alerts to Alertmanager's v2 API,
+    so a page waits for no scrape and no Prometheus. Every URL gets every alert (an Alertmanager cluster deduplicates
+    them, as it does Prometheus's)."""
+
+    urls: tuple[str, ...] = Field(min_length=1, max_length=8, description="Alertmanager base URLs, http(s)://HOST:PORT[/PATH]")
+    timeout: PositiveDuration = Field(default=5.0, description="bound on each POST")
+    resend_every: PositiveDuration = Field(default=60.0, description="active alerts are sent again this often")
+    resolve_after: PositiveDuration = Field(
+        default=300.0, description="an active alert's endsAt lies this far ahead: Alertmanager resolves it if no edge re-sends it"
+    )
+    queue: int = Field(default=1000, ge=1, le=100_000, description="notices kept while no Alertmanager answers; oldest go first")
+    link: str | None = Field(
+        default=None, description="base URL of run pages in alerts (e.g. a reverse proxy); default: the web view's URL"
+    )
+    token: SecretRef | None = Field(default=None, description="bearer token for an Alertmanager behind a proxy, by reference")
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+                raise ValueError(f"{url!r}: expected http(s)://HOST:PORT[/PATH]")
+        return urls
+
+    @field_validator("link")
+    @classmethod
+    def _http_link(cls, link: str | None) -> str | None:
+        if link is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", link):
+            raise ValueError(f"{link!r}: expected http(s)://HOST[:PORT][/PATH]")
+        return link
+
+    @model_validator(mode="after")
+    def _resend_before_resolve(self) -> AlertmanagerNotifyConfig:
+        # Two re-sends may be lost before Alertmanager resolves an alert that is still active.
+        if self.resolve_after < 2 * self.resend_every:
+            raise ValueError(
+                f"resolve_after ({self.resolve_after:g}s) must be at least twice resend_every ({self.resend_every:g}s)"
+            )
+        return self
+
+
+class NotifyConfig(Strict):
+    alertmanager: AlertmanagerNotifyConfig | None = None
+
+
 class RetentionConfig(Strict):
     """Journal retention: keep records newer than ``days`` and/or the journal under ``max_mb``. What is cut is
     summarised in a record so that ``journal verify`` still proves the chain from the cut onward."""
@@ -115,11 +161,15 @@ class DaemonConfig(Strict):
     journal_key: SecretRef | None = Field(
         default=None, description="signs every journal record (HMAC-SHA256), by reference; `journal verify --key-file`"
     )
+    journal_verify_every: PositiveDuration = Field(
+        default=3600.0, description="how often the daemon verifies its own journal (hybridops_journal_verify_ok)"
+    )
     tick: PositiveDuration = 1.0
     shutdown_grace: Duration = 10.0
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig | None = None
     web: WebConfig | None = None
+    notify: NotifyConfig = NotifyConfig()
     retention: RetentionConfig | None = None
     lease: LeaseConfig = LocalLeaseConfig()
     sources: tuple[Source, ...] = ()

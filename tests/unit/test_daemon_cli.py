@@ -90,8 +90,8 @@ def test_check_config_reports_every_error_of_every_file_with_file_line_and_key_p
     assert code == 2
     assert out.splitlines() == [
         'daemon.yaml:3 tick: must be a duration like "30s"',
-        "daemon.yaml:4 colour: unknown key (allowed: node, peer, state_dir, journal, journal_key, tick, shutdown_grace, control, "
-        "metrics, web, retention, lease, sources, lanes)",
+        "daemon.yaml:4 colour: unknown key (allowed: node, peer, state_dir, journal, journal_key, journal_verify_every, tick, "
+        "shutdown_grace, control, metrics, web, notify, retention, lease, sources, lanes)",
         "daemon.yaml:7 lanes.drill.profile: profile file not found: drill.yaml",
         'prod.yaml:10 rules[0].for: must be a duration like "30s"',
         'prod.yaml:15 chains.failback[0].timeout: must be a duration like "30s"',
