@@ -21,6 +21,7 @@ from hybridops_daemon import __version__
 from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.config.models import MetricsConfig
 from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.notify.alertmanager import NotifyStats
 from hybridops_daemon.policy.types import DecisionKind, LaneStatus
 from hybridops_daemon.signals.base import InputHealth
 from hybridops_daemon.signals.sample import Sample
@@ -169,6 +170,39 @@ class _ApprovalCollector:
         for (lane, step), seconds in sorted(waited.items()):
             family.add_metric([lane, step], seconds)
         return [family]
+
+
+class _NotifyCollector:
+    """Direct notification to Alertmanager (``notify/alertmanager.py``): its queue and what became of its notices."""
+
+    COUNTERS = (
+        ("delivered", "Alert notices an Alertmanager accepted."),
+        ("rejected", "Alert notices an Alertmanager refused (4xx); not retried."),
+        ("dropped", "Alert notices pushed out of the full queue while no Alertmanager answered, oldest first."),
+        ("failed_posts", "Posts of alert notices that found no Alertmanager answering; retried with backoff."),
+    )
+
+    def __init__(self, stats: Callable[[], NotifyStats]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def _families(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
+        families: list[GaugeMetricFamily | CounterMetricFamily] = [
+            GaugeMetricFamily("hybridops_notify_queue_length", "Alert notices waiting for an Alertmanager."),
+            GaugeMetricFamily("hybridops_notify_active_alerts", "Alerts this node reports as active now."),
+        ]
+        families += [CounterMetricFamily(f"hybridops_notify_{name}", text) for name, text in self.COUNTERS]
+        return families
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        families = self._families()
+        values = [stats.queued, stats.active, *(getattr(stats, name) for name, _ in self.COUNTERS)]
+        for family, value in zip(families, values, strict=True):
+            family.add_metric([], value)
+        return families
 
 
 DrillSchedule = Callable[[], Mapping[str, tuple[float, float]]]
@@ -346,6 +380,10 @@ class Metrics:
         """Export the drill schedule: ``schedule()`` gives per scheduled lane (next fire, interval) in epoch seconds,
         ``last_drill(lane)`` when its last drill started. Told once the scheduler runs (it starts after the metrics)."""
         self._drills.schedule, self._drills.last_drill = schedule, last_drill
+
+    def notifications(self, stats: Callable[[], NotifyStats]) -> None:
+        """Export direct notification's figures (``NotifyStats``), once a notifier runs."""
+        self.registry.register(_NotifyCollector(stats))
 
     def decision(self, lane: str, kind: str) -> None:
         """A notable decision was journaled. Raises ValueError for a kind that is not a DecisionKind."""

@@ -20,11 +20,12 @@ import structlog
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
-from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, LocalLeaseConfig
+from hybridops_daemon.config.models import AlertmanagerNotifyConfig, DaemonConfig, EtcdLeaseConfig, LocalLeaseConfig
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.config.sources import SourceSpec
 from hybridops_daemon.control.backend import DaemonBackend
 from hybridops_daemon.control.server import ControlServer
+from hybridops_daemon.daemon.alerting import daemon_alerts
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.decisions import DecisionLoop
 from hybridops_daemon.daemon.housekeeping import RetentionHold, keep_retention, reload_profiles, scheduled_drill
@@ -40,6 +41,7 @@ from hybridops_daemon.journal.store import PEER_HEAD, Journal, JournalError
 from hybridops_daemon.lease.lanes import EtcdLaneLeadership, LocalLaneLeadership
 from hybridops_daemon.lease.local import LocalLease
 from hybridops_daemon.metrics import Metrics, MetricsServer, last_drill_started
+from hybridops_daemon.notify.alertmanager import AlertmanagerNotifier
 from hybridops_daemon.observations import ObservationStore
 from hybridops_daemon.scheduler import DrillScheduler
 from hybridops_daemon.sdnotify import Notifier
@@ -86,6 +88,7 @@ class Daemon:
         )
         self.journal: Journal | None = None
         self.peer_heads = PeerHeads(clock)
+        self.alerting: AlertmanagerNotifier | None = None
 
     # Signal handlers and tests: flags and a wake-up, nothing more.
     def request_stop(self) -> None:
@@ -172,6 +175,8 @@ class Daemon:
             if config.web is not None:
                 view = WebServer(config.web, backend, journal, group=config.control.group)
                 backend.web_url = (await stack.enter_async_context(view)).url
+            if config.notify.alertmanager is not None:
+                self.alerting = await stack.enter_async_context(self._alerting(config.notify.alertmanager, backend))
             profiles = {name: lane.profile for name, lane in self.lanes.items()}
             drills.append(await stack.enter_async_context(DrillScheduler(profiles, scheduled_drill(loop.submit))))
             self.metrics.drills(drills[0].schedule, functools.partial(last_drill_started, journal))
@@ -205,6 +210,16 @@ class Daemon:
                 await loop.run(self.watchdog.tick(config.tick), self.watchdog.stamp, reload)
             finally:
                 await self._shutdown(journal, loop, chains, housekeeping, leaders)
+
+    def _alerting(self, config: AlertmanagerNotifyConfig, backend: DaemonBackend) -> AlertmanagerNotifier:
+        """Direct notification. Run links go to ``link``, else to the web view (known once it listens), else nowhere."""
+        token = resolve("notify.alertmanager.token", config.token) if config.token is not None else None
+        alerts = daemon_alerts(
+            self.lanes, self.approvals, lambda: None, self.config.node, lambda: config.link or backend.web_url or ""
+        )
+        notifier = AlertmanagerNotifier(config, alerts, token, self.clock)
+        self.metrics.notifications(lambda: notifier.stats)
+        return notifier
 
     def _readiness(self, journal: Journal) -> Readiness:
         return Readiness(
@@ -274,6 +289,8 @@ class Daemon:
         lane = self.lanes.get(spec.lane)
         if lane is not None:
             lane.track(kind, spec.run_id, body)
+        if self.alerting is not None:  # a run started, moved on or ended: page now, not at the next evaluation
+            self.alerting.wake()
 
     def _make_leaderships(self, local: LocalLease | None, stack: contextlib.AsyncExitStack) -> None:
         lease = self.config.lease

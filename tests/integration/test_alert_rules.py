@@ -9,17 +9,15 @@ templated with shorter durations. The alerts with a ``for:`` are seen there as p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import re
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from aiohttp import web
 
 from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.daemon.app import Daemon
@@ -29,7 +27,7 @@ from hybridops_daemon.metrics import last_drill_started
 from hybridops_daemon.policy.types import Command
 from hybridops_daemon.scheduler import DrillScheduler
 from tests.integration.test_metrics import Bed, matching, value
-from tests.testbed.alertmanager import Alertmanager
+from tests.testbed.alertmanager import Alertmanager, WebhookReceiver
 from tests.testbed.inprocess import daemon_from, running
 from tests.testbed.process import free_port, require
 from tests.testbed.prometheus import Prometheus
@@ -150,35 +148,6 @@ async def test_drill_schedule_and_the_last_drill_from_the_journal(tmp_path: Path
 # --------------------------------------------------------------------------------------------- end to end
 
 
-class Receiver:
-    """The webhook Alertmanager delivers to: every alert of every notification, in arrival order."""
-
-    def __init__(self) -> None:
-        self.alerts: list[dict[str, Any]] = []
-        self.port = 0
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.alerts.extend(body["alerts"])
-        return web.Response()
-
-    @contextlib.asynccontextmanager
-    async def serving(self) -> AsyncIterator[str]:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self.port = int(runner.addresses[0][1])
-            yield f"http://127.0.0.1:{self.port}/hook"
-        finally:
-            await runner.cleanup()
-
-    def firing(self, name: str) -> list[dict[str, Any]]:
-        return [a for a in self.alerts if a["labels"]["alertname"] == name and a["status"] == "firing"]
-
-
 def drill_daemon(directory: Path, metrics_port: int) -> Daemon:
     (directory / "drill.yaml").write_text((REPO / "policies" / "drill.yaml").read_text())
     config_file = directory / "daemon.yaml"
@@ -204,7 +173,7 @@ async def query(prometheus: Prometheus, promql: str, expected: float | None = No
 async def test_a_failed_drill_fires_through_prometheus_and_alertmanager_to_the_webhook(
     alertmanager_factory: Callable[..., Alertmanager], tmp_path: Path
 ) -> None:
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     with tempfile.TemporaryDirectory(prefix="hyops-") as tmp:  # short: the control socket's path
         state = Path(tmp)
         daemon = drill_daemon(state, metrics_port := free_port())

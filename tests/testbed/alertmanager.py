@@ -7,23 +7,27 @@ on its own: firing at once (``group_wait: 0s``), resolved within ``group_interva
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.testbed.process import ComponentFailed, Process, free_port, require
 from tests.testbed.wait import eventually_sync
 
 
 class Alertmanager:
-    def __init__(self, workdir: Path, webhook_url: str, token: str | None, resolve_timeout: str) -> None:
+    def __init__(
+        self, workdir: Path, webhook_url: str, token: str | None, resolve_timeout: str, port: int | None = None
+    ) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         webhook: dict[str, Any] = {"url": webhook_url, "send_resolved": True}
         if token is not None:
@@ -81,6 +85,35 @@ class Alertmanager:
         self.process.stop()
 
 
+class WebhookReceiver:
+    """The webhook Alertmanager delivers to: every alert of every notification, in arrival order."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        self.port = 0
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.alerts.extend(body["alerts"])
+        return web.Response()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self.port = int(runner.addresses[0][1])
+            yield f"http://127.0.0.1:{self.port}/hook"
+        finally:
+            await runner.cleanup()
+
+    def firing(self, name: str) -> list[dict[str, Any]]:
+        return [a for a in self.alerts if a["labels"]["alertname"] == name and a["status"] == "firing"]
+
+
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -89,10 +122,13 @@ def _iso(moment: datetime) -> str:
 def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[..., Alertmanager]]:
     started: list[Alertmanager] = []
 
-    def start(webhook_url: str, *, token: str | None = None, resolve_timeout: str = "1m") -> Alertmanager:
+    def start(
+        webhook_url: str, *, token: str | None = None, resolve_timeout: str = "1m", port: int | None = None
+    ) -> Alertmanager:
+        """``port``: a given one (a test that starts it after its clients), else a free one."""
         workdir = tmp_path / f"alertmanager-{len(started)}"
         workdir.mkdir()
-        manager = Alertmanager(workdir, webhook_url, token, resolve_timeout)
+        manager = Alertmanager(workdir, webhook_url, token, resolve_timeout, port)
         started.append(manager)
         return manager
 
