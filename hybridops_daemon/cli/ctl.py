@@ -289,10 +289,20 @@ def _ago(ts: float | None, now: float) -> str:
     return "-" if ts is None else f"{format_duration(max(now - ts, 0.0))} ago"
 
 
+def _notify_line(notify: Mapping[str, Any]) -> str:
+    """Direct notification: whether Alertmanager takes the daemon's alerts, and what waits or was lost."""
+    reach = {True: "reachable", False: "NOT reachable", None: "not contacted yet"}[notify.get("reachable")]
+    line = f"alertmanager: {reach}, {notify.get('active', 0)} alert(s) active, {notify.get('queued', 0)} queued"
+    lost = [f"{notify[key]} {key}" for key in ("dropped", "rejected") if notify.get(key)]
+    return line + (f" ({', '.join(lost)})" if lost else "")
+
+
 def render_status(result: Mapping[str, Any], now: float) -> str:
     lines = [f"node {result['node']}" + (f" (lease: {result['lease']})" if result.get("lease") else "")]
     if result.get("web"):
         lines.append(f"journal view: {result['web']}")
+    if result.get("notify"):
+        lines.append(_notify_line(result["notify"]))
     rows = []
     idle: list[str] = []  # lanes this node does not act on, and why (no quorum, another node leads)
     stranded: list[str] = []  # lanes with capacity a failed run may have left running, and when it goes

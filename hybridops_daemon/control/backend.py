@@ -55,6 +55,7 @@ class DaemonBackend:
         self._retention = retention
         self._readiness = readiness
         self.web_url: str | None = None  # the journal view's address, once it listens (web/server.py)
+        self.notify: Callable[[], dict[str, Any]] | None = None  # direct notification's state, once it runs
 
     async def status(self) -> dict[str, Any]:
         drills = self._drills()
@@ -81,6 +82,7 @@ class DaemonBackend:
             "sources": sources,
             "retention": self._retention.document() if self._retention is not None else None,
             "web": self.web_url,
+            "notify": self.notify() if self.notify is not None else None,
         }
 
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:

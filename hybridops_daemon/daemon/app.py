@@ -219,6 +219,7 @@ class Daemon:
         )
         notifier = AlertmanagerNotifier(config, alerts, token, self.clock)
         self.metrics.notifications(lambda: notifier.stats)
+        backend.notify = notifier.stats.document
         return notifier
 
     def _readiness(self, journal: Journal) -> Readiness:

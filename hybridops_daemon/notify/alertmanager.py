@@ -61,6 +61,17 @@ class NotifyStats:
     delivered: int = 0  # notices an Alertmanager accepted
     rejected: int = 0  # notices an Alertmanager refused (4xx): not retried
     failed_posts: int = 0  # posts that found no Alertmanager answering
+    reachable: bool | None = None  # how the last post went; None before the first
+
+    def document(self) -> dict[str, int | bool | None]:
+        """For ``hyopsctl status``."""
+        return {
+            "reachable": self.reachable,
+            "active": self.active,
+            "queued": self.queued,
+            "dropped": self.dropped,
+            "rejected": self.rejected,
+        }
 
 
 class AlertmanagerNotifier:
@@ -84,7 +95,6 @@ class AlertmanagerNotifier:
         self._resent_at = 0.0
         self._retry_at = 0.0
         self._backoff = Backoff(1.0, 30.0, jitter=True)
-        self._reachable: bool | None = None
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -206,13 +216,13 @@ class AlertmanagerNotifier:
 
     def _note(self, reachable: bool) -> None:
         """Log on transitions only: an unreachable Alertmanager is one line, not one per retry."""
-        if reachable == self._reachable:
+        if reachable == self.stats.reachable:
             return
         if not reachable:
             log.warning("no alertmanager reachable; alerts are queued", urls=list(self._config.urls), queued=len(self._queue))
-        elif self._reachable is False:
+        elif self.stats.reachable is False:
             log.info("alertmanager reachable again; queued alerts delivered")
-        self._reachable = reachable
+        self.stats.reachable = reachable
 
 
 def _latest_per_alert(batch: list[Notice]) -> list[Notice]:

@@ -117,6 +117,7 @@ async def test_alerts_wait_in_the_queue_while_alertmanager_is_down_and_arrive_wh
                 await eventually("the run failed", lambda: daemon.lanes["drill"].state.stranded == run_id, within=30)
                 await eventually("a failed post", lambda: metric(daemon, "hybridops_notify_failed_posts_total") >= 1)
                 assert metric(daemon, "hybridops_notify_queue_length") >= 2
+                assert daemon.alerting is not None and daemon.alerting.stats.document()["reachable"] is False
                 assert receiver.alerts == []
                 await asyncio.to_thread(alertmanager_factory, hook, port=port)
                 # The retry backoff is at most 30 s (jittered): what was queued arrives once Alertmanager is up.
@@ -129,6 +130,7 @@ async def test_alerts_wait_in_the_queue_while_alertmanager_is_down_and_arrive_wh
                 assert not arrived(receiver, "HybridopsRunActive", "firing")
                 assert metric(daemon, "hybridops_notify_queue_length") == 0
                 assert metric(daemon, "hybridops_notify_dropped_total") == 0
+                assert daemon.alerting.stats.document()["reachable"] is True
 
 
 @contextlib.asynccontextmanager

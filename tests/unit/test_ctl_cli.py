@@ -200,3 +200,15 @@ def test_runs_fixture_matches_the_journal_list_contract() -> None:
     from hybridops_daemon.journal.store import RunSummary
 
     assert set(RUNS[0]) == set(RunSummary.__dataclass_fields__)
+
+
+def test_render_status_says_whether_alertmanager_takes_the_alerts_and_what_was_lost() -> None:
+    def line(notify: dict[str, object]) -> str:
+        return render_status({"node": "edge01", "lanes": [], "pending_approvals": [], "notify": notify}, 0.0).splitlines()[1]
+
+    assert line({"reachable": None, "active": 0, "queued": 0, "dropped": 0, "rejected": 0}) == (
+        "alertmanager: not contacted yet, 0 alert(s) active, 0 queued"
+    )
+    assert line({"reachable": False, "active": 2, "queued": 7, "dropped": 3, "rejected": 0}) == (
+        "alertmanager: NOT reachable, 2 alert(s) active, 7 queued (3 dropped)"
+    )
