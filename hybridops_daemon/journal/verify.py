@@ -63,6 +63,32 @@ class VerifyReport:
     anchored: bool = False  # an expected head was given and checked
 
 
+@dataclass
+class JournalCheck:
+    """The running daemon's latest verification of its own journal, every ``every`` seconds: housekeeping writes
+    it (``daemon/housekeeping.py``), the metrics and notifications read it.
+
+    ``ok`` is None until the first verification ends. ``problem``: why it failed (the first problem found, or the
+    error that stopped the walk). ``at``: when it started; it proved the journal as it was then. ``head``: the
+    ``(seq, hash)`` it walked to, None when the walk did not finish.
+    """
+
+    every: float
+    ok: bool | None = None
+    problem: str | None = None
+    at: float | None = None
+    head: tuple[int, str] | None = None
+
+    def note(self, report: VerifyReport | Exception, at: float) -> None:
+        if isinstance(report, Exception):  # a verify that raised is a failed one, its error the problem
+            self.ok, self.problem, self.head = False, str(report) or type(report).__name__, None
+        else:
+            more = " (and more: `hyopsctl journal verify` lists them)" if len(report.problems) > 1 else ""
+            self.ok, self.head = report.ok, (report.head_seq, report.head_hash)
+            self.problem = report.problems[0] + more if report.problems else None
+        self.at = at
+
+
 def verify_chain(
     conn: sqlite3.Connection, *, key: bytes | None = None, expect_head: tuple[int, str] | None = None
 ) -> VerifyReport:
