@@ -19,8 +19,9 @@ import aiohttp
 
 from hybridops_daemon.config.models import WebConfig
 from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.journal.verify import readonly_connection
 from hybridops_daemon.policy.types import DecisionKind, Trigger
-from hybridops_daemon.web.queries import JournalReader, TimelineFilter, readonly_connection
+from hybridops_daemon.web.queries import JournalReader, TimelineFilter
 from hybridops_daemon.web.server import WebServer
 from tests.unit.test_web_view import backend_for, decision, hostile_run
 

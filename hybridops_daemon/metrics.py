@@ -2,8 +2,9 @@
 sources, chains, lease and journal are doing, served on ``/metrics`` from the event loop (no threads).
 
 The daemon pushes events (``decision``, ``lane_state``, ``step``, ``run``, ``leadership``); everything that is a
-reading of current state (signal ages and UNKNOWN flags, source health, journal size) is computed at scrape time
-from providers, so a scrape never sees a stale age and nothing runs in the background to keep it fresh.
+reading of current state (signal ages and UNKNOWN flags, source health, the journal's size and last verification)
+is computed at scrape time from providers, so a scrape never sees a stale age and nothing runs in the background to
+keep it fresh.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hybridops_daemon import __version__
 from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.config.models import MetricsConfig
 from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.notify.alertmanager import NotifyStats
 from hybridops_daemon.policy.types import DecisionKind, LaneStatus
 from hybridops_daemon.signals.base import InputHealth
@@ -121,23 +123,42 @@ class _SourceCollector:
 
 
 class _JournalCollector:
-    def __init__(self, journal_size: Callable[[], int | None]) -> None:
+    """The journal's size, and the daemon's latest verification of it (``JournalCheck``), if it runs one."""
+
+    def __init__(self, journal_size: Callable[[], int | None], check: JournalCheck | None) -> None:
         self._journal_size = journal_size
+        self._check = check
 
     def describe(self) -> Iterable[Metric]:
-        return [self._family()]
+        return self._families()
 
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "hybridops_journal_size_bytes", "Bytes the journal takes on disk (database and write-ahead log)."
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily("hybridops_journal_size_bytes", "Bytes the journal takes on disk (database and write-ahead log)."),
+            GaugeMetricFamily(
+                "hybridops_journal_verify_ok", "1 if the daemon's latest verification of its journal passed, 0 if it failed."
+            ),
+            GaugeMetricFamily(
+                "hybridops_journal_verified_timestamp_seconds",
+                "When the daemon's latest verification of its journal started, whatever its verdict (epoch seconds).",
+            ),
+            GaugeMetricFamily(
+                "hybridops_journal_verify_interval_seconds", "Seconds between the daemon's verifications of its journal."
+            ),
         )
 
     def collect(self) -> Iterable[Metric]:
-        family = self._family()
-        size = self._journal_size()
-        if size is not None:  # None: the journal is not open yet, and 0 bytes would be a lie
-            family.add_metric([], size)
-        return [family]
+        size, ok, verified, interval = families = self._families()
+        journal_size = self._journal_size()
+        if journal_size is not None:  # None: the journal is not open yet, and 0 bytes would be a lie
+            size.add_metric([], journal_size)
+        check = self._check
+        if check is not None:
+            interval.add_metric([], check.every)
+            if check.ok is not None and check.at is not None:  # absent before the first verification
+                ok.add_metric([], 1.0 if check.ok else 0.0)
+                verified.add_metric([], check.at)
+        return families
 
 
 class _ApprovalCollector:
@@ -262,6 +283,7 @@ class Metrics:
     signal that never arrived there reads UNKNOWN rather than being missing from the exposition.
     ``max_ages``: per signal, the max age after which it is UNKNOWN (a signal read by several lanes: the smallest).
     ``journal_size`` may return None while the journal is not open. ``approvals``: the steps waiting for approval.
+    ``journal_check``: the daemon's verifications of its journal, read at scrape time.
     """
 
     def __init__(
@@ -273,6 +295,7 @@ class Metrics:
         clock: Callable[[], float] = time.time,
         edges: Sequence[str] = (),
         approvals: Callable[[], Iterable[PendingApproval]] = tuple,
+        journal_check: JournalCheck | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self._lanes: set[str] = set()
@@ -338,7 +361,7 @@ class Metrics:
         self._started = self._process_gauges()
         self.registry.register(_SignalCollector(snapshot, max_ages, edges, clock))
         self.registry.register(_SourceCollector(sources))
-        self.registry.register(_JournalCollector(journal_size))
+        self.registry.register(_JournalCollector(journal_size, journal_check))
         self.registry.register(_ApprovalCollector(approvals, clock))
         self._drills = _DrillCollector(dict, lambda lane: None)  # no schedule until drills() is told one
         self.registry.register(self._drills)

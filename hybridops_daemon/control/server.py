@@ -165,8 +165,8 @@ class ControlServer:
         return self._path
 
     async def __aenter__(self) -> ControlServer:
-        gid = _group_id(self._group) if self._group is not None else None
-        await _clear_stale(self._path)
+        gid = group_id(self._group) if self._group is not None else None
+        await clear_stale_socket(self._path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # bind, set mode and group, and only then listen: until listen() every connect is refused, so there
@@ -252,7 +252,7 @@ class ControlServer:
                 line = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:
-                return None  # connected and left without a word: a liveness probe such as _clear_stale's
+                return None  # connected and left without a word: a liveness probe such as clear_stale_socket's
             return encode_error(ErrorCode.BAD_REQUEST, "request must be one line of JSON ending in a newline")
         except asyncio.LimitOverrunError:
             await _skip_line(reader)
@@ -366,14 +366,14 @@ async def _skip_line(reader: asyncio.StreamReader) -> None:
                     return
 
 
-def _group_id(group: str) -> int:
+def group_id(group: str) -> int:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise ControlSocketError(f"unknown group {group!r} for the control socket") from None
 
 
-async def _clear_stale(path: Path) -> None:
+async def clear_stale_socket(path: Path) -> None:
     """Remove a socket file nobody listens on; refuse if a daemon answers there or the path is not a socket."""
     try:
         st = os.lstat(path)

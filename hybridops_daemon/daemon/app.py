@@ -28,7 +28,13 @@ from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.daemon.alerting import daemon_alerts
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.decisions import DecisionLoop
-from hybridops_daemon.daemon.housekeeping import RetentionHold, keep_retention, reload_profiles, scheduled_drill
+from hybridops_daemon.daemon.housekeeping import (
+    RetentionHold,
+    keep_journal_verified,
+    keep_retention,
+    reload_profiles,
+    scheduled_drill,
+)
 from hybridops_daemon.daemon.inbox import Inbox
 from hybridops_daemon.daemon.lane import Lane, status_line
 from hybridops_daemon.daemon.lifecycle import Watchdog, previous_stop_was_unclean, signal_flags
@@ -38,6 +44,7 @@ from hybridops_daemon.daemon.takeover import Takeover, restore_state
 from hybridops_daemon.drivers.registry import build_drivers
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import PEER_HEAD, Journal, JournalError
+from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.lease.lanes import EtcdLaneLeadership, LocalLaneLeadership
 from hybridops_daemon.lease.local import LocalLease
 from hybridops_daemon.metrics import Metrics, MetricsServer, last_drill_started
@@ -77,6 +84,7 @@ class Daemon:
         self.loop: DecisionLoop | None = None
         self._profiles_at_start = dict(profiles)
         self._stop_requested = self._reload_requested = False
+        self.journal_check = JournalCheck(config.journal_verify_every)
         self.metrics = Metrics(
             self.store.snapshot,
             self._max_ages,
@@ -85,6 +93,7 @@ class Daemon:
             clock,
             edges=tuple(edge for edge in (config.node, config.peer) if edge),
             approvals=self.approvals.pending,
+            journal_check=self.journal_check,
         )
         self.journal: Journal | None = None
         self.peer_heads = PeerHeads(clock)
@@ -198,6 +207,7 @@ class Daemon:
             housekeeping = [group.create_task(self.sources.run(spec)) for spec in config.sources]
             if config.retention is not None:
                 housekeeping.append(group.create_task(keep_retention(journal, config.retention, self.clock, retention)))
+            housekeeping.append(group.create_task(keep_journal_verified(journal, self.journal_check, self.clock)))
             housekeeping.append(group.create_task(self.watchdog.run()))
             housekeeping.append(group.create_task(readiness.run()))
             # Start-up objects (modules, config, profiles) live as long as the daemon: out of the collector's sight, its
@@ -214,8 +224,13 @@ class Daemon:
     def _alerting(self, config: AlertmanagerNotifyConfig, backend: DaemonBackend) -> AlertmanagerNotifier:
         """Direct notification. Run links go to ``link``, else to the web view (known once it listens), else nowhere."""
         token = resolve("notify.alertmanager.token", config.token) if config.token is not None else None
+        check = self.journal_check
         alerts = daemon_alerts(
-            self.lanes, self.approvals, lambda: None, self.config.node, lambda: config.link or backend.web_url or ""
+            self.lanes,
+            self.approvals,
+            lambda: (check.problem or "verification failed") if check.ok is False else None,
+            self.config.node,
+            lambda: config.link or backend.web_url or "",
         )
         notifier = AlertmanagerNotifier(config, alerts, token, self.clock)
         self.metrics.notifications(lambda: notifier.stats)

@@ -1,4 +1,4 @@
-"""Housekeeping beside the decision loop: journal retention, scheduled drills, profile reload."""
+"""Housekeeping beside the decision loop: journal retention and verification, scheduled drills, profile reload."""
 
 from __future__ import annotations
 
@@ -18,12 +18,18 @@ from hybridops_daemon.daemon.lane import Lane
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.journal.retention import PruneReport
 from hybridops_daemon.journal.store import Journal, JournalError
+from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.policy.types import Command, Decision, Trigger
 from hybridops_daemon.scheduler import DrillScheduler
 
 log = structlog.get_logger("hybridops.daemon")
 
 Submit = Callable[[Command, str, str, Trigger], Awaitable[tuple[int, Decision]]]
+
+# The first verification after a start. Not at once: takeover, run recovery and the first preflights read the journal
+# and use the default executor then. Within a minute: a journal altered while the daemon was down is reported soon
+# after it starts, not an interval later. No jitter: each node verifies its own file on its own disk.
+FIRST_VERIFY_AFTER = 30.0
 
 
 @dataclass
@@ -68,6 +74,26 @@ async def keep_retention(
         except JournalError:
             log.exception("journal retention failed; the next check retries")
         await asyncio.sleep(retention.check_every)
+
+
+async def keep_journal_verified(journal: Journal, check: JournalCheck, clock: Callable[[], float]) -> None:
+    """Verify the journal every ``check.every`` seconds and keep the verdict in ``check``, logging only when it turns
+    failing or ok again. Never raises: a verify that raises is a failed verification."""
+    await asyncio.sleep(min(check.every, FIRST_VERIFY_AFTER))
+    while True:
+        at, was = clock(), check.ok
+        try:
+            # In a thread, on a read-only connection of its own, with the journal's key: a long walk holds neither the
+            # loop nor the writer. No timeout: a thread cannot be stopped, and one that hangs (a hung disk) leaves
+            # check.at behind, which HybridopsJournalVerificationStale alerts on.
+            check.note(await asyncio.to_thread(journal.verify_readonly), at)
+        except Exception as exc:
+            check.note(exc, at)
+        if check.ok is False and was is not False:
+            log.error("journal verification failed", problem=check.problem, journal=str(journal.path))
+        elif check.ok and was is False:
+            log.info("journal verification passes again", head=check.head, journal=str(journal.path))
+        await asyncio.sleep(check.every)
 
 
 def scheduled_drill(submit: Submit) -> Callable[[str], Awaitable[None]]:

@@ -19,7 +19,7 @@ def _entry(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"seq": record.get("seq"), "kind": record.get("kind"), "ts": record.get("ts"), "body": record.get("body")}
 
 
-def _steps(ordered: Sequence[Mapping[str, Any]], declared: Sequence[str]) -> list[dict[str, Any]]:
+def steps_of_run(ordered: Sequence[Mapping[str, Any]], declared: Sequence[str]) -> list[dict[str, Any]]:
     """Per step, in chain order (steps the run never reached included), its ``step.*`` records in seq order."""
     by_step: dict[str, list[dict[str, Any]]] = {step: [] for step in declared}
     for record in ordered:
@@ -66,7 +66,7 @@ def write_run_folder(records: Sequence[Mapping[str, Any]], directory: Path) -> l
     files: dict[str, Any] = {
         "meta.json": meta,
         "inputs.json": start_body.get("inputs", {}),
-        "steps.json": _steps(ordered, [str(s) for s in start_body.get("steps", [])]),
+        "steps.json": steps_of_run(ordered, [str(s) for s in start_body.get("steps", [])]),
         "probes.json": [_entry(r) for r in ordered if r.get("kind") == "step.verify"],
         "outputs.json": outputs,
         "records.json": [dict(r) for r in records],

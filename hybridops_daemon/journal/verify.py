@@ -63,6 +63,32 @@ class VerifyReport:
     anchored: bool = False  # an expected head was given and checked
 
 
+@dataclass
+class JournalCheck:
+    """The running daemon's latest verification of its own journal, every ``every`` seconds: housekeeping writes
+    it (``daemon/housekeeping.py``), the metrics and notifications read it.
+
+    ``ok`` is None until the first verification ends. ``problem``: why it failed (the first problem found, or the
+    error that stopped the walk). ``at``: when it started; it proved the journal as it was then. ``head``: the
+    ``(seq, hash)`` it walked to, None when the walk did not finish.
+    """
+
+    every: float
+    ok: bool | None = None
+    problem: str | None = None
+    at: float | None = None
+    head: tuple[int, str] | None = None
+
+    def note(self, report: VerifyReport | Exception, at: float) -> None:
+        if isinstance(report, Exception):  # a verify that raised is a failed one, its error the problem
+            self.ok, self.problem, self.head = False, str(report) or type(report).__name__, None
+        else:
+            more = " (and more: `hyopsctl journal verify` lists them)" if len(report.problems) > 1 else ""
+            self.ok, self.head = report.ok, (report.head_seq, report.head_hash)
+            self.problem = report.problems[0] + more if report.problems else None
+        self.at = at
+
+
 def verify_chain(
     conn: sqlite3.Connection, *, key: bytes | None = None, expect_head: tuple[int, str] | None = None
 ) -> VerifyReport:
@@ -144,7 +170,7 @@ def verify_file(path: Path, *, key: bytes | None = None, expect_head: tuple[int,
     no -wal file exists (so no writer has the file open and everything is in the main file), the file is read
     as immutable instead. Raises FileNotFoundError, or JournalError if the file cannot be read as a journal.
     """
-    with _readonly(path) as conn:
+    with readonly_connection(path) as conn:
         return verify_chain(conn, key=key, expect_head=expect_head)
 
 
@@ -153,7 +179,7 @@ def read_head(path: Path) -> tuple[int, str]:
 
     No verdict on the chain: run ``verify_file`` for that. Raises FileNotFoundError or JournalError.
     """
-    with _readonly(path) as conn, sqlite_errors("query"):
+    with readonly_connection(path) as conn, sqlite_errors("query"):
         return head_of(conn) or (0, GENESIS_HASH)
 
 
@@ -180,7 +206,7 @@ def peer_anchor(path: Path, node: str) -> PeerAnchor | None:
     """The newest ``peer.head`` record naming ``node`` in the journal at ``path`` (read-only), or None.
 
     Raises FileNotFoundError, or JournalError if the file is not a journal or that record is malformed."""
-    with _readonly(path) as conn, sqlite_errors("query"):
+    with readonly_connection(path) as conn, sqlite_errors("query"):
         rows = conn.execute("SELECT seq, body FROM records WHERE kind = ? ORDER BY seq DESC", (PEER_HEAD,))
         for seq, text in rows:  # one peer per edge, so the first record is nearly always the one
             body = _body(seq, text)
@@ -196,7 +222,7 @@ def peer_anchor(path: Path, node: str) -> PeerAnchor | None:
 
 def journal_node(path: Path) -> str | None:
     """The node that writes the journal at ``path``, as its newest ``daemon.start`` says (read-only), or None."""
-    with _readonly(path) as conn, sqlite_errors("query"):
+    with readonly_connection(path) as conn, sqlite_errors("query"):
         return _node_of(conn)
 
 
@@ -234,7 +260,10 @@ def _body(seq: int, text: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
+def readonly_connection(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the journal at ``path``, opened as ``verify_file`` says; closed on leaving.
+
+    Raises FileNotFoundError, or JournalError if it cannot be opened read-only."""
     if not path.exists():
         raise FileNotFoundError(f"no journal at {path}")
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"

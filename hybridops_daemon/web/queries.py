@@ -15,9 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hybridops_daemon.journal.records import COLUMNS, Record, record_from_row, sqlite_errors
-from hybridops_daemon.journal.verify import _readonly as readonly_connection  # the verifier's read-only opener
-
-__all__ = ["BadQuery", "JournalReader", "TimelineFilter", "TimelinePage", "readonly_connection", "valid_name"]
 from hybridops_daemon.policy.types import DecisionKind, Trigger
 
 PAGE_DEFAULT = 50

@@ -22,11 +22,12 @@ from aiohttp.typedefs import Handler
 
 from hybridops_daemon.config.models import WebConfig
 from hybridops_daemon.control.backend import DaemonBackend
-from hybridops_daemon.control.server import _clear_stale, _group_id  # the control socket's checks, for the same group
+from hybridops_daemon.control.server import clear_stale_socket, group_id
 from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.journal.verify import readonly_connection
 from hybridops_daemon.secrets import resolve
 from hybridops_daemon.web.pages import Pages
-from hybridops_daemon.web.queries import JournalReader, readonly_connection
+from hybridops_daemon.web.queries import JournalReader
 
 log = structlog.get_logger("hybridops.web")
 
@@ -95,8 +96,8 @@ class WebServer:
 
     async def _unix_socket(self, path: Path) -> socket.socket:
         """Bound with its mode and group set before anyone can connect (SockSite listens), as the control socket."""
-        gid = _group_id(self._group) if self._group is not None else None
-        await _clear_stale(path)
+        gid = group_id(self._group) if self._group is not None else None
+        await clear_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(path))

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hybridops_daemon.journal.export import _steps as steps_of_run  # the export's grouping: the page matches steps.json
+from hybridops_daemon.journal.export import steps_of_run
 
 # The chart's drawing area in SVG user units.
 CHART_W, CHART_H, CHART_PAD = 600.0, 160.0, 24.0

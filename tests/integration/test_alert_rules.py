@@ -28,7 +28,7 @@ from hybridops_daemon.policy.types import Command
 from hybridops_daemon.scheduler import DrillScheduler
 from tests.integration.test_metrics import Bed, matching, value
 from tests.testbed.alertmanager import Alertmanager, WebhookReceiver
-from tests.testbed.inprocess import daemon_from, running
+from tests.testbed.inprocess import running, sandbox_daemon
 from tests.testbed.process import free_port, require
 from tests.testbed.prometheus import Prometheus
 from tests.testbed.wait import eventually
@@ -149,15 +149,8 @@ async def test_drill_schedule_and_the_last_drill_from_the_journal(tmp_path: Path
 
 
 def drill_daemon(directory: Path, metrics_port: int) -> Daemon:
-    (directory / "drill.yaml").write_text((REPO / "policies" / "drill.yaml").read_text())
-    config_file = directory / "daemon.yaml"
-    config_file.write_text(
-        f"node: edge01\nstate_dir: {directory}\ntick: 200ms\nsources: []\n"
-        f"metrics: {{listen: 127.0.0.1, port: {metrics_port}}}\n"
-        f"lanes:\n  drill:\n    profile: {directory / 'drill.yaml'}\n    drivers:\n      sandbox: {{}}\n"
-        "    readiness: {enabled: false}\n"
-    )
-    return daemon_from(config_file)
+    settings = f"node: edge01\ntick: 200ms\nsources: []\nmetrics: {{listen: 127.0.0.1, port: {metrics_port}}}\n"
+    return sandbox_daemon(directory, settings, lane="drill")
 
 
 async def query(prometheus: Prometheus, promql: str, expected: float | None = None, within: float = 20.0) -> list[Any]:

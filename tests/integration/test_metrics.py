@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hybridops_daemon import __version__
 from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.config.models import MetricsConfig
+from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.metrics import Metrics, MetricsServer
 from hybridops_daemon.policy.types import LaneStatus
 from hybridops_daemon.signals.base import InputHealth
@@ -46,7 +47,7 @@ class FakeSource:
 
 
 class Bed:
-    """A Metrics whose providers the test mutates: readings, max ages, sources, journal size and the clock."""
+    """A Metrics whose providers the test mutates: readings, max ages, sources, journal size and check, and the clock."""
 
     def __init__(self, edges: tuple[str, ...] = ("edge01",)) -> None:
         self.clock = Clock()
@@ -55,6 +56,7 @@ class Bed:
         self.sources: dict[str, object] = {}
         self.journal: int | None = 4096
         self.approvals: list[PendingApproval] = []
+        self.journal_check = JournalCheck(every=3600.0)
         self.metrics = Metrics(
             lambda: self.readings,
             lambda: self.max_ages,
@@ -63,6 +65,7 @@ class Bed:
             self.clock,
             edges,
             approvals=lambda: self.approvals,
+            journal_check=self.journal_check,
         )
 
     def sample(self, signal: str, value: float | None, age: float, edge: str = "edge01") -> None:
@@ -393,6 +396,7 @@ async def test_dashboard_queries_run_on_real_data(scraper: Prometheus, metrics_p
     bed.approvals = [PendingApproval("prod-1", "database", "prod", bed.clock.now - 60, bed.clock.now + 3540)]
     bed.metrics.drills(lambda: {"drill": (bed.clock.now + 3600, 86400.0)}, lambda lane: bed.clock.now - 82800)
     bed.metrics.started(bed.clock.now, unclean=False)
+    bed.journal_check.ok, bed.journal_check.at = True, bed.clock.now
     board = dashboard()
     async with MetricsServer(MetricsConfig(port=metrics_port), bed.metrics):
         for title, exprs in panel_queries(board).items():

@@ -24,6 +24,7 @@ from tests.testbed.alertmanager import Alertmanager, WebhookReceiver
 from tests.testbed.inprocess import daemon_from, running
 from tests.testbed.process import free_port
 from tests.testbed.wait import eventually
+from tests.unit.test_journal_check import rewrite_body
 
 REPO = Path(__file__).resolve().parents[2]
 NOTIFY = "notify: {{alertmanager: {{urls: [{urls}], timeout: 500ms, resend_every: 2s, resolve_after: 10s, link: {link}}}}}"
@@ -200,3 +201,26 @@ async def test_both_edges_reporting_one_run_page_once_and_resolve_it_once(
             await asyncio.sleep(2)
             assert len(arrived(receiver, "HybridopsRunActive", "resolved")) == 1
             assert len(arrived(receiver, "HybridopsRunActive", "firing")) == 1
+
+
+async def test_a_journal_altered_under_the_daemon_pages_with_the_node_and_the_problem(
+    alertmanager_factory: Callable[..., Alertmanager],
+) -> None:
+    receiver = WebhookReceiver()
+    async with receiver.serving() as hook:
+        manager = await asyncio.to_thread(alertmanager_factory, hook)
+        with drill_config(manager.url) as config:
+            config.write_text(config.read_text() + "journal_verify_every: 200ms\n")
+            daemon = daemon_from(config)
+            async with running(daemon):
+                await eventually("a passing verification", lambda: daemon.journal_check.ok)
+                rewrite_body(daemon.config.journal_path, 1, '{"node": "edge99"}')
+                (alert,) = await eventually("the page", lambda: arrived(receiver, "HybridopsJournalVerifyFailed", "firing"))
+                assert alert["labels"] == {
+                    "alertname": "HybridopsJournalVerifyFailed",
+                    "node": "edge01",
+                    "kind": "journal",
+                    "severity": "critical",
+                }
+                assert "record 1" in alert["annotations"]["description"], alert["annotations"]
+                assert alert["generatorURL"] == f"{LINK}/journal"

@@ -13,26 +13,20 @@ import pytest
 from hybridops_daemon.cli.daemon_cli import main
 from hybridops_daemon.daemon.app import Daemon
 from hybridops_daemon.journal.store import PEER_HEAD, Journal
-from tests.testbed.inprocess import daemon_from, running
+from tests.testbed.inprocess import running, sandbox_daemon
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.wait import eventually
 from tests.unit.test_journal_proof import cut_tail
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def daemon(directory: Path, node: str, peer: str, broker: Mosquitto) -> Daemon:
     directory.mkdir()
-    (directory / "prod.yaml").write_text((REPO / "policies" / "prod.yaml").read_text())
-    config_file = directory / "daemon.yaml"
-    config_file.write_text(
-        f"node: {node}\npeer: {peer}\nstate_dir: {directory}\ntick: 1s\n"
+    return sandbox_daemon(  # no preflight records: the heads' seqs are asserted
+        directory,
+        f"node: {node}\npeer: {peer}\ntick: 1s\n"
         "sources:\n  - type: peer\n    publish_interval: 200ms\n"
-        f"    broker: {{host: {broker.host}, port: {broker.port}, reconnect_min: 100ms, reconnect_max: 500ms}}\n"
-        f"lanes:\n  prod:\n    profile: {directory / 'prod.yaml'}\n    drivers:\n      sandbox: {{}}\n"
-        "    readiness: {enabled: false}\n"  # its records would land at a random moment: the heads' seqs are asserted
+        f"    broker: {{host: {broker.host}, port: {broker.port}, reconnect_min: 100ms, reconnect_max: 500ms}}\n",
     )
-    return daemon_from(config_file)
 
 
 def recorded(daemon: Daemon, peer: str) -> list[tuple[int, str]]:

@@ -20,8 +20,9 @@ from hybridops_daemon.config.models import WebConfig
 from hybridops_daemon.control.backend import DaemonBackend
 from hybridops_daemon.journal.export import write_run_folder
 from hybridops_daemon.journal.store import Journal
+from hybridops_daemon.journal.verify import readonly_connection
 from hybridops_daemon.policy.types import Command, Decision, DecisionKind, LaneStatus, RuleEvidence, Trigger
-from hybridops_daemon.web.queries import PAGE_MAX, BadQuery, JournalReader, TimelineFilter, readonly_connection
+from hybridops_daemon.web.queries import PAGE_MAX, BadQuery, JournalReader, TimelineFilter
 from hybridops_daemon.web.server import WebServer
 from hybridops_daemon.web.views import build_run
 
