@@ -303,6 +303,10 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
         lines.append(f"journal view: {result['web']}")
     if result.get("notify"):
         lines.append(_notify_line(result["notify"]))
+    check = result.get("journal_check")
+    if check:
+        verdict = "verified" if check.get("ok") else f"verification FAILING: {check.get('problem')}"
+        lines.append(f"journal: {verdict} ({_ago(check.get('at'), now)}, every {format_duration(check.get('every', 0))})")
     rows = []
     idle: list[str] = []  # lanes this node does not act on, and why (no quorum, another node leads)
     stranded: list[str] = []  # lanes with capacity a failed run may have left running, and when it goes

@@ -17,6 +17,7 @@ from hybridops_daemon.daemon.lane import Lane, lane_document
 from hybridops_daemon.daemon.readiness import ON_DEMAND_BUDGET, Busy, Readiness
 from hybridops_daemon.journal.records import RUN_END, RUN_START
 from hybridops_daemon.journal.store import Journal, Record
+from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.policy.types import Command, Decision
 from hybridops_daemon.scheduler import DrillScheduler
 from hybridops_daemon.signals.base import Source
@@ -56,6 +57,7 @@ class DaemonBackend:
         self._readiness = readiness
         self.web_url: str | None = None  # the journal view's address, once it listens (web/server.py)
         self.notify: Callable[[], dict[str, Any]] | None = None  # direct notification's state, once it runs
+        self.journal_check: JournalCheck | None = None  # the daemon's periodic verification of its journal
 
     async def status(self) -> dict[str, Any]:
         drills = self._drills()
@@ -83,6 +85,7 @@ class DaemonBackend:
             "retention": self._retention.document() if self._retention is not None else None,
             "web": self.web_url,
             "notify": self.notify() if self.notify is not None else None,
+            "journal_check": _check_document(self.journal_check),
         }
 
     async def submit(self, command: str, lane: str | None, actor: Actor) -> dict[str, Any]:
@@ -232,3 +235,9 @@ def _lane_status(lane: Lane, next_drill: Any) -> dict[str, Any]:
             "reason": leadership.reason if leadership is not None else "starting",
         },
     }
+
+
+def _check_document(check: JournalCheck | None) -> dict[str, Any] | None:
+    if check is None or check.ok is None:
+        return None  # no verification has ended yet
+    return {"ok": check.ok, "problem": check.problem, "at": check.at, "every": check.every}

@@ -178,6 +178,7 @@ class Daemon:
             drills: list[DrillScheduler] = []
             retention, readiness = RetentionHold(), self._readiness(journal)
             backend = self._backend(journal, loop, drills, retention, readiness)
+            backend.journal_check = self.journal_check
             await stack.enter_async_context(ControlServer(config.socket_path, backend, group=config.control.group))
             if config.metrics is not None:
                 await stack.enter_async_context(MetricsServer(config.metrics, self.metrics))

@@ -212,3 +212,14 @@ def test_render_status_says_whether_alertmanager_takes_the_alerts_and_what_was_l
     assert line({"reachable": False, "active": 2, "queued": 7, "dropped": 3, "rejected": 0}) == (
         "alertmanager: NOT reachable, 2 alert(s) active, 7 queued (3 dropped)"
     )
+
+
+def test_render_status_gives_the_journals_last_verification() -> None:
+    def line(check: dict[str, object]) -> str:
+        status = {"node": "edge01", "lanes": [], "pending_approvals": [], "journal_check": check}
+        return render_status(status, 1000.0).splitlines()[1]
+
+    assert line({"ok": True, "problem": None, "at": 940.0, "every": 3600.0}) == "journal: verified (1m ago, every 1h)"
+    assert line({"ok": False, "problem": "record 3: hash mismatch", "at": 990.0, "every": 3600.0}) == (
+        "journal: verification FAILING: record 3: hash mismatch (10.0s ago, every 1h)"
+    )
