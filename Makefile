@@ -29,6 +29,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.replay_throughput --repeat 1 --trace simulations/scenarios/slow-degradation.jsonl --profile simulations/profiles/prod.yaml
 	$(BIN)/python -m benchmarks.status_load --clients 50 --rounds 1
 	$(BIN)/python -m benchmarks.web_view --records 5000 --requests 20
+	$(BIN)/python -m benchmarks.web_view_load --records 5000 --blocks 2 --runs 100
 	$(BIN)/python -m benchmarks.preflight --quick
 	# Issue #7's takeover figures, printed into the log; it fails if any takeover applied an effect twice.
 	$(BIN)/python -m benchmarks.takeover
@@ -49,6 +50,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.replay_throughput
 	$(BIN)/python -m benchmarks.status_load
 	$(BIN)/python -m benchmarks.preflight
+	$(BIN)/python -m benchmarks.web_view_load
 	$(BIN)/python -m benchmarks.takeover
 
 # The walk-through: take the demo primary down (watch the cutover), and bring it back.

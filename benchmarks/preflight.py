@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -39,19 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.decision_path import PROFILE as DECISION_PROFILE
-from benchmarks.decision_path import percentile
+from benchmarks.decision_path import DecisionPath, block_arguments, interleaved, percentile, print_blocks
 from hybridops_daemon.chain.preflight import NOT_CHECKED, READY, Preflights, StepReadiness
 from hybridops_daemon.config.models import LaneConfig
 from hybridops_daemon.config.profile import Profile
-from hybridops_daemon.daemon.decisions import record_decision
 from hybridops_daemon.drivers.registry import build_drivers
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
-from hybridops_daemon.observations import ObservationStore
-from hybridops_daemon.policy.decide import decide
-from hybridops_daemon.policy.types import DecisionKind, LaneState, Observation
-from hybridops_daemon.signals.sample import Sample
 from tests.e2e.test_real_chain import profile as real_chain_profile
 from tests.fakes.gcp_compute import READ_ONLY_POSTS as GCP_READ_POSTS
 from tests.fakes.gcp_compute import GcpComputeFake
@@ -269,60 +264,6 @@ async def full_preflights(
     return took, load.end()
 
 
-@dataclass
-class Block:
-    busy: bool
-    path_ms: list[float]
-    due_ms: list[float]  # from the moment the sample was due: the path plus the wait for the loop
-    preflights: int
-
-
-class DecisionPath:
-    """benchmarks/decision_path.py's path, one sample at a time, paced by the event loop."""
-
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
-        self.store = ObservationStore()
-        self.i = 0
-
-    async def block(self, runs: int, gap: float) -> tuple[list[float], list[float]]:
-        path_ms: list[float] = []
-        due_ms: list[float] = []
-        for _ in range(runs):
-            self.i += 1
-            now = 1_800_000_000.0 + self.i
-            due = time.monotonic() + gap
-            await asyncio.sleep(gap)
-            began = time.monotonic()
-            self.store.put(Sample("primary_http", 0.0, now, "http_probe", "edge01"))
-            state = LaneState(lane=LANE, since=now - 60)
-            decision, state = decide(state, Observation(self.store.snapshot(), "edge01"), DECISION_PROFILE, now)
-            record_decision(self.journal, decision, DECISION_PROFILE, state, fencing_token=1)
-            ended = time.monotonic()
-            assert decision.kind is DecisionKind.CUTOVER, decision.reason
-            path_ms.append((ended - began) * 1000)
-            due_ms.append((ended - due) * 1000)
-        return path_ms, due_ms
-
-
-async def interleaved(
-    preflights: Preflights, profile: Profile, path: DecisionPath, blocks: int, runs: int, gap: float
-) -> list[Block]:
-    """Quiet, busy, busy, quiet, ...: each kind as often first as second, so a drift in the machine's load (other
-    people's tests) falls on both alike."""
-    await path.block(runs, gap)  # warm-up, not counted: the journal's first pages, the first decisions
-    done: list[Block] = []
-    for i in range(2 * blocks):
-        busy = i % 4 in (1, 2)
-        stop = asyncio.Event()
-        task = asyncio.create_task(back_to_back(preflights, profile, stop)) if busy else None
-        path_ms, due_ms = await path.block(runs, gap)
-        stop.set()
-        ran = await task if task is not None else 0  # the round in flight finishes: the next quiet block is quiet
-        done.append(Block(busy, path_ms, due_ms, ran))
-    return done
-
-
 async def back_to_back(preflights: Preflights, profile: Profile, stop: asyncio.Event) -> int:
     """Full preflights one after another until ``stop``; how many ran."""
     ran = 0
@@ -348,31 +289,6 @@ def print_load(load: dict[str, Counter[str]], targets: list[Target], rounds: int
         for key, n in sorted(counts.items()):
             print(f"  {'':18}{n / rounds:8.2f}  {key}")
     return mutating
-
-
-def print_blocks(blocks: list[Block], gap_ms: float) -> None:
-    print(f"\ndecision path, a sample every {gap_ms:g} ms, {len(blocks)} blocks of {len(blocks[0].path_ms)} interleaved (ms):")
-    block_p99: dict[bool, list[float]] = {}
-    pooled: dict[bool, float] = {}
-    for busy in (False, True):
-        mine = [b for b in blocks if b.busy == busy]
-        name = "with preflights" if busy else "quiet"
-        path = [v for b in mine for v in b.path_ms]
-        due = [v for b in mine for v in b.due_ms]
-        block_p99[busy] = [percentile(b.due_ms, 99) for b in mine]
-        pooled[busy] = percentile(due, 99)
-        ran = f", {sum(b.preflights for b in mine)} preflights ran" if busy else ""
-        print(f"  {name:16} path      {summary(path)}")
-        print(f"  {'':16} from due  {summary(due)}{ran}")
-        print(f"  {'':16} from due, p99 per block: {' '.join(f'{v:.2f}' for v in block_p99[busy])}")
-    spread = {busy: max(v) - min(v) for busy, v in block_p99.items()}
-    difference = pooled[True] - pooled[False]
-    # The noise is what quiet blocks differ by among themselves: the busy blocks' spread includes the preflights' own.
-    verdict = "within" if abs(difference) <= spread[False] else "outside"
-    print(
-        f"  p99 from due: with preflights {difference:+.2f} ms vs quiet; spread of block p99s: quiet {spread[False]:.2f},"
-        f" with preflights {spread[True]:.2f} ms: the difference is {verdict} the noise (the quiet spread)"
-    )
 
 
 def print_steps(results: list[StepReadiness]) -> None:
@@ -402,8 +318,10 @@ async def measure(args: argparse.Namespace, bed: Testbed, journal: Journal, scra
     print(f"  wall time       {summary(took)}")
     mutating = print_load(load, targets, args.rounds)
 
-    blocks = await interleaved(preflights, profile, DecisionPath(journal), args.blocks, args.runs, args.gap / 1000)
-    print_blocks(blocks, args.gap)
+    print()
+    preflighting = functools.partial(back_to_back, preflights, profile)
+    blocks = await interleaved(DecisionPath(journal), preflighting, args.blocks, args.runs, args.gap / 1000)
+    print_blocks(blocks, args.gap, ("quiet", "with preflights"), "preflights ran")
 
     total = whole.end()
     everything = sum(n for t in targets for key, n in total[t.name].items() if t.mutating(key) and n)
@@ -414,9 +332,7 @@ async def measure(args: argparse.Namespace, bed: Testbed, journal: Journal, scra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=50, help="full preflights timed one after another")
-    parser.add_argument("--blocks", type=int, default=10, help="decision-path blocks of each kind")
-    parser.add_argument("--runs", type=int, default=500, help="decisions per block")
-    parser.add_argument("--gap", type=float, default=2.0, help="ms between decisions")
+    block_arguments(parser)
     parser.add_argument("--netbox", action=argparse.BooleanOptionalAction, default=True, help="start NetBox (~20 s)")
     parser.add_argument("--fakes-apart", action="store_true", help="serve the GCP and Hetzner fakes from processes of their own")
     parser.add_argument("--quick", action="store_true", help="a few seconds: 10 rounds, 4+4 blocks of 150, no NetBox")

@@ -38,6 +38,7 @@ def fill(journal: Journal, records: int) -> int:
         else:
             journal.append("operator", {"noise": i}, ts=1000.0 + i, lane=lane)
     hostile_run(journal, "prod-1", "prod", at=1000.0 + records / 2)
+    journal._conn.execute("PRAGMA synchronous=FULL")  # what is written after it is durable, as in the daemon
     return records // 10
 
 

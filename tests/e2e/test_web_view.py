@@ -34,15 +34,22 @@ TOKEN = "view-token-e2e"
 STEPS = ["capacity", "database", "floating-ip", "dns", "ipam"]  # the harness profile's cutover chain
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def chromium(*arguments: str) -> WebDriver:
+    """Debian's headless Chromium under Selenium, its console logged (scripts/screenshots.py takes it too); the caller
+    quits it."""
     options = Options()
     options.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", *arguments):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     driver.set_page_load_timeout(20)
+    return driver
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    driver = chromium()
     try:
         yield driver
     finally:
