@@ -50,6 +50,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.replay_throughput
 	$(BIN)/python -m benchmarks.status_load
 	$(BIN)/python -m benchmarks.preflight
+	$(BIN)/python -m benchmarks.web_view
 	$(BIN)/python -m benchmarks.web_view_load
 	$(BIN)/python -m benchmarks.takeover
 

@@ -100,7 +100,13 @@ CREATE TABLE IF NOT EXISTS records (
     sig TEXT
 );
 CREATE INDEX IF NOT EXISTS records_run_id ON records (run_id);
-CREATE INDEX IF NOT EXISTS records_lane_kind ON records (lane, kind);
+-- (lane, kind, ts): a lane's records of a kind, and those in a time window (the decisions around a run, on its web
+-- page: 20 ms on 100,000 records with (lane, kind) alone, which it replaces).
+DROP INDEX IF EXISTS records_lane_kind;
+CREATE INDEX IF NOT EXISTS records_lane_kind_ts ON records (lane, kind, ts);
+-- The newest records of a kind across lanes (the runs list of `journal list` and the web overview): without it, a
+-- walk back through every record (20 ms on 100,000 records, on the event loop). (kind) holds seq as the rowid.
+CREATE INDEX IF NOT EXISTS records_kind ON records (kind);
 CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
 BEGIN SELECT RAISE(ABORT, 'journal records are append-only'); END;
 {NO_DELETE_TRIGGER}
