@@ -8,6 +8,7 @@ import asyncio
 import json
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -18,14 +19,17 @@ import aiomqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hybridops_daemon.cli.ctl import main as ctl
 from hybridops_daemon.config.sources import PeerSource
 from hybridops_daemon.metrics import Metrics
-from hybridops_daemon.policy.types import DecisionKind
+from hybridops_daemon.policy.types import DecisionKind, LaneStatus
 from hybridops_daemon.signals.peer_auth import DROP_REASONS, HmacCodec
 from tests.integration import test_peer_link as peer_link
 from tests.integration.test_peer_link import EDGE02_PROCESS
 from tests.testbed import sources
+from tests.testbed.inprocess import daemon_from, running
 from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.process import free_port
 from tests.testbed.sources import Seen
 from tests.testbed.wait import eventually
 
@@ -258,3 +262,63 @@ async def test_a_signed_will_marks_edge02_unknown_once_and_a_replay_of_it_later_
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+# ---------------------------------------------------------------------------------------- a whole daemon's lane
+
+LANE_PROFILE = """\
+name: prod
+version: 1
+signals: {primary_http: {max_age: 3s}}
+rules: [{name: primary_down, signal: primary_http, direction: below, trip: 0.5, for: 1s}]
+corroboration: {both_edges: true}     # edge02's word decides: exactly what a forger would supply
+chains:
+  cutover: [{id: capacity, module: compute/capacity@v1, inputs: {name: cloud-standby, state: running}}]
+  failback: [{id: capacity, module: compute/capacity@v1, inputs: {name: cloud-standby, state: stopped}}]
+"""
+WATCH = 5.0  # seconds: without auth the forgeries cut the lane over well within this
+
+
+@pytest.mark.parametrize("authenticated", [True, False], ids=["auth", "no-auth"])
+async def test_forged_primary_down_from_edge02_moves_edge01s_lane_only_without_auth(
+    broker: Mosquitto, key_file: Path, authenticated: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="hyops-") as tmp:  # short: the control socket's path
+        state = Path(tmp)
+        (state / "prod.yaml").write_text(LANE_PROFILE)
+        probe = {"type": "http_probe", "signal": "primary_http", "url": f"http://127.0.0.1:{free_port()}/", "interval": "200ms"}
+        peer = spec(broker, "edge01", key_file if authenticated else None, state)
+        config = state / "daemon.yaml"
+        config.write_text(
+            f"node: edge01\npeer: edge02\nstate_dir: {state}\ntick: 200ms\n"
+            f"sources: [{json.dumps(probe)}, {json.dumps(peer)}]\n"  # edge01's own probe: the primary is down
+            f"lanes:\n  prod:\n    profile: {state / 'prod.yaml'}\n    drivers: {{sandbox: {{}}}}\n"
+            "    readiness: {enabled: false}\n"
+        )
+        edge01 = daemon_from(config)
+        forger = HmacCodec(b"f" * 64, "edge02", "edge01", MAX_SKEW)  # without the key, the best a thief can do
+        topic = "hybridops/peer/prod/edge02"
+        down = {"node": "edge02", "lane": "prod", "signals": {"primary_http": {"value": 0.0, "age": 0.0, "unknown": False}}}
+        async with running(edge01), client(broker, "edge02", "thief") as thief:
+            started = time.monotonic()
+            moved = None
+            while time.monotonic() - started < WATCH and moved is None:
+                await thief.publish(topic, forger.seal(topic, down), qos=1)
+                await thief.publish(topic, json.dumps(down).encode(), qos=1)
+                await asyncio.sleep(0.2)
+                lane = edge01.lanes.get("prod")
+                if lane is not None and lane.state.status in (LaneStatus.CUTTING_OVER, LaneStatus.ON_STANDBY):
+                    moved = time.monotonic() - started
+            sock = str(state / "hyops.sock")
+            assert await asyncio.to_thread(ctl, ["--socket", sock, "status"]) == 0
+            status = capsys.readouterr().out
+            assert edge01.journal is not None
+            cutovers = [r for r in edge01.journal.records(kinds=["decision"]) if r.body.get("kind") == "cutover"]
+    if not authenticated:  # the control: the same forgeries, trusted, move the lane
+        assert moved is not None and cutovers, "forged messages should move an unauthenticated lane"
+        assert "peer messages not authenticated" in status
+        return
+    assert moved is None and cutovers == [], f"the lane moved after {moved} s"
+    dropped = {reason: count for reason, count in edge01.sources.sources["peer"].health.dropped.items() if count}
+    assert set(dropped) == {"forged", "unsigned"} and dropped["forged"] >= 10, dropped
+    assert f"peer: peer messages dropped: unsigned {dropped['unsigned']}, forged {dropped['forged']}" in status
