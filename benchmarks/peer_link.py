@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.mqtt_ingest import BENCH_BROKER, Pass, publish, wait_for_pass
 from hybridops_daemon import limits
 from hybridops_daemon.config.sources import PeerSource
 from hybridops_daemon.signals.peer import PeerLink, summary
@@ -33,7 +34,6 @@ from hybridops_daemon.signals.peer_auth import Codec, HmacCodec, PlainCodec
 from hybridops_daemon.signals.sample import Sample
 from tests.testbed.mosquitto import Mosquitto, cleanup, start_mosquitto
 
-BENCH_BROKER = "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
 TOPIC = "hybridops/peer/prod/edge02"
 SIGNALS = {f"signal_{i}": 5.0 for i in range(8)}
 MAX_SKEW = 600.0
@@ -65,79 +65,38 @@ def codec_pass(key: bytes | None, count: int) -> tuple[float, float]:
     return count / sealed, count / opened
 
 
-class Arrivals:
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.count = 0
-        self.first = self.last = 0.0
-        self.done = asyncio.Event()
-
-    def __call__(self, sample: Sample) -> None:
-        if sample.signal != "signal_0":
-            return  # a summary emits a sample per signal: count each summary once
-        now = time.perf_counter()
-        self.first = self.first or now
-        self.count += 1
-        self.last = now
-        if self.count == self.expected:
-            self.done.set()
-
-    @property
-    def rate(self) -> float:
-        return (self.count - 1) / (self.last - self.first) if self.count > 1 and self.last > self.first else 0.0
-
-
-async def link_pass(broker: Mosquitto, key: tuple[Path, bytes] | None, count: int, directory: Path) -> tuple[Arrivals, PeerLink]:
+async def link_pass(broker: Mosquitto, key: tuple[Path, bytes] | None, count: int, directory: Path) -> tuple[Pass, PeerLink]:
     """``key``: the key's file (for the link's config) and the key (for the sender); None: no auth."""
     auth = {"key": {"file": str(key[0])}, "max_skew": f"{MAX_SKEW}s"} if key else None
     spec = PeerSource.model_validate({"type": "peer", "broker": {"host": broker.host, "port": broker.port}, "auth": auth})
     link = PeerLink(spec, "edge01", "edge02", dict, dict)  # publishes nothing: no lanes, no journal head
     sender, _ = codecs(key[1] if key else None)
-    arrivals = Arrivals(count + 1)
+    probe, run = Pass(1), Pass(count)
+
+    def emit(sample: Sample) -> None:
+        if sample.signal == "signal_0":  # a summary emits a sample per signal: count each summary once
+            (run if probe.done.is_set() else probe).arrived()
+
     async with link:
-        task = asyncio.create_task(link.run(arrivals))
+        task = asyncio.create_task(link.run(emit))
         try:
-            while arrivals.count == 0:  # subscribed: a probe came through (its seq below the batch's)
-                await publish(broker, lines(directory / "probe.txt", [sender.seal(TOPIC, body(time.time()))]))
+            while not probe.done.is_set():  # subscribed: a probe came through (its seq below the batch's)
+                await publish(broker, lines(directory / "probe.txt", [sender.seal(TOPIC, body(time.time()))]), TOPIC)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(arrivals.done.wait()), 0.2)
-            arrivals.first = 0.0
-            arrivals.count = 0
-            arrivals.expected = count
-            now = time.time()
-            batch = [sender.seal(TOPIC, body(now)) for _ in range(count)]
-            await asyncio.gather(publish(broker, lines(directory / "batch.txt", batch)), wait_for(arrivals))
+                    await asyncio.wait_for(probe.done.wait(), 0.2)
+            batch = [sender.seal(TOPIC, body(time.time())) for _ in range(count)]
+            await asyncio.gather(publish(broker, lines(directory / "batch.txt", batch), TOPIC), wait_for_pass(run))
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    return arrivals, link
+    return run, link
 
 
 def lines(path: Path, payloads: list[bytes]) -> Path:
     """The payloads, one a line, as ``mosquitto_pub -l`` reads them (a sealed message is JSON: no newline in it)."""
     path.write_bytes(b"\n".join(payloads) + b"\n")
     return path
-
-
-async def publish(broker: Mosquitto, path: Path) -> None:
-    pub = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
-    with path.open("rb") as stdin:
-        proc = await asyncio.create_subprocess_exec(
-            pub, "-h", broker.host, "-p", str(broker.port), "-t", TOPIC, "-q", "0", "-l", "-i", "bench-edge02",
-            stdin=stdin,
-        )  # fmt: skip
-        if await asyncio.wait_for(proc.wait(), 120) != 0:
-            raise RuntimeError(f"mosquitto_pub exited {proc.returncode}")
-
-
-async def wait_for(run: Arrivals, idle: float = 3.0) -> None:
-    """Until every message arrived, or none arrived for ``idle`` seconds (then the pass reports the loss)."""
-    seen = -1
-    while not run.done.is_set() and seen != run.count:
-        seen = run.count
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run.done.wait(), idle)
 
 
 async def main_async(messages: int, repeat: int) -> None:
