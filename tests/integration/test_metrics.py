@@ -423,6 +423,8 @@ async def test_dashboard_queries_run_on_real_data(scraper: Prometheus, metrics_p
     bed.approvals = [PendingApproval("prod-1", "database", "prod", bed.clock.now - 60, bed.clock.now + 3540)]
     bed.metrics.drills(lambda: {"drill": (bed.clock.now + 3600, 86400.0)}, lambda lane: bed.clock.now - 82800)
     bed.metrics.started(bed.clock.now, unclean=False)
+    bed.sources["peer"] = FakePeer("peer", authenticated=True)
+    bed.sources["peer"].health.dropped_input("forged", "the MAC does not match")
     board = dashboard()
     async with MetricsServer(MetricsConfig(port=metrics_port), bed.metrics):
         for title, exprs in panel_queries(board).items():
