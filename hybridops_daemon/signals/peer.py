@@ -65,8 +65,7 @@ def summary(
 
 
 def peer_samples(data: Any, peer: str, source: str, now: float) -> list[Sample]:
-    """The peer's summary (parsed, bounded) as samples dated on this node's clock. Raises Malformed on
-    anything off."""
+    """The peer's summary (parsed, bounded) as samples dated on this node's clock. Raises Malformed on anything off."""
     if not isinstance(data, dict) or data.get("node") != peer or not isinstance(data.get("signals"), dict):
         raise Malformed("not a summary from the configured peer (node, lane, signals)")
     if len(data["signals"]) > limits.MAX_PEER_SIGNALS:

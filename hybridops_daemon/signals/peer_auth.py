@@ -201,7 +201,7 @@ class HmacCodec:
             raise Malformed(f"not a signed {what}")
         raw = payload[_MSG_AT:-1]
         if not hmac.compare_digest(self._mac(topic, raw), payload[len(_PREFIX) : len(_PREFIX) + 64]):
-            raise Dropped(FORGED, f"the MAC does not match (another key, or altered) on {topic}")
+            raise Dropped(FORGED, f"the MAC does not match (another key, or altered) on {topic[:200]}")  # logged: bounded
         msg = _parse(raw, bound, what)
         boot, seq, ts, will, body = _fields(msg, self.peer)
         if seq == will:
