@@ -26,6 +26,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.decision_path --runs 500
 	$(BIN)/python -m benchmarks.decide_throughput --samples 20000 --repeat 1
 	$(BIN)/python -m benchmarks.mqtt_ingest --messages 5000 --repeat 1
+	$(BIN)/python -m benchmarks.peer_link --messages 5000 --repeat 1
 	$(BIN)/python -m benchmarks.replay_throughput --repeat 1 --trace simulations/scenarios/slow-degradation.jsonl --profile simulations/profiles/prod.yaml
 	$(BIN)/python -m benchmarks.status_load --clients 50 --rounds 1
 	$(BIN)/python -m benchmarks.web_view --records 5000 --requests 20
@@ -47,6 +48,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.decision_path
 	$(BIN)/python -m benchmarks.decide_throughput
 	$(BIN)/python -m benchmarks.mqtt_ingest
+	$(BIN)/python -m benchmarks.peer_link
 	$(BIN)/python -m benchmarks.replay_throughput
 	$(BIN)/python -m benchmarks.status_load
 	$(BIN)/python -m benchmarks.preflight

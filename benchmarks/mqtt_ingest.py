@@ -122,11 +122,12 @@ class Pass:
         return (self.count - 1) / (self.last - self.first) if self.count > 1 and self.last > self.first else 0.0
 
 
-async def publish(broker: Mosquitto, payloads: Path) -> None:
+async def publish(broker: Mosquitto, payloads: Path, topic: str = TOPIC) -> None:
+    """Every line of ``payloads`` as a message on ``topic``, at QoS 0, from a ``mosquitto_pub -l`` process."""
     pub = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
     with payloads.open("rb") as stdin:
         proc = await asyncio.create_subprocess_exec(
-            pub, "-h", broker.host, "-p", str(broker.port), "-t", TOPIC, "-q", "0", "-l", "-i", "bench-publisher",
+            pub, "-h", broker.host, "-p", str(broker.port), "-t", topic, "-q", "0", "-l", "-i", "bench-publisher",
             stdin=stdin,
         )  # fmt: skip
         if await proc.wait() != 0:

@@ -91,7 +91,8 @@ class _SignalCollector:
 
 class _SourceCollector:
     """Source health from each source's ``InputHealth`` counters. A source without one (the HTTP probe: every
-    answer is evidence, nothing is malformed) is reported up while it runs, with no error counters."""
+    answer is evidence, nothing is malformed) is reported up while it runs, with no error counters. A source that
+    drops inputs by reason (the peer link) has its drops counted per reason, every reason from 0."""
 
     def __init__(self, sources: Callable[[], Mapping[str, object]]) -> None:
         self._sources = sources
@@ -99,7 +100,9 @@ class _SourceCollector:
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
-    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
+    def _families(
+        self,
+    ) -> tuple[CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
         malformed = CounterMetricFamily(
             "hybridops_source_malformed", "Malformed inputs the source counted and dropped.", labels=["source"]
         )
@@ -107,19 +110,35 @@ class _SourceCollector:
             "hybridops_source_upstream_failures", "Times the source failed to reach its upstream.", labels=["source"]
         )
         up = GaugeMetricFamily("hybridops_source_up", "1 while the source reaches its upstream.", labels=["source"])
-        return malformed, failures, up
+        dropped = CounterMetricFamily(
+            "hybridops_peer_messages_dropped",
+            "Peer messages dropped, by reason: forged, unsigned, stale, replayed, reordered, malformed.",
+            labels=["source", "reason"],
+        )
+        authenticated = GaugeMetricFamily(
+            "hybridops_peer_authenticated",
+            "1 while the peer link checks every message end to end (auth configured), 0 if it trusts the broker.",
+            labels=["source"],
+        )
+        return malformed, failures, up, dropped, authenticated
 
     def collect(self) -> Iterable[Metric]:
-        malformed, failures, up = self._families()
+        families = self._families()
+        malformed, failures, up, dropped, authenticated = families
         for name, source in sorted(self._sources().items()):
             health = getattr(source, "health", None)
             if isinstance(health, InputHealth):
                 malformed.add_metric([name], health.malformed)
                 failures.add_metric([name], health.failures)
                 up.add_metric([name], 0.0 if health.upstream_down else 1.0)
+                for reason, count in health.dropped.items():
+                    dropped.add_metric([name, reason], count)
             else:
                 up.add_metric([name], 1.0)
-        return malformed, failures, up
+            checked = getattr(source, "authenticated", None)
+            if isinstance(checked, bool):
+                authenticated.add_metric([name], 1.0 if checked else 0.0)
+        return families
 
 
 class _JournalCollector:

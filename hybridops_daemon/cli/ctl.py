@@ -332,7 +332,7 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
         lines.append(format_table(headers, rows))
     else:
         lines.append("no lanes configured")
-    lines += idle + stranded
+    lines += idle + stranded + _peer_links(result.get("sources") or [])
     retention = result.get("retention")
     if retention:
         lines.append(f"journal retention held {_ago(retention.get('since'), now)}: {retention['held']}")
@@ -351,6 +351,20 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
             rows.append([item["run_id"], item["step"], item.get("lane"), _ago(item.get("since"), now), expires])
         lines.append(format_table(["RUN", "STEP", "LANE", "WAITING", "EXPIRES"], rows))
     return "\n".join(lines)
+
+
+def _peer_links(sources: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A line per peer link that trusts the broker alone, or has dropped messages (and why)."""
+    lines = []
+    for source in sources:
+        if "dropped" not in source:
+            continue
+        if source.get("authenticated") is False:
+            lines.append(f"{source['source']}: peer messages not authenticated (no auth key): the broker alone vouches for them")
+        counts = ", ".join(f"{reason} {count}" for reason, count in source["dropped"].items() if count)
+        if counts:
+            lines.append(f"{source['source']}: peer messages dropped: {counts}")
+    return lines
 
 
 def _stranded(lane: str, capacity: Mapping[str, Any], now: float) -> str:

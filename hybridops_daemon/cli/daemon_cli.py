@@ -113,6 +113,7 @@ def _run(path: Path, level: str, pretty: bool | None) -> int:
 
 def _check_config(path: Path) -> int:
     from hybridops_daemon.config.loader import check_config
+    from hybridops_daemon.config.sources import PeerSource
     from hybridops_daemon.drivers.registry import DRIVER_MODULES
 
     config, profiles, errors = check_config(path, DRIVER_MODULES)
@@ -128,6 +129,12 @@ def _check_config(path: Path) -> int:
             f"warning: {path}: lease.type is 'local' but a peer ({config.peer}) is configured: "
             "two nodes with local leadership cannot prevent split brain"
         )
+    for source in config.sources:
+        if isinstance(source, PeerSource) and source.auth is None:
+            print(
+                f"warning: {path}: source {source.name!r} has no auth: peer messages are not authenticated, so anyone "
+                "who may publish on the broker can speak for the peer (set auth.key, the same on both edges)"
+            )
     return EXIT_OK
 
 

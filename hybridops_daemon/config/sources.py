@@ -168,6 +168,15 @@ class IpsecSource(SourceSpec):
     tunnels: tuple[IpsecTunnel, ...] = Field(min_length=1)
 
 
+class PeerAuth(Strict):
+    """End-to-end authentication of every peer message (HMAC-SHA256), whatever the broker lets through."""
+
+    key: SecretRef = Field(description="the key both edges share, by reference; at least 32 characters (openssl rand -hex 32)")
+    max_skew: PositiveDuration = Field(
+        default=10.0, description="a message stamped further than this from this node's clock (either way) is stale"
+    )
+
+
 class PeerSource(SourceSpec):
     """Publishes this node's observation summary per lane on ``<prefix>/<lane>/<node>`` and reads the peer's."""
 
@@ -177,6 +186,7 @@ class PeerSource(SourceSpec):
     broker: MqttBroker = MqttBroker()
     topic_prefix: str = "hybridops/peer"
     publish_interval: PositiveDuration = 1.0
+    auth: PeerAuth | None = Field(default=None, description="without it anyone who may publish on the broker speaks for the peer")
 
 
 @dataclass(frozen=True)

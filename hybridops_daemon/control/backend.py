@@ -69,13 +69,15 @@ class DaemonBackend:
         sources = []
         for name, source in self._sources.items():
             health = getattr(source, "health", None)
-            sources.append(
-                {
-                    "source": name,
-                    "upstream": "down" if health is not None and health.upstream_down else "ok",
-                    "malformed": health.malformed if health is not None else 0,
-                }
-            )
+            entry: dict[str, Any] = {
+                "source": name,
+                "upstream": "down" if health is not None and health.upstream_down else "ok",
+                "malformed": health.malformed if health is not None else 0,
+            }
+            if health is not None and health.dropped:  # the peer link: drops by reason, and whether it checks at all
+                entry["dropped"] = dict(health.dropped)
+                entry["authenticated"] = getattr(source, "authenticated", None)
+            sources.append(entry)
         return {
             "node": self._node,
             "lease": self._lease,

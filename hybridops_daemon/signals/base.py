@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -67,22 +67,48 @@ def labelled(signal: str, labels: Mapping[str, str]) -> str:
     return signal + "{" + ",".join(f"{k}={labels[k]}" for k in sorted(labels)) + "}"
 
 
-class InputHealth:
-    """Counts malformed inputs and upstream failures of one source; logs only when the state changes."""
+DROP_LOG_EVERY = 60.0  # seconds between log lines about one drop reason: a flood of forgeries is counted, not logged
 
-    def __init__(self, source: str) -> None:
+
+class InputHealth:
+    """Counts malformed inputs and upstream failures of one source; logs only when the state changes.
+
+    A source that refuses inputs for more reasons than malformed (the peer link: forged, replayed...) names them in
+    ``drop_reasons``; ``dropped`` counts each, and each is logged at most once per ``DROP_LOG_EVERY``."""
+
+    def __init__(self, source: str, drop_reasons: Sequence[str] = ()) -> None:
         self.source = source
         self.malformed = 0
         self.failures = 0
+        self.dropped = dict.fromkeys(drop_reasons, 0)
         self._bad_input: str | None = None
         self._upstream_down: str | None = None
+        self._drop_logged: dict[str, float] = {}
         self._log = structlog.get_logger("hybridops.source").bind(source=source)
 
     def malformed_input(self, reason: str) -> None:
         self.malformed += 1
+        if "malformed" in self.dropped:
+            self.dropped["malformed"] += 1
         if self._bad_input is None:
             self._log.warning("malformed input dropped (further ones are counted, not logged)", reason=reason)
         self._bad_input = reason
+
+    def dropped_input(self, reason: str, detail: str) -> None:
+        """An input refused for ``reason`` (one of ``drop_reasons``); "malformed" counts as malformed input too."""
+        if reason == "malformed":
+            self.malformed_input(detail)
+            return
+        self.dropped[reason] += 1
+        now = time.monotonic()
+        if now - self._drop_logged.get(reason, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
+            self._drop_logged[reason] = now
+            self._log.warning(
+                "input dropped (counted; logged at most once a minute per reason)",
+                reason=reason,
+                detail=detail,
+                dropped_total=self.dropped[reason],
+            )
 
     def good_input(self) -> None:
         if self._bad_input is not None:

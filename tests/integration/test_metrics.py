@@ -22,6 +22,7 @@ from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.metrics import Metrics, MetricsServer
 from hybridops_daemon.policy.types import LaneStatus
 from hybridops_daemon.signals.base import InputHealth
+from hybridops_daemon.signals.peer_auth import DROP_REASONS
 from hybridops_daemon.signals.sample import Sample
 from tests.testbed.process import ComponentFailed, free_port
 from tests.testbed.prometheus import Prometheus
@@ -44,6 +45,15 @@ class FakeSource:
     def __init__(self, name: str) -> None:
         self.name = name
         self.health = InputHealth(name)
+
+
+class FakePeer(FakeSource):
+    """The peer link as metrics see it: drops by reason, and whether it checks messages at all."""
+
+    def __init__(self, name: str, authenticated: bool) -> None:
+        super().__init__(name)
+        self.health = InputHealth(name, DROP_REASONS)
+        self.authenticated = authenticated
 
 
 class Bed:
@@ -147,6 +157,26 @@ def test_every_metric_has_its_labels_and_values() -> None:
     assert value(s, "hybridops_source_up", source="mqtt") == 1
     assert value(s, "hybridops_leader", lane="prod") == 0
     assert value(s, "hybridops_fencing_token", lane="prod") == 8
+
+
+def test_peer_message_drops_are_counted_by_reason_from_zero_and_say_whether_the_link_authenticates() -> None:
+    bed = Bed()
+    peer, plain = FakePeer("peer", authenticated=True), FakePeer("plain", authenticated=False)
+    bed.sources.update(peer=peer, plain=plain, mqtt=FakeSource("mqtt"))
+    peer.health.dropped_input("forged", "the MAC does not match")
+    peer.health.dropped_input("forged", "the MAC does not match")
+    peer.health.dropped_input("replayed", "seq 3 accepted before")
+    peer.health.dropped_input("malformed", "not JSON")
+
+    s = bed.scrape()
+
+    counts = {reason: value(s, "hybridops_peer_messages_dropped_total", source="peer", reason=reason) for reason in DROP_REASONS}
+    assert counts == {"malformed": 1, "unsigned": 0, "forged": 2, "stale": 0, "replayed": 1, "reordered": 0}
+    assert value(s, "hybridops_source_malformed_total", source="peer") == 1  # a malformed drop is malformed input too
+    assert value(s, "hybridops_peer_authenticated", source="peer") == 1
+    assert value(s, "hybridops_peer_authenticated", source="plain") == 0
+    assert not matching(s, "hybridops_peer_messages_dropped_total", source="mqtt")  # only sources that drop by reason
+    assert not matching(s, "hybridops_peer_authenticated", source="mqtt")
 
 
 def test_a_lane_reads_exactly_one_state() -> None:
@@ -397,6 +427,8 @@ async def test_dashboard_queries_run_on_real_data(scraper: Prometheus, metrics_p
     bed.metrics.drills(lambda: {"drill": (bed.clock.now + 3600, 86400.0)}, lambda lane: bed.clock.now - 82800)
     bed.metrics.started(bed.clock.now, unclean=False)
     bed.journal_check.ok, bed.journal_check.at = True, bed.clock.now
+    bed.sources["peer"] = FakePeer("peer", authenticated=True)
+    bed.sources["peer"].health.dropped_input("forged", "the MAC does not match")
     board = dashboard()
     async with MetricsServer(MetricsConfig(port=metrics_port), bed.metrics):
         for title, exprs in panel_queries(board).items():

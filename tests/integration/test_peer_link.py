@@ -36,11 +36,32 @@ PROFILE = Profile.model_validate(
 )
 
 
+# edge02 in a process of its own (its peer source's config as JSON in argv[1], publishing every 200 ms), so that
+# SIGKILL leaves the broker to publish its last will.
+EDGE02_PROCESS = """
+import asyncio, sys, time
+from hybridops_daemon.config.sources import PeerSource
+from hybridops_daemon.observations import ObservationStore
+from hybridops_daemon.signals.peer import PeerLink
+from hybridops_daemon.signals.sample import Sample
+store = ObservationStore()
+spec = PeerSource.model_validate_json(sys.argv[1]).model_copy(update={"publish_interval": 0.2})
+link = PeerLink(spec, 'edge02', 'edge01', lambda: {'prod': {'primary_http': 3.0}}, store.snapshot)
+async def main():
+    async with link, asyncio.TaskGroup() as group:
+        group.create_task(link.run(store.put))
+        while True:
+            store.put(Sample('primary_http', 1.0, time.time(), 'x', 'edge02'))
+            await asyncio.sleep(0.1)
+asyncio.run(main())
+"""
+
+
 class Node:
-    def __init__(self, name: str, peer: str, broker: Mosquitto) -> None:
+    def __init__(self, name: str, peer: str, broker: Mosquitto, spec: PeerSource | None = None) -> None:
         self.name = name
         self.store = ObservationStore()
-        spec = PeerSource(
+        spec = spec or PeerSource(
             type="peer",
             broker=MqttBroker(host=broker.host, port=broker.port, reconnect_min=0.1, reconnect_max=0.5, keepalive=1),
             publish_interval=0.2,
@@ -118,26 +139,8 @@ async def test_losing_the_peer_uncleanly_marks_its_signals_unknown_via_the_will(
     edge01 = Node("edge01", "edge02", mosquitto)
     async with running(edge01):
         # edge02 as a separate process, killed with SIGKILL: the broker sees the socket die and sends its will.
-        script = (
-            "import asyncio, time, sys\n"
-            "from hybridops_daemon.config.sources import MqttBroker, PeerSource\n"
-            "from hybridops_daemon.observations import ObservationStore\n"
-            "from hybridops_daemon.signals.peer import PeerLink\n"
-            "from hybridops_daemon.signals.sample import Sample\n"
-            "store = ObservationStore()\n"
-            f"spec = PeerSource(type='peer', broker=MqttBroker(host='{mosquitto.host}', port={mosquitto.port}, keepalive=1),"
-            " publish_interval=0.2)\n"
-            "link = PeerLink(spec, 'edge02', 'edge01', lambda: {'prod': {'primary_http': 3.0}}, store.snapshot)\n"
-            "async def main():\n"
-            "    while True:\n"
-            "        store.put(Sample('primary_http', 1.0, time.time(), 'x', 'edge02'))\n"
-            "        await asyncio.sleep(0.1)\n"
-            "async def both():\n"
-            "    async with link:\n"
-            "        await asyncio.gather(link.run(store.put), main())\n"
-            "asyncio.run(both())\n"
-        )
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+        config = {"type": "peer", "broker": {"host": mosquitto.host, "port": mosquitto.port, "keepalive": 1}}
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", EDGE02_PROCESS, json.dumps(config))
         try:
             await eventually("edge01 hears edge02", lambda: (s := edge01.heard()) is not None and s.value == 1.0, within=15)
             proc.kill()

@@ -189,6 +189,24 @@ def test_render_status_without_lanes() -> None:
     assert render_status({"node": "edge02", "lanes": [], "pending_approvals": []}, 0.0) == ("node edge02\nno lanes configured")
 
 
+def test_render_status_names_peer_drops_by_reason_and_a_link_that_trusts_the_broker() -> None:
+    zero = dict.fromkeys(("malformed", "unsigned", "forged", "stale", "replayed", "reordered"), 0)
+    sources = [
+        {"source": "probe", "upstream": "ok", "malformed": 0},
+        {"source": "peer", "upstream": "ok", "malformed": 0, "dropped": zero, "authenticated": True},
+    ]
+    status = {"node": "edge01", "lanes": [], "pending_approvals": [], "sources": sources}
+    assert render_status(status, 0.0) == "node edge01\nno lanes configured"  # nothing dropped: nothing to say
+
+    sources[1]["dropped"] = {**zero, "forged": 3, "replayed": 2}
+    assert render_status(status, 0.0).splitlines()[2:] == ["peer: peer messages dropped: forged 3, replayed 2"]
+
+    sources[1].update(dropped=zero, authenticated=False)
+    assert render_status(status, 0.0).splitlines()[2:] == [
+        "peer: peer messages not authenticated (no auth key): the broker alone vouches for them"
+    ]
+
+
 def test_render_records_clips_long_summaries() -> None:
     record = {**RECORDS[0], "body": {"reason": "x" * 500}}
     (line,) = render_records([record], 100).splitlines()

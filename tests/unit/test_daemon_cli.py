@@ -128,6 +128,29 @@ def test_check_config_warns_that_a_peer_with_a_local_lease_cannot_prevent_split_
     assert code == 0 and "warning" not in out, out
 
 
+def test_check_config_warns_of_a_peer_link_without_auth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path / "prod.yaml", PROFILE)
+    etcd = "lease: {type: etcd, endpoints: ['http://10.0.0.1:2379', 'http://10.0.0.2:2379', 'http://10.0.0.3:2379']}\n"
+    pair = DAEMON_CONFIG + "peer: edge02\n" + etcd + "sources:\n  - type: peer\n"
+    config = write(tmp_path / "daemon.yaml", pair)
+
+    code, out, _ = run(capsys, "check-config", str(config))
+
+    assert code == 0  # a warning: the link still runs as before, trusting the broker
+    assert out.splitlines()[1:] == [
+        f"warning: {config}: source 'peer' has no auth: peer messages are not authenticated, so anyone who may publish "
+        "on the broker can speak for the peer (set auth.key, the same on both edges)"
+    ]
+
+    write(tmp_path / "daemon.yaml", pair + "    auth: {key: {file: peer-key}, max_skew: 5s}\n")
+    code, out, _ = run(capsys, "check-config", str(config))
+    assert code == 0 and "warning" not in out, out
+
+    write(tmp_path / "daemon.yaml", pair + "    auth: {key: 'inline-secret'}\n")
+    code, out, _ = run(capsys, "check-config", str(config))
+    assert code == 2 and "never inline" in out, out
+
+
 @pytest.mark.parametrize(
     ("lease", "message"),
     [

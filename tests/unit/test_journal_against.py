@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from hybridops_daemon import limits
 from hybridops_daemon.cli.daemon_cli import main
 from hybridops_daemon.daemon.app import PEER_HEAD_EVERY, PeerHeads
 from hybridops_daemon.journal.store import PEER_HEAD, Journal
 from hybridops_daemon.journal.verify import journal_node
-from hybridops_daemon.signals.peer import MalformedSummary, peer_journal_head
+from hybridops_daemon.signals.peer import peer_journal_head
+from hybridops_daemon.signals.peer_auth import Malformed, PlainCodec
 from tests.unit.test_journal_proof import cut_tail, fill, rewrite
 
 HASH = "ab" * 32
@@ -238,7 +240,7 @@ def test_a_journal_that_cannot_be_written_costs_the_record_not_the_link(tmp_path
 
 def test_a_well_formed_head_from_the_peer_is_read() -> None:
     payload = json.dumps({"node": "edge02", "seq": 12, "hash": HASH}).encode()
-    assert peer_journal_head(payload, "edge02") == (12, HASH)
+    assert peer_journal_head(PlainCodec().open("t", payload, limits.PEER_HEAD, "journal head").body, "edge02") == (12, HASH)
 
 
 @pytest.mark.parametrize(
@@ -257,5 +259,5 @@ def test_a_well_formed_head_from_the_peer_is_read() -> None:
     ],
 )
 def test_a_malformed_head_is_refused_with_its_reason(payload: bytes, reason: str) -> None:
-    with pytest.raises(MalformedSummary, match=reason):
-        peer_journal_head(payload, "edge02")
+    with pytest.raises(Malformed, match=reason):
+        peer_journal_head(PlainCodec().open("t", payload, limits.PEER_HEAD, "journal head").body, "edge02")

@@ -10,8 +10,10 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hybridops_daemon import limits
 from hybridops_daemon.signals.mqtt import MalformedPayload, parse_payload
-from hybridops_daemon.signals.peer import MalformedSummary, peer_samples, peer_status
+from hybridops_daemon.signals.peer import peer_samples, peer_status
+from hybridops_daemon.signals.peer_auth import Malformed, PlainCodec
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
@@ -51,9 +53,13 @@ def test_fuzz_parse_payload_answers_quickly_with_a_value_or_malformed(payload: b
 @given(PAYLOADS)
 def test_fuzz_peer_readers_answer_quickly_with_samples_or_malformed(payload: bytes) -> None:
     began = time.monotonic()
-    for read in (lambda: peer_samples(payload, "edge01", "peer:edge01", 1.0), lambda: peer_status(payload, "edge01")):
+
+    def body() -> object:
+        return PlainCodec().open("hybridops/peer/prod/edge01", payload, limits.PEER_SUMMARY).body
+
+    for read in (lambda: peer_samples(body(), "edge01", "peer:edge01", 1.0), lambda: peer_status(body(), "edge01")):
         try:
             read()
-        except MalformedSummary as exc:
+        except Malformed as exc:
             assert str(exc)
     assert time.monotonic() - began < 1

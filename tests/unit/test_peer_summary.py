@@ -8,10 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hybridops_daemon.signals.peer import MalformedSummary, peer_samples, peer_status, summary
+from hybridops_daemon import limits
+from hybridops_daemon.signals.peer import peer_samples, peer_status, summary
+from hybridops_daemon.signals.peer_auth import Malformed, PlainCodec
 from hybridops_daemon.signals.sample import Sample
 
 NOW = 1_800_000_000.0
+
+
+def read(payload: bytes, what: str = "summary") -> object:
+    """A message as the link reads it without a key: bounded, parsed."""
+    return PlainCodec().open("hybridops/peer/prod/edge01", payload, limits.PEER_SUMMARY, what).body
 
 
 def test_summary_carries_ages_not_timestamps_and_marks_unknowns() -> None:
@@ -41,13 +48,13 @@ def test_received_values_are_dated_on_the_receivers_clock() -> None:
         102.0,
     )
     # The receiver's clock is an hour ahead: the value is still 2 s old there, not an hour.
-    samples = peer_samples(json.dumps(body).encode(), "edge01", "peer:edge01", NOW)
+    samples = peer_samples(read(json.dumps(body).encode()), "edge01", "peer:edge01", NOW)
     assert samples == [Sample("primary_http", 0.0, NOW - 2.0, "peer:edge01", "edge01")]
 
 
 def test_unknown_on_the_peer_is_unknown_here() -> None:
     body = summary("edge01", "prod", {"db_up": 5.0}, {}, NOW)
-    assert peer_samples(json.dumps(body).encode(), "edge01", "peer:edge01", NOW) == [
+    assert peer_samples(read(json.dumps(body).encode()), "edge01", "peer:edge01", NOW) == [
         Sample("db_up", None, NOW, "peer:edge01", "edge01")
     ]
 
@@ -70,25 +77,25 @@ def test_unknown_on_the_peer_is_unknown_here() -> None:
     ],
 )
 def test_malformed_summaries_are_refused_with_a_reason(payload: bytes, reason: str) -> None:
-    with pytest.raises(MalformedSummary, match=reason):
-        peer_samples(payload, "edge01", "peer:edge01", NOW)
+    with pytest.raises(Malformed, match=reason):
+        peer_samples(read(payload), "edge01", "peer:edge01", NOW)
 
 
 def test_status_messages() -> None:
-    assert peer_status(b'{"node": "edge01", "online": true}', "edge01") is True
-    assert peer_status(b'{"node": "edge01", "online": false}', "edge01") is False
-    with pytest.raises(MalformedSummary):
-        peer_status(b'{"node": "edge02", "online": false}', "edge01")
-    with pytest.raises(MalformedSummary, match="status: nesting depth over the limit of 8"):
-        peer_status(b"[" * 30_000 + b"]" * 30_000, "edge01")
-    with pytest.raises(MalformedSummary, match="status: size in bytes"):
-        peer_status(b" " * 300_000, "edge01")
+    assert peer_status(read(b'{"node": "edge01", "online": true}', "status"), "edge01") is True
+    assert peer_status(read(b'{"node": "edge01", "online": false}', "status"), "edge01") is False
+    with pytest.raises(Malformed):
+        peer_status(read(b'{"node": "edge02", "online": false}', "status"), "edge01")
+    with pytest.raises(Malformed, match="status: nesting depth over the limit of 8"):
+        peer_status(read(b"[" * 30_000 + b"]" * 30_000, "status"), "edge01")
+    with pytest.raises(Malformed, match="status: size in bytes"):
+        peer_status(read(b" " * 300_000, "status"), "edge01")
 
 
 @given(st.binary(max_size=2048))
 def test_any_bytes_are_samples_or_malformed(payload: bytes) -> None:
     try:
-        samples = peer_samples(payload, "edge01", "peer:edge01", NOW)
-    except MalformedSummary:
+        samples = peer_samples(read(payload), "edge01", "peer:edge01", NOW)
+    except Malformed:
         return
     assert all(s.edge == "edge01" and (s.value is None or s.value == s.value) for s in samples)
