@@ -325,6 +325,128 @@ def year(rng: random.Random) -> Scenario:
     )
 
 
+# --------------------------------------------------------------------------------------------- burst lanes
+# CPU saturation of the on-prem platform (0..1), one sample a minute unless said. The levels (profiles/burst.yaml):
+# size 2 past 0.80 (clear 0.65), size 4 past 0.90 (clear 0.78); out after 5 min, in after 20 min, 5 min between steps,
+# a 90 s scale step; $0.16 per unit-hour. "Uncovered" is time the pressure needed more than the size in service.
+MINUTE, DAY = 60, 86400
+PRESSURE = "platform_cpu_saturation"
+
+
+def _noisy(rng: random.Random, value: float, sigma: float = 0.01) -> float:
+    return round(min(1.0, max(0.0, rng.gauss(value, sigma))), 3)
+
+
+def _pressure(t: float, value: float) -> Line:
+    return f'{{"t":{_num(t)},"signal":"{PRESSURE}","value":{value}}}\n'
+
+
+def burst_diurnal(rng: random.Random) -> Scenario:
+    base = 0.45
+
+    def evening(t: int) -> float:
+        day, clock = divmod(t, DAY)
+        peak = 0.93 if day % 7 == 4 else 0.86  # one evening a week runs hotter
+        ramp_up, top_until, ramp_down = 17.5 * 3600, 21.5 * 3600, 22.5 * 3600
+        if clock < ramp_up or clock >= ramp_down:
+            return base
+        if clock < ramp_up + 3600:
+            return base + (peak - base) * (clock - ramp_up) / 3600
+        if clock < top_until:
+            return peak
+        return peak - (peak - base) * (clock - top_until) / 3600
+
+    def lines() -> Iterator[Line]:
+        for t in range(0, 30 * DAY + 1, MINUTE):
+            yield _pressure(t, _noisy(rng, evening(t)))
+
+    # An ordinary evening crosses 0.80 at 18:21: size 2 at 18:26; back under 0.65 at 22:01: size 0 at 22:21 (3.9 h at
+    # size 2, $1.25). A hot one crosses 0.80 at 18:14 and 0.90 at 18:26: size 2 at 18:19, size 4 at 18:31; under 0.78
+    # at 21:49 (size 2 at 22:09) and under 0.65 at 22:05 (size 0 at 22:29): $2.50. 26 × $1.25 + 4 × $2.50 = $42.6.
+    # Uncovered: about 6.5 min (the 5 min window and the 90 s step) per level reached, 34 × 6.5 = 221 min; with no
+    # burst, pressure past 0.80 from 18:21 to 21:39 (18:14 to 21:46 when hot): 26 × 198 + 4 × 212 = 5,996 min.
+    return Scenario(
+        "burst-diurnal",
+        "burst.yaml",
+        "30 days of evening peaks: CPU saturation 0.45 by day, 0.86 from 18:30 to 21:30 (0.93 one evening a week), "
+        "with an hour's ramp each side. Size 2 every evening, size 4 on the 4 hot ones, back to 0 each night, for a "
+        "tenth of what capacity provisioned for the peak all month costs.",
+        lines(),
+        {
+            "scale_outs": 34,
+            "scale_ins": 34,
+            "refusals": 0,
+            "max_size": 4,
+            "policy_usd": {"min": 40, "max": 46},
+            "peak_provisioned_usd": 460.8,
+            "uncovered_pressure_min": {"min": 150, "max": 300},
+            "no_burst_uncovered_pressure_min": {"min": 5800, "max": 6200},
+        },
+        gzipped=True,
+    )
+
+
+def burst_flash_crowd(rng: random.Random) -> Scenario:
+    def lines() -> Iterator[Line]:
+        for t in range(0, DAY + 1, 30):
+            crowd = 10 * 3600 <= t < 10 * 3600 + 45 * MINUTE
+            yield _pressure(t, _noisy(rng, 0.97 if crowd else 0.40))
+
+    # Both levels confirmed 5 min in: straight to size 4 (10:05), 90 s to serve. Calm under 0.78 and under 0.65 from
+    # 10:45: size 2 at 11:05, size 0 at 11:25. Uncovered 6.5 min of 45.
+    return Scenario(
+        "burst-flash-crowd",
+        "burst.yaml",
+        "A flash crowd: saturation jumps from 0.40 to 0.97 at 10:00 for 45 minutes. One scale-out straight to size 4, "
+        "then one level in at a time after 20 calm minutes each.",
+        lines(),
+        {
+            "scale_outs": 1,
+            "scale_ins": 2,
+            "max_size": 4,
+            "uncovered_pressure_min": {"min": 6.0, "max": 7.5},
+            "no_burst_uncovered_pressure_min": 45.0,
+        },
+    )
+
+
+def burst_slow_ramp(rng: random.Random) -> Scenario:
+    def lines() -> Iterator[Line]:
+        for t in range(0, 7 * DAY + 1, MINUTE):
+            yield _pressure(t, _noisy(rng, 0.50 + 0.45 * t / (7 * DAY)))
+
+    # Saturation grows 0.50 → 0.95 over the week: 0.80 on day 4.7 (size 2), and 12 h later max_duration ends the burst
+    # (size 0). It never calms below 0.65 again, so no burst starts after it: a shortage no burst should hide.
+    return Scenario(
+        "burst-slow-ramp",
+        "burst.yaml",
+        "Saturation ramps from 0.50 to 0.95 over a week: a capacity shortage, not a peak. The burst starts on day 4.7 "
+        "and max_duration (12 h) ends it; no new burst starts while the pressure never calms.",
+        lines(),
+        {"scale_outs": 1, "scale_ins": 1, "max_size": 2, "refusals": 0},
+    )
+
+
+def burst_noisy(rng: random.Random) -> Scenario:
+    def level(t: int) -> float:
+        if t < DAY:
+            return 0.76  # just under the 0.80 trip, σ 0.03: past it a quarter of the time, never for 5 min straight
+        return 0.86 if t < DAY + 6 * 3600 else 0.55  # then 6 h past it, then calm
+
+    def lines() -> Iterator[Line]:
+        for t in range(0, 2 * DAY + 1, 30):
+            yield _pressure(t, _noisy(rng, level(t), 0.03))
+
+    return Scenario(
+        "burst-noisy",
+        "burst.yaml",
+        "A noisy signal (σ 0.03): a day just under the trip, 6 hours just over it, then calm. One scale-out and one "
+        "scale-in, no flapping in between.",
+        lines(),
+        {"scale_outs": 1, "scale_ins": 1, "max_size": 2},
+    )
+
+
 SCENARIOS: dict[str, Callable[[random.Random], Scenario]] = {
     "clean-outage": clean_outage,
     "flapping-wan": flapping_wan,
@@ -334,6 +456,10 @@ SCENARIOS: dict[str, Callable[[random.Random], Scenario]] = {
     "maintenance-window": maintenance_window,
     "drill": drill,
     "year": year,
+    "burst-diurnal": burst_diurnal,
+    "burst-flash-crowd": burst_flash_crowd,
+    "burst-slow-ramp": burst_slow_ramp,
+    "burst-noisy": burst_noisy,
 }
 
 

@@ -1,8 +1,5 @@
-"""A burst lane's policy: the load signal, the capacity levels it steps through, its timing and its budget.
-
-Not yet part of the profile (the burst lane kind is being built: policy/burst.py decides, the daemon does not yet run
-it); its validation is here so that the decision core is tested against the shapes operators will write.
-"""
+"""A burst lane's policy (a profile's ``burst:``): the load signal, the capacity levels it steps through, its timing
+and its budget. ``policy/burst.py`` decides from it."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from hybridops_daemon.config.base import Duration, Name, PositiveDuration, SignalName, Strict
-from hybridops_daemon.config.profile import Direction
 
 
 class BurstLevel(Strict):
@@ -33,7 +29,7 @@ class BurstBudget(Strict):
 
 class BurstPolicy(Strict):
     signal: SignalName
-    direction: Direction = Direction.ABOVE
+    direction: Literal["above", "below"] = Field(default="above", description="which way the signal means pressure")
     levels: tuple[BurstLevel, ...] = Field(min_length=1, max_length=16)
     unit_price_usd_hour: float = Field(ge=0, description="price of one unit of size for an hour")
     scale_out_after: Duration = 120.0
@@ -45,7 +41,7 @@ class BurstPolicy(Strict):
 
     @model_validator(mode="after")
     def _levels_climb(self) -> BurstPolicy:
-        above = self.direction is Direction.ABOVE
+        above = self.direction == "above"
         for i, level in enumerate(self.levels):
             if (level.clear > level.trip) if above else (level.clear < level.trip):
                 raise ValueError(f"levels[{i}]: clear must be on the calm side of trip ({'<=' if above else '>='} trip)")
@@ -57,7 +53,7 @@ class BurstPolicy(Strict):
 
     def passed(self, value: float, level: float) -> bool:
         """``value`` is at or past ``level`` on the pressure side."""
-        return value >= level if self.direction is Direction.ABOVE else value <= level
+        return value >= level if self.direction == "above" else value <= level
 
     def cost_per_hour(self, size: int) -> float:
         return size * self.unit_price_usd_hour

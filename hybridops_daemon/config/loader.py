@@ -108,6 +108,9 @@ def check_config(
             if config is not None:
                 errors.extend(_unbound_drivers(parsed, lane, config.lanes[lane].drivers, loaded))
                 errors.extend(_borrowed_profile(parsed, lane, config, loaded))
+                if loaded.burst is not None:
+                    message = f"profile {loaded.ref} is a burst profile: the daemon does not run burst lanes yet (simulate does)"
+                    errors.append(parsed.error(("lanes", lane, "profile"), message))
     return config, profiles, errors
 
 

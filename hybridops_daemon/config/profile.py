@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hybridops_daemon.config.base import Duration, Name, PositiveDuration, SecretRef, Strict
+from hybridops_daemon.config.burst import BurstPolicy
 
 ModuleRef = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*/[a-z][a-z0-9_-]*@v[0-9]+$")]
 
@@ -147,8 +148,11 @@ class Step(Strict):
 
 
 class Chains(Strict):
-    cutover: tuple[Step, ...]
-    failback: tuple[Step, ...]
+    """A DR lane's cutover and failback, or a burst lane's ``scale`` (whose steps take the size as ``${run.size}``)."""
+
+    cutover: tuple[Step, ...] = ()
+    failback: tuple[Step, ...] = ()
+    scale: tuple[Step, ...] = ()
 
 
 class Profile(Strict):
@@ -168,7 +172,24 @@ class Profile(Strict):
     readiness: ReadinessPolicy = ReadinessPolicy()
     approval_timeout: PositiveDuration = 3600.0
     cost: CostGuardrail | None = None
+    burst: BurstPolicy | None = Field(default=None, description="a burst lane: scale cloud capacity on load pressure")
     chains: Chains
+
+    @model_validator(mode="after")
+    def _chains_of_its_kind(self) -> Profile:
+        chains = self.chains
+        if self.burst is None:
+            missing = [name for name in ("cutover", "failback") if name not in chains.model_fields_set]
+            if missing:  # an empty chain may be written (a lane that only drills its cutover), a missing one not
+                raise ValueError(f"chains: a DR profile needs {' and '.join(missing)} chain(s) (or `burst:` for a burst lane)")
+            if chains.scale:
+                raise ValueError("chains.scale: only a burst profile (with `burst:`) scales")
+        else:
+            if not chains.scale:
+                raise ValueError("chains.scale: a burst profile needs a scale chain")
+            if chains.cutover or chains.failback or self.rules:
+                raise ValueError("a burst profile has no rules and no cutover or failback chain: its levels decide")
+        return self
 
     @property
     def ref(self) -> str:
@@ -211,9 +232,11 @@ def profile_problems(profile: Profile, known_drivers: dict[str, frozenset[str]])
         problems.append(
             (("corroboration", "min_rules"), f"needs {profile.corroboration.min_rules} rules but only {pool} can count")
         )
-    for which in ("cutover", "failback"):
+    if profile.burst is not None and profile.burst.signal not in profile.signals:
+        problems.append((("burst", "signal"), f"unknown signal {profile.burst.signal!r}; declare it under signals"))
+    for which in ("cutover", "failback", "scale"):
         ids: set[str] = set()
-        for i, step in enumerate(profile.chain(which)):
+        for i, step in enumerate(getattr(profile.chains, which)):
             where: tuple[str | int, ...] = ("chains", which, i)
             if step.id in ids:
                 problems.append(((*where, "id"), f"duplicate step id {step.id!r}"))

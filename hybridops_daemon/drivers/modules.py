@@ -64,6 +64,15 @@ class ComputeCapacity(ModuleInputs):
     state: Literal["running", "stopped"]
 
 
+class ComputeGroupSize(ModuleInputs):
+    """``compute/group-size@v1``: the managed group of instances ``group`` runs ``size`` of them (0: none); a burst
+    lane's scale step (its size comes from the run: ``size: ${run.size}``)."""
+
+    identity: ClassVar[tuple[str, ...]] = ("group",)
+    group: NonEmpty
+    size: int = Field(ge=0, le=1000)
+
+
 class DatabasePrimary(ModuleInputs):
     """``database/primary@v1``: in ``cluster``, ``primary`` (a site or node) is the one writable primary."""
 
@@ -137,6 +146,7 @@ class ActiveSite(ModuleInputs):
 MODULES: Mapping[str, type[ModuleInputs]] = MappingProxyType(
     {
         "compute/capacity@v1": ComputeCapacity,
+        "compute/group-size@v1": ComputeGroupSize,
         "database/primary@v1": DatabasePrimary,
         "network/floating-ip@v1": FloatingIp,
         "dns/record@v1": DnsRecord,

@@ -44,6 +44,7 @@ from hybridops_daemon.drivers.modules import (
     MODULES,
     ActiveSite,
     ComputeCapacity,
+    ComputeGroupSize,
     DatabasePrimary,
     DnsRecord,
     FloatingIp,
@@ -144,6 +145,8 @@ def _outputs(inputs: ModuleInputs) -> dict[str, Any]:
             return {"fqdn": inputs.fqdn, "type": inputs.type, "content": inputs.content, "ttl": inputs.ttl}
         case ComputeCapacity():
             return {"name": inputs.name, "state": inputs.state}
+        case ComputeGroupSize():
+            return {"group": inputs.group, "size": inputs.size}
         case DatabasePrimary():
             return {"cluster": inputs.cluster, "primary": inputs.primary}
         case IpamAddress():
@@ -161,6 +164,8 @@ def _describe(inputs: ModuleInputs) -> str:
             return f"DNS {inputs.fqdn} {inputs.type} → {inputs.content} (ttl {inputs.ttl})"
         case ComputeCapacity():
             return f"compute {inputs.name} → {inputs.state}"
+        case ComputeGroupSize():
+            return f"group {inputs.group} → {inputs.size} instance(s)"
         case DatabasePrimary():
             return f"database {inputs.cluster}: primary → {inputs.primary}"
         case IpamAddress():

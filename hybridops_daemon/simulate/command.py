@@ -14,6 +14,7 @@ from hybridops_daemon.config.loader import ConfigInvalid, load_profile
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.durations import parse_duration
+from hybridops_daemon.simulate.burst import burst_result, render_burst, render_burst_table, replay_burst
 from hybridops_daemon.simulate.engine import Replay, replay
 from hybridops_daemon.simulate.report import render, render_table, result
 from hybridops_daemon.simulate.sweep import SweepError, parse_axes, variants
@@ -62,6 +63,8 @@ def run_simulate(
         return _fail(str(exc))
     if plot_path is not None and (axes or len(trace_paths) > 1):
         return _fail("--plot draws one replay: give one --trace and no --sweep")
+    if plot_path is not None and profile.burst is not None:
+        return _fail("--plot draws DR lanes; a burst lane's replay is a table (or --json)")
     try:
         traces: list[Trace] = [load_trace(path) for path in trace_paths]
     except TraceError as exc:
@@ -72,6 +75,10 @@ def run_simulate(
     replays: list[Replay] = []
     for label, variant in grid:
         for trace in traces:
+            if variant.burst is not None:
+                out = burst_result(variant, trace, replay_burst(variant, trace, lane=lane or variant.name, node=node))
+                outs.append({"variant": label, **out} if axes else out)
+                continue
             replayed = replay(variant, trace, lane=lane or variant.name, node=node, peer=peer, tick=tick_s, every_tick=every_tick)
             out = result(variant, trace, replayed, tick=tick_s, grace=grace_s)
             if plot_path is not None:
@@ -86,6 +93,8 @@ def run_simulate(
     single = not axes and len(traces) == 1
     if as_json:
         print(json.dumps(outs[0] if single else outs, indent=2))
+    elif profile.burst is not None:
+        print(render_burst(outs[0]) if single else render_burst_table(outs))
     else:
         print(render(outs[0], replays[0]) if single else render_table(outs))
     return EXIT_OK

@@ -27,6 +27,10 @@ LIBRARY = {
     "maintenance-window",
     "drill",
     "year",
+    "burst-diurnal",
+    "burst-flash-crowd",
+    "burst-slow-ramp",
+    "burst-noisy",
 }
 
 

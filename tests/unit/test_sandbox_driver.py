@@ -23,6 +23,11 @@ CASES: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
         "compute/capacity@v1:standby-vms",
         {"name": "standby-vms", "state": "running"},
     ),
+    "compute/group-size@v1": (
+        {"group": "burst-pool", "size": 4},
+        "compute/group-size@v1:burst-pool",
+        {"group": "burst-pool", "size": 4},
+    ),
     "database/primary@v1": (
         {"cluster": "pg-main", "primary": "cloud-replica"},
         "database/primary@v1:pg-main",
