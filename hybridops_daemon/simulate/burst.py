@@ -63,7 +63,7 @@ def replay_burst(profile: Profile, trace: Trace, *, lane: str, node: str) -> Bur
     out = BurstReplay(lane, node)
     state = BurstState()
     in_service, pending_at, pending_size = 0, math.inf, 0
-    last_t, last_value = 0.0, math.nan
+    last_t, last_value, seen_at = 0.0, math.nan, -math.inf  # the latest sample of the signal, and when it came
     month_spent: dict[str, float] = {}
 
     def advance(until: float) -> None:
@@ -81,7 +81,6 @@ def replay_burst(profile: Profile, trace: Trace, *, lane: str, node: str) -> Bur
             if edge == pending_at:
                 in_service, pending_at = pending_size, math.inf
 
-    seen_at = -math.inf
     moments = []
     for i, (t, value) in enumerate(points):
         moments.append((t, value, True))
