@@ -128,6 +128,13 @@ def _check_config(path: Path) -> int:
             f"warning: {path}: lease.type is 'local' but a peer ({config.peer}) is configured: "
             "two nodes with local leadership cannot prevent split brain"
         )
+    if config.lease.type == "etcd" and config.lease.plaintext:
+        print(
+            f"warning: {path}: etcd endpoints are http:// ({', '.join(config.lease.endpoints)}): leadership and fencing "
+            "travel unencrypted and unauthenticated"
+            + (", the etcd password too" if config.lease.auth is not None else "")
+            + "; use https:// with lease.tls (client certificates) across any link you do not own"
+        )
     return EXIT_OK
 
 
