@@ -144,12 +144,12 @@ class EtcdCluster:
             return []
         server, ca = self._servers[member.name], str(self.pki.ca)
         args = [
-            "--cert-file", str(server.cert), "--key-file", str(server.key), "--trusted-ca-file", ca,
+            "--cert-file", str(server.cert), "--key-file", str(server.key),
             "--peer-cert-file", str(server.cert), "--peer-key-file", str(server.key), "--peer-trusted-ca-file", ca,
             "--peer-client-cert-auth",
         ]  # fmt: skip
-        if self.secure.client_certs:
-            args.append("--client-cert-auth")
+        if self.secure.client_certs:  # etcd 3.4 demands client certificates whenever it has a trusted CA for clients
+            args += ["--trusted-ca-file", ca, "--client-cert-auth"]
         if self.secure.token_ttl is not None:
             args += ["--auth-token-ttl", str(self.secure.token_ttl)]
         return args
