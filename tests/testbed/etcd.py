@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -119,16 +120,19 @@ class EtcdCluster:
             return EtcdCredentials(ca=ca, cert=pair.cert.read_bytes(), key=pair.key.read_bytes())
         return EtcdCredentials(ca=ca, user=user, password=self._passwords[user])
 
-    def lease_config(self, user: str) -> dict[str, object]:
-        """The ``tls`` and ``auth`` settings of a daemon config (lease section) that log in as ``user``."""
+    def lease_config(self, user: str, folder: Path) -> dict[str, object]:
+        """The ``tls`` and ``auth`` settings of a daemon config (lease section) that log in as ``user``, with the files
+        they name copied into ``folder`` (the node's own: a test may replace them, as an operator renewing them would)."""
         if self.pki is None or self.secure is None:
             return {}
+        folder.mkdir(parents=True, exist_ok=True)
+        ca = shutil.copy(self.pki.ca, folder / "ca.pem")
         if self.secure.client_certs:
-            pair = self.client(user)
-            return {"tls": {"ca": str(self.pki.ca), "cert": str(pair.cert), "key": {"file": str(pair.key)}}}
-        password = self._root / f"{user}.password"
+            cert, key = shutil.copy(self.client(user).cert, folder), shutil.copy(self.client(user).key, folder)
+            return {"tls": {"ca": str(ca), "cert": str(cert), "key": {"file": str(key)}}}
+        password = folder / f"{user}.password"
         password.write_text(self._passwords[user])
-        return {"tls": {"ca": str(self.pki.ca)}, "auth": {"user": user, "password": {"file": str(password)}}}
+        return {"tls": {"ca": str(ca)}, "auth": {"user": user, "password": {"file": str(password)}}}
 
     def etcdctl_flags(self) -> list[str]:
         """The flags that make ``etcdctl`` talk to this cluster as root (none for a plaintext one)."""
