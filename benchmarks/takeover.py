@@ -17,7 +17,11 @@ every ttl/3, so a kill just before one makes it up to a third less). Percentiles
 is the max. At the end, every run must have completed its chain with each effect once (one GCP start per cutover, one
 stop per failback, one floating IP assignment per chain): a benchmark of a broken takeover is worthless.
 
-    python -m benchmarks.takeover [--runs 20] [--json]
+Each mode runs on a testbed of its own, one after the other (the edge network exists once per machine), and the figures
+are printed side by side: ``plaintext`` (etcd open to anyone, as before TLS) and ``mutual TLS`` (TLS between members
+and to clients, a client certificate per edge whose CN is its etcd user, a role per edge: the default).
+
+    python -m benchmarks.takeover [--runs 20] [--mode both|plaintext|tls] [--json]
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ import yaml
 from hybridops_daemon.config.models import EtcdLeaseConfig
 from tests.e2e.edge_pair import EXPECTED, Edge, Pair, Record, Targets, wait_for_record
 from tests.e2e.harness import wait_for
-from tests.testbed.edgenet import BRIDGE_ADDRESS, start_edge_testbed, stop_edge_testbed
+from tests.testbed.edgenet import BRIDGE_ADDRESS, MUTUAL_TLS, start_edge_testbed, stop_edge_testbed
+from tests.testbed.etcd import Secure
 from tests.testbed.powerdns import cleanup, start_powerdns
 
 VERB = {"PRIMARY": "cutover", "ON_STANDBY": "failback"}
 SETTLES_IN = {"cutover": "ON_STANDBY", "failback": "PRIMARY"}
+MODES: dict[str, Secure | None] = {"plaintext": None, "mutual TLS": MUTUAL_TLS}
 ONCE = {
     "cutover": {"gcp_start": 1, "gcp_stop": 0, "hcloud_assign": 1},
     "failback": {"gcp_start": 0, "gcp_stop": 1, "hcloud_assign": 1},
@@ -125,10 +131,11 @@ def one_run(pair: Pair, index: int) -> Run:
     )
 
 
-def measure(runs: int, root: Path) -> tuple[EtcdLeaseConfig, list[Run], float]:
+def measure(runs: int, root: Path, secure: Secure | None) -> tuple[EtcdLeaseConfig, list[Run], float]:
     """The lease as configured, the runs, and how long they took (set-up and tear-down excluded)."""
     (root / "edgenet").mkdir()
-    bed = start_edge_testbed(root / "edgenet")  # waits while another edge testbed (a test run) holds the machine
+    # waits while another edge testbed (a test run) holds the machine
+    bed = start_edge_testbed(root / "edgenet", secure=secure)
     try:
         powerdns = start_powerdns(host=BRIDGE_ADDRESS)  # on the bridge: reachable from both edges' namespaces
         try:
@@ -164,57 +171,76 @@ def line(run: Run) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
-    args = parser.parse_args()
-    base = Path("var")
-    base.mkdir(exist_ok=True)
-    print(f"takeover benchmark: {args.runs} runs, kill -9 of the leading edge mid-chain (seconds from the kill)")
-    print(HEADER, flush=True)
-    began = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=base) as tmp:
-        lease, runs, took = measure(args.runs, Path(tmp).resolve())
-    wall = time.monotonic() - began
-
-    figures = {
+def figures(runs: list[Run]) -> dict[str, dict[str, float]]:
+    return {
         "kill -> leadership won": summary([r.won_s for r in runs]),
         "won -> first verified step": summary([r.verified_s - r.won_s for r in runs]),
         "takeover (kill -> verified)": summary([r.verified_s for r in runs]),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20, help="runs per mode")
+    parser.add_argument("--mode", choices=["both", "plaintext", "tls"], default="both", help="etcd's transport")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+    modes = {name: secure for name, secure in MODES.items() if args.mode in ("both", "tls" if secure else "plaintext")}
+    base = Path("var")
+    base.mkdir(exist_ok=True)
+    print(f"takeover benchmark: {args.runs} runs per mode ({', '.join(modes)}), kill -9 of the leading edge mid-chain "
+          "(seconds from the kill)")  # fmt: skip
+    results: dict[str, tuple[EtcdLeaseConfig, list[Run], float, float]] = {}
+    for name, secure in modes.items():
+        print(f"-- etcd {name}")
+        print(HEADER, flush=True)
+        began = time.monotonic()
+        with tempfile.TemporaryDirectory(dir=base) as tmp:
+            lease, runs, took = measure(args.runs, Path(tmp).resolve(), secure)
+        results[name] = (lease, runs, took, time.monotonic() - began)
+
+    lease = next(iter(results.values()))[0]
     print(
         f"lease TTL {lease.ttl:.3f} s (the floor: etcd expires the key TTL after the dead leader's last refresh, so up to "
-        f"TTL/3 = {lease.ttl / 3:.3f} s before the kill), campaign every {lease.campaign_every:.3f} s"
+        f"TTL/3 = {lease.ttl / 3:.3f} s before the kill), campaign every {lease.campaign_every:.3f} s, "
+        f"op_timeout {lease.op_timeout:.3f} s"
     )
-    print(f"{'':30}{'p50 s':>9}{'p99 s':>9}{'max s':>9}")
-    for name, r in figures.items():
-        print(f"{name:30}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['max']:>9.3f}")
-    print(f"{'lease TTL (the floor)':30}{lease.ttl:>9.3f}{lease.ttl:>9.3f}{lease.ttl:>9.3f}")
-    takeover = figures["takeover (kill -> verified)"]
-    print(
-        f"takeover over the TTL floor: p50 +{takeover['p50'] - lease.ttl:.3f} s ({takeover['p50'] / lease.ttl:.2f}x), "
-        f"p99 +{takeover['p99'] - lease.ttl:.3f} s ({takeover['p99'] / lease.ttl:.2f}x); nearest-rank over {len(runs)} runs"
-    )
-    broken = [r for r in runs if not r.once]
-    print(
-        f"effects: {len(runs) - len(broken)}/{len(runs)} runs completed their chain with each effect once "
-        "(cutover: one GCP start, failback: one GCP stop, each: one floating IP assignment)"
-    )
-    print(f"time: the {len(runs)} runs {took:.1f} s, wall {wall:.1f} s (set-up, tear-down and any wait for the testbed included)")
+    columns = {name: figures(runs) for name, (_, runs, _, _) in results.items()}
+    print(f"{'':30}" + "".join(f"{name:>27}" for name in columns))
+    print(f"{'':30}" + f"{'p50 s':>9}{'p99 s':>9}{'max s':>9}" * len(columns))
+    for what in next(iter(columns.values())):
+        cells = (f"{column[what][q]:>9.3f}" for column in columns.values() for q in ("p50", "p99", "max"))
+        print(f"{what:30}" + "".join(cells))
+    print(f"{'lease TTL (the floor)':30}" + f"{lease.ttl:>9.3f}" * 3 * len(columns))
+    broken = []
+    for name, (_, runs, took, wall) in results.items():
+        takeover = columns[name]["takeover (kill -> verified)"]
+        failed = [r for r in runs if not r.once]
+        broken += [(name, r.index, r.verb, r.effects) for r in failed]
+        print(
+            f"{name}: takeover over the TTL floor p50 +{takeover['p50'] - lease.ttl:.3f} s "
+            f"({takeover['p50'] / lease.ttl:.2f}x), p99 +{takeover['p99'] - lease.ttl:.3f} s "
+            f"({takeover['p99'] / lease.ttl:.2f}x); {len(runs) - len(failed)}/{len(runs)} runs completed their chain "
+            f"with each effect once; the runs {took:.1f} s, wall {wall:.1f} s"
+        )
+    print("(each effect once: cutover one GCP start, failback one GCP stop, each one floating IP assignment; "
+          "nearest-rank percentiles; wall includes set-up, tear-down and any wait for the testbed)")  # fmt: skip
     if args.json:
         document = {
-            "runs": len(runs),
-            "ttl_s": lease.ttl,
-            "campaign_every_s": lease.campaign_every,
-            "figures_s": figures,
-            "effects_once": not broken,
-            "runs_s": took,
-            "wall_s": wall,
-            "per_run": [asdict(r) for r in runs],
+            name: {
+                "runs": len(runs),
+                "ttl_s": lease.ttl,
+                "campaign_every_s": lease.campaign_every,
+                "figures_s": columns[name],
+                "effects_once": all(r.once for r in runs),
+                "runs_s": took,
+                "wall_s": wall,
+                "per_run": [asdict(r) for r in runs],
+            }
+            for name, (lease, runs, took, wall) in results.items()
         }
         print(json.dumps(document))
-    assert not broken, f"runs without each effect once: {[(r.index, r.verb, r.effects) for r in broken]}"
+    assert not broken, f"runs without each effect once: {broken}"
 
 
 if __name__ == "__main__":

@@ -135,6 +135,13 @@ def _check_config(path: Path) -> int:
                 f"warning: {path}: source {source.name!r} has no auth: peer messages are not authenticated, so anyone "
                 "who may publish on the broker can speak for the peer (set auth.key, the same on both edges)"
             )
+    if config.lease.type == "etcd" and config.lease.plaintext:
+        print(
+            f"warning: {path}: etcd endpoints are http:// ({', '.join(config.lease.endpoints)}): leadership and fencing "
+            "travel unencrypted and unauthenticated"
+            + (", the etcd password too" if config.lease.auth is not None else "")
+            + "; use https:// with lease.tls (client certificates) across any link you do not own"
+        )
     return EXIT_OK
 
 

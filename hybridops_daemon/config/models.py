@@ -8,6 +8,7 @@ folder (``DaemonConfig.resolved``). The profile's models are in ``config.profile
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -47,6 +48,32 @@ class LocalLeaseConfig(Strict):
     path: Path | None = Field(default=None, description="default: <state_dir>/lease.lock")
 
 
+class EtcdTlsConfig(Strict):
+    """TLS to the etcd members (``https://`` endpoints). With ``cert`` and ``key`` the client presents a certificate
+    (mutual TLS): a member run with ``--client-cert-auth`` takes the etcd user from its CN, no password involved."""
+
+    ca: Path = Field(description="CA bundle that signed the members' certificates (PEM)")
+    cert: Path | None = Field(default=None, description="client certificate (PEM), whose CN is this node's etcd user")
+    key: SecretRef | None = Field(default=None, description="the client certificate's private key (PEM), by reference")
+    server_name: str | None = Field(
+        default=None, min_length=1, description="name to verify in the members' certificates instead of each endpoint's host"
+    )
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> EtcdTlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate: give both `cert` and `key`")
+        return self
+
+
+class EtcdAuthConfig(Strict):
+    """etcd user and password: the client authenticates for a token and authenticates again when etcd says the token
+    is no longer valid (simple tokens expire after ``--auth-token-ttl`` unused)."""
+
+    user: str = Field(min_length=1)
+    password: SecretRef
+
+
 class EtcdLeaseConfig(Strict):
     """The edge pair: per lane, a leader key in a three-member etcd bound to a lease this node keeps alive.
 
@@ -54,25 +81,39 @@ class EtcdLeaseConfig(Strict):
     takes over once etcd expires the key (``ttl`` after the leader's last refresh) and it next campaigns."""
 
     type: Literal["etcd"]
-    endpoints: tuple[str, ...] = Field(min_length=1, description="client URLs of the members, http://HOST:PORT")
+    endpoints: tuple[str, ...] = Field(
+        min_length=1, description="client URLs of the members, all https://HOST:PORT (with tls) or all http://HOST:PORT"
+    )
     prefix: str = Field(default="/hybridops", pattern=r"^/[A-Za-z0-9_./-]*[^/]$", description="keys: <prefix>/lanes/<lane>/...")
     ttl: PositiveDuration = Field(default=5.0, description="lease TTL; etcd 3.4 raises TTLs under its minimum (about 2s)")
     op_timeout: PositiveDuration = Field(default=1.0, description="bound on every etcd call")
     campaign_every: PositiveDuration = Field(default=0.5, description="how often a follower looks for a free leader key")
+    tls: EtcdTlsConfig | None = Field(default=None, description="required with https:// endpoints")
+    auth: EtcdAuthConfig | None = Field(default=None, description="user and password (else: the client certificate's CN)")
 
     @field_validator("endpoints")
     @classmethod
-    def _http_endpoints(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+    def _urls(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
         for endpoint in endpoints:
-            if not re.fullmatch(r"http://[^/:]+:\d+/?", endpoint):
-                raise ValueError(f"{endpoint!r}: expected http://HOST:PORT (the aetcd client speaks plaintext gRPC only)")
+            if not re.fullmatch(r"https?://[^/:]+:\d+/?", endpoint):
+                raise ValueError(f"{endpoint!r}: expected https://HOST:PORT (or http://HOST:PORT, plaintext)")
+        if len({endpoint.split(":", 1)[0] for endpoint in endpoints}) > 1:
+            raise ValueError("mix of http:// and https:// endpoints: every member is reached the same way")
         return endpoints
 
+    @property
+    def plaintext(self) -> bool:
+        return self.endpoints[0].startswith("http://")
+
     @model_validator(mode="after")
-    def _timeouts_fit_the_ttl(self) -> EtcdLeaseConfig:
+    def _fits_together(self) -> EtcdLeaseConfig:
         # A refresh is sent every ttl/3; one that takes longer than that could let the TTL run out unnoticed.
         if self.op_timeout * 3 > self.ttl:
             raise ValueError(f"op_timeout ({self.op_timeout:g}s) must be at most a third of the ttl ({self.ttl:g}s)")
+        if self.plaintext and self.tls is not None:
+            raise ValueError("`tls` is given but the endpoints are http://: use https:// endpoints")
+        if not self.plaintext and self.tls is None:
+            raise ValueError("https:// endpoints need `tls` (at least `ca`, the CA that signed the members' certificates)")
         return self
 
 
@@ -208,15 +249,24 @@ class DaemonConfig(Strict):
                 "control": self.control.model_copy(
                     update={"socket": rel(self.control.socket) if self.control.socket else state / "hyops.sock"}
                 ),
-                "lease": self.lease.model_copy(update={"path": rel(self.lease.path) if self.lease.path else state / "lease.lock"})
-                if isinstance(self.lease, LocalLeaseConfig)
-                else self.lease,
+                "lease": self._resolved_lease(rel, state),
                 "lanes": lanes,
                 "web": self.web.model_copy(update={"socket": rel(self.web.socket)})
                 if self.web is not None and self.web.socket is not None
                 else self.web,
             }
         )
+
+    def _resolved_lease(self, rel: Callable[[Path], Path], state: Path) -> LeaseConfig:
+        lease = self.lease
+        if isinstance(lease, LocalLeaseConfig):
+            return lease.model_copy(update={"path": rel(lease.path) if lease.path else state / "lease.lock"})
+        if lease.tls is not None:  # the key is a secret reference: it resolves like every other one
+            tls = lease.tls
+            return lease.model_copy(
+                update={"tls": tls.model_copy(update={"ca": rel(tls.ca), "cert": rel(tls.cert) if tls.cert else None})}
+            )
+        return lease
 
     @property
     def journal_path(self) -> Path:

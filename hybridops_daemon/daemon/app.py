@@ -14,7 +14,7 @@ import gc
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -57,6 +57,9 @@ from hybridops_daemon.signals.base import Source, SourceContext
 from hybridops_daemon.signals.registry import build_source
 from hybridops_daemon.signals.sample import Sample
 from hybridops_daemon.web.server import WebServer
+
+if TYPE_CHECKING:
+    from hybridops_daemon.lease.etcd import EtcdPool
 
 log = structlog.get_logger("hybridops.daemon")
 
@@ -154,7 +157,7 @@ class Daemon:
             state = restore_state(journal, name, self.clock())
             self.lanes[name] = Lane(name, self._profiles_at_start[name], state, build_drivers(name, lane_config))
         async with contextlib.AsyncExitStack() as stack:
-            self._make_leaderships(local, stack)
+            etcd = self._make_leaderships(local, stack)
             runner = self._runner(journal)
             for name, lane in self.lanes.items():
                 self.metrics.lane_state(name, lane.state.status.value)
@@ -216,7 +219,7 @@ class Daemon:
             gc.freeze()
             self.notifier.ready(status_line(self.lanes))
             log.info("daemon ready", node=config.node, lanes=list(self.lanes), socket=str(config.socket_path))
-            reload = functools.partial(reload_profiles, self.path, config, self.lanes, drills[0], journal, self.clock)
+            reload = functools.partial(reload_profiles, self.path, config, self.lanes, drills[0], journal, self.clock, etcd)
             try:
                 await loop.run(self.watchdog.tick(config.tick), self.watchdog.stamp, reload)
             finally:
@@ -309,21 +312,23 @@ class Daemon:
         if self.alerting is not None:  # a run started, moved on or ended: page now, not at the next evaluation
             self.alerting.wake()
 
-    def _make_leaderships(self, local: LocalLease | None, stack: contextlib.AsyncExitStack) -> None:
+    def _make_leaderships(self, local: LocalLease | None, stack: contextlib.AsyncExitStack) -> EtcdPool | None:
         lease = self.config.lease
         if local is not None:
             for lane in self.lanes.values():
                 lane.leadership = LocalLaneLeadership(local, self.config.node)
-            return
+            return None
         assert isinstance(lease, EtcdLeaseConfig)
         from hybridops_daemon.lease.etcd import EtcdLease, EtcdPool
+        from hybridops_daemon.lease.etcd_credentials import load_credentials
 
-        pool = EtcdPool(lease.endpoints, lease.op_timeout)
+        pool = EtcdPool(lease.endpoints, lease.op_timeout, load_credentials(lease))
         stack.push_async_callback(pool.close)  # closed after every lane resigned
         for lane in self.lanes.values():
             key = f"{lease.prefix}/lanes/{lane.name}"
             etcd = EtcdLease(pool, f"{key}/leader", self.config.node, lease.ttl, handover_key=f"{key}/handover")
             lane.leadership = EtcdLaneLeadership(etcd, functools.partial(self._handover_document, lane))
+        return pool
 
     def _handover_document(self, lane: Lane) -> dict[str, object]:
         # Redacted like the journal (the same records, and a successor resumes from them as a restart does from the

@@ -1,4 +1,5 @@
-"""Housekeeping beside the decision loop: journal retention and verification, scheduled drills, profile reload."""
+"""Housekeeping beside the decision loop: journal retention and verification, scheduled drills, profile (and etcd
+credentials) reload."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from hybridops_daemon.config.loader import check_config
-from hybridops_daemon.config.models import DaemonConfig, RetentionConfig
+from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, RetentionConfig
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.control.protocol import CommandRefused
 from hybridops_daemon.daemon.lane import Lane
@@ -21,6 +22,11 @@ from hybridops_daemon.journal.store import Journal, JournalError
 from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.policy.types import Command, Decision, Trigger
 from hybridops_daemon.scheduler import DrillScheduler
+from hybridops_daemon.secrets import SecretUnavailable
+
+if TYPE_CHECKING:
+    from hybridops_daemon.lease.etcd import EtcdPool
+    from hybridops_daemon.lease.etcd_credentials import EtcdCredentials
 
 log = structlog.get_logger("hybridops.daemon")
 
@@ -129,10 +135,21 @@ async def reload_profiles(
     drills: DrillScheduler | None,
     journal: Journal,
     now: Callable[[], float],
+    etcd: EtcdPool | None = None,
 ) -> None:
     """Check the configuration again as check-config would (off the event loop: a large file must not stall status or
-    the watchdog's view of progress) and swap every lane's profile, or none, keeping the running ones and saying why."""
+    the watchdog's view of progress) and swap every lane's profile, or none, keeping the running ones and saying why.
+    With ``etcd``, its credentials are read again too (a renewed certificate, a new password) and swapped with them."""
     loaded, errors = await asyncio.to_thread(_check, path, config)
+    credentials: EtcdCredentials | None = None
+    if not errors and etcd is not None:
+        assert isinstance(config.lease, EtcdLeaseConfig)
+        from hybridops_daemon.lease.etcd_credentials import load_credentials
+
+        try:
+            credentials = await asyncio.to_thread(load_credentials, config.lease)
+        except SecretUnavailable as exc:
+            errors.append(str(exc))
     if not errors and drills is not None:
         try:
             drills.reschedule(loaded)
@@ -142,6 +159,9 @@ async def reload_profiles(
         journal.append("profile.reload_refused", {"errors": errors}, ts=now())
         log.error("profile reload refused; keeping the running profiles", errors=errors)
         return
+    if etcd is not None and credentials is not None:
+        await etcd.use(credentials)
+        log.info("etcd credentials reloaded: later etcd calls use them")
     for name, profile in loaded.items():
         lanes[name].profile = profile
     journal.append("profile.reloaded", {"lanes": {n: p.ref for n, p in loaded.items()}}, ts=now())

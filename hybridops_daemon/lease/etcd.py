@@ -13,7 +13,9 @@ the key still holds this node's name under this token.
 
 Each etcd call is bounded by ``op_timeout``. aetcd talks to one address per client, so ``EtcdPool`` keeps one client per
 endpoint (shared by every lane's lease): a member that refuses the connection is skipped within the same call, one that
-hangs (no quorum on its side) at the next.
+hangs (no quorum on its side) at the next. Over TLS (``EtcdCredentials`` with a CA), with a client certificate whose CN
+etcd takes as the user, or with a user and password whose token is renewed when etcd refuses it; ``use`` swaps the
+credentials (a reload) for every later call.
 
 The leader also keeps a *handover* document next to its key (what a successor needs to finish an interrupted run). It is
 written only by ``ensure``/``confirm(token, handover)``: in the same transaction that proves the key still holds this node
@@ -34,8 +36,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import aetcd  # type: ignore[import-untyped]  # aetcd ships no type hints
+import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
+from aetcd import rpc
 
 from hybridops_daemon.lease.base import LeaseLost
+from hybridops_daemon.lease.etcd_credentials import EtcdCredentials
 
 _T = TypeVar("_T")
 
@@ -51,45 +56,129 @@ class EtcdUnavailable(Exception):
     """The call failed: no member answered within op_timeout, or etcd refused it."""
 
 
-def _host_port(endpoint: str) -> tuple[str, int]:
+def _host_port(endpoint: str) -> tuple[str, int, bool]:
+    """(host, port, over TLS) of an ``http(s)://HOST:PORT`` endpoint."""
     url = urllib.parse.urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
-    if url.scheme not in ("", "http") or url.hostname is None or url.port is None:
-        raise ValueError(f"etcd endpoint {endpoint!r}: expected http://HOST:PORT (aetcd speaks plaintext gRPC only)")
-    return url.hostname, url.port
+    if url.scheme not in ("", "http", "https") or url.hostname is None or url.port is None:
+        raise ValueError(f"etcd endpoint {endpoint!r}: expected https://HOST:PORT or http://HOST:PORT")
+    return url.hostname, url.port, url.scheme == "https"
+
+
+class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
+    """aetcd's client on a channel made here: TLS when the credentials carry a CA, and an etcd token when they carry a
+    user. aetcd 1.x makes plaintext channels only, in ``connect()``, and every other method uses the stubs and the
+    ``metadata`` that ``connect()`` sets: overriding it is the whole change."""
+
+    channel: grpc.aio.Channel | None
+    metadata: tuple[tuple[str, str], ...] | None
+
+    def __init__(self, host: str, port: int, credentials: EtcdCredentials) -> None:
+        super().__init__(host, port)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self.channel is None:  # no await since the check: concurrent first calls share one channel
+            target = f"{self._host}:{self._port}"
+            options: list[tuple[str, int | str]] = list(_CHANNEL_OPTIONS.items())
+            creds = self._credentials
+            if creds.ca is None:
+                self.channel = rpc.insecure_channel(target, options=options)
+            else:
+                if creds.server_name is not None:
+                    options.append(("grpc.ssl_target_name_override", creds.server_name))
+                tls = grpc.ssl_channel_credentials(creds.ca, creds.key, creds.cert)
+                self.channel = rpc.secure_channel(target, tls, options=options)
+            self.kvstub, self.leasestub = rpc.KVStub(self.channel), rpc.LeaseStub(self.channel)
+            self.auth_stub = rpc.AuthStub(self.channel)
+        if self._credentials.user is not None and self.metadata is None:
+            request = rpc.AuthenticateRequest(name=self._credentials.user, password=self._credentials.password)
+            self.metadata = (("token", (await self.auth_stub.Authenticate(request)).token),)
+        self._connected.set()
+
+    def forget_token(self) -> bool:
+        """Authenticate again before the next call; False if this client has no password to do it with."""
+        if self._credentials.user is None:
+            return False
+        self.metadata = None
+        self._connected.clear()
+        return True
 
 
 class EtcdPool:
     """One aetcd client per member; ``call`` tries them in turn within one ``op_timeout``. Close it last."""
 
-    def __init__(self, endpoints: Sequence[str], op_timeout: float) -> None:
+    def __init__(self, endpoints: Sequence[str], op_timeout: float, credentials: EtcdCredentials | None = None) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
         if op_timeout <= 0:
             raise ValueError(f"op_timeout ({op_timeout}s) must be positive")
         self.op_timeout = op_timeout
-        self._clients = [aetcd.Client(host, port, options=_CHANNEL_OPTIONS) for host, port in map(_host_port, endpoints)]
+        addresses = [_host_port(endpoint) for endpoint in endpoints]
+        self._tls = {tls for _, _, tls in addresses}
+        if len(self._tls) > 1:
+            raise ValueError("etcd endpoints mix http:// and https://")
+        self._addresses = [(host, port) for host, port, _ in addresses]
+        self._clients = self._connect(credentials or EtcdCredentials())
+        self._retired: list[tuple[float, list[_Client]]] = []  # (closed after, clients) replaced by use()
         self._current = 0
+
+    def _connect(self, credentials: EtcdCredentials) -> list[_Client]:
+        if self._tls != {credentials.ca is not None}:
+            raise ValueError("https:// etcd endpoints need a CA, and http:// ones take none")
+        return [_Client(host, port, credentials) for host, port in self._addresses]
+
+    async def use(self, credentials: EtcdCredentials) -> None:
+        """Make every later call on new channels with ``credentials`` (a reload: a renewed certificate, a new password).
+
+        Calls under way finish on the old channels: closing those would abort a fencing check and end the holding. They
+        are closed by a later ``use`` once ``op_timeout`` has passed (no call outlives it), or by ``close``."""
+        fresh = self._connect(credentials)  # raises before anything changes
+        await self._close_retired(time.monotonic())
+        self._retired.append((time.monotonic() + self.op_timeout, self._clients))
+        self._clients = fresh
 
     async def call(self, what: str, op: Callable[[Any], Awaitable[_T]]) -> _T:
         """Run ``op(client)`` on the first member that answers; raise EtcdUnavailable naming ``what`` otherwise."""
+        clients = self._clients  # a reload during the call leaves it on the channels it began with
         last: Exception | None = None
         try:
             async with asyncio.timeout(self.op_timeout):
-                for _ in self._clients:
+                for _ in clients:
                     try:
-                        return await op(self._clients[self._current])
+                        return await self._authenticated(clients[self._current], op)
                     except aetcd.ConnectionFailedError as exc:  # refused at once: try the next member in the same budget
-                        self._current = (self._current + 1) % len(self._clients)
+                        self._current = (self._current + 1) % len(clients)
                         last = exc
                 raise EtcdUnavailable(f"{what}: no etcd member reachable (last: {last})")
         except aetcd.ClientError as exc:
             raise EtcdUnavailable(f"{what}: {exc}") from None
         except TimeoutError:
-            self._current = (self._current + 1) % len(self._clients)  # this member hangs: start elsewhere next time
+            self._current = (self._current + 1) % len(clients)  # this member hangs: start elsewhere next time
             raise EtcdUnavailable(f"{what}: no answer from etcd within {self.op_timeout:g}s (no quorum?)") from None
 
+    @staticmethod
+    async def _authenticated(client: _Client, op: Callable[[Any], Awaitable[_T]]) -> _T:
+        try:
+            return await op(client)
+        except aetcd.exceptions.UnauthenticatedError:  # the token expired (or etcd restarted and forgot it)
+            if not client.forget_token():
+                raise
+            # etcd checks the token before it proposes a request: the refused one never took effect, so sending it once
+            # more with a new token is no blind retry, not even of a fencing transaction.
+            return await op(client)
+
     async def close(self) -> None:
-        for client in self._clients:
+        await self._close_retired(math.inf)
+        await self._close(self._clients)
+
+    async def _close_retired(self, now: float) -> None:
+        while self._retired and self._retired[0][0] <= now:
+            await self._close(self._retired.pop(0)[1])
+
+    async def _close(self, clients: list[_Client]) -> None:
+        for client in clients:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.op_timeout):
                     await client.close()

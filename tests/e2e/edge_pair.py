@@ -27,6 +27,7 @@ from tests.e2e.harness import CTL, DAEMON, wait_for
 from tests.fakes.gcp_compute import GcpComputeFake
 from tests.fakes.hcloud_api import HcloudFake
 from tests.testbed.edgenet import BRIDGE_ADDRESS, EdgeTestbed
+from tests.testbed.etcd import PREFIX
 from tests.testbed.powerdns import PowerDns
 
 LANE = "prod"
@@ -171,6 +172,7 @@ class Edge:
                 "ttl": f"{TTL:g}s",
                 "op_timeout": "500ms",
                 "campaign_every": "200ms",
+                **bed.etcd.lease_config(name, root / "etcd"),  # over TLS as its own etcd user (unless plaintext)
             },
             "lanes": {LANE: {"profile": f"policies/{LANE}.yaml", "drivers": targets.drivers()}},
         }
@@ -302,7 +304,7 @@ class Edge:
 
 class Pair:
     def __init__(self, root: Path, bed: EdgeTestbed, targets: Targets) -> None:
-        prefix = f"/hyops-test/{uuid.uuid4().hex[:8]}"  # a fresh key space per test: no handover from an earlier one
+        prefix = f"{PREFIX}/test-{uuid.uuid4().hex[:8]}"  # a fresh key space per test: no handover from an earlier one
         self.bed, self.targets = bed, targets
         self.edges = {name: Edge(name, root / name, bed, targets, prefix) for name in ("edge01", "edge02")}
 

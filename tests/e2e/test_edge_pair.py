@@ -4,10 +4,14 @@ etcd member in its own network namespace behind a bridge; the fake Hetzner and G
 from __future__ import annotations
 
 import collections
+import shutil
+import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.edge_pair import EXPECTED, STEPS, TTL, Edge, Pair, Record, wait_for_record
 from tests.e2e.harness import wait_for
@@ -187,3 +191,41 @@ def test_without_etcd_quorum_nobody_acts_and_both_say_so_then_quorum_returns(pai
     assert pair.targets.consistent(True) == EXPECTED[True]
     assert_each_effect_once(pair, run_id)
     assert_journals_verify(pair)
+
+
+def test_sighup_takes_up_a_new_etcd_certificate_and_refuses_a_key_that_is_not_its(pair: Pair, edge_net: EdgeTestbed) -> None:
+    leader = pair.leader()
+    follower = pair.other(leader)
+    tls = yaml.safe_load(leader.config.read_text())["lease"]["tls"]
+    cert, key = Path(tls["cert"]), Path(tls["key"]["file"])
+    own = cert.read_bytes(), key.read_bytes()
+    assert edge_net.etcd.pki is not None
+    renewed = edge_net.etcd.pki.client("norole", file=f"{leader.name}-renewed")  # valid, but its user has no role
+
+    def reload() -> float:
+        asked = time.time()
+        assert leader.proc is not None
+        leader.proc.send_signal(signal.SIGHUP)
+        return asked
+
+    # A key that is not the certificate's would fail every handshake: refused, the running credentials kept.
+    shutil.copy(renewed.key, key)
+    asked = reload()
+    refused = wait_for_record(leader, "profile.reload_refused", lambda r: r.ts >= asked)
+    assert "lease.tls.key does not belong to the certificate in lease.tls.cert" in refused.body["errors"], refused.body
+    time.sleep(TTL)  # refreshes and checks went on meanwhile, as before
+    assert leader.leads() and not leader.records("lease.lost")
+
+    # A whole new pair is taken up: the next call goes out with it, and etcd refuses that user the lane's keys.
+    shutil.copy(renewed.cert, cert)
+    asked = reload()
+    wait_for_record(leader, "profile.reloaded", lambda r: r.ts >= asked)
+    lost = wait_for_record(leader, "lease.lost", lambda r: r.ts >= asked, timeout=TTL + 5)
+    assert "permission denied" in lost.body["reason"], lost.body
+    assert pair.leader(timeout=TTL + 15) is follower
+
+    # Its own certificate back: it reads the lane again and follows.
+    cert.write_bytes(own[0])
+    key.write_bytes(own[1])
+    reload()
+    wait_for(f"{leader.name} to follow", lambda: leader.situation() == f"following {follower.name}", timeout=TTL + 10)

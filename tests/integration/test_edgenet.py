@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.testbed.edgenet import BRIDGE_ADDRESS, NODES, EdgeTestbed
-from tests.testbed.etcd import MIN_LEASE_TTL
+from tests.testbed.etcd import MIN_LEASE_TTL, PREFIX
 from tests.testbed.wait import eventually_sync
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ def bed(edge_net: EdgeTestbed) -> EdgeTestbed:
 
 @pytest.fixture
 def key() -> str:
-    return f"/hyops/test/{uuid.uuid4().hex}"
+    return f"{PREFIX}/test/{uuid.uuid4().hex}"  # where the edges' own etcd users may write
 
 
 def at_once(*calls: Callable[[], Any]) -> list[Any]:  # calls of different types
@@ -75,10 +75,10 @@ def ok(done: subprocess.CompletedProcess[str]) -> bool:
 
 
 def test_each_member_runs_in_its_node_namespace_and_is_healthy_through_the_bridge(bed: EdgeTestbed) -> None:
-    assert bed.endpoints == ["http://10.77.0.1:2379", "http://10.77.0.2:2379", "http://10.77.0.3:2379"]
+    assert bed.endpoints == ["https://10.77.0.1:2379", "https://10.77.0.2:2379", "https://10.77.0.3:2379"]
     assert bed.net.bridge_address == BRIDGE_ADDRESS == "10.77.0.254"
     for i, node in enumerate(NODES):
-        assert bed.member(node) == i and bed.endpoint(node) == f"http://{bed.net.address(node)}:2379"
+        assert bed.member(node) == i and bed.endpoint(node) == f"https://{bed.net.address(node)}:2379"
         assert bed.etcd.healthy(i)  # asked from the root namespace, over the bridge
         process = bed.etcd.process(i)
         assert process is not None
@@ -90,23 +90,26 @@ def test_each_member_runs_in_its_node_namespace_and_is_healthy_through_the_bridg
     assert listed.returncode == 0, listed.stderr
     members = json.loads(listed.stdout)["members"]
     assert sorted((m["name"], m["clientURLs"]) for m in members) == [
-        ("e1", ["http://10.77.0.1:2379"]), ("e2", ["http://10.77.0.2:2379"]), ("e3", ["http://10.77.0.3:2379"]),
+        ("e1", ["https://10.77.0.1:2379"]), ("e2", ["https://10.77.0.2:2379"]), ("e3", ["https://10.77.0.3:2379"]),
     ]  # fmt: skip
 
 
-AETCD_AND_BRIDGE = """
+POOL_AND_BRIDGE = """
 import asyncio, socket, sys
-import aetcd
+from pathlib import Path
+from hybridops_daemon.lease.etcd import EtcdPool
+from hybridops_daemon.lease.etcd_credentials import EtcdCredentials
 
-async def main(key, bridge, port):
-    async with aetcd.Client("10.77.0.2", 2379) as e2:
-        await e2.put(key.encode(), b"from-aetcd")
-    async with aetcd.Client("10.77.0.1", 2379) as e1:
-        print((await e1.get(key.encode())).value.decode())
+async def main(key, bridge, port, ca, cert, private):
+    edge01 = EtcdCredentials(ca=Path(ca).read_bytes(), cert=Path(cert).read_bytes(), key=Path(private).read_bytes())
+    async with EtcdPool(["https://10.77.0.2:2379"], 5.0, edge01) as e2:
+        await e2.call("put", lambda c: c.put(key.encode(), b"from-the-pool"))
+    async with EtcdPool(["https://10.77.0.1:2379"], 5.0, edge01) as e1:
+        print((await e1.call("get", lambda c: c.get(key.encode()))).value.decode())
     with socket.create_connection((bridge, port), timeout=2) as conn:
         print(conn.recv(16).decode())
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+asyncio.run(main(*sys.argv[1:3], int(sys.argv[3]), *sys.argv[4:]))
 """
 
 
@@ -114,12 +117,15 @@ def test_from_inside_edge01_writes_and_reads_go_through_its_own_member_and_throu
     assert ok(put(bed, "edge01", key, "from-etcdctl"))
     assert get(bed, "edge01", key, via="edge02") == "from-etcdctl"
 
-    # The daemon's own stack from inside the namespace: this venv's Python and aetcd; and the bridge address, where a
-    # test's fake cloud APIs listen, is reachable from there.
+    # The daemon's own stack from inside the namespace: this venv's Python and the lease's etcd pool, over TLS as edge01;
+    # and the bridge address, where a test's fake cloud APIs listen, is reachable from there.
+    assert bed.etcd.pki is not None
+    certificate = bed.etcd.client("edge01")
     with socket.create_server((BRIDGE_ADDRESS, 0)) as server:
         port = server.getsockname()[1]
-        child = subprocess.Popen([*bed.net.exec_prefix("edge01"), sys.executable, "-c", AETCD_AND_BRIDGE, key, BRIDGE_ADDRESS,
-                                  str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        argv = [*bed.net.exec_prefix("edge01"), sys.executable, "-c", POOL_AND_BRIDGE, key, BRIDGE_ADDRESS, str(port),
+                str(bed.etcd.pki.ca), str(certificate.cert), str(certificate.key)]  # fmt: skip
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             conn, peer = accept_from(server, child)
             with conn:
@@ -128,7 +134,7 @@ def test_from_inside_edge01_writes_and_reads_go_through_its_own_member_and_throu
         finally:
             out, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
-    assert out.split() == ["from-aetcd", "hello"]
+    assert out.split() == ["from-the-pool", "hello"]
 
 
 def accept_from(server: socket.socket, child: subprocess.Popen[str], within: float = 30.0) -> tuple[socket.socket, Any]:

@@ -17,9 +17,11 @@ In both, the node's own address stays reachable from inside the node (its local 
 so a daemon keeps talking to the etcd member beside it, which has lost quorum.
 
 ``edge_net`` (module-scoped) adds etcd: member e1 in edge01, e2 in edge02, e3 in witness, each on
-``http://10.77.0.N:2379`` (peers ``:2380``) inside its namespace, started through ``ip netns exec``. With ``--pre-vote``
-(etcd 3.5's default, off in 3.4): without it a healed member, whose term rose while it campaigned alone, deposes the
-leader on its return and writes stall for about 2 s.
+``https://10.77.0.N:2379`` (peers ``:2380``) inside its namespace, started through ``ip netns exec``. As across the
+internet: TLS between members and to clients, ``--client-cert-auth``, and each edge its own etcd user (its certificate's
+CN) whose role reaches ``/hybridops/`` only (``tests/testbed/etcd.py``; ``start_edge_testbed(secure=None)`` for
+plaintext). With ``--pre-vote`` (etcd 3.5's default, off in 3.4): without it a healed member, whose term rose while it
+campaigned alone, deposes the leader on its return and writes stall for about 2 s.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.etcd import EtcdCluster, Placement
+from tests.testbed.etcd import EtcdCluster, Placement, Secure
 from tests.testbed.netns import black_hole, netns_exec, sh, unblack_hole, unique_id
 from tests.testbed.process import ComponentFailed, require
 from tests.testbed.wait import eventually_sync
@@ -219,13 +221,13 @@ class EdgeTestbed:
     def etcdctl(
         self, node: str | None, *args: str, via: str | None = None, timeout: float = 5.0
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``etcdctl`` inside ``node``'s namespace (None: the root namespace, over the bridge) against the member on
-        ``via`` (default: ``node``'s own; from the root namespace all three), bounded by ``timeout`` seconds (dial and
-        command); the caller checks ``returncode``."""
+        """Run ``etcdctl`` as etcd's root inside ``node``'s namespace (None: the root namespace, over the bridge) against
+        the member on ``via`` (default: ``node``'s own; from the root namespace all three), bounded by ``timeout`` seconds
+        (dial and command); the caller checks ``returncode``."""
         target = via or node
         endpoints = self.endpoint(target) if target is not None else ",".join(self.endpoints)
         prefix = self.net.exec_prefix(node) if node is not None else []
-        argv = [*prefix, require("etcdctl"), "--endpoints", endpoints,
+        argv = [*prefix, require("etcdctl"), "--endpoints", endpoints, *self.etcd.etcdctl_flags(),
                 "--dial-timeout", f"{timeout}s", "--command-timeout", f"{timeout}s", *args]  # fmt: skip
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 10)
 
@@ -263,12 +265,17 @@ class EdgeTestbed:
         self.etcd.ensure_running()
 
 
-def start_edge_testbed(root: Path, pre_vote: bool = True) -> EdgeTestbed:
-    """Build the network and start etcd in it, healthy; ``stop_edge_testbed`` ends it (this cleans up if it fails)."""
+MUTUAL_TLS = Secure()
+
+
+def start_edge_testbed(root: Path, pre_vote: bool = True, secure: Secure | None = MUTUAL_TLS) -> EdgeTestbed:
+    """Build the network and start etcd in it, healthy; ``stop_edge_testbed`` ends it (this cleans up if it fails).
+    ``secure``: how etcd guards itself (default: mutual TLS and a role per edge; None: plaintext, open to all)."""
     net = EdgeNet()
     try:
         placements = [Placement(net.address(node), prefix=tuple(net.exec_prefix(node))) for node in NODES]
-        bed = EdgeTestbed(net, EtcdCluster(root, placements=placements, extra_args=["--pre-vote"] if pre_vote else []))
+        extra = ["--pre-vote"] if pre_vote else []
+        bed = EdgeTestbed(net, EtcdCluster(root, placements=placements, extra_args=extra, secure=secure))
     except BaseException:
         net.close()
         raise

@@ -122,16 +122,43 @@ def test_check_config_warns_that_a_peer_with_a_local_lease_cannot_prevent_split_
     assert code == 0 and "warning" not in out
 
     # With the etcd lease the pair is kept apart: no warning either.
-    etcd = "lease: {type: etcd, endpoints: ['http://10.0.0.1:2379', 'http://10.0.0.2:2379', 'http://10.0.0.3:2379']}\n"
-    write(tmp_path / "daemon.yaml", DAEMON_CONFIG + "peer: edge02\n" + etcd)
+    write(tmp_path / "daemon.yaml", DAEMON_CONFIG + "peer: edge02\n" + ETCD_TLS)
     code, out, _ = run(capsys, "check-config", str(config))
     assert code == 0 and "warning" not in out, out
 
 
+ETCD_TLS = """\
+lease:
+  type: etcd
+  endpoints: ['https://10.0.0.1:2379', 'https://10.0.0.2:2379', 'https://10.0.0.3:2379']
+  tls: {ca: pki/ca.pem, cert: pki/edge01.pem, key: {file: /etc/hybridops/edge01-key.pem}}
+"""
+
+
+def test_check_config_warns_that_http_etcd_endpoints_are_plaintext(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path / "prod.yaml", PROFILE)
+    endpoints = "['http://10.0.0.1:2379', 'http://10.0.0.2:2379']"
+    config = write(tmp_path / "daemon.yaml", DAEMON_CONFIG + f"peer: edge02\nlease: {{type: etcd, endpoints: {endpoints}}}\n")
+
+    code, out, _ = run(capsys, "check-config", str(config))
+
+    assert code == 0
+    assert out.splitlines()[1] == (
+        f"warning: {config}: etcd endpoints are http:// (http://10.0.0.1:2379, http://10.0.0.2:2379): leadership and "
+        "fencing travel unencrypted and unauthenticated; use https:// with lease.tls (client certificates) across any "
+        "link you do not own"
+    )
+
+    # A password sent that way is named too.
+    auth = "auth: {user: edge01, password: {env: ETCD_PASSWORD}}"
+    write(tmp_path / "daemon.yaml", DAEMON_CONFIG + f"lease: {{type: etcd, endpoints: {endpoints}, {auth}}}\n")
+    code, out, _ = run(capsys, "check-config", str(config))
+    assert code == 0 and "unauthenticated, the etcd password too; use https://" in out, out
+
+
 def test_check_config_warns_of_a_peer_link_without_auth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(tmp_path / "prod.yaml", PROFILE)
-    etcd = "lease: {type: etcd, endpoints: ['http://10.0.0.1:2379', 'http://10.0.0.2:2379', 'http://10.0.0.3:2379']}\n"
-    pair = DAEMON_CONFIG + "peer: edge02\n" + etcd + "sources:\n  - type: peer\n"
+    pair = DAEMON_CONFIG + "peer: edge02\n" + ETCD_TLS + "sources:\n  - type: peer\n"
     config = write(tmp_path / "daemon.yaml", pair)
 
     code, out, _ = run(capsys, "check-config", str(config))
@@ -155,7 +182,12 @@ def test_check_config_warns_of_a_peer_link_without_auth(tmp_path: Path, capsys: 
     ("lease", "message"),
     [
         ("{type: etcd, endpoints: []}", "lease.endpoints: Tuple should have at least 1 item"),
-        ("{type: etcd, endpoints: ['https://e1:2379']}", "expected http://HOST:PORT"),
+        ("{type: etcd, endpoints: ['https://e1:2379']}", "https:// endpoints need `tls`"),
+        ("{type: etcd, endpoints: ['http://e1:2379'], tls: {ca: ca.pem}}", "the endpoints are http://: use https://"),
+        ("{type: etcd, endpoints: ['https://e1:2379', 'http://e2:2379'], tls: {ca: ca.pem}}", "mix of http:// and https://"),
+        ("{type: etcd, endpoints: ['grpc://e1:2379']}", "expected https://HOST:PORT (or http://HOST:PORT, plaintext)"),
+        ("{type: etcd, endpoints: ['https://e1:2379'], tls: {ca: ca.pem, cert: c.pem}}", "give both `cert` and `key`"),
+        ("{type: etcd, endpoints: ['https://e1:2379'], tls: {ca: ca.pem}, auth: {user: e, password: pw}}", "by reference"),
         ("{type: etcd, endpoints: ['http://e1:2379'], ttl: 2s, op_timeout: 1s}", "must be at most a third of the ttl"),
         ("{type: etcd, endpoints: ['http://e1:2379'], prefix: hybridops}", "lease.prefix: String should match pattern"),
         ("{type: zookeeper}", "lease.type: must be one of 'local', 'etcd'"),
