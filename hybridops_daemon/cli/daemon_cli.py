@@ -112,7 +112,7 @@ def _run(path: Path, level: str, pretty: bool | None) -> int:
 
 
 def _check_config(path: Path) -> int:
-    from hybridops_daemon.config.loader import check_config
+    from hybridops_daemon.config.loader import check_config, warnings
     from hybridops_daemon.drivers.registry import DRIVER_MODULES
 
     config, profiles, errors = check_config(path, DRIVER_MODULES)
@@ -123,11 +123,8 @@ def _check_config(path: Path) -> int:
         return EXIT_INVALID
     lanes = ", ".join(f"{lane} ({profiles[lane].ref})" for lane in config.lanes)
     print(f"{path}: OK — node {config.node}, lanes: {lanes}")
-    if config.peer is not None and config.lease.type == "local":
-        print(
-            f"warning: {path}: lease.type is 'local' but a peer ({config.peer}) is configured: "
-            "two nodes with local leadership cannot prevent split brain"
-        )
+    for warning in warnings(config):
+        print(f"warning: {path}: {warning}")
     return EXIT_OK
 
 

@@ -31,16 +31,19 @@ import binascii
 import ipaddress
 import json
 import re
+import socket
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import dns.asyncbackend
 import dns.asyncquery
 import dns.asyncresolver
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.name
 import dns.nameserver
@@ -55,6 +58,7 @@ import dns.tsigkeyring
 import dns.update
 
 from hybridops_daemon import cancel
+from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -419,7 +423,7 @@ class PowerDnsDriver(_ResolvingVerifier):
             # arrives, turns the cancel into a TimeoutError and withdraws it (see signals/http_probe.py).
             async with (
                 asyncio.timeout(self._timeout),
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session,
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(), connector=self._connector()) as session,
                 session.request(method, url, json=body, headers={"X-API-Key": key}, allow_redirects=False) as response,
             ):
                 return response.status, await response.text(errors="replace")
@@ -427,6 +431,10 @@ class PowerDnsDriver(_ResolvingVerifier):
             raise Unavailable(f"PowerDNS API at {self._api} did not answer within {self._timeout:g}s") from None
         except aiohttp.ClientError as exc:
             raise Unavailable(f"PowerDNS API at {self._api} unreachable: {type(exc).__name__}: {exc}") from None
+
+    def _connector(self) -> aiohttp.TCPConnector:
+        """A fresh connector (the session owns and closes it) whose sockets carry TCP_USER_TIMEOUT = ``timeout``."""
+        return aiohttp.TCPConnector(socket_factory=sockets.aiohttp_factory(self._timeout))
 
     def _http_error(self, status: int, error: str, zone: str, what: str) -> DriverError:
         """The error for a non-2xx answer about ``zone``; ``what`` names what was asked for (in a Refused)."""
@@ -565,7 +573,13 @@ class Rfc2136Driver(_ResolvingVerifier):
         try:
             address = await _address(self._config.server, self._timeout)
             remaining = max(0.1, self._timeout - (loop.time() - began))  # one budget, name lookup included
-            response = await dns.asyncquery.tcp(message, address, timeout=remaining, port=self._config.port)
+            family, destination = dns.inet.af_for_address(address), (address, self._config.port)
+            backend = dns.asyncbackend.get_backend("asyncio")
+            connecting = backend.make_socket(family, socket.SOCK_STREAM, 0, None, destination, remaining)  # type: ignore[no-untyped-call]
+            async with await connecting as stream:
+                sockets.bound(stream.writer.get_extra_info("socket"), self._timeout)  # before the first byte is sent
+                remaining = max(0.1, self._timeout - (loop.time() - began))
+                response = await dns.asyncquery.tcp(message, address, timeout=remaining, sock=stream)
             cancel.raise_if_cancelled()  # dnspython waits with wait_for: a cancel as the answer came in is lost
         except (dns.exception.Timeout, TimeoutError):
             raise Unavailable(f"{what} to {where}: no answer within {self._timeout:g}s") from None

@@ -10,7 +10,9 @@ runner's own retries. The long-running ``start``/``stop`` are called as ``*_unar
 rather than as ``ExtendedOperation``: its ``result()`` polls with ``operations.get`` calls whose per-request
 timeout cannot be set, so a thread could outlive the step by minutes. Cancelling a coroutine here (the runner's
 timeout) abandons the await; the thread's request then ends within ``request_timeout``, and the operation it
-started carries on at Google, which is what ``check()`` on resume is for.
+started carries on at Google, which is what ``check()`` on resume is for. Each client's connections carry
+TCP_USER_TIMEOUT = ``request_timeout`` (drivers/sockets.py, mounted on the REST transport's own session, which
+the SDK offers no way to pass in): a request the kernel could not deliver dies instead of landing after a heal.
 
 Credentials: ``config.credentials`` (a SecretRef) holds a service-account key, either the JSON itself (a file
 reference, or an env var holding the JSON) or, for an env var, the path of the JSON file. It is resolved at
@@ -45,6 +47,7 @@ from google.cloud import compute_v1
 from google.oauth2 import service_account
 from google.protobuf import json_format  # type: ignore[import-untyped]
 
+from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -160,6 +163,15 @@ def _operation_errors(op: compute_v1.Operation) -> tuple[tuple[str, ...], str]:
     if op.http_error_status_code and op.http_error_status_code >= 400:
         return (str(op.http_error_status_code),), op.http_error_message or "operation failed"
     return (), ""
+
+
+def _rest_session(transport: object) -> requests.Session:
+    """The REST transport's own session: the SDK takes none of ours, so its socket options are set on this one. An SDK
+    that moves it fails every call loudly rather than running unbounded."""
+    session = getattr(transport, "_session", None)
+    if not isinstance(session, requests.Session):
+        raise DriverError(f"gcp: {type(transport).__name__} has no requests session to bound (a google-cloud-compute change?)")
+    return session
 
 
 class GcpDriver:
@@ -387,10 +399,12 @@ class GcpDriver:
                 credentials = self._credentials()
                 options = {"api_endpoint": self._config.endpoint} if self._config.endpoint else None
                 try:
-                    self._clients = _Clients(
-                        compute_v1.InstancesClient(transport="rest", client_options=options, credentials=credentials),
-                        compute_v1.ZoneOperationsClient(transport="rest", client_options=options, credentials=credentials),
-                    )
+                    rest: dict[str, Any] = {"transport": "rest", "client_options": options, "credentials": credentials}
+                    instances = compute_v1.InstancesClient(**rest)
+                    operations = compute_v1.ZoneOperationsClient(**rest)
+                    for client in (instances, operations):
+                        sockets.mount(_rest_session(client.transport), self._request_timeout)
+                    self._clients = _Clients(instances, operations)
                 except auth_exceptions.DefaultCredentialsError:
                     raise CredentialsUnavailable(
                         "gcp: no credentials configured and no Application Default Credentials found"

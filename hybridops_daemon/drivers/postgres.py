@@ -14,7 +14,10 @@ must not trust a connection opened before the world changed), autocommit, and ev
 connect by ``connect_timeout`` (asyncio-side, since libpq rounds its own up to 2 s), each statement by
 ``connect_timeout`` too (they are all trivial), ``pg_promote`` by ``promote_timeout`` plus that. On
 cancellation psycopg sends the server a cancel request and waits up to 5 s for it, so a cancelled call may
-take that long to unwind; no thread lingers.
+take that long to unwind; no thread lingers. Every connection carries libpq's ``tcp_user_timeout`` =
+``connect_timeout`` (TCP_USER_TIMEOUT, drivers/sockets.py): a statement the kernel could not deliver in that time
+dies with its connection instead of reaching the server after a partition heals. ``pg_promote``'s longer wait is
+the server's: the statement itself is sent at once.
 
 The password is resolved at each connect and handed to libpq as a keyword, never put into a DSN; error
 messages name ``cluster/site host:port``, never the DSN, and are scrubbed of the password regardless.
@@ -37,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -436,7 +440,11 @@ class PostgresDriver:
         try:
             async with asyncio.timeout(timeout):
                 conn = await psycopg.AsyncConnection.connect(
-                    site.dsn, autocommit=True, connect_timeout=max(2, math.ceil(timeout)), **extra
+                    site.dsn,
+                    autocommit=True,
+                    connect_timeout=max(2, math.ceil(timeout)),
+                    tcp_user_timeout=sockets.user_timeout_ms(timeout),
+                    **extra,
                 )
         except TimeoutError:
             raise Unavailable(f"{where}: no answer within {timeout:g}s") from None

@@ -20,6 +20,9 @@ class PowerDnsDriverConfig(DriverConfig):
     timeout: PositiveDuration = 5.0
     verify_settle: Duration = Field(default=0.0, description="verify() re-resolves until all nameservers agree, up to this long")
 
+    def request_bound(self) -> tuple[str, float]:
+        return "timeout", self.timeout
+
 
 class Rfc2136DriverConfig(DriverConfig):
     server: str
@@ -30,6 +33,9 @@ class Rfc2136DriverConfig(DriverConfig):
     nameservers: tuple[str, ...] = Field(default=(), description="for verify(); default: the server itself")
     timeout: PositiveDuration = 5.0
     verify_settle: Duration = Field(default=0.0, description="verify() re-resolves until all nameservers agree, up to this long")
+
+    def request_bound(self) -> tuple[str, float]:
+        return "timeout", self.timeout
 
     @model_validator(mode="after")
     def _tsig_complete(self) -> Rfc2136DriverConfig:
