@@ -43,7 +43,8 @@ from hybridops_daemon.drivers.base import (
     Unavailable,
 )
 from hybridops_daemon.drivers.declarations.dns import PowerDnsDriverConfig, Rfc2136DriverConfig
-from hybridops_daemon.drivers.dns import PowerDnsDriver, Rfc2136Driver
+from hybridops_daemon.drivers.dns import PowerDnsDriver
+from hybridops_daemon.drivers.rfc2136 import Rfc2136Driver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease

@@ -34,11 +34,12 @@ from hybridops_daemon.drivers.declarations.gcp import GcpDriverConfig
 from hybridops_daemon.drivers.declarations.hcloud import HcloudDriverConfig
 from hybridops_daemon.drivers.declarations.netbox import NetboxDriverConfig
 from hybridops_daemon.drivers.declarations.postgres import PostgresDriverConfig, PostgresSite
-from hybridops_daemon.drivers.dns import PowerDnsDriver, Rfc2136Driver
+from hybridops_daemon.drivers.dns import PowerDnsDriver
 from hybridops_daemon.drivers.gcp import GcpDriver
 from hybridops_daemon.drivers.hcloud import HcloudDriver
 from hybridops_daemon.drivers.netbox import NetboxDriver
 from hybridops_daemon.drivers.postgres import PostgresDriver
+from hybridops_daemon.drivers.rfc2136 import Rfc2136Driver
 from tests.fakes.hcloud_api import SEED_FLOATING_IP, HcloudFake
 from tests.testbed.edgenet import BRIDGE_ADDRESS, EdgeNet
 from tests.testbed.wait import eventually

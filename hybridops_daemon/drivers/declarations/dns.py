@@ -51,7 +51,7 @@ def _powerdns(lane: str, config: PowerDnsDriverConfig) -> Driver:
 
 
 def _rfc2136(lane: str, config: Rfc2136DriverConfig) -> Driver:
-    from hybridops_daemon.drivers.dns import Rfc2136Driver
+    from hybridops_daemon.drivers.rfc2136 import Rfc2136Driver
 
     return Rfc2136Driver(config, timeout=config.timeout, settle=config.verify_settle)
 
