@@ -15,7 +15,11 @@ Fencing: each change also REPLACEs a TXT record beside the name, ``_hyops-fence.
 ``"token=<N> run=<run_id>"`` (the run's fencing token), in the same change as the record (one PATCH of both
 rrsets; one UPDATE message with both), so both land or neither. check() resolves it with the record and refuses
 (``Fenced``) a name stamped with a newer token than the run's; verify() wants the run's own token there. The
-stamp belongs to the name, so records of two types at one name share it.
+stamp belongs to the name, so records of two types at one name share it. The rfc2136 driver's UPDATE is also
+conditional on the stamp it read (an RFC 2136 prerequisite, checked by the server); the PowerDNS API has no such
+precondition (a PATCH takes no If-Match, expected content or serial), so the powerdns driver's write stays
+check-then-write. PowerDNS itself accepts RFC 2136 (``dnsupdate=yes``): the rfc2136 driver pointed at it writes
+conditionally.
 
 Errors, in the shared vocabulary of ``drivers.base``: retryable ``Unavailable`` (5xx, refused connections,
 timeouts, SERVFAIL) and ``RateLimited`` (429); permanent ``CredentialsUnavailable`` (API key or TSIG secret
@@ -31,7 +35,7 @@ import ipaddress
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,14 +203,18 @@ class _Answer:
 def _stamp(answers: Mapping[str, _Answer]) -> int | None:
     """The newest token any server holds at the fence name (a server lagging behind must not hide a newer one);
     None when none holds a parsable one."""
+    return _newest_token(rdata for answer in answers.values() if answer.status == "ok" for rdata in answer.rdatas)
+
+
+def _newest_token(rdatas: Iterable[dns.rdata.Rdata]) -> int | None:
+    """The newest ``token=<N>`` in these fence TXT records; None when none holds a parsable one."""
     tokens = []
-    for answer in answers.values():
-        for rdata in answer.rdatas if answer.status == "ok" else ():
-            text = b"".join(getattr(rdata, "strings", ())).decode(errors="replace")
-            found = _TOKEN.search(text)
-            token = parse_stamp(found.group(1)) if found else None
-            if token is not None:
-                tokens.append(token)
+    for rdata in rdatas:
+        text = b"".join(getattr(rdata, "strings", ())).decode(errors="replace")
+        found = _TOKEN.search(text)
+        token = parse_stamp(found.group(1)) if found else None
+        if token is not None:
+            tokens.append(token)
     return max(tokens, default=None)
 
 

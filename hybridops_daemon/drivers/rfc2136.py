@@ -2,6 +2,11 @@
 
 It changes a record the way its server accepts; it proves the change as ``powerdns`` does, by resolving at every
 authoritative server (``drivers/dns.py``: the shared record model, probes, fencing stamp and errors).
+
+The write is conditional: apply() reads the fence TXT (``_hyops-fence.<name>``) at the update server and sends the
+UPDATE with the RFC 2136 prerequisite that the fence rrset is still exactly that (or still absent). An UPDATE that
+arrives after another writer stamped the name, a deposed leader's delayed one say, is refused by the server
+(NXRRSET / YXRRSET) and reported as Fenced, never retried.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ import socket
 import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
+import dns.flags
 import dns.inet
 import dns.message
 import dns.name
 import dns.rcode
 import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
@@ -27,15 +35,26 @@ from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CredentialsUnavailable,
+    Fenced,
     NotFound,
     Readiness,
     Refused,
     StepContext,
     Unavailable,
+    refuse_newer_stamp,
     secret,
 )
 from hybridops_daemon.drivers.declarations.dns import Rfc2136DriverConfig
-from hybridops_daemon.drivers.dns import DEFAULT_TIMEOUT, _address, _fence_rdata, _host_port, _Record, _record, _ResolvingVerifier
+from hybridops_daemon.drivers.dns import (
+    DEFAULT_TIMEOUT,
+    _address,
+    _fence_rdata,
+    _host_port,
+    _newest_token,
+    _Record,
+    _record,
+    _ResolvingVerifier,
+)
 
 
 class Rfc2136Driver(_ResolvingVerifier):
@@ -79,9 +98,15 @@ class Rfc2136Driver(_ResolvingVerifier):
             raise CredentialsUnavailable("rfc2136: the TSIG secret is not valid base64") from None
         message.use_tsig(keyring, keyname=dns.name.from_text(config.tsig_name), algorithm=self._algorithm)
 
-    def _message(self, want: _Record, fence: dns.rdata.Rdata) -> dns.update.UpdateMessage:
+    def _message(self, want: _Record, fence: dns.rdata.Rdata, seen: tuple[dns.rdata.Rdata, ...]) -> dns.update.UpdateMessage:
         message = dns.update.UpdateMessage(want.zone)
         self._sign(message)
+        # The prerequisite: the fence rrset exactly as read (value-dependent), or absent. A newer writer's stamp in
+        # between, and the server refuses the whole update (NXRRSET / YXRRSET): this write is conditional.
+        if seen:
+            message.present(want.fence, *seen)
+        else:
+            message.absent(want.fence, dns.rdatatype.TXT)
         message.replace(want.name, want.inputs.ttl, want.rdata)
         message.replace(want.fence, want.inputs.ttl, fence)  # the stamp, in the same (atomic) update
         return message
@@ -95,29 +120,40 @@ class Rfc2136Driver(_ResolvingVerifier):
         return await dns_preflight.rfc2136(self, step)
 
     async def apply(self, step: StepContext) -> ApplyResult:
-        """Send one UPDATE that replaces the rrset (name, type) with the desired record and TTL, and the fence
-        TXT beside it with the step's stamp.
+        """Read the fence TXT at the update server, then send one UPDATE that replaces the rrset (name, type) with
+        the desired record and TTL, and the fence TXT beside it with the step's stamp, on the prerequisite that the
+        fence is still exactly what was read (or still absent).
 
-        Idempotent (delete-rrset + add, twice, in one atomic update: both land or neither). Budget: one TCP
-        exchange within ``timeout``. Raises Unavailable (timeout, connection refused/reset, SERVFAIL), Refused
-        (REFUSED, NOTAUTH, FORMERR and other rcodes), CredentialsUnavailable (TSIG rejected, secret unavailable
-        or not base64), NotFound (NOTZONE).
+        Idempotent (delete-rrset + add, twice, in one atomic update: both land or neither). Budget: two TCP exchanges
+        (the signed read, the UPDATE), each within ``timeout``. Raises Fenced (the read shows a newer token; or the
+        server refused the prerequisite, NXRRSET / YXRRSET: another writer stamped the name since), Unavailable
+        (timeout, connection refused/reset, SERVFAIL), Refused (REFUSED, NOTAUTH, FORMERR and other rcodes, to the
+        read or the UPDATE), CredentialsUnavailable (TSIG rejected, secret unavailable or not base64), NotFound
+        (NOTZONE).
         """
         want = _record(step)
         fence = _fence_rdata(step)
-        message = self._message(want, fence)
-        response = await self._exchange(message, "DNS UPDATE")
         where, signed = self._where, self._signed
+        seen = await self._read_fence(want)
+        refuse_newer_stamp(f"DNS name {want.inputs.fqdn}", _newest_token(seen), step)
+        response = await self._exchange(self._message(want, fence, seen), "DNS UPDATE")
         rcode = response.rcode()
+        was = ", ".join(rdata.to_text() for rdata in seen) or "absent"
         if rcode == dns.rcode.NOERROR:
             return ApplyResult(
                 log=(
                     f"DNS UPDATE to {where}{signed}: zone {want.inputs.zone}. replace {want.describe()}"
-                    f" and {want.fence} TXT {fence.to_text()}",
+                    f" and {want.fence} TXT {fence.to_text()} (on the prerequisite that it still was {was})",
                 ),
                 outputs=want.outputs(),
             )
         text = dns.rcode.to_text(rcode)
+        if rcode in (dns.rcode.NXRRSET, dns.rcode.YXRRSET):
+            raise Fenced(
+                f"fenced: DNS UPDATE to {where} refused by its prerequisite ({text}): {want.fence} TXT is no longer "
+                f"{was} as this attempt read it; another writer stamped {want.inputs.fqdn} since; not retried",
+                code=text,
+            )
         if rcode in (dns.rcode.REFUSED, dns.rcode.NOTAUTH):
             raise Refused(f"DNS UPDATE to {where}{signed} for zone {want.inputs.zone}: {text}", code=text)
         if rcode == dns.rcode.SERVFAIL:
@@ -125,6 +161,23 @@ class Rfc2136Driver(_ResolvingVerifier):
         if rcode == dns.rcode.NOTZONE:
             raise NotFound(f"DNS UPDATE to {where}: {want.inputs.fqdn} is not in zone {want.inputs.zone} (NOTZONE)", code=text)
         raise Refused(f"DNS UPDATE to {where}: {text} for {want.describe()}", code=text)
+
+    async def _read_fence(self, want: _Record) -> tuple[dns.rdata.Rdata, ...]:
+        """The fence rrset as the update server holds it now (empty: none), by a query signed and sent like the UPDATE
+        (a server may answer only its key holders, and its copy is the one the prerequisite is checked against)."""
+        query = dns.message.make_query(want.fence, dns.rdatatype.TXT)
+        query.flags &= ~dns.flags.RD
+        self._sign(query)
+        response = await self._exchange(query, "DNS UPDATE (reading the fence first)")
+        rcode = response.rcode()
+        if rcode == dns.rcode.SERVFAIL:
+            raise Unavailable(f"DNS UPDATE to {self._where}: SERVFAIL reading {want.fence} TXT", code="SERVFAIL")
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or not response.flags & dns.flags.AA:
+            text = dns.rcode.to_text(rcode) if rcode != dns.rcode.NOERROR else "NOERROR without the AA flag"
+            where = f"{self._where}{self._signed}"
+            raise Refused(f"DNS UPDATE to {where} for zone {want.inputs.zone}: {text} reading {want.fence} TXT", code=text)
+        found = response.get_rrset(response.answer, want.fence, dns.rdataclass.IN, dns.rdatatype.TXT)
+        return tuple(found) if found is not None else ()
 
     @property
     def _where(self) -> str:
