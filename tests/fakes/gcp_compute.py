@@ -15,6 +15,10 @@ Modelled on the public API reference:
 - Errors have Google's JSON shape ``{"error": {"code", "message", "errors": [{"message", "domain", "reason"}]}}``.
 - Operation and instance ``id`` are numeric (uint64, sent as a JSON string like Google does): the SDK's
   protobuf parser rejects anything else.
+- Instances carry ``labels`` and a ``labelFingerprint`` (GET shows both); ``setLabels`` replaces the labels only
+  when sent the current fingerprint, else 412 ``conditionNotMet`` (the reference: "You must always provide an
+  up-to-date fingerprint hash when updating or changing labels, otherwise the request will fail with error 412
+  conditionNotMet"), and answers with an operation that is DONE at once.
 - ``instances/{resource}/testIamPermissions`` answers which of the asked permissions the caller holds (all of
   ``PERMISSIONS`` but those revoked with ``revoke_permissions``); a revoked one also gets its request a 403.
 - Without ``require_auth`` any caller is let in (the SDK sends no Authorization header with anonymous
@@ -23,15 +27,18 @@ Modelled on the public API reference:
 
 Test knobs (thread-safe, from Python or over HTTP under ``/_fake/``): operation delays, fail the next operation,
 answer the next N API requests with 429/503, hang the next API request until its client gives up (counted in
-``abandoned``), call counts per (method, path template), and tampering with an instance's status behind the
-SDK's back. ``GcpComputeFake.start()`` serves from a background thread with its own event loop on a free
-loopback port; ``python -m tests.fakes.gcp_compute --port N`` serves in the foreground.
+``abandoned``), hold the next one until released (then serve it: a request delayed in the network), call counts
+per (method, path template), and tampering with an instance's status or labels behind the SDK's back.
+``GcpComputeFake.start()`` serves from a background thread with its own event loop on a free loopback port;
+``python -m tests.fakes.gcp_compute --port N`` serves in the foreground.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import re
 import secrets
 import threading
 import time
@@ -48,13 +55,18 @@ ZONE_PATH = "/compute/v1/projects/{project}/zones/{zone}"
 INSTANCE = ZONE_PATH + "/instances/{instance}"
 START = INSTANCE + "/start"
 STOP = INSTANCE + "/stop"
+SET_LABELS = INSTANCE + "/setLabels"
 OPERATION = ZONE_PATH + "/operations/{operation}"
 OPERATION_WAIT = OPERATION + "/wait"
 TEST_PERMISSIONS = ZONE_PATH + "/instances/{resource}/testIamPermissions"
 # POSTs that change nothing: what mutating_calls() leaves out.
 READ_ONLY_POSTS = frozenset({OPERATION_WAIT, TEST_PERMISSIONS})
 # The permissions an instance's testIamPermissions knows of (the caller has them all unless revoked).
-PERMISSIONS = frozenset({"compute.instances.get", "compute.instances.start", "compute.instances.stop"})
+PERMISSIONS = frozenset(f"compute.instances.{verb}" for verb in ("get", "start", "stop", "setLabels"))
+# The API reference's label rules: keys start with a lowercase letter; keys and values are lowercase letters, digits,
+# '_' and '-', up to 63 characters; at most 64 labels.
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 
 DEFAULT_PROJECT = "dr-project"
 DEFAULT_ZONE = "europe-west3-a"
@@ -87,6 +99,11 @@ def _id() -> int:
     return secrets.randbits(62) | (1 << 61)  # 19 digits, like Google's
 
 
+def _fingerprint() -> str:
+    """A new label fingerprint: base64 of 8 bytes, as Google's look; it changes with every label change."""
+    return base64.b64encode(secrets.token_bytes(8)).decode()
+
+
 def google_error(status: int, message: str, reason: str | None = None, domain: str = "global") -> web.Response:
     """An error in the JSON shape Google APIs use (what ``google.api_core.exceptions.from_http_response`` reads)."""
     reason = reason or _HTTP_REASON.get(status, "error")
@@ -102,6 +119,8 @@ class _Instance:
     created: str = field(default_factory=_now_rfc3339)
     last_start: str | None = None
     last_stop: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    label_fingerprint: str = field(default_factory=_fingerprint)
 
 
 @dataclass
@@ -113,9 +132,10 @@ class _Failure:
 
 @dataclass(frozen=True)
 class _Fault:
-    status: int | None  # None: hang
+    status: int | None  # None: hang (or, with held, hold until released, then serve)
     method: str | None
     template: str | None
+    held: bool = False
 
     def matches(self, method: str, template: str) -> bool:
         return self.method in (None, method) and self.template in (None, template)
@@ -124,7 +144,7 @@ class _Fault:
 @dataclass
 class _Operation:
     name: str
-    kind: str  # operationType: start | stop
+    kind: str  # operationType: start | stop | setLabels
     instance: str
     from_status: str  # the instance's status before: where a failed operation leaves it
     pending_for: float
@@ -193,6 +213,8 @@ class GcpComputeFake:
             self._keys: dict[str, str] = {}
             self._denied: frozenset[str] = frozenset()
             self._revoked: frozenset[str] = frozenset()
+            self.held = 0  # requests held by hold_next_request so far
+            self._release = threading.Event()
 
     @property
     def endpoint(self) -> str:
@@ -245,6 +267,26 @@ class GcpComputeFake:
         with self._lock:
             self._faults.extend(_Fault(None, method and method.upper(), template) for _ in range(count))
 
+    def hold_next_request(self, method: str | None = None, template: str | None = None) -> None:
+        """The next (matching) API request is held, unanswered and not yet acted on, until ``release_held()``; then
+        it is served as usual, as a request delayed in the network would be (``held`` counts those caught)."""
+        with self._lock:
+            self._release.clear()
+            self._faults.append(_Fault(None, method and method.upper(), template, held=True))
+
+    def release_held(self) -> None:
+        self._release.set()
+
+    def labels(self, instance: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._instances[instance].labels)
+
+    def set_labels(self, instance: str, labels: Mapping[str, str]) -> None:
+        """Tamper: replace an instance's labels behind the SDK's back (its fingerprint changes, as with setLabels)."""
+        with self._lock:
+            self._instances[instance].labels = dict(labels)
+            self._instances[instance].label_fingerprint = _fingerprint()
+
     def require_auth(
         self, tokens: Iterable[str] = (), service_accounts: Mapping[str, str] | None = None, denied: Iterable[str] = ()
     ) -> None:
@@ -286,11 +328,16 @@ class GcpComputeFake:
         with self._lock:
             return {key: n for key, n in self._calls.items() if key[0] != "GET" and key[1] not in READ_ONLY_POSTS}
 
-    def operations(self) -> list[dict[str, Any]]:
-        """Every operation so far, oldest first, with the statuses it went through (``history``)."""
+    def operations(self, *kinds: str) -> list[dict[str, Any]]:
+        """Every operation so far (of ``kinds`` only, e.g. "start", "stop", when given), oldest first, with the statuses
+        it went through (``history``)."""
         with self._lock:
             self._advance()
-            return [self._operation_json(op, self.endpoint) | {"history": list(op.history)} for op in self._operations.values()]
+            return [
+                self._operation_json(op, self.endpoint) | {"history": list(op.history)}
+                for op in self._operations.values()
+                if not kinds or op.kind in kinds
+            ]
 
     def instances(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -315,7 +362,7 @@ class GcpComputeFake:
                 op.history.append("DONE")
                 op.end_time = _now_rfc3339()
                 instance = self._instances.get(op.instance)
-                if instance is None:
+                if instance is None or op.kind not in _EFFECT:
                     continue
                 if op.failure is not None:
                     instance.status = op.from_status
@@ -340,7 +387,10 @@ class GcpComputeFake:
             "status": inst.status,
             "creationTimestamp": inst.created,
             "selfLink": f"{zone_url}/instances/{inst.name}",
+            "labelFingerprint": inst.label_fingerprint,
         }
+        if inst.labels:
+            body["labels"] = dict(inst.labels)
         if inst.last_start:
             body["lastStartTimestamp"] = inst.last_start
         if inst.last_stop:
@@ -382,6 +432,7 @@ class GcpComputeFake:
         app.router.add_get(INSTANCE, self._get_instance)
         app.router.add_post(START, self._start_or_stop)
         app.router.add_post(STOP, self._start_or_stop)
+        app.router.add_post(SET_LABELS, self._set_labels)
         app.router.add_post(TEST_PERMISSIONS, self._test_permissions)
         app.router.add_get(OPERATION, self._get_operation)
         app.router.add_post(OPERATION_WAIT, self._wait_operation)
@@ -404,6 +455,11 @@ class GcpComputeFake:
             fault = next((f for f in self._faults if f.matches(request.method, template)), None)
             if fault is not None:
                 self._faults.remove(fault)
+        if fault is not None and fault.held:
+            with self._lock:
+                self.held += 1
+            await asyncio.to_thread(self._release.wait, 60.0)  # stop() releases it too
+            fault = None  # then served as usual
         if fault is not None:
             if fault.status is None:
                 return await self._hang(request)
@@ -524,6 +580,33 @@ class GcpComputeFake:
             self._advance()  # zero delays: DONE at once
             return web.json_response(self._operation_json(op, str(request.url.origin())))
 
+    async def _set_labels(self, request: web.Request) -> web.Response:
+        """``setLabels``: the labels replace the instance's, only if ``labelFingerprint`` is the current one (else 412
+        conditionNotMet, as the API reference says); the operation is DONE at once."""
+        name = request.match_info["instance"]
+        try:
+            body = await request.json()
+            labels, fingerprint = dict(body.get("labels") or {}), body.get("labelFingerprint")
+        except (ValueError, TypeError, AttributeError):
+            return google_error(400, "Invalid JSON payload received.", "parseError")
+        bad = [k for k, v in labels.items() if not LABEL_KEY.fullmatch(str(k)) or not LABEL_VALUE.fullmatch(str(v))]
+        if bad or len(labels) > 64:
+            return google_error(400, f"Invalid value for field 'resource.labels': {bad or len(labels)}", "invalid")
+        with self._lock:
+            if (forbidden := self._forbidden("compute.instances.setLabels", name)) is not None:
+                return forbidden
+            inst = self._instances.get(name)
+            if inst is None:
+                return self._instance_not_found(name)
+            if fingerprint != inst.label_fingerprint:
+                return google_error(412, "Labels fingerprint either invalid or resource labels have changed", "conditionNotMet")
+            inst.labels, inst.label_fingerprint = labels, _fingerprint()
+            op_name = f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}"
+            op = _Operation(op_name, "setLabels", name, inst.status, pending_for=0.0, running_for=0.0, failure=None)
+            self._operations[op.name] = op
+            self._advance()
+            return web.json_response(self._operation_json(op, str(request.url.origin())))
+
     async def _get_operation(self, request: web.Request) -> web.Response:
         with self._lock:
             self._advance()
@@ -612,6 +695,7 @@ class GcpComputeFake:
 
     def stop(self) -> None:
         self._stopping = True  # releases hung requests and waits
+        self._release.set()
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
