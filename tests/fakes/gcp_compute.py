@@ -37,135 +37,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import re
 import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
-ZONE_PATH = "/compute/v1/projects/{project}/zones/{zone}"
-INSTANCE = ZONE_PATH + "/instances/{instance}"
-START = INSTANCE + "/start"
-STOP = INSTANCE + "/stop"
-SET_LABELS = INSTANCE + "/setLabels"
-OPERATION = ZONE_PATH + "/operations/{operation}"
-OPERATION_WAIT = OPERATION + "/wait"
-TEST_PERMISSIONS = ZONE_PATH + "/instances/{resource}/testIamPermissions"
-# POSTs that change nothing: what mutating_calls() leaves out.
-READ_ONLY_POSTS = frozenset({OPERATION_WAIT, TEST_PERMISSIONS})
-# The permissions an instance's testIamPermissions knows of (the caller has them all unless revoked).
-PERMISSIONS = frozenset(f"compute.instances.{verb}" for verb in ("get", "start", "stop", "setLabels"))
-# The API reference's label rules: keys start with a lowercase letter; keys and values are lowercase letters, digits,
-# '_' and '-', up to 63 characters; at most 64 labels.
-LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
-
-DEFAULT_PROJECT = "dr-project"
-DEFAULT_ZONE = "europe-west3-a"
-DEFAULT_INSTANCES: Mapping[str, str] = {"cloud-standby": "TERMINATED", "drill-standby": "TERMINATED"}
-
-# Instance statuses from the API reference. STOPPED is not one GCE reports today, but clients must tolerate it.
-TRANSITIONAL = frozenset({"PROVISIONING", "STAGING", "STOPPING", "SUSPENDING", "REPAIRING"})
-STATUSES = TRANSITIONAL | {"RUNNING", "TERMINATED", "STOPPED", "SUSPENDED"}
-# operationType → (status while the operation runs, status once it is DONE)
-_EFFECT = {"start": ("STAGING", "RUNNING"), "stop": ("STOPPING", "TERMINATED")}
-_HTTP_REASON = {
-    400: "badRequest",
-    401: "required",
-    403: "forbidden",
-    404: "notFound",
-    429: "rateLimitExceeded",
-    500: "backendError",
-    503: "backendError",
-}
-_HTTP_MESSAGE = {429: "Rate Limit Exceeded", 500: "Internal Error", 503: "The service is currently unavailable."}
+from tests.fakes.gcp_model import (
+    DEFAULT_INSTANCES,
+    DEFAULT_PROJECT,
+    DEFAULT_ZONE,
+    EFFECT,
+    HTTP_MESSAGE,
+    INSTANCE,
+    LABEL_KEY,
+    LABEL_VALUE,
+    OPERATION,
+    OPERATION_WAIT,
+    PERMISSIONS,
+    READ_ONLY_POSTS,
+    SET_LABELS,
+    START,
+    STATUSES,
+    STOP,
+    TEST_PERMISSIONS,
+    TRANSITIONAL,
+    ZONE_PATH,
+    Failure,
+    Fault,
+    Instance,
+    Operation,
+    google_error,
+    new_fingerprint,
+    now_rfc3339,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _id() -> int:
-    return secrets.randbits(62) | (1 << 61)  # 19 digits, like Google's
-
-
-def _fingerprint() -> str:
-    """A new label fingerprint: base64 of 8 bytes, as Google's look; it changes with every label change."""
-    return base64.b64encode(secrets.token_bytes(8)).decode()
-
-
-def google_error(status: int, message: str, reason: str | None = None, domain: str = "global") -> web.Response:
-    """An error in the JSON shape Google APIs use (what ``google.api_core.exceptions.from_http_response`` reads)."""
-    reason = reason or _HTTP_REASON.get(status, "error")
-    body = {"error": {"code": status, "message": message, "errors": [{"message": message, "domain": domain, "reason": reason}]}}
-    return web.json_response(body, status=status)
-
-
-@dataclass
-class _Instance:
-    name: str
-    status: str
-    id: int = field(default_factory=_id)
-    created: str = field(default_factory=_now_rfc3339)
-    last_start: str | None = None
-    last_stop: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    label_fingerprint: str = field(default_factory=_fingerprint)
-
-
-@dataclass
-class _Failure:
-    code: str
-    message: str
-    http_status: int
-
-
-@dataclass(frozen=True)
-class _Fault:
-    status: int | None  # None: hang (or, with held, hold until released, then serve)
-    method: str | None
-    template: str | None
-    held: bool = False
-
-    def matches(self, method: str, template: str) -> bool:
-        return self.method in (None, method) and self.template in (None, template)
-
-
-@dataclass
-class _Operation:
-    name: str
-    kind: str  # operationType: start | stop | setLabels
-    instance: str
-    from_status: str  # the instance's status before: where a failed operation leaves it
-    pending_for: float
-    running_for: float
-    failure: _Failure | None
-    id: int = field(default_factory=_id)
-    created: float = field(default_factory=time.monotonic)
-    insert_time: str = field(default_factory=_now_rfc3339)
-    start_time: str | None = None
-    end_time: str | None = None
-    history: list[str] = field(default_factory=lambda: ["PENDING"])  # every status it went through, in order
-
-    def phase(self, now: float) -> str:
-        elapsed = now - self.created
-        if elapsed < self.pending_for:
-            return "PENDING"
-        return "RUNNING" if elapsed < self.pending_for + self.running_for else "DONE"
-
-    @property
-    def status(self) -> str:
-        return self.history[-1]
 
 
 class GcpComputeFake:
@@ -202,12 +113,12 @@ class GcpComputeFake:
     def reset(self) -> None:
         """Back to the seeded instances, default delays, no faults, no operations, zero counts; auth off."""
         with self._lock:
-            self._instances = {name: _Instance(name, status) for name, status in self._seed.items()}
-            self._operations: dict[str, _Operation] = {}
+            self._instances = {name: Instance(name, status) for name, status in self._seed.items()}
+            self._operations: dict[str, Operation] = {}
             self._calls: dict[tuple[str, str], int] = {}
             self.pending_for, self.running_for, self.wait_max = self._defaults
-            self._fail_operation: _Failure | None = None
-            self._faults: list[_Fault] = []  # armed request faults, oldest first
+            self._fail_operation: Failure | None = None
+            self._faults: list[Fault] = []  # armed request faults, oldest first
             self.abandoned = 0  # hung requests whose client went away (a client-side timeout at work)
             self._tokens: frozenset[str] | None = None
             self._keys: dict[str, str] = {}
@@ -230,7 +141,7 @@ class GcpComputeFake:
             if instance in self._instances:
                 self._instances[instance].status = status
             else:
-                self._instances[instance] = _Instance(instance, status)
+                self._instances[instance] = Instance(instance, status)
 
     def delete_instance(self, instance: str) -> None:
         with self._lock:
@@ -254,25 +165,25 @@ class GcpComputeFake:
     ) -> None:
         """The next operation ends DONE with ``error.errors[0].code == code``; the instance stays as it was."""
         with self._lock:
-            self._fail_operation = _Failure(code, message, http_status)
+            self._fail_operation = Failure(code, message, http_status)
 
     def fail_next_requests(self, count: int, status: int = 503, method: str | None = None, template: str | None = None) -> None:
         """Answer the next ``count`` API requests (only those matching ``method``/``template`` when given, e.g.
         ``"POST", START``) with ``status`` in Google's error shape; 429 carries ``Retry-After``."""
         with self._lock:
-            self._faults.extend(_Fault(status, method and method.upper(), template) for _ in range(count))
+            self._faults.extend(Fault(status, method and method.upper(), template) for _ in range(count))
 
     def hang_next_request(self, count: int = 1, method: str | None = None, template: str | None = None) -> None:
         """The next ``count`` (matching) API requests get no answer until their client disconnects or the fake stops."""
         with self._lock:
-            self._faults.extend(_Fault(None, method and method.upper(), template) for _ in range(count))
+            self._faults.extend(Fault(None, method and method.upper(), template) for _ in range(count))
 
     def hold_next_request(self, method: str | None = None, template: str | None = None) -> None:
         """The next (matching) API request is held, unanswered and not yet acted on, until ``release_held()``; then
         it is served as usual, as a request delayed in the network would be (``held`` counts those caught)."""
         with self._lock:
             self._release.clear()
-            self._faults.append(_Fault(None, method and method.upper(), template, held=True))
+            self._faults.append(Fault(None, method and method.upper(), template, held=True))
 
     def release_held(self) -> None:
         self._release.set()
@@ -285,7 +196,7 @@ class GcpComputeFake:
         """Tamper: replace an instance's labels behind the SDK's back (its fingerprint changes, as with setLabels)."""
         with self._lock:
             self._instances[instance].labels = dict(labels)
-            self._instances[instance].label_fingerprint = _fingerprint()
+            self._instances[instance].label_fingerprint = new_fingerprint()
 
     def require_auth(
         self, tokens: Iterable[str] = (), service_accounts: Mapping[str, str] | None = None, denied: Iterable[str] = ()
@@ -316,7 +227,7 @@ class GcpComputeFake:
             return sum(
                 1
                 for op in self._operations.values()
-                if op.kind == kind and op.failure is None and op.from_status != _EFFECT[kind][1]
+                if op.kind == kind and op.failure is None and op.from_status != EFFECT[kind][1]
             )
 
     def call_counts(self) -> dict[tuple[str, str], int]:
@@ -357,17 +268,17 @@ class GcpComputeFake:
                 continue
             if op.status == "PENDING":
                 op.history.append("RUNNING")
-                op.start_time = _now_rfc3339()
+                op.start_time = now_rfc3339()
             if phase == "DONE":
                 op.history.append("DONE")
-                op.end_time = _now_rfc3339()
+                op.end_time = now_rfc3339()
                 instance = self._instances.get(op.instance)
-                if instance is None or op.kind not in _EFFECT:
+                if instance is None or op.kind not in EFFECT:
                     continue
                 if op.failure is not None:
                     instance.status = op.from_status
                     continue
-                instance.status = _EFFECT[op.kind][1]
+                instance.status = EFFECT[op.kind][1]
                 if op.kind == "start":
                     instance.last_start = op.end_time
                 else:
@@ -376,7 +287,7 @@ class GcpComputeFake:
     def _zone_url(self, origin: str) -> str:
         return origin + ZONE_PATH.format(project=self.project, zone=self.zone)
 
-    def _instance_json(self, inst: _Instance, origin: str) -> dict[str, Any]:
+    def _instance_json(self, inst: Instance, origin: str) -> dict[str, Any]:
         zone_url = self._zone_url(origin)
         body: dict[str, Any] = {
             "kind": "compute#instance",
@@ -397,7 +308,7 @@ class GcpComputeFake:
             body["lastStopTimestamp"] = inst.last_stop
         return body
 
-    def _operation_json(self, op: _Operation, origin: str) -> dict[str, Any]:
+    def _operation_json(self, op: Operation, origin: str) -> dict[str, Any]:
         zone_url = self._zone_url(origin)
         instance = self._instances.get(op.instance)
         body: dict[str, Any] = {
@@ -422,7 +333,7 @@ class GcpComputeFake:
         if op.status == "DONE" and op.failure is not None:
             body["error"] = {"errors": [{"code": op.failure.code, "message": op.failure.message}]}
             body["httpErrorStatusCode"] = op.failure.http_status
-            body["httpErrorMessage"] = _HTTP_MESSAGE.get(op.failure.http_status, "ERROR").upper()
+            body["httpErrorMessage"] = HTTP_MESSAGE.get(op.failure.http_status, "ERROR").upper()
         return body
 
     # ------------------------------------------------------------------------------------------ HTTP
@@ -463,7 +374,7 @@ class GcpComputeFake:
         if fault is not None:
             if fault.status is None:
                 return await self._hang(request)
-            response = google_error(fault.status, _HTTP_MESSAGE.get(fault.status, "injected fault"))
+            response = google_error(fault.status, HTTP_MESSAGE.get(fault.status, "injected fault"))
             if fault.status == 429:
                 response.headers["Retry-After"] = "1"
             return response
@@ -563,7 +474,7 @@ class GcpComputeFake:
                 )
             if kind == "start" and inst.status == "SUSPENDED":
                 return google_error(400, f"Instance '{name}' is suspended: resume it instead.", "badRequest")
-            op = _Operation(
+            op = Operation(
                 name=f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}-{secrets.token_hex(4)}",
                 kind=kind,
                 instance=name,
@@ -574,8 +485,8 @@ class GcpComputeFake:
             )
             self._fail_operation = None
             # Starting a running instance (or stopping a stopped one) is an operation that changes nothing.
-            if inst.status != _EFFECT[kind][1]:
-                inst.status = _EFFECT[kind][0]
+            if inst.status != EFFECT[kind][1]:
+                inst.status = EFFECT[kind][0]
             self._operations[op.name] = op
             self._advance()  # zero delays: DONE at once
             return web.json_response(self._operation_json(op, str(request.url.origin())))
@@ -600,9 +511,9 @@ class GcpComputeFake:
                 return self._instance_not_found(name)
             if fingerprint != inst.label_fingerprint:
                 return google_error(412, "Labels fingerprint either invalid or resource labels have changed", "conditionNotMet")
-            inst.labels, inst.label_fingerprint = labels, _fingerprint()
+            inst.labels, inst.label_fingerprint = labels, new_fingerprint()
             op_name = f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}"
-            op = _Operation(op_name, "setLabels", name, inst.status, pending_for=0.0, running_for=0.0, failure=None)
+            op = Operation(op_name, "setLabels", name, inst.status, pending_for=0.0, running_for=0.0, failure=None)
             self._operations[op.name] = op
             self._advance()
             return web.json_response(self._operation_json(op, str(request.url.origin())))
