@@ -40,24 +40,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import dns.asyncbackend
-import dns.asyncquery
 import dns.asyncresolver
 import dns.exception
 import dns.flags
-import dns.inet
-import dns.message
 import dns.name
 import dns.nameserver
-import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.resolver
-import dns.tsig
-import dns.tsigkeyring
-import dns.update
 
 from hybridops_daemon import cancel
 from hybridops_daemon.drivers import sockets
