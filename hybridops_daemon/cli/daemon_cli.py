@@ -112,8 +112,7 @@ def _run(path: Path, level: str, pretty: bool | None) -> int:
 
 
 def _check_config(path: Path) -> int:
-    from hybridops_daemon.config.loader import check_config
-    from hybridops_daemon.config.sources import PeerSource
+    from hybridops_daemon.config.loader import check_config, warnings
     from hybridops_daemon.drivers.registry import DRIVER_MODULES
 
     config, profiles, errors = check_config(path, DRIVER_MODULES)
@@ -124,24 +123,8 @@ def _check_config(path: Path) -> int:
         return EXIT_INVALID
     lanes = ", ".join(f"{lane} ({profiles[lane].ref})" for lane in config.lanes)
     print(f"{path}: OK — node {config.node}, lanes: {lanes}")
-    if config.peer is not None and config.lease.type == "local":
-        print(
-            f"warning: {path}: lease.type is 'local' but a peer ({config.peer}) is configured: "
-            "two nodes with local leadership cannot prevent split brain"
-        )
-    for source in config.sources:
-        if isinstance(source, PeerSource) and source.auth is None:
-            print(
-                f"warning: {path}: source {source.name!r} has no auth: peer messages are not authenticated, so anyone "
-                "who may publish on the broker can speak for the peer (set auth.key, the same on both edges)"
-            )
-    if config.lease.type == "etcd" and config.lease.plaintext:
-        print(
-            f"warning: {path}: etcd endpoints are http:// ({', '.join(config.lease.endpoints)}): leadership and fencing "
-            "travel unencrypted and unauthenticated"
-            + (", the etcd password too" if config.lease.auth is not None else "")
-            + "; use https:// with lease.tls (client certificates) across any link you do not own"
-        )
+    for warning in warnings(config):
+        print(f"warning: {path}: {warning}")
     return EXIT_OK
 
 

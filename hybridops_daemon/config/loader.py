@@ -26,8 +26,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from hybridops_daemon import limits
-from hybridops_daemon.config.models import DaemonConfig, LaneDrivers
+from hybridops_daemon.config.models import DaemonConfig, EtcdLeaseConfig, LaneDrivers
 from hybridops_daemon.config.profile import Profile, profile_problems
+from hybridops_daemon.config.sources import PeerSource
 
 KeyPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -112,6 +113,47 @@ def check_config(
                     message = f"profile {loaded.ref} is a burst profile: the daemon does not run burst lanes yet (simulate does)"
                     errors.append(parsed.error(("lanes", lane, "profile"), message))
     return config, profiles, errors
+
+
+def warnings(config: DaemonConfig) -> list[str]:
+    """What check-config reports without refusing: configurations that run, but weaken what the lease promises (local
+    leadership with a peer, an unauthenticated peer link, plaintext etcd, a driver deadline over the ttl).
+
+    A driver whose request deadline (also its connections' TCP_USER_TIMEOUT) is not below the etcd lease's ttl can
+    have a request land after this node's leadership ended. A warning, not an error: the fencing check before
+    every step, the stamps and the targets' conditional writes still hold, and the drivers' defaults (hcloud 10s,
+    gcp 30s) predate the bound, so refusing would stop configurations that run today."""
+    found = []
+    if config.peer is not None and config.lease.type == "local":
+        found.append(
+            f"lease.type is 'local' but a peer ({config.peer}) is configured: "
+            "two nodes with local leadership cannot prevent split brain"
+        )
+    for source in config.sources:
+        if isinstance(source, PeerSource) and source.auth is None:
+            found.append(
+                f"source {source.name!r} has no auth: peer messages are not authenticated, so anyone "
+                "who may publish on the broker can speak for the peer (set auth.key, the same on both edges)"
+            )
+    if isinstance(config.lease, EtcdLeaseConfig) and config.lease.plaintext:
+        found.append(
+            f"etcd endpoints are http:// ({', '.join(config.lease.endpoints)}): leadership and fencing "
+            "travel unencrypted and unauthenticated"
+            + (", the etcd password too" if config.lease.auth is not None else "")
+            + "; use https:// with lease.tls (client certificates) across any link you do not own"
+        )
+    if isinstance(config.lease, EtcdLeaseConfig):
+        ttl = config.lease.ttl
+        for lane, settings in config.lanes.items():
+            for name, driver in settings.drivers.configured().items():
+                bound = driver.request_bound()
+                if bound is not None and bound[1] >= ttl:
+                    key, seconds = bound
+                    found.append(
+                        f"lanes.{lane}.drivers.{name}.{key} ({seconds:g}s) is not below lease.ttl ({ttl:g}s): "
+                        "a request this node sent as leader could land after its leadership ended"
+                    )
+    return found
 
 
 def _borrowed_profile(parsed: _Parsed, lane: str, config: DaemonConfig, profile: Profile) -> list[ConfigError]:

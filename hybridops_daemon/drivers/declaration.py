@@ -73,6 +73,12 @@ class DriverConfig(Strict):
         defaults that depend on the node (``state_dir``) or the lane filled in. Most drivers hold no path."""
         return self
 
+    def request_bound(self) -> tuple[str, float] | None:
+        """(key, seconds): the deadline of every request the driver sends, which is also its connections'
+        TCP_USER_TIMEOUT (drivers/sockets.py); None for a driver that opens no connection of its own (the sandbox;
+        the pack drivers, whose tools open theirs)."""
+        return None
+
     def unbound(self, module: str) -> tuple[tuple[str, ...], str] | None:
         """Why this lane's configuration of the driver cannot run ``module`` although the driver supports it, as
         (key path under the driver's section, message); None when it can. Most drivers run all they declare."""

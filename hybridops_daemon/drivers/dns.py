@@ -1,5 +1,5 @@
-"""Two drivers for ``dns/record@v1``: ``powerdns`` (the PowerDNS Authoritative HTTP API) and ``rfc2136``
-(DNS UPDATE, optionally TSIG-signed, to any primary that accepts it).
+"""Two drivers for ``dns/record@v1``: ``powerdns`` (the PowerDNS Authoritative HTTP API, here) and ``rfc2136``
+(DNS UPDATE, optionally TSIG-signed, to any primary that accepts it: ``drivers/rfc2136.py``, on this module's parts).
 
 They differ only in how they change a record. How they prove it is shared, and is the point: check() and
 verify() RESOLVE the name, non-recursively, against every configured authoritative server and compare the
@@ -15,7 +15,11 @@ Fencing: each change also REPLACEs a TXT record beside the name, ``_hyops-fence.
 ``"token=<N> run=<run_id>"`` (the run's fencing token), in the same change as the record (one PATCH of both
 rrsets; one UPDATE message with both), so both land or neither. check() resolves it with the record and refuses
 (``Fenced``) a name stamped with a newer token than the run's; verify() wants the run's own token there. The
-stamp belongs to the name, so records of two types at one name share it.
+stamp belongs to the name, so records of two types at one name share it. The rfc2136 driver's UPDATE is also
+conditional on the stamp it read (an RFC 2136 prerequisite, checked by the server); the PowerDNS API has no such
+precondition (a PATCH takes no If-Match, expected content or serial), so the powerdns driver's write stays
+check-then-write. PowerDNS itself accepts RFC 2136 (``dnsupdate=yes``): the rfc2136 driver pointed at it writes
+conditionally.
 
 Errors, in the shared vocabulary of ``drivers.base``: retryable ``Unavailable`` (5xx, refused connections,
 timeouts, SERVFAIL) and ``RateLimited`` (429); permanent ``CredentialsUnavailable`` (API key or TSIG secret
@@ -27,34 +31,28 @@ use and never formatted.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import ipaddress
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import dns.asyncquery
 import dns.asyncresolver
 import dns.exception
 import dns.flags
-import dns.message
 import dns.name
 import dns.nameserver
-import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 import dns.resolver
-import dns.tsig
-import dns.tsigkeyring
-import dns.update
 
 from hybridops_daemon import cancel
+from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -74,7 +72,7 @@ from hybridops_daemon.drivers.base import (
     secret,
     stamp_mismatch,
 )
-from hybridops_daemon.drivers.declarations.dns import PowerDnsDriverConfig, Rfc2136DriverConfig
+from hybridops_daemon.drivers.declarations.dns import PowerDnsDriverConfig
 from hybridops_daemon.drivers.modules import DnsRecord, inputs_of
 
 MODULE = "dns/record@v1"
@@ -197,14 +195,18 @@ class _Answer:
 def _stamp(answers: Mapping[str, _Answer]) -> int | None:
     """The newest token any server holds at the fence name (a server lagging behind must not hide a newer one);
     None when none holds a parsable one."""
+    return _newest_token(rdata for answer in answers.values() if answer.status == "ok" for rdata in answer.rdatas)
+
+
+def _newest_token(rdatas: Iterable[dns.rdata.Rdata]) -> int | None:
+    """The newest ``token=<N>`` in these fence TXT records; None when none holds a parsable one."""
     tokens = []
-    for answer in answers.values():
-        for rdata in answer.rdatas if answer.status == "ok" else ():
-            text = b"".join(getattr(rdata, "strings", ())).decode(errors="replace")
-            found = _TOKEN.search(text)
-            token = parse_stamp(found.group(1)) if found else None
-            if token is not None:
-                tokens.append(token)
+    for rdata in rdatas:
+        text = b"".join(getattr(rdata, "strings", ())).decode(errors="replace")
+        found = _TOKEN.search(text)
+        token = parse_stamp(found.group(1)) if found else None
+        if token is not None:
+            tokens.append(token)
     return max(tokens, default=None)
 
 
@@ -419,7 +421,7 @@ class PowerDnsDriver(_ResolvingVerifier):
             # arrives, turns the cancel into a TimeoutError and withdraws it (see signals/http_probe.py).
             async with (
                 asyncio.timeout(self._timeout),
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as session,
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(), connector=self._connector()) as session,
                 session.request(method, url, json=body, headers={"X-API-Key": key}, allow_redirects=False) as response,
             ):
                 return response.status, await response.text(errors="replace")
@@ -427,6 +429,10 @@ class PowerDnsDriver(_ResolvingVerifier):
             raise Unavailable(f"PowerDNS API at {self._api} did not answer within {self._timeout:g}s") from None
         except aiohttp.ClientError as exc:
             raise Unavailable(f"PowerDNS API at {self._api} unreachable: {type(exc).__name__}: {exc}") from None
+
+    def _connector(self) -> aiohttp.TCPConnector:
+        """A fresh connector (the session owns and closes it) whose sockets carry TCP_USER_TIMEOUT = ``timeout``."""
+        return aiohttp.TCPConnector(socket_factory=sockets.aiohttp_factory(self._timeout))
 
     def _http_error(self, status: int, error: str, zone: str, what: str) -> DriverError:
         """The error for a non-2xx answer about ``zone``; ``what`` names what was asked for (in a Refused)."""
@@ -453,131 +459,3 @@ def _error_text(text: str, key: str) -> str:
     except ValueError:
         error = text
     return clipped(error.strip(), 300, key, "[redacted]") or "(empty body)"
-
-
-# --------------------------------------------------------------------------------------------- rfc2136
-
-
-class Rfc2136Driver(_ResolvingVerifier):
-    """``dns/record@v1`` by DNS UPDATE (RFC 2136) over TCP, TSIG-signed when ``tsig_name`` is set.
-
-    ``nameservers`` for check/verify default to the update server itself. ``timeout`` bounds every DNS
-    exchange; ``settle`` is how long verify() waits for all nameservers to agree (0: one probe).
-    Keyword-only until the config carries them.
-    """
-
-    name = "rfc2136"
-
-    def __init__(self, config: Rfc2136DriverConfig, *, timeout: float = DEFAULT_TIMEOUT, settle: float = 0.0) -> None:
-        if timeout <= 0 or settle < 0:
-            raise ValueError("timeout must be > 0 and settle >= 0")
-        if (config.tsig_name is None) != (config.tsig_secret is None):
-            raise ValueError("rfc2136: tsig_name and tsig_secret go together (set both or neither)")
-        server = f"[{config.server}]" if ":" in config.server else config.server
-        self._nameservers = tuple(config.nameservers) or (f"{server}:{config.port}",)
-        for entry in self._nameservers:
-            _host_port(entry)
-        try:
-            self._algorithm = dns.name.from_text(config.tsig_algorithm)
-            probe = dns.tsig.Key("probe.", b"\0" * 32, self._algorithm)
-            dns.tsig.get_context(probe)  # type: ignore[no-untyped-call]  # unsupported algorithm: NotImplementedError
-        except (dns.exception.DNSException, NotImplementedError):
-            raise ValueError(f"rfc2136: unsupported TSIG algorithm {config.tsig_algorithm!r}") from None
-        self._config = config
-        self._timeout = timeout
-        self._settle = settle
-
-    def _sign(self, message: dns.message.Message) -> None:
-        """Sign ``message`` with the configured TSIG key (if any); CredentialsUnavailable when the secret is unusable."""
-        config = self._config
-        if config.tsig_name is None or config.tsig_secret is None:
-            return
-        tsig = secret("rfc2136", "rfc2136.tsig_secret", config.tsig_secret)
-        try:
-            keyring = dns.tsigkeyring.from_text({config.tsig_name: tsig})
-        except (binascii.Error, ValueError, dns.exception.DNSException):
-            raise CredentialsUnavailable("rfc2136: the TSIG secret is not valid base64") from None
-        message.use_tsig(keyring, keyname=dns.name.from_text(config.tsig_name), algorithm=self._algorithm)
-
-    def _message(self, want: _Record, fence: dns.rdata.Rdata) -> dns.update.UpdateMessage:
-        message = dns.update.UpdateMessage(want.zone)
-        self._sign(message)
-        message.replace(want.name, want.inputs.ttl, want.rdata)
-        message.replace(want.fence, want.inputs.ttl, fence)  # the stamp, in the same (atomic) update
-        return message
-
-    async def preflight(self, step: StepContext) -> Readiness:
-        """Could the update land now? Read-only, no UPDATE (drivers/dns_preflight.py): a SOA query to the update server,
-        TSIG-signed (the key accepted, the zone served), then one to each nameserver, concurrently, each within
-        ``timeout``. Not ready, naming it, when a server fails; CredentialsUnavailable when the key is rejected."""
-        from hybridops_daemon.drivers import dns_preflight  # it builds on this module's helpers: imported at first use
-
-        return await dns_preflight.rfc2136(self, step)
-
-    async def apply(self, step: StepContext) -> ApplyResult:
-        """Send one UPDATE that replaces the rrset (name, type) with the desired record and TTL, and the fence
-        TXT beside it with the step's stamp.
-
-        Idempotent (delete-rrset + add, twice, in one atomic update: both land or neither). Budget: one TCP
-        exchange within ``timeout``. Raises Unavailable (timeout, connection refused/reset, SERVFAIL), Refused
-        (REFUSED, NOTAUTH, FORMERR and other rcodes), CredentialsUnavailable (TSIG rejected, secret unavailable
-        or not base64), NotFound (NOTZONE).
-        """
-        want = _record(step)
-        fence = _fence_rdata(step)
-        message = self._message(want, fence)
-        response = await self._exchange(message, "DNS UPDATE")
-        where, signed = self._where, self._signed
-        rcode = response.rcode()
-        if rcode == dns.rcode.NOERROR:
-            return ApplyResult(
-                log=(
-                    f"DNS UPDATE to {where}{signed}: zone {want.inputs.zone}. replace {want.describe()}"
-                    f" and {want.fence} TXT {fence.to_text()}",
-                ),
-                outputs=want.outputs(),
-            )
-        text = dns.rcode.to_text(rcode)
-        if rcode in (dns.rcode.REFUSED, dns.rcode.NOTAUTH):
-            raise Refused(f"DNS UPDATE to {where}{signed} for zone {want.inputs.zone}: {text}", code=text)
-        if rcode == dns.rcode.SERVFAIL:
-            raise Unavailable(f"DNS UPDATE to {where}: SERVFAIL", code=text)
-        if rcode == dns.rcode.NOTZONE:
-            raise NotFound(f"DNS UPDATE to {where}: {want.inputs.fqdn} is not in zone {want.inputs.zone} (NOTZONE)", code=text)
-        raise Refused(f"DNS UPDATE to {where}: {text} for {want.describe()}", code=text)
-
-    @property
-    def _where(self) -> str:
-        host, port = self._config.server, self._config.port
-        return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-
-    @property
-    def _signed(self) -> str:
-        return f" (TSIG {self._config.tsig_name})" if self._config.tsig_name else ""
-
-    async def _exchange(self, message: dns.message.Message, what: str) -> dns.message.Message:
-        """Send ``message`` to the server over TCP, one exchange within ``timeout`` (name lookup included), and
-        return the answer, its TSIG verified when signed. Raises Unavailable (timeout, connection refused/reset),
-        CredentialsUnavailable (TSIG rejected) and Refused (an unsigned answer that does not parse)."""
-        where, signed = self._where, self._signed
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        try:
-            address = await _address(self._config.server, self._timeout)
-            remaining = max(0.1, self._timeout - (loop.time() - began))  # one budget, name lookup included
-            response = await dns.asyncquery.tcp(message, address, timeout=remaining, port=self._config.port)
-            cancel.raise_if_cancelled()  # dnspython waits with wait_for: a cancel as the answer came in is lost
-        except (dns.exception.Timeout, TimeoutError):
-            raise Unavailable(f"{what} to {where}: no answer within {self._timeout:g}s") from None
-        except (OSError, EOFError) as exc:
-            raise Unavailable(f"{what} to {where}: {type(exc).__name__}: {exc}") from None
-        except dns.tsig.PeerError as exc:  # the server said BADKEY / BADSIG / BADTIME in a signed answer
-            raise CredentialsUnavailable(f"{what} to {where}{signed}: TSIG rejected ({type(exc).__name__})") from None
-        except (dns.tsig.BadSignature, dns.exception.FormError) as exc:
-            if not signed:
-                raise Refused(f"{what} to {where}: malformed answer ({exc})") from None
-            # A server that rejects our key answers REFUSED/NOTAUTH unsigned; dnspython then refuses to parse it.
-            raise CredentialsUnavailable(
-                f"{what} to {where}{signed}: refused without a valid signature (wrong TSIG key name, secret or algorithm?)"
-            ) from None
-        return response

@@ -36,7 +36,8 @@ from hybridops_daemon.drivers.base import Readiness, Refused, StepContext, Unava
 from hybridops_daemon.drivers.dns import MODULE, _ask, _error_text, _record
 
 if TYPE_CHECKING:  # the drivers import this module when preflight() is first called
-    from hybridops_daemon.drivers.dns import PowerDnsDriver, Rfc2136Driver
+    from hybridops_daemon.drivers.dns import PowerDnsDriver
+    from hybridops_daemon.drivers.rfc2136 import Rfc2136Driver
 
 
 def _subject(step: StepContext) -> tuple[dns.name.Name, str, str]:

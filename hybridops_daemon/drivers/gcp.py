@@ -10,7 +10,15 @@ runner's own retries. The long-running ``start``/``stop`` are called as ``*_unar
 rather than as ``ExtendedOperation``: its ``result()`` polls with ``operations.get`` calls whose per-request
 timeout cannot be set, so a thread could outlive the step by minutes. Cancelling a coroutine here (the runner's
 timeout) abandons the await; the thread's request then ends within ``request_timeout``, and the operation it
-started carries on at Google, which is what ``check()`` on resume is for.
+started carries on at Google, which is what ``check()`` on resume is for. Each client's connections carry
+TCP_USER_TIMEOUT = ``request_timeout`` (drivers/sockets.py, mounted on the REST transport's own session, which
+the SDK offers no way to pass in): a request the kernel could not deliver dies instead of landing after a heal.
+
+Fencing: apply() labels the instance ``hyops-fencing-token`` = the run's fencing token (other labels kept) before it
+starts or stops it, with ``instances.setLabels`` carrying the ``labelFingerprint`` of its read: Google's optimistic
+concurrency, so the stamp is a conditional write (a newer writer's stamp in between: 412 conditionNotMet, reported
+as Fenced). check() and apply() refuse (Fenced) an instance stamped with a newer token than the run's. The start or
+stop that follows the stamp is not conditional: it is checked, not guarded, by the stamp.
 
 Credentials: ``config.credentials`` (a SecretRef) holds a service-account key, either the JSON itself (a file
 reference, or an env var holding the JSON) or, for an env var, the path of the JSON file. It is resolved at
@@ -45,11 +53,13 @@ from google.cloud import compute_v1
 from google.oauth2 import service_account
 from google.protobuf import json_format  # type: ignore[import-untyped]
 
+from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
     CredentialsUnavailable,
     DriverError,
+    Fenced,
     NotFound,
     ProbeResult,
     RateLimited,
@@ -57,12 +67,15 @@ from hybridops_daemon.drivers.base import (
     Refused,
     StepContext,
     Unavailable,
+    parse_stamp,
+    refuse_newer_stamp,
     secret,
 )
 from hybridops_daemon.drivers.declarations.gcp import GcpDriverConfig
 from hybridops_daemon.drivers.modules import ComputeCapacity, inputs_of
 
 MODULE = "compute/capacity@v1"
+FENCING_LABEL = "hyops-fencing-token"  # a valid GCE label key; the value is the decimal fencing token
 SCOPES = ("https://www.googleapis.com/auth/compute",)
 PROBE = "gcp instances.get read-back"
 
@@ -135,8 +148,13 @@ def _status(instance: compute_v1.Instance) -> str:
     return str(instance.status or "UNKNOWN")
 
 
+def _stamp(instance: compute_v1.Instance) -> int | None:
+    return parse_stamp(dict(instance.labels).get(FENCING_LABEL))
+
+
 def _observed(instance: compute_v1.Instance) -> dict[str, Any]:
-    return {"status": _status(instance), "id": str(instance.id), "self_link": instance.self_link}
+    seen = {"status": _status(instance), "id": str(instance.id), "self_link": instance.self_link}
+    return seen | {"fencing_token": _stamp(instance)}
 
 
 def _outputs(inputs: ComputeCapacity, instance: compute_v1.Instance) -> dict[str, Any]:
@@ -160,6 +178,15 @@ def _operation_errors(op: compute_v1.Operation) -> tuple[tuple[str, ...], str]:
     if op.http_error_status_code and op.http_error_status_code >= 400:
         return (str(op.http_error_status_code),), op.http_error_message or "operation failed"
     return (), ""
+
+
+def _rest_session(transport: object) -> requests.Session:
+    """The REST transport's own session: the SDK takes none of ours, so its socket options are set on this one. An SDK
+    that moves it fails every call loudly rather than running unbounded."""
+    session = getattr(transport, "_session", None)
+    if not isinstance(session, requests.Session):
+        raise DriverError(f"gcp: {type(transport).__name__} has no requests session to bound (a google-cloud-compute change?)")
+    return session
 
 
 class GcpDriver:
@@ -187,11 +214,12 @@ class GcpDriver:
         """Is the instance already in the desired state? Read-only and idempotent.
 
         Budget: one ``instances.get`` (≤ request_timeout). A transitional status (STAGING, STOPPING, ...) is not
-        satisfied. Raises NotFound, Refused, CredentialsUnavailable (permanent); RateLimited, Unavailable
-        (retryable).
+        satisfied. Raises Fenced (stamped with a newer token, satisfied or not), NotFound, Refused,
+        CredentialsUnavailable (permanent); RateLimited, Unavailable (retryable).
         """
         inputs = self._inputs(step)
         instance = await self._get(inputs.name)
+        refuse_newer_stamp(f"gcp instance {inputs.name}", _stamp(instance), step)
         satisfied = _status(instance) in TARGET_STATUSES[inputs.state]
         return CheckResult(
             satisfied=satisfied, observed=_observed(instance), outputs=_outputs(inputs, instance) if satisfied else {}
@@ -200,19 +228,21 @@ class GcpDriver:
     async def apply(self, step: StepContext) -> ApplyResult:
         """Bring the instance to ``state``: ``start`` or ``stop``, then wait for the zone operation and the status.
 
-        Idempotent: it reads first and issues no call when the instance is already there; it waits out a
-        transitional status before acting (issuing start/stop then would get 400 resourceNotReady). At most one
-        start/stop per call. Budget: ``operation_timeout`` from the first read (each request ≤ request_timeout).
-        Raises Unavailable (the operation failed or outlasted ``operation_timeout``) and the errors of check();
-        Refused for a SUSPENDED instance asked to run (resuming is not part of this module).
+        Idempotent: it reads first and issues no call when the instance is already there (not even the stamp); it
+        waits out a transitional status before acting (issuing start/stop then would get 400 resourceNotReady). Then
+        the fencing label by setLabels with the read's fingerprint (skipped when it already holds the token), then at
+        most one start/stop. Budget: ``operation_timeout`` from the first read (each request ≤ request_timeout).
+        Raises Fenced (a newer stamp read, or setLabels refused by 412 because one came since), Unavailable (the
+        operation failed or outlasted ``operation_timeout``; labels changed by someone else since the read) and the
+        errors of check(); Refused for a SUSPENDED instance asked to run (resuming is not part of this module).
         """
         inputs = self._inputs(step)
-        return await self._converge(inputs, inputs.state)
+        return await self._converge(inputs, inputs.state, step)
 
     async def verify(self, step: StepContext) -> ProbeResult:
         """A fresh ``instances.get`` (never apply()'s answer): RUNNING for running, TERMINATED/STOPPED for stopped.
 
-        Read-only and idempotent. Budget: one request (≤ request_timeout). Raises the errors of check().
+        Read-only and idempotent. Budget: one request (≤ request_timeout). Raises the errors of check(), but never Fenced.
         """
         inputs = self._inputs(step)
         instance = await self._get(inputs.name)
@@ -231,7 +261,7 @@ class GcpDriver:
         """
         inputs = self._inputs(step)
         opposite = "stopped" if inputs.state == "running" else "running"
-        result = await self._converge(inputs, opposite)
+        result = await self._converge(inputs, opposite, step)
         return ApplyResult(log=tuple(f"compensation: {line}" for line in result.log), outputs=result.outputs)
 
     async def preflight(self, step: StepContext) -> Readiness:
@@ -276,12 +306,13 @@ class GcpDriver:
     def _inputs(step: StepContext) -> ComputeCapacity:
         return inputs_of("gcp", step.module, step.inputs, ComputeCapacity)
 
-    async def _converge(self, inputs: ComputeCapacity, state: str) -> ApplyResult:
+    async def _converge(self, inputs: ComputeCapacity, state: str, step: StepContext) -> ApplyResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.operation_timeout
         targets = TARGET_STATUSES[state]
         verb = _verb(state)
         instance = await self._settled(inputs.name, deadline, f"before {verb}")
+        refuse_newer_stamp(f"gcp instance {inputs.name}", _stamp(instance), step)
         before = _status(instance)
         if before in targets:
             return ApplyResult(
@@ -290,18 +321,13 @@ class GcpDriver:
         if verb == "start" and before == "SUSPENDED":
             raise Refused(_suspended(inputs.name))
 
+        stamped = await self._stamp(instance, step, deadline)
         clients = await self._client()
         call = clients.instances.start_unary if verb == "start" else clients.instances.stop_unary
         started = time.monotonic()
         op = await self._call(f"instances.{verb} {inputs.name}", call, instance=inputs.name)
         op = await self._wait(op, deadline)
-        codes, description = _operation_errors(op)
-        if codes:
-            status = op.http_error_status_code or None
-            raise Unavailable(
-                f"gcp {verb} {inputs.name}: operation {op.name} failed: {description}"[:500],
-                details={"codes": codes, "http_status": status},
-            )
+        self._raise_failed(op, f"gcp {verb} {inputs.name}")
         # DONE normally means the status is there already; a read-back that still shows it settling gets the rest of the budget.
         instance = await self._settled(inputs.name, deadline, f"after {verb}")
         after = _status(instance)
@@ -309,9 +335,48 @@ class GcpDriver:
             raise DriverError(f"gcp: instance {inputs.name} is {after} although operation {op.name} ({verb}) is DONE")
         took = time.monotonic() - started
         return ApplyResult(
-            log=(f"instance {inputs.name}: {before} → {after} (operation {op.name} {verb} DONE in {took:.1f}s)",),
+            log=(f"instance {inputs.name}: {stamped}; {before} → {after} (operation {op.name} {verb} DONE in {took:.1f}s)",),
             outputs=_outputs(inputs, instance),  # the same shape as check()'s, so later steps need not care which ran
         )
+
+    async def _stamp(self, instance: compute_v1.Instance, step: StepContext, deadline: float) -> str:
+        """Label ``instance`` with the step's fencing token, before acting on it (as hcloud does: stamped but not acted
+        on is harmless, acted on but unstamped is not). Conditional: setLabels carries the label fingerprint of the
+        read, so a newer writer's stamp in between makes Google refuse it (412 conditionNotMet). Returns the log line."""
+        labels, token = dict(instance.labels), str(step.fencing_token)
+        if labels.get(FENCING_LABEL) == token:
+            return f"already stamped with fencing token {token}"
+        name, clients = instance.name, await self._client()
+        request = compute_v1.InstancesSetLabelsRequest(
+            labels={**labels, FENCING_LABEL: token}, label_fingerprint=instance.label_fingerprint
+        )
+        try:
+            op = await self._call(
+                f"instances.setLabels {name}", clients.instances.set_labels_unary, instance=name,
+                instances_set_labels_request_resource=request,
+            )  # fmt: skip
+        except Refused as exc:
+            if exc.code != 412:
+                raise
+            # Changed since our read: fenced when the change is a newer stamp; otherwise (someone else's label) retry.
+            stamp = _stamp(await self._get(name))
+            if stamp is not None and stamp > step.fencing_token:
+                raise Fenced(
+                    f"fenced: gcp setLabels on instance {name} refused (412 conditionNotMet): it was stamped with fencing "
+                    f"token {stamp} since this attempt read it, newer than this run's {step.fencing_token}; not retried",
+                    code=412,
+                ) from None
+            raise Unavailable(f"gcp instance {name}: its labels changed since this attempt read them (412); read again") from None
+        self._raise_failed(await self._wait(op, deadline), f"gcp setLabels {name}")
+        return f"stamped fencing token {token} (label {FENCING_LABEL}, was {labels.get(FENCING_LABEL) or 'none'})"
+
+    @staticmethod
+    def _raise_failed(op: compute_v1.Operation, what: str) -> None:
+        codes, description = _operation_errors(op)
+        if codes:
+            status = op.http_error_status_code or None
+            details = {"codes": codes, "http_status": status}
+            raise Unavailable(f"{what}: operation {op.name} failed: {description}"[:500], details=details)
 
     async def _settled(self, name: str, deadline: float, when: str) -> compute_v1.Instance:
         """The instance once its status is not transitional; Unavailable past ``deadline``."""
@@ -387,10 +452,12 @@ class GcpDriver:
                 credentials = self._credentials()
                 options = {"api_endpoint": self._config.endpoint} if self._config.endpoint else None
                 try:
-                    self._clients = _Clients(
-                        compute_v1.InstancesClient(transport="rest", client_options=options, credentials=credentials),
-                        compute_v1.ZoneOperationsClient(transport="rest", client_options=options, credentials=credentials),
-                    )
+                    rest: dict[str, Any] = {"transport": "rest", "client_options": options, "credentials": credentials}
+                    instances = compute_v1.InstancesClient(**rest)
+                    operations = compute_v1.ZoneOperationsClient(**rest)
+                    for client in (instances, operations):
+                        sockets.mount(_rest_session(client.transport), self._request_timeout)
+                    self._clients = _Clients(instances, operations)
                 except auth_exceptions.DefaultCredentialsError:
                     raise CredentialsUnavailable(
                         "gcp: no credentials configured and no Application Default Credentials found"

@@ -12,14 +12,17 @@ every call (a rotated token is picked up) and never appears in a message, an out
 
 Threads and time: the SDK is blocking (requests), so each operation runs in a worker thread, and every HTTP
 request has its own client-side timeout (``request_timeout``). A caller's ``asyncio.timeout`` abandons the
-await at once; the thread then ends by itself within the bounds given per method below, never later.
+await at once; the thread then ends by itself within the bounds given per method below, never later. Every
+connection carries TCP_USER_TIMEOUT = ``request_timeout`` (drivers/sockets.py): a request the kernel could not
+deliver in that time dies with its connection instead of landing after a partition heals.
 
 SDK retries: hcloud 2.27 retries ``rate_limit_exceeded``, ``conflict``, 502/504 and client-side timeouts by
 itself, up to 5 times with exponential backoff (about 30 s in all). That would hide a 429 from the journal,
 outlast a step's timeout and leave a thread sleeping after its caller gave up, so this driver turns it off and
 lets the chain runner retry, with its journaled backoff. hcloud exposes no public setting for that, nor the
-response headers (where ``RateLimit-Reset`` lives), so both are set on the client's base object
-(``client._client``): an SDK upgrade that moves them fails every call loudly instead of silently retrying.
+response headers (where ``RateLimit-Reset`` lives), nor the session's socket options, so all three are set
+on the client's base object (``client._client``): an SDK upgrade that moves them fails every call loudly instead
+of silently retrying.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from hcloud.actions import ActionFailedException, ActionTimeoutException
 from hcloud.floating_ips import BoundFloatingIP
 from hcloud.servers import BoundServer
 
+from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -432,9 +436,10 @@ class HcloudDriver:
             poll_max_retries=self._poll_max_retries,
             timeout=(min(5.0, self._request_timeout), self._request_timeout),
         )
-        base = client._client  # no public knob for these two in hcloud 2.27: see the module docstring
+        base = client._client  # no public knob for these three in hcloud 2.27: see the module docstring
         base._retry_max_retries = 0
         base._session.hooks["response"].append(self._remember_rate_limit)
+        sockets.mount(base._session, self._request_timeout)
         return client
 
     def _remember_rate_limit(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:

@@ -6,9 +6,11 @@ id in the description, so the record says which run last claimed the address). O
 
 pynetbox is blocking: every operation runs in a worker thread (``asyncio.to_thread``) on a fresh ``requests``
 session whose every request carries ``config.timeout`` (connect and read), so a thread gives up on a silent
-NetBox by itself instead of lingering past the runner's step timeout. The token (a SecretRef in the config)
-is resolved at each use; pynetbox sends a v2 token (``nbt_<key>.<secret>``) as ``Authorization: Bearer ...``
-and a legacy v1 token as ``Token ...``. No message this module raises or returns contains the token.
+NetBox by itself instead of lingering past the runner's step timeout; its connections carry TCP_USER_TIMEOUT =
+``config.timeout`` (drivers/sockets.py), so a write the kernel could not deliver dies instead of landing late.
+The token (a SecretRef in the config) is resolved at each use; pynetbox sends a v2 token (``nbt_<key>.<secret>``)
+as ``Authorization: Bearer ...`` and a legacy v1 token as ``Token ...``. No message this module raises or
+returns contains the token.
 
 Fencing: the run's fencing token goes into the integer custom field ``hyops_fencing_token`` of the address, in
 the same POST or PATCH as the change. check() and apply() refuse (``Fenced``) an address stamped with a newer
@@ -29,6 +31,7 @@ import pynetbox  # type: ignore[import-untyped]
 import requests
 from pynetbox.core.query import Request  # type: ignore[import-untyped]
 
+from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -391,7 +394,7 @@ class NetboxDriver:
 
         def run() -> T:
             token = secret("netbox", "netbox.token", self._config.token)
-            session = _TimeoutSession(self._config.timeout)
+            session = sockets.mount(_TimeoutSession(self._config.timeout), self._config.timeout)
             api = pynetbox.api(self._url, token=token)
             api.http_session = session
             try:

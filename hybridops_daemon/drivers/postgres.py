@@ -14,7 +14,14 @@ must not trust a connection opened before the world changed), autocommit, and ev
 connect by ``connect_timeout`` (asyncio-side, since libpq rounds its own up to 2 s), each statement by
 ``connect_timeout`` too (they are all trivial), ``pg_promote`` by ``promote_timeout`` plus that. On
 cancellation psycopg sends the server a cancel request and waits up to 5 s for it, so a cancelled call may
-take that long to unwind; no thread lingers.
+take that long to unwind; no thread lingers. Every connection carries libpq's ``tcp_user_timeout`` =
+``connect_timeout`` (TCP_USER_TIMEOUT, drivers/sockets.py): a statement the kernel could not deliver in that time
+dies with its connection instead of reaching the server after a partition heals. ``pg_promote``'s longer wait is
+the server's: the statement itself is sent at once.
+
+Fencing: apply() records the run's fencing token in a fence table on the promoted primary (a conditional write
+that never lowers it) and, before promoting, refuses when the target's or another reachable site's fence table holds
+a newer token (see drivers/postgres_fence.py); check() refuses a target whose fence is newer than the run's token.
 
 The password is resolved at each connect and handed to libpq as a keyword, never put into a DSN; error
 messages name ``cluster/site host:port``, never the DSN, and are scrubbed of the password regardless.
@@ -37,6 +44,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from hybridops_daemon.drivers import postgres_fence as fence
+from hybridops_daemon.drivers import sockets
 from hybridops_daemon.drivers.base import (
     ApplyResult,
     CheckResult,
@@ -49,6 +58,7 @@ from hybridops_daemon.drivers.base import (
     Refused,
     StepContext,
     Unavailable,
+    refuse_newer_stamp,
     secret,
 )
 from hybridops_daemon.drivers.declarations.postgres import PostgresDriverConfig, PostgresSite
@@ -165,6 +175,7 @@ class PeerState:
     status: Literal["down", "replica", "primary", "unknown"]
     lsn: str | None = None
     detail: str = ""
+    fence: int | None = None  # the newest token in its fence table (postgres_fence.py)
 
 
 # --------------------------------------------------------------------------------------------- the driver
@@ -204,25 +215,31 @@ class PostgresDriver:
     async def check(self, step: StepContext) -> CheckResult:
         """Is the target site already a primary (``pg_is_in_recovery()`` false)? Read-only and idempotent.
 
-        Looks at the target only: a second writable site is apply()'s concern (its split-brain guard).
-        Budget: one connect (``connect_timeout``) and one statement (``connect_timeout``).
-        Raises Unavailable (retryable), CredentialsUnavailable (password unreadable or rejected), NotFound
+        Looks at the target only: a second writable site is apply()'s concern (its split-brain guard). Its fence
+        table (replicated, on a replica) holding a newer token than the step's raises Fenced, satisfied or not.
+        Budget: one connect (``connect_timeout``) and up to three statements (``connect_timeout`` each).
+        Raises Fenced, Unavailable (retryable), CredentialsUnavailable (password unreadable or rejected), NotFound
         (cluster or site not configured), Refused (permission denied, bad inputs).
         """
         inputs, _guards = parse_inputs(step)
         async with self._connect(inputs.cluster, inputs.primary) as (conn, where):
             state = await self._state(conn, where)
+            stamp = await self._fence(conn, where)
+        refuse_newer_stamp(f"postgres {inputs.cluster}/{inputs.primary}", stamp, step)
         satisfied = not state.in_recovery
         return CheckResult(
             satisfied=satisfied,
-            observed=state.observed(),
+            observed=state.observed() | {"fencing_token": stamp},
             outputs=state.outputs(inputs.cluster, inputs.primary) if satisfied else {},
         )
 
     async def apply(self, step: StepContext) -> ApplyResult:
         """Promote the target replica with ``pg_promote(wait => true)`` unless a guard refuses.
 
-        Idempotent: a target that already is a primary is left alone (pg_promote is not called). Guards,
+        Idempotent: a target that already is a primary is not promoted again (only its fence gets the step's token,
+        unless it holds a newer one: Fenced). Fencing first: the target's or a reachable peer's fence table holding
+        a newer token than the step's raises Fenced, whatever ``force`` says. After the promotion the fence table
+        of the new primary gets the step's token. Guards,
         both overridden by ``force`` (and then named in the log), each a Refused: another site reachable and
         writable, or reachable but of unknown role (split-brain risk, ``details["sites"]``); replay lag
         (received-but-not-replayed on the replica, and the old primary's current LSN minus the replica's replay
@@ -241,9 +258,14 @@ class PostgresDriver:
             before = await self._state(conn, where)
             if not before.in_recovery:
                 note = f"{where} already is a primary (timeline {before.timeline}, LSN {before.lsn}): pg_promote not called"
-                return ApplyResult(log=(note,), outputs=before.outputs(cluster, target))
+                fenced = await self._write_fence(conn, where, target, step)  # ours, or Fenced: a newer leader's
+                return ApplyResult(log=(note, fenced), outputs=before.outputs(cluster, target))
 
             peers = await self._peers(cluster, target)
+            fences = {target: await self._fence(conn, where)} | {p.site: p.fence for p in peers}
+            newest = max(((token, site) for site, token in fences.items() if token is not None), default=None)
+            if newest is not None:  # a newer leader promoted there: refused even with force
+                refuse_newer_stamp(f"postgres {cluster}/{newest[1]} (its fence table)", newest[0], step)
             log = [
                 f"{where} is a replica: received {before.receive_lsn}, replayed {before.replay_lsn}, "
                 f"{_bytes(before.receive_lag_bytes)} received but not replayed",
@@ -269,6 +291,7 @@ class PostgresDriver:
                 f"{where} {how} in {time.monotonic() - began:.2f}s: timeline {before.timeline} → {after.timeline}, "
                 f"writing at LSN {after.lsn}"
             )
+            log.append(await self._write_fence(conn, where, target, step))
         return ApplyResult(log=tuple(log), outputs=after.outputs(cluster, target))
 
     async def verify(self, step: StepContext) -> ProbeResult:
@@ -374,6 +397,7 @@ class PostgresDriver:
         try:
             async with self._connect(cluster, name) as (conn, where):
                 state = await self._state(conn, where)
+                fence = await self._fence(conn, where)
         except Unavailable as exc:
             # A server that answers "starting up" (crash recovery) may be writable a moment later: not down.
             if exc.code == SERVER_ANSWERED and "shutting down" not in str(exc):
@@ -381,7 +405,31 @@ class PostgresDriver:
             return PeerState(name, "down", detail=str(exc))
         except DriverError as exc:  # it answers, but we cannot tell its role: not the same as down
             return PeerState(name, "unknown", detail=str(exc))
-        return PeerState(name, "replica") if state.in_recovery else PeerState(name, "primary", lsn=state.lsn)
+        if state.in_recovery:
+            return PeerState(name, "replica", fence=fence)
+        return PeerState(name, "primary", lsn=state.lsn, fence=fence)
+
+    async def _fence(self, conn: Connection, where: str) -> int | None:
+        """The newest token in the site's fence table; None when it has none."""
+        if not (await self._one(conn, where, fence.EXISTS_SQL))[0]:
+            return None
+        token = (await self._one(conn, where, fence.READ_SQL))[0]
+        return None if token is None else int(token)
+
+    async def _write_fence(self, conn: Connection, where: str, site: str, step: StepContext) -> str:
+        """Record the step's token in the fence table of the (new) primary, never lowering it: Fenced when a newer one
+        is there. Returns the log line."""
+        try:
+            async with self._bounded(where, "fence write"), conn.transaction():
+                await conn.execute(fence.CREATE_SQL)
+                cursor = await conn.execute(fence.WRITE_SQL, (step.fencing_token, site, step.run_id))
+                written = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise self._query_error(where, exc) from None
+        if written is None:
+            refuse_newer_stamp(f"{where} (its fence table)", await self._fence(conn, where), step)
+            raise DriverError(f"{where}: the fence write changed nothing, yet holds no newer token")
+        return f"{where}: fence table {fence.TABLE} holds fencing token {step.fencing_token} (run {step.run_id})"
 
     async def _promote(self, conn: Connection, where: str) -> bool:
         """True when our pg_promote did it; False when the server turned out promoted already (by someone else)."""
@@ -436,7 +484,11 @@ class PostgresDriver:
         try:
             async with asyncio.timeout(timeout):
                 conn = await psycopg.AsyncConnection.connect(
-                    site.dsn, autocommit=True, connect_timeout=max(2, math.ceil(timeout)), **extra
+                    site.dsn,
+                    autocommit=True,
+                    connect_timeout=max(2, math.ceil(timeout)),
+                    tcp_user_timeout=sockets.user_timeout_ms(timeout),
+                    **extra,
                 )
         except TimeoutError:
             raise Unavailable(f"{where}: no answer within {timeout:g}s") from None

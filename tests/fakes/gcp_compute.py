@@ -15,6 +15,10 @@ Modelled on the public API reference:
 - Errors have Google's JSON shape ``{"error": {"code", "message", "errors": [{"message", "domain", "reason"}]}}``.
 - Operation and instance ``id`` are numeric (uint64, sent as a JSON string like Google does): the SDK's
   protobuf parser rejects anything else.
+- Instances carry ``labels`` and a ``labelFingerprint`` (GET shows both); ``setLabels`` replaces the labels only
+  when sent the current fingerprint, else 412 ``conditionNotMet`` (the reference: "You must always provide an
+  up-to-date fingerprint hash when updating or changing labels, otherwise the request will fail with error 412
+  conditionNotMet"), and answers with an operation that is DONE at once.
 - ``instances/{resource}/testIamPermissions`` answers which of the asked permissions the caller holds (all of
   ``PERMISSIONS`` but those revoked with ``revoke_permissions``); a revoked one also gets its request a 403.
 - Without ``require_auth`` any caller is let in (the SDK sends no Authorization header with anonymous
@@ -23,9 +27,10 @@ Modelled on the public API reference:
 
 Test knobs (thread-safe, from Python or over HTTP under ``/_fake/``): operation delays, fail the next operation,
 answer the next N API requests with 429/503, hang the next API request until its client gives up (counted in
-``abandoned``), call counts per (method, path template), and tampering with an instance's status behind the
-SDK's back. ``GcpComputeFake.start()`` serves from a background thread with its own event loop on a free
-loopback port; ``python -m tests.fakes.gcp_compute --port N`` serves in the foreground.
+``abandoned``), hold the next one until released (then serve it: a request delayed in the network), call counts
+per (method, path template), and tampering with an instance's status or labels behind the SDK's back.
+``GcpComputeFake.start()`` serves from a background thread with its own event loop on a free loopback port;
+``python -m tests.fakes.gcp_compute --port N`` serves in the foreground.
 """
 
 from __future__ import annotations
@@ -36,116 +41,42 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
-ZONE_PATH = "/compute/v1/projects/{project}/zones/{zone}"
-INSTANCE = ZONE_PATH + "/instances/{instance}"
-START = INSTANCE + "/start"
-STOP = INSTANCE + "/stop"
-OPERATION = ZONE_PATH + "/operations/{operation}"
-OPERATION_WAIT = OPERATION + "/wait"
-TEST_PERMISSIONS = ZONE_PATH + "/instances/{resource}/testIamPermissions"
-# POSTs that change nothing: what mutating_calls() leaves out.
-READ_ONLY_POSTS = frozenset({OPERATION_WAIT, TEST_PERMISSIONS})
-# The permissions an instance's testIamPermissions knows of (the caller has them all unless revoked).
-PERMISSIONS = frozenset({"compute.instances.get", "compute.instances.start", "compute.instances.stop"})
-
-DEFAULT_PROJECT = "dr-project"
-DEFAULT_ZONE = "europe-west3-a"
-DEFAULT_INSTANCES: Mapping[str, str] = {"cloud-standby": "TERMINATED", "drill-standby": "TERMINATED"}
-
-# Instance statuses from the API reference. STOPPED is not one GCE reports today, but clients must tolerate it.
-TRANSITIONAL = frozenset({"PROVISIONING", "STAGING", "STOPPING", "SUSPENDING", "REPAIRING"})
-STATUSES = TRANSITIONAL | {"RUNNING", "TERMINATED", "STOPPED", "SUSPENDED"}
-# operationType → (status while the operation runs, status once it is DONE)
-_EFFECT = {"start": ("STAGING", "RUNNING"), "stop": ("STOPPING", "TERMINATED")}
-_HTTP_REASON = {
-    400: "badRequest",
-    401: "required",
-    403: "forbidden",
-    404: "notFound",
-    429: "rateLimitExceeded",
-    500: "backendError",
-    503: "backendError",
-}
-_HTTP_MESSAGE = {429: "Rate Limit Exceeded", 500: "Internal Error", 503: "The service is currently unavailable."}
+from tests.fakes.gcp_model import (
+    DEFAULT_INSTANCES,
+    DEFAULT_PROJECT,
+    DEFAULT_ZONE,
+    EFFECT,
+    HTTP_MESSAGE,
+    INSTANCE,
+    LABEL_KEY,
+    LABEL_VALUE,
+    OPERATION,
+    OPERATION_WAIT,
+    PERMISSIONS,
+    READ_ONLY_POSTS,
+    SET_LABELS,
+    START,
+    STATUSES,
+    STOP,
+    TEST_PERMISSIONS,
+    TRANSITIONAL,
+    ZONE_PATH,
+    Failure,
+    Fault,
+    Instance,
+    Operation,
+    google_error,
+    new_fingerprint,
+    now_rfc3339,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _id() -> int:
-    return secrets.randbits(62) | (1 << 61)  # 19 digits, like Google's
-
-
-def google_error(status: int, message: str, reason: str | None = None, domain: str = "global") -> web.Response:
-    """An error in the JSON shape Google APIs use (what ``google.api_core.exceptions.from_http_response`` reads)."""
-    reason = reason or _HTTP_REASON.get(status, "error")
-    body = {"error": {"code": status, "message": message, "errors": [{"message": message, "domain": domain, "reason": reason}]}}
-    return web.json_response(body, status=status)
-
-
-@dataclass
-class _Instance:
-    name: str
-    status: str
-    id: int = field(default_factory=_id)
-    created: str = field(default_factory=_now_rfc3339)
-    last_start: str | None = None
-    last_stop: str | None = None
-
-
-@dataclass
-class _Failure:
-    code: str
-    message: str
-    http_status: int
-
-
-@dataclass(frozen=True)
-class _Fault:
-    status: int | None  # None: hang
-    method: str | None
-    template: str | None
-
-    def matches(self, method: str, template: str) -> bool:
-        return self.method in (None, method) and self.template in (None, template)
-
-
-@dataclass
-class _Operation:
-    name: str
-    kind: str  # operationType: start | stop
-    instance: str
-    from_status: str  # the instance's status before: where a failed operation leaves it
-    pending_for: float
-    running_for: float
-    failure: _Failure | None
-    id: int = field(default_factory=_id)
-    created: float = field(default_factory=time.monotonic)
-    insert_time: str = field(default_factory=_now_rfc3339)
-    start_time: str | None = None
-    end_time: str | None = None
-    history: list[str] = field(default_factory=lambda: ["PENDING"])  # every status it went through, in order
-
-    def phase(self, now: float) -> str:
-        elapsed = now - self.created
-        if elapsed < self.pending_for:
-            return "PENDING"
-        return "RUNNING" if elapsed < self.pending_for + self.running_for else "DONE"
-
-    @property
-    def status(self) -> str:
-        return self.history[-1]
 
 
 class GcpComputeFake:
@@ -182,17 +113,19 @@ class GcpComputeFake:
     def reset(self) -> None:
         """Back to the seeded instances, default delays, no faults, no operations, zero counts; auth off."""
         with self._lock:
-            self._instances = {name: _Instance(name, status) for name, status in self._seed.items()}
-            self._operations: dict[str, _Operation] = {}
+            self._instances = {name: Instance(name, status) for name, status in self._seed.items()}
+            self._operations: dict[str, Operation] = {}
             self._calls: dict[tuple[str, str], int] = {}
             self.pending_for, self.running_for, self.wait_max = self._defaults
-            self._fail_operation: _Failure | None = None
-            self._faults: list[_Fault] = []  # armed request faults, oldest first
+            self._fail_operation: Failure | None = None
+            self._faults: list[Fault] = []  # armed request faults, oldest first
             self.abandoned = 0  # hung requests whose client went away (a client-side timeout at work)
             self._tokens: frozenset[str] | None = None
             self._keys: dict[str, str] = {}
             self._denied: frozenset[str] = frozenset()
             self._revoked: frozenset[str] = frozenset()
+            self.held = 0  # requests held by hold_next_request so far
+            self._release = threading.Event()
 
     @property
     def endpoint(self) -> str:
@@ -208,7 +141,7 @@ class GcpComputeFake:
             if instance in self._instances:
                 self._instances[instance].status = status
             else:
-                self._instances[instance] = _Instance(instance, status)
+                self._instances[instance] = Instance(instance, status)
 
     def delete_instance(self, instance: str) -> None:
         with self._lock:
@@ -232,18 +165,38 @@ class GcpComputeFake:
     ) -> None:
         """The next operation ends DONE with ``error.errors[0].code == code``; the instance stays as it was."""
         with self._lock:
-            self._fail_operation = _Failure(code, message, http_status)
+            self._fail_operation = Failure(code, message, http_status)
 
     def fail_next_requests(self, count: int, status: int = 503, method: str | None = None, template: str | None = None) -> None:
         """Answer the next ``count`` API requests (only those matching ``method``/``template`` when given, e.g.
         ``"POST", START``) with ``status`` in Google's error shape; 429 carries ``Retry-After``."""
         with self._lock:
-            self._faults.extend(_Fault(status, method and method.upper(), template) for _ in range(count))
+            self._faults.extend(Fault(status, method and method.upper(), template) for _ in range(count))
 
     def hang_next_request(self, count: int = 1, method: str | None = None, template: str | None = None) -> None:
         """The next ``count`` (matching) API requests get no answer until their client disconnects or the fake stops."""
         with self._lock:
-            self._faults.extend(_Fault(None, method and method.upper(), template) for _ in range(count))
+            self._faults.extend(Fault(None, method and method.upper(), template) for _ in range(count))
+
+    def hold_next_request(self, method: str | None = None, template: str | None = None) -> None:
+        """The next (matching) API request is held, unanswered and not yet acted on, until ``release_held()``; then
+        it is served as usual, as a request delayed in the network would be (``held`` counts those caught)."""
+        with self._lock:
+            self._release.clear()
+            self._faults.append(Fault(None, method and method.upper(), template, held=True))
+
+    def release_held(self) -> None:
+        self._release.set()
+
+    def labels(self, instance: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._instances[instance].labels)
+
+    def set_labels(self, instance: str, labels: Mapping[str, str]) -> None:
+        """Tamper: replace an instance's labels behind the SDK's back (its fingerprint changes, as with setLabels)."""
+        with self._lock:
+            self._instances[instance].labels = dict(labels)
+            self._instances[instance].label_fingerprint = new_fingerprint()
 
     def require_auth(
         self, tokens: Iterable[str] = (), service_accounts: Mapping[str, str] | None = None, denied: Iterable[str] = ()
@@ -274,7 +227,7 @@ class GcpComputeFake:
             return sum(
                 1
                 for op in self._operations.values()
-                if op.kind == kind and op.failure is None and op.from_status != _EFFECT[kind][1]
+                if op.kind == kind and op.failure is None and op.from_status != EFFECT[kind][1]
             )
 
     def call_counts(self) -> dict[tuple[str, str], int]:
@@ -286,11 +239,16 @@ class GcpComputeFake:
         with self._lock:
             return {key: n for key, n in self._calls.items() if key[0] != "GET" and key[1] not in READ_ONLY_POSTS}
 
-    def operations(self) -> list[dict[str, Any]]:
-        """Every operation so far, oldest first, with the statuses it went through (``history``)."""
+    def operations(self, *kinds: str) -> list[dict[str, Any]]:
+        """Every operation so far (of ``kinds`` only, e.g. "start", "stop", when given), oldest first, with the statuses
+        it went through (``history``)."""
         with self._lock:
             self._advance()
-            return [self._operation_json(op, self.endpoint) | {"history": list(op.history)} for op in self._operations.values()]
+            return [
+                self._operation_json(op, self.endpoint) | {"history": list(op.history)}
+                for op in self._operations.values()
+                if not kinds or op.kind in kinds
+            ]
 
     def instances(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -310,17 +268,17 @@ class GcpComputeFake:
                 continue
             if op.status == "PENDING":
                 op.history.append("RUNNING")
-                op.start_time = _now_rfc3339()
+                op.start_time = now_rfc3339()
             if phase == "DONE":
                 op.history.append("DONE")
-                op.end_time = _now_rfc3339()
+                op.end_time = now_rfc3339()
                 instance = self._instances.get(op.instance)
-                if instance is None:
+                if instance is None or op.kind not in EFFECT:
                     continue
                 if op.failure is not None:
                     instance.status = op.from_status
                     continue
-                instance.status = _EFFECT[op.kind][1]
+                instance.status = EFFECT[op.kind][1]
                 if op.kind == "start":
                     instance.last_start = op.end_time
                 else:
@@ -329,7 +287,7 @@ class GcpComputeFake:
     def _zone_url(self, origin: str) -> str:
         return origin + ZONE_PATH.format(project=self.project, zone=self.zone)
 
-    def _instance_json(self, inst: _Instance, origin: str) -> dict[str, Any]:
+    def _instance_json(self, inst: Instance, origin: str) -> dict[str, Any]:
         zone_url = self._zone_url(origin)
         body: dict[str, Any] = {
             "kind": "compute#instance",
@@ -340,14 +298,17 @@ class GcpComputeFake:
             "status": inst.status,
             "creationTimestamp": inst.created,
             "selfLink": f"{zone_url}/instances/{inst.name}",
+            "labelFingerprint": inst.label_fingerprint,
         }
+        if inst.labels:
+            body["labels"] = dict(inst.labels)
         if inst.last_start:
             body["lastStartTimestamp"] = inst.last_start
         if inst.last_stop:
             body["lastStopTimestamp"] = inst.last_stop
         return body
 
-    def _operation_json(self, op: _Operation, origin: str) -> dict[str, Any]:
+    def _operation_json(self, op: Operation, origin: str) -> dict[str, Any]:
         zone_url = self._zone_url(origin)
         instance = self._instances.get(op.instance)
         body: dict[str, Any] = {
@@ -372,7 +333,7 @@ class GcpComputeFake:
         if op.status == "DONE" and op.failure is not None:
             body["error"] = {"errors": [{"code": op.failure.code, "message": op.failure.message}]}
             body["httpErrorStatusCode"] = op.failure.http_status
-            body["httpErrorMessage"] = _HTTP_MESSAGE.get(op.failure.http_status, "ERROR").upper()
+            body["httpErrorMessage"] = HTTP_MESSAGE.get(op.failure.http_status, "ERROR").upper()
         return body
 
     # ------------------------------------------------------------------------------------------ HTTP
@@ -382,6 +343,7 @@ class GcpComputeFake:
         app.router.add_get(INSTANCE, self._get_instance)
         app.router.add_post(START, self._start_or_stop)
         app.router.add_post(STOP, self._start_or_stop)
+        app.router.add_post(SET_LABELS, self._set_labels)
         app.router.add_post(TEST_PERMISSIONS, self._test_permissions)
         app.router.add_get(OPERATION, self._get_operation)
         app.router.add_post(OPERATION_WAIT, self._wait_operation)
@@ -404,10 +366,15 @@ class GcpComputeFake:
             fault = next((f for f in self._faults if f.matches(request.method, template)), None)
             if fault is not None:
                 self._faults.remove(fault)
+        if fault is not None and fault.held:
+            with self._lock:
+                self.held += 1
+            await asyncio.to_thread(self._release.wait, 60.0)  # stop() releases it too
+            fault = None  # then served as usual
         if fault is not None:
             if fault.status is None:
                 return await self._hang(request)
-            response = google_error(fault.status, _HTTP_MESSAGE.get(fault.status, "injected fault"))
+            response = google_error(fault.status, HTTP_MESSAGE.get(fault.status, "injected fault"))
             if fault.status == 429:
                 response.headers["Retry-After"] = "1"
             return response
@@ -507,7 +474,7 @@ class GcpComputeFake:
                 )
             if kind == "start" and inst.status == "SUSPENDED":
                 return google_error(400, f"Instance '{name}' is suspended: resume it instead.", "badRequest")
-            op = _Operation(
+            op = Operation(
                 name=f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}-{secrets.token_hex(4)}",
                 kind=kind,
                 instance=name,
@@ -518,10 +485,37 @@ class GcpComputeFake:
             )
             self._fail_operation = None
             # Starting a running instance (or stopping a stopped one) is an operation that changes nothing.
-            if inst.status != _EFFECT[kind][1]:
-                inst.status = _EFFECT[kind][0]
+            if inst.status != EFFECT[kind][1]:
+                inst.status = EFFECT[kind][0]
             self._operations[op.name] = op
             self._advance()  # zero delays: DONE at once
+            return web.json_response(self._operation_json(op, str(request.url.origin())))
+
+    async def _set_labels(self, request: web.Request) -> web.Response:
+        """``setLabels``: the labels replace the instance's, only if ``labelFingerprint`` is the current one (else 412
+        conditionNotMet, as the API reference says); the operation is DONE at once."""
+        name = request.match_info["instance"]
+        try:
+            body = await request.json()
+            labels, fingerprint = dict(body.get("labels") or {}), body.get("labelFingerprint")
+        except (ValueError, TypeError, AttributeError):
+            return google_error(400, "Invalid JSON payload received.", "parseError")
+        bad = [k for k, v in labels.items() if not LABEL_KEY.fullmatch(str(k)) or not LABEL_VALUE.fullmatch(str(v))]
+        if bad or len(labels) > 64:
+            return google_error(400, f"Invalid value for field 'resource.labels': {bad or len(labels)}", "invalid")
+        with self._lock:
+            if (forbidden := self._forbidden("compute.instances.setLabels", name)) is not None:
+                return forbidden
+            inst = self._instances.get(name)
+            if inst is None:
+                return self._instance_not_found(name)
+            if fingerprint != inst.label_fingerprint:
+                return google_error(412, "Labels fingerprint either invalid or resource labels have changed", "conditionNotMet")
+            inst.labels, inst.label_fingerprint = labels, new_fingerprint()
+            op_name = f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}"
+            op = Operation(op_name, "setLabels", name, inst.status, pending_for=0.0, running_for=0.0, failure=None)
+            self._operations[op.name] = op
+            self._advance()
             return web.json_response(self._operation_json(op, str(request.url.origin())))
 
     async def _get_operation(self, request: web.Request) -> web.Response:
@@ -612,6 +606,7 @@ class GcpComputeFake:
 
     def stop(self) -> None:
         self._stopping = True  # releases hung requests and waits
+        self._release.set()
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)

@@ -43,7 +43,8 @@ from hybridops_daemon.drivers.base import (
     Unavailable,
 )
 from hybridops_daemon.drivers.declarations.dns import PowerDnsDriverConfig, Rfc2136DriverConfig
-from hybridops_daemon.drivers.dns import PowerDnsDriver, Rfc2136Driver
+from hybridops_daemon.drivers.dns import PowerDnsDriver
+from hybridops_daemon.drivers.rfc2136 import Rfc2136Driver
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.local import LocalLease
@@ -85,14 +86,20 @@ def pdns_driver(powerdns: PowerDns, tmp_path: Path, key: str | None = None, sett
 
 
 def rfc_driver(
-    powerdns: PowerDns, tmp_path: Path, secret: str | None = None, tsig: bool = True, settle: float = 0.0, **config: Any
+    powerdns: PowerDns,
+    tmp_path: Path,
+    secret: str | None = None,
+    tsig: bool = True,
+    settle: float = 0.0,
+    timeout: float = TIMEOUT,
+    **config: Any,
 ) -> Rfc2136Driver:
     fields: dict[str, Any] = {"server": powerdns.host, "port": powerdns.dns_port, **config}
     if tsig:
         fields["tsig_name"] = powerdns.tsig_name
         fields["tsig_algorithm"] = powerdns.tsig_algorithm
         fields["tsig_secret"] = secret_file(tmp_path, "tsig", powerdns.tsig_secret if secret is None else secret)
-    return Rfc2136Driver(Rfc2136DriverConfig(**fields), timeout=TIMEOUT, settle=settle)
+    return Rfc2136Driver(Rfc2136DriverConfig(**fields), timeout=timeout, settle=settle)
 
 
 def make_driver(kind: str, powerdns: PowerDns, tmp_path: Path, **config: Any) -> Driver:
@@ -602,7 +609,8 @@ async def test_rfc2136_wrong_tsig_secret_is_refused_and_the_right_one_works(powe
 
 async def test_rfc2136_update_to_a_zone_the_server_lacks_is_permanent(powerdns: PowerDns, tmp_path: Path) -> None:
     driver = rfc_driver(powerdns, tmp_path)
-    with pytest.raises(Refused, match="NOTAUTH") as caught:
+    # The signed read of the fence (for the UPDATE's prerequisite) comes first: a server without the zone refuses it.
+    with pytest.raises(Refused, match=r"nowhere\.example: REFUSED reading _hyops-fence\.app\.nowhere\.example\. TXT") as caught:
         await driver.apply(ctx("app", "192.0.2.150", zone="nowhere.example"))
     assert not caught.value.retryable
 

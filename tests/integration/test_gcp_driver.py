@@ -112,7 +112,7 @@ async def test_start_goes_through_the_operation_lifecycle(gcp_fake: GcpComputeFa
     assert result.outputs["self_link"].endswith(f"/projects/{PROJECT}/zones/{ZONE}/instances/{VM}")
     assert result.outputs["id"].isdigit()
     assert "TERMINATED → RUNNING" in result.log[0]
-    [operation] = gcp_fake.operations()
+    [operation] = gcp_fake.operations("start", "stop")
     assert operation["operationType"] == "start" and operation["history"] == ["PENDING", "RUNNING", "DONE"]
     assert operation["name"] in result.log[0]
     assert set(result.outputs) == set((await driver.check(step("running"))).outputs)  # one shape, applied or skipped
@@ -132,7 +132,7 @@ async def test_reapply_is_a_noop(gcp_fake: GcpComputeFake, driver: GcpDriver) ->
     again = await driver.apply(step("running"))  # the runner would not call it; if something does, it changes nothing
 
     assert "already RUNNING" in again.log[0] and again.outputs["status"] == "RUNNING"
-    assert gcp_fake.calls("POST", START) == 1 and len(gcp_fake.operations()) == 1
+    assert gcp_fake.calls("POST", START) == 1 and len(gcp_fake.operations("start", "stop")) == 1
 
 
 async def test_stop_terminates_the_instance(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
@@ -146,7 +146,7 @@ async def test_stop_terminates_the_instance(gcp_fake: GcpComputeFake, driver: Gc
 
     assert result.outputs["status"] == "TERMINATED" and result.outputs["state"] == "stopped"
     assert gcp_fake.calls("POST", STOP) == 1 and gcp_fake.calls("POST", START) == 0
-    [operation] = gcp_fake.operations()
+    [operation] = gcp_fake.operations("start", "stop")
     assert operation["operationType"] == "stop" and operation["history"] == ["PENDING", "RUNNING", "DONE"]
     assert (await driver.verify(step("stopped"))).ok
     assert (await driver.check(step("stopped"))).satisfied
@@ -154,7 +154,7 @@ async def test_stop_terminates_the_instance(gcp_fake: GcpComputeFake, driver: Gc
     # the fake's effect count, which the edge-pair tests use, stays at one.
     url = gcp_fake.endpoint + STOP.format(project=PROJECT, zone=ZONE, instance=VM)
     await asyncio.to_thread(_http, url, {})
-    assert gcp_fake.calls("POST", STOP) == 2 and len(gcp_fake.operations()) == 2
+    assert gcp_fake.calls("POST", STOP) == 2 and len(gcp_fake.operations("start", "stop")) == 2
     assert gcp_fake.changes("stop") == 1 and gcp_fake.changes("start") == 0
 
 
@@ -219,7 +219,7 @@ async def test_failed_operation_raises_with_googles_error_codes(gcp_fake: GcpCom
     assert caught.value.details == {"codes": ("ZONE_RESOURCE_POOL_EXHAUSTED",), "http_status": 503}
     assert caught.value.retryable  # a zone out of capacity now may have it later: the runner retries after a re-check
     assert gcp_fake.status(VM) == "TERMINATED"
-    assert [op["history"] for op in gcp_fake.operations()] == [["PENDING", "RUNNING", "DONE"]]
+    assert [op["history"] for op in gcp_fake.operations("start", "stop")] == [["PENDING", "RUNNING", "DONE"]]
     assert not (await driver.check(step("running"))).satisfied
 
 
@@ -258,7 +258,8 @@ async def test_rate_limited_start_is_retryable_and_starts_nothing(gcp_fake: GcpC
         await driver.apply(step("running"))
 
     assert caught.value.retryable
-    assert gcp_fake.calls("POST", START) == 1 and gcp_fake.operations() == [] and gcp_fake.status(VM) == "TERMINATED"
+    assert gcp_fake.calls("POST", START) == 1 and gcp_fake.operations("start", "stop") == []
+    assert gcp_fake.status(VM) == "TERMINATED"
 
 
 async def test_wait_that_outlasts_the_request_timeout_is_asked_again(gcp_fake: GcpComputeFake) -> None:
@@ -312,7 +313,7 @@ async def test_operation_slower_than_operation_timeout_is_a_typed_timeout(gcp_fa
         await driver.apply(step("running"))
 
     assert caught.value.retryable
-    [operation] = gcp_fake.operations()
+    [operation] = gcp_fake.operations("start", "stop")
     assert operation["name"] in str(caught.value) and operation["status"] != "DONE"
     # The operation carries on at "Google": check() sees it land, which is how the runner resumes without a second start.
     await eventually("the slow operation to land", lambda: gcp_fake.status(VM) == "RUNNING")

@@ -178,6 +178,30 @@ def test_check_config_warns_of_a_peer_link_without_auth(tmp_path: Path, capsys: 
     assert code == 2 and "never inline" in out, out
 
 
+def test_check_config_warns_of_a_driver_request_timeout_not_below_the_lease_ttl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A request may outlive its sender's leadership when its deadline (and TCP_USER_TIMEOUT) is not below the ttl."""
+    write(tmp_path / "prod.yaml", PROFILE.replace("inputs: {ip", "driver: hcloud, inputs: {ip"))
+    tls = "tls: {ca: pki/ca.pem, cert: pki/edge01.pem, key: {file: /etc/hybridops/edge01-key.pem}}"
+    etcd = f"lease: {{type: etcd, endpoints: ['https://10.0.0.1:2379'], ttl: 5s, {tls}}}\n"
+    drivers = "lanes:\n  prod:\n    profile: prod.yaml\n    drivers:\n      hcloud: {token: {env: T}, request_timeout: %s}\n"
+    base = DAEMON_CONFIG.split("lanes:")[0] + etcd
+    config = write(tmp_path / "daemon.yaml", base + drivers % "5s")
+
+    code, out, _ = run(capsys, "check-config", str(config))
+
+    assert code == 0, out
+    assert out.splitlines()[1:] == [
+        f"warning: {config}: lanes.prod.drivers.hcloud.request_timeout (5s) is not below lease.ttl (5s): "
+        "a request this node sent as leader could land after its leadership ended"
+    ]
+
+    write(tmp_path / "daemon.yaml", base + drivers % "4s")
+    code, out, _ = run(capsys, "check-config", str(config))
+    assert code == 0 and "warning" not in out, out
+
+
 @pytest.mark.parametrize(
     ("lease", "message"),
     [

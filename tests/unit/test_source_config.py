@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from hybridops_daemon.config.loader import check_config
+from hybridops_daemon.config.loader import check_config, warnings
 from hybridops_daemon.config.sources import AlertmanagerSource, BgpSource, IpsecSource, MqttSource, PeerSource, PrometheusSource
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 
@@ -105,6 +105,7 @@ def test_the_shipped_real_driver_profiles_validate() -> None:
     config, profiles, errors = check_config(REPO / "config" / "edge01.example.yaml", DRIVER_MODULES)
     assert errors == []
     assert config is not None and set(profiles) == {"prod", "drill"}
+    assert warnings(config) == []  # every driver's request timeout below the lease ttl
     prod, drill = profiles["prod"], profiles["drill"]
     assert {step.driver for step in prod.chains.cutover} == {"gcp", "postgres", "hcloud", "powerdns", "netbox"}
     # A drill never touches prod's targets: its own floating IP, DNS name, capacity and database cluster.

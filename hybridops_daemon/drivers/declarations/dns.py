@@ -20,6 +20,9 @@ class PowerDnsDriverConfig(DriverConfig):
     timeout: PositiveDuration = 5.0
     verify_settle: Duration = Field(default=0.0, description="verify() re-resolves until all nameservers agree, up to this long")
 
+    def request_bound(self) -> tuple[str, float]:
+        return "timeout", self.timeout
+
 
 class Rfc2136DriverConfig(DriverConfig):
     server: str
@@ -30,6 +33,9 @@ class Rfc2136DriverConfig(DriverConfig):
     nameservers: tuple[str, ...] = Field(default=(), description="for verify(); default: the server itself")
     timeout: PositiveDuration = 5.0
     verify_settle: Duration = Field(default=0.0, description="verify() re-resolves until all nameservers agree, up to this long")
+
+    def request_bound(self) -> tuple[str, float]:
+        return "timeout", self.timeout
 
     @model_validator(mode="after")
     def _tsig_complete(self) -> Rfc2136DriverConfig:
@@ -45,7 +51,7 @@ def _powerdns(lane: str, config: PowerDnsDriverConfig) -> Driver:
 
 
 def _rfc2136(lane: str, config: Rfc2136DriverConfig) -> Driver:
-    from hybridops_daemon.drivers.dns import Rfc2136Driver
+    from hybridops_daemon.drivers.rfc2136 import Rfc2136Driver
 
     return Rfc2136Driver(config, timeout=config.timeout, settle=config.verify_settle)
 

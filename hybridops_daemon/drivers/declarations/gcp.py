@@ -20,6 +20,9 @@ class GcpDriverConfig(DriverConfig):
     request_timeout: PositiveDuration = Field(default=30.0, description="client-side limit of each API request")
     poll_interval: PositiveDuration = 1.0
 
+    def request_bound(self) -> tuple[str, float]:
+        return "request_timeout", self.request_timeout
+
 
 def _build(lane: str, config: GcpDriverConfig) -> Driver:
     from hybridops_daemon.drivers.gcp import GcpDriver

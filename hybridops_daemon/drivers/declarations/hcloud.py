@@ -18,6 +18,9 @@ class HcloudDriverConfig(DriverConfig):
     poll_interval: PositiveDuration = 0.5
     request_timeout: PositiveDuration = 10.0
 
+    def request_bound(self) -> tuple[str, float]:
+        return "request_timeout", self.request_timeout
+
 
 def _build(lane: str, config: HcloudDriverConfig) -> Driver:
     from hybridops_daemon.drivers.hcloud import HcloudDriver

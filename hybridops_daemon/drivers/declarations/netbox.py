@@ -12,6 +12,9 @@ class NetboxDriverConfig(DriverConfig):
     token: SecretRef
     timeout: PositiveDuration = 10.0
 
+    def request_bound(self) -> tuple[str, float]:
+        return "timeout", self.timeout
+
 
 def _build(lane: str, config: NetboxDriverConfig) -> Driver:
     from hybridops_daemon.drivers.netbox import NetboxDriver

@@ -23,6 +23,9 @@ class PostgresDriverConfig(DriverConfig):
     connect_timeout: PositiveDuration = 5.0
     promote_timeout: PositiveDuration = 60.0
 
+    def request_bound(self) -> tuple[str, float]:
+        return "connect_timeout", self.connect_timeout
+
 
 def _build(lane: str, config: PostgresDriverConfig) -> Driver:
     from hybridops_daemon.drivers.postgres import PostgresDriver
