@@ -49,7 +49,7 @@ def profile() -> dict[str, Any]:
         return [
             step("capacity", "compute/capacity@v1", "gcp", {"name": "cloud-standby", "state": state}),
             step("floating-ip", "network/floating-ip@v1", "hcloud", {"ip": FIP, "target": server}),
-            step("dns", "dns/record@v1", "powerdns", {"zone": "dr.example.", "name": NAME, "content": address, "ttl": 60}),
+            step("dns", "dns/record@v1", "rfc2136", {"zone": "dr.example.", "name": NAME, "content": address, "ttl": 60}),
         ]
 
     return {
@@ -75,20 +75,39 @@ class Targets:
         ).start()
         self.hcloud = HcloudFake(host=BRIDGE_ADDRESS, action_delay=0.5).start()
         powerdns.tamper(NAME, ONPREM_ADDRESS, ttl=60)
+        powerdns.allow_updates("dr.example.")  # the dns step sends RFC 2136 UPDATEs: conditional on the fence stamp
 
     def drivers(self) -> dict[str, Any]:
+        # Every request deadline (and so its connections' TCP_USER_TIMEOUT) below the 2 s TTL: bytes a deposed edge
+        # could not deliver die with their connection instead of landing after a heal.
+        bound = "1500ms"
         return {
-            "gcp": {"project": "dr-project", "zone": "europe-west3-a", "endpoint": self.gcp.endpoint, "poll_interval": "100ms"},
-            "hcloud": {"endpoint": self.hcloud.endpoint, "token": {"env": "HCLOUD_TOKEN"}, "poll_interval": "100ms"},
-            "powerdns": {
-                "api_url": self.powerdns.api_url,
-                "api_key": {"env": "PDNS_KEY"},
+            "gcp": {
+                "project": "dr-project",
+                "zone": "europe-west3-a",
+                "endpoint": self.gcp.endpoint,
+                "poll_interval": "100ms",
+                "request_timeout": bound,
+            },
+            "hcloud": {
+                "endpoint": self.hcloud.endpoint,
+                "token": {"env": "HCLOUD_TOKEN"},
+                "poll_interval": "100ms",
+                "request_timeout": bound,
+            },
+            "rfc2136": {
+                "server": self.powerdns.host,
+                "port": self.powerdns.dns_port,
+                "tsig_name": self.powerdns.tsig_name,
+                "tsig_algorithm": self.powerdns.tsig_algorithm,
+                "tsig_secret": {"env": "TSIG_SECRET"},
                 "nameservers": [self.powerdns.nameserver],
+                "timeout": bound,
             },
         }
 
     def env(self) -> dict[str, str]:
-        return {"HCLOUD_TOKEN": self.hcloud.token, "PDNS_KEY": self.powerdns.api_key}
+        return {"HCLOUD_TOKEN": self.hcloud.token, "TSIG_SECRET": self.powerdns.tsig_secret}
 
     def close(self) -> None:
         self.gcp.stop()
@@ -296,6 +315,15 @@ class Edge:
             if record.run_id is not None:
                 open_runs[record.run_id] = record.kind == "run.start"
         return [run for run, still_open in open_runs.items() if still_open]
+
+    def in_flight(self) -> set[str]:
+        """Steps of this node's unfinished runs that began and have not ended: calls it may still have on the wire."""
+        began: dict[tuple[str | None, str], bool] = {}
+        ends = ("step.done", "step.failed", "step.refused")
+        for record in self.records("step.intent", *ends):
+            if record.run_id in self.unfinished():
+                began[(record.run_id, record.body["step"])] = record.kind == "step.intent"
+        return {step for (_, step), open_ in began.items() if open_}
 
     def applied(self, run_id: str | None = None) -> list[tuple[str | None, str]]:
         """(run, step) of every apply() this node's journal says succeeded."""
