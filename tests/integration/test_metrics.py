@@ -20,6 +20,7 @@ from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.config.models import MetricsConfig
 from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.metrics import Metrics, MetricsServer
+from hybridops_daemon.notify.alertmanager import NotifyStats
 from hybridops_daemon.policy.types import LaneStatus
 from hybridops_daemon.signals.base import InputHealth
 from hybridops_daemon.signals.peer_auth import DROP_REASONS
@@ -67,6 +68,7 @@ class Bed:
         self.journal: int | None = 4096
         self.approvals: list[PendingApproval] = []
         self.journal_check = JournalCheck(every=3600.0)
+        self.notify = NotifyStats()
         self.metrics = Metrics(
             lambda: self.readings,
             lambda: self.max_ages,
@@ -77,6 +79,7 @@ class Bed:
             approvals=lambda: self.approvals,
             journal_check=self.journal_check,
         )
+        self.metrics.notifications(lambda: self.notify)
 
     def sample(self, signal: str, value: float | None, age: float, edge: str = "edge01") -> None:
         self.readings[(signal, edge)] = Sample(signal, value, self.clock.now - age, "test", edge)
@@ -429,6 +432,7 @@ async def test_dashboard_queries_run_on_real_data(scraper: Prometheus, metrics_p
     bed.journal_check.ok, bed.journal_check.at = True, bed.clock.now
     bed.sources["peer"] = FakePeer("peer", authenticated=True)
     bed.sources["peer"].health.dropped_input("forged", "the MAC does not match")
+    bed.notify.active, bed.notify.queued, bed.notify.delivered = 1, 2, 3
     board = dashboard()
     async with MetricsServer(MetricsConfig(port=metrics_port), bed.metrics):
         for title, exprs in panel_queries(board).items():
