@@ -132,7 +132,11 @@ class AlertmanagerNotifier:
             now = self._clock()
             self.evaluate(now)
             if self._queue and now >= self._retry_at:
-                await self._deliver(now)
+                try:
+                    await self._deliver(now)
+                except Exception:  # a bug in a post must cost this round's pages, never the sender task
+                    log.exception("could not post the daemon's alerts; retrying")
+                    self._retry_at = now + self._backoff.next()
 
     def evaluate(self, now: float) -> None:
         """Queue what changed since the last evaluation, and the periodic re-send of what is still active."""

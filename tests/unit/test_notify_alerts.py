@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
+
+import pytest
 
 from hybridops_daemon.chain.approvals import PendingApproval
 from hybridops_daemon.config.models import AlertmanagerNotifyConfig
@@ -180,3 +183,25 @@ def test_every_direct_alert_has_a_runbook_section() -> None:
     assert names <= sections, names - sections
     for alert in found.alerts.values():
         assert dict(alert.annotations)["runbook_url"] == f"docs/runbook.md#{alert.name.lower()}"
+
+
+async def test_a_post_that_raises_costs_that_round_not_the_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = [report(cutover("prod-1"))]
+    config = AlertmanagerNotifyConfig(urls=("http://127.0.0.1:9",), resend_every=60, resolve_after=300)
+    sender = AlertmanagerNotifier(config, lambda: source[0], evaluate_every=0.01)
+    outcomes = [RuntimeError("a bug"), "delivered"]
+
+    async def post(alerts: list[dict[str, object]]) -> str:  # the fault: the first post raises
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(sender, "_post", post)
+    monkeypatch.setattr(sender._backoff, "next", lambda: 0.0)
+    async with sender:
+        for _ in range(200):
+            if sender.stats.delivered:
+                break
+            await asyncio.sleep(0.01)
+    assert sender.stats.delivered == 1 and outcomes == []
