@@ -106,11 +106,11 @@ class AlertmanagerNotifier:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         try:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             if self._queue:  # the last notices (a run's end) are worth a short wait; the next start re-evaluates
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(FLUSH_ON_STOP):
