@@ -63,40 +63,50 @@ def metric(daemon: Daemon, name: str) -> float:
     return value(parse(daemon.metrics.exposition().decode()), name)
 
 
-async def test_a_drill_pages_at_once_with_its_run_and_is_resolved_when_it_ends(
-    alertmanager_factory: Callable[..., Alertmanager],
-) -> None:
+@contextlib.asynccontextmanager
+async def paging_daemon(
+    alertmanager_factory: Callable[..., Alertmanager], settings: str = ""
+) -> AsyncIterator[tuple[Daemon, WebhookReceiver]]:
+    """A drill-lane daemon leading its lane, notifying a real Alertmanager that delivers to the test's webhook."""
     receiver = WebhookReceiver()
     async with receiver.serving() as hook:
         manager = await asyncio.to_thread(alertmanager_factory, hook)
         with drill_config(manager.url) as config:
+            config.write_text(config.read_text() + settings)
             daemon = daemon_from(config)
             async with running(daemon):
                 await eventually("the lane led", lambda: daemon.loop is not None and daemon.lanes["drill"].leads)
-                asked = time.monotonic()
-                run_id = await drill(daemon)
-                (alert,) = await eventually("the page", lambda: arrived(receiver, "HybridopsRunActive", "firing"))
-                paged_after = time.monotonic() - asked
-                assert alert["labels"] == {
-                    "alertname": "HybridopsRunActive",
-                    "lane": "drill",
-                    "kind": "drill",
-                    "run": run_id,
-                    "severity": "info",
-                }
-                notes = alert["annotations"]
-                assert notes["run_id"] == run_id and notes["node"] == "edge01"
-                assert notes["reason"].startswith(f"drill by test: running the cutover chain (run {run_id})")
-                assert alert["generatorURL"] == f"{LINK}/runs/{run_id}"
-                assert daemon.lanes["drill"].state.active_run is not None  # paged while the run was still under way
-                await eventually("the run's end", lambda: daemon.lanes["drill"].state.active_run is None, within=30)
-                ended = time.monotonic()
-                (done,) = await eventually("the resolution", lambda: arrived(receiver, "HybridopsRunActive", "resolved"))
-                resolved_after = time.monotonic() - ended
-                assert done["labels"] == alert["labels"]
-                print(f"\npaged {paged_after:.2f}s after the drill was asked for; resolved {resolved_after:.2f}s after its end")
-                assert metric(daemon, "hybridops_notify_delivered_total") >= 2
-                assert metric(daemon, "hybridops_notify_queue_length") == 0
+                yield daemon, receiver
+
+
+async def test_a_drill_pages_at_once_with_its_run_and_is_resolved_when_it_ends(
+    alertmanager_factory: Callable[..., Alertmanager],
+) -> None:
+    async with paging_daemon(alertmanager_factory) as (daemon, receiver):
+        asked = time.monotonic()
+        run_id = await drill(daemon)
+        (alert,) = await eventually("the page", lambda: arrived(receiver, "HybridopsRunActive", "firing"))
+        paged_after = time.monotonic() - asked
+        assert alert["labels"] == {
+            "alertname": "HybridopsRunActive",
+            "lane": "drill",
+            "kind": "drill",
+            "run": run_id,
+            "severity": "info",
+        }
+        notes = alert["annotations"]
+        assert notes["run_id"] == run_id and notes["node"] == "edge01"
+        assert notes["reason"].startswith(f"drill by test: running the cutover chain (run {run_id})")
+        assert alert["generatorURL"] == f"{LINK}/runs/{run_id}"
+        assert daemon.lanes["drill"].state.active_run is not None  # paged while the run was still under way
+        await eventually("the run's end", lambda: daemon.lanes["drill"].state.active_run is None, within=30)
+        ended = time.monotonic()
+        (done,) = await eventually("the resolution", lambda: arrived(receiver, "HybridopsRunActive", "resolved"))
+        resolved_after = time.monotonic() - ended
+        assert done["labels"] == alert["labels"]
+        print(f"\npaged {paged_after:.2f}s after the drill was asked for; resolved {resolved_after:.2f}s after its end")
+        assert metric(daemon, "hybridops_notify_delivered_total") >= 2
+        assert metric(daemon, "hybridops_notify_queue_length") == 0
 
 
 async def test_alerts_wait_in_the_queue_while_alertmanager_is_down_and_arrive_when_it_is_up(
@@ -183,7 +193,7 @@ async def test_both_edges_reporting_one_run_page_once_and_resolve_it_once(
         reports = {"edge01": report_of("edge01", LaneStatus.CUTTING_OVER), "edge02": report_of("edge02", LaneStatus.CUTTING_OVER)}
         async with (
             AlertmanagerNotifier(config, lambda: reports["edge01"], evaluate_every=0.2),
-            AlertmanagerNotifier(config, lambda: reports["edge02"], evaluate_every=0.2),
+            AlertmanagerNotifier(config, lambda: reports["edge02"], evaluate_every=0.2) as edge02,
         ):
             both = lambda: len(arrived(receiver, "HybridopsJournalVerifyFailed", "firing")) == 2  # noqa: E731
             await eventually("both journals' alerts", both)
@@ -194,8 +204,11 @@ async def test_both_edges_reporting_one_run_page_once_and_resolve_it_once(
                 "edge01",
                 "edge02",
             }
-            # The run ends; the edge that led it resolves it (the other already forgot it when it lost the lane).
+            # edge02 loses the lane (it forgets the run's alert, resolving nothing), then the run ends on edge01, which
+            # resolves it. In that order, as leadership is exclusive: a re-send edge02 still had on the wire after
+            # edge01's resolution would fire the alert again until resolve_after.
             reports["edge02"] = alerts_of([], (), "hash mismatch", "edge02", LINK)
+            await eventually("edge02 to forget the run", lambda: edge02.stats.active == 1 and edge02.stats.queued == 0)
             reports["edge01"] = report_of("edge01", LaneStatus.ON_STANDBY)
             await eventually("the resolution", lambda: arrived(receiver, "HybridopsRunActive", "resolved"))
             await asyncio.sleep(2)
@@ -206,21 +219,15 @@ async def test_both_edges_reporting_one_run_page_once_and_resolve_it_once(
 async def test_a_journal_altered_under_the_daemon_pages_with_the_node_and_the_problem(
     alertmanager_factory: Callable[..., Alertmanager],
 ) -> None:
-    receiver = WebhookReceiver()
-    async with receiver.serving() as hook:
-        manager = await asyncio.to_thread(alertmanager_factory, hook)
-        with drill_config(manager.url) as config:
-            config.write_text(config.read_text() + "journal_verify_every: 200ms\n")
-            daemon = daemon_from(config)
-            async with running(daemon):
-                await eventually("a passing verification", lambda: daemon.journal_check.ok)
-                rewrite_body(daemon.config.journal_path, 1, '{"node": "edge99"}')
-                (alert,) = await eventually("the page", lambda: arrived(receiver, "HybridopsJournalVerifyFailed", "firing"))
-                assert alert["labels"] == {
-                    "alertname": "HybridopsJournalVerifyFailed",
-                    "node": "edge01",
-                    "kind": "journal",
-                    "severity": "critical",
-                }
-                assert "record 1" in alert["annotations"]["description"], alert["annotations"]
-                assert alert["generatorURL"] == f"{LINK}/journal"
+    async with paging_daemon(alertmanager_factory, "journal_verify_every: 200ms\n") as (daemon, receiver):
+        await eventually("a passing verification", lambda: daemon.journal_check.ok)
+        rewrite_body(daemon.config.journal_path, 1, '{"node": "edge99"}')
+        (alert,) = await eventually("the page", lambda: arrived(receiver, "HybridopsJournalVerifyFailed", "firing"))
+        assert alert["labels"] == {
+            "alertname": "HybridopsJournalVerifyFailed",
+            "node": "edge01",
+            "kind": "journal",
+            "severity": "critical",
+        }
+        assert "record 1" in alert["annotations"]["description"], alert["annotations"]
+        assert alert["generatorURL"] == f"{LINK}/journal"
