@@ -319,9 +319,10 @@ class Edge:
     def in_flight(self) -> set[str]:
         """Steps of this node's unfinished runs that began and have not ended: calls it may still have on the wire."""
         began: dict[tuple[str | None, str], bool] = {}
+        unfinished = set(self.unfinished())  # read once: the journal grows with every cycle
         ends = ("step.done", "step.failed", "step.refused")
         for record in self.records("step.intent", *ends):
-            if record.run_id in self.unfinished():
+            if record.run_id in unfinished:
                 began[(record.run_id, record.body["step"])] = record.kind == "step.intent"
         return {step for (_, step), open_ in began.items() if open_}
 
