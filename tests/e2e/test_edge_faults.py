@@ -129,6 +129,24 @@ def settle(pair: Pair, status: str, run_id: str, context: str, waits: collection
     return leader
 
 
+def lost(pair: Pair, run_id: str, status_before: str) -> bool:
+    """The run was released before its handover reached etcd, and no holding continued it: the lane's leader is back
+    in the status the run started from, with no run. A known limit (README, "What cannot be closed"): the handover is
+    the pair's only shared memory of a run, and a node deposed (an etcd election stalling its fencing check) before
+    it could store it takes the run with it; the operator asks again."""
+    if any(r.body.get("continued_from") for edge in pair for r in edge.records("run.start", run_id=run_id)):
+        return False
+    if not any(edge.records("run.released", run_id=run_id) for edge in pair):
+        return False
+    return any(
+        (lane := edge.lane()) is not None
+        and lane["leadership"]["leading"]
+        and lane["status"] == status_before
+        and lane["active_run"] is None
+        for edge in pair
+    )
+
+
 def began_then_lost(pair: Pair, edge: Edge, apply: Record) -> str:
     """Where an apply() call stands against the end of the holding it ran under: "within", "in flight" (begun before
     the holding was lost, returned after) or "after" (begun once it was lost: fencing failed).
@@ -187,6 +205,7 @@ def test_randomized_faults_over_many_cutover_failback_cycles(
     tally: collections.Counter[str] = collections.Counter()
     overlaps: list[str] = []  # steps a call in flight at its leader's loss also applied (the documented limit)
     waits: collections.Counter[str] = collections.Counter()  # deposed edges waited out, by their in-flight steps
+    runs_lost: list[str] = []  # runs released before their handover was stored, that no holding continued
     placed = 0  # chains that began with etcd's leader where the schedule put it
     for cycle in range(1, CYCLES + 1):
         for verb, status in (("cutover", "ON_STANDBY"), ("failback", "PRIMARY")):
@@ -196,7 +215,14 @@ def test_randomized_faults_over_many_cutover_failback_cycles(
             began = time.monotonic()
             run_id = command(pair, verb, context)
             inject(pair, edge_net, fault, began)
-            leader = settle(pair, status, run_id, context, waits)
+            try:
+                leader = settle(pair, status, run_id, context, waits)
+            except AssertionError:
+                if not lost(pair, run_id, "ON_STANDBY" if verb == "failback" else "PRIMARY"):
+                    raise
+                runs_lost.append(run_id)  # counted and printed: the operator's command is given again
+                run_id = command(pair, verb, f"{context}, again after run {run_id} was lost")
+                leader = settle(pair, status, run_id, context, waits)
             effects = check_cycle(pair, leader, run_id, verb == "cutover", effects, context, overlaps)
             tally[fault.kind if fault.kind == "none" else f"{fault.kind} {fault.victim}"] += 1
     with capsys.disabled():
@@ -204,5 +230,6 @@ def test_randomized_faults_over_many_cutover_failback_cycles(
             f"[edge-faults] seed {SEED}: {CYCLES} cycles ({2 * CYCLES} chains) consistent; "
             f"faults: {dict(sorted(tally.items()))}; etcd leader placed as scheduled for {placed} of {2 * CYCLES} chains; "
             f"in-flight overlaps: {len(overlaps)} {overlaps}; deposed edges waited out: {sum(waits.values())} "
-            f"{dict(sorted(waits.items()))}"
+            f"{dict(sorted(waits.items()))}; runs lost before their handover was stored (commanded again): "
+            f"{len(runs_lost)} {runs_lost}"
         )
