@@ -14,7 +14,7 @@ from hybridops_daemon.policy.types import DecisionKind
 def lane_view(lane: Lane) -> LaneView:
     state = lane.state
     decision = lane.run_decision or {}
-    failed = (state.paused_by or "")[len(teardown.FAILED_RUN) :] if teardown.paused_by_failure(state) else None
+    failed = teardown.failed_run(state)
     # run_decision outlives its run's end (it is replaced by the next run's): it still names a failed run's kind.
     run_kind = decision.get("kind") if decision.get("run_id") in (state.active_run, failed) else None
     progress = lane.run_progress

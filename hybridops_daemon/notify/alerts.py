@@ -78,8 +78,8 @@ def lane_alerts(lane: LaneView, node: str, link: str) -> Iterable[Alert]:
             },
             _run_page(link, state.active_run),
         )
-    if state.status is LaneStatus.PAUSED and teardown.paused_by_failure(state):
-        run = (state.paused_by or "")[len(teardown.FAILED_RUN) :]
+    run = teardown.failed_run(state)
+    if run is not None:
         kind = lane.run_kind or _chain_of(state)
         yield alert(
             "HybridopsRunFailed",

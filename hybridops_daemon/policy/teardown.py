@@ -27,6 +27,11 @@ def paused_by_failure(state: LaneState) -> bool:
     return state.status is LaneStatus.PAUSED and (state.paused_by or "").startswith(FAILED_RUN)
 
 
+def failed_run(state: LaneState) -> str | None:
+    """The run whose failure paused the lane, or None when no failure holds it paused."""
+    return (state.paused_by or "")[len(FAILED_RUN) :] if paused_by_failure(state) else None
+
+
 def left_behind(state: LaneState, running: LaneStatus | None, profile: Profile) -> bool:
     """Whether a run that just failed may have left paid capacity running that nothing else will stop: a cutover
     (drill or real), a drill's teardown, or a teardown of capacity already stranded."""
