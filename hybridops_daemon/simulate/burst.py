@@ -66,14 +66,17 @@ def replay_burst(profile: Profile, trace: Trace, *, lane: str, node: str) -> Bur
     last_t, last_value, seen_at = 0.0, math.nan, -math.inf  # the latest sample of the signal, and when it came
     month_spent: dict[str, float] = {}
 
+    def reading(at: float) -> float | None:
+        """The pressure as the lane sees it at ``at``: the latest sample, UNKNOWN (None) once older than max_age."""
+        return None if math.isnan(last_value) or at - seen_at > max_age else last_value
+
     def advance(until: float) -> None:
         """Time in service from ``last_t`` to ``until``: sizes, and pressure the size in service left uncovered."""
         nonlocal last_t, in_service, pending_at
         while last_t < until:
             edge = min(until, pending_at)
             span = edge - last_t
-            pressure = None if math.isnan(last_value) or last_t - seen_at > max_age else last_value
-            need = _needed(profile, pressure)
+            need = _needed(profile, reading(last_t))
             out.seconds_at[in_service] += span
             out.uncovered_s += span if need > in_service else 0.0
             out.uncovered_without_burst_s += span if need > 0 else 0.0
@@ -91,7 +94,7 @@ def replay_burst(profile: Profile, trace: Trace, *, lane: str, node: str) -> Bur
         advance(t)
         if fresh:
             last_value, seen_at = value, t
-        pressure = None if math.isnan(last_value) or t - seen_at > max_age else last_value
+        pressure = reading(t)
         if pending_at < math.inf:
             continue  # a scale step is under way: the lane decides again once it is done
         decision, state = decide_burst(state, pressure, burst, t)
