@@ -31,6 +31,12 @@ from hybridops_daemon.secrets import SecretUnavailable, resolve, resolve_all
 log = structlog.get_logger("hybridops.chain")
 T = TypeVar("T")
 StepOutcome = Literal["applied", "skipped", "failed"]
+# Told once whether the run is in the lane's handover before its first step: None if it is, else why not.
+Stored = Callable[[str | None], None]
+
+
+def _ignore(_why: str | None) -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +160,11 @@ class ChainRunner:
                 with contextlib.suppress(SecretUnavailable):
                     self._redactor.add_secret(resolve(name, ref))
 
-    async def start(self, spec: RunSpec) -> ChainEvent:
+    async def start(self, spec: RunSpec, stored: Stored = _ignore) -> ChainEvent:
+        """Run a new run; ``stored`` hears whether it reached the lane's handover before its first step."""
         self._register_secrets(spec)
         self._record("run.start", spec, {**spec.start_body(), "fencing_token": self._leases(spec.lane).token})
-        return await self._execute(spec, done={}, started=time.monotonic())
+        return await self._execute(spec, done={}, started=time.monotonic(), stored=stored)
 
     async def take_over(
         self, start: Mapping[str, Any], done: Mapping[str, Mapping[str, Any]], previous: Mapping[str, Any]
@@ -198,12 +205,23 @@ class ChainRunner:
         log.info("run resumed", run_id=run_id, from_step=pending[0] if pending else None)
         return await self._execute(spec, done=done, started=time.monotonic())
 
-    async def _execute(self, spec: RunSpec, done: dict[str, dict[str, Any]], started: float) -> ChainEvent:
+    async def _execute(
+        self, spec: RunSpec, done: dict[str, dict[str, Any]], started: float, stored: Stored = _ignore
+    ) -> ChainEvent:
         holding = self._leases(spec.lane).token  # the holding this node runs the run under, to the end
         outputs = dict(done)
-        current = ""
+        current = next((s.id for s in spec.steps if s.id not in done), "")
         step_began = time.monotonic()
         try:
+            try:
+                # Fenced, and (with etcd) it stores the lane's handover, which names this run from its run.start on:
+                # once it lands, a successor continues the run even if this node is deposed before any step.
+                await self._leases(spec.lane).ensure(holding)
+            except LeaseLost as lost:
+                why = f"this node lost the lane before the run was handed over, so no step was checked: {lost}"
+                stored(why)
+                raise RunReleased(why) from None
+            stored(None)
             for step in spec.steps:
                 if step.id in done:
                     continue

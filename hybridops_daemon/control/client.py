@@ -34,7 +34,7 @@ class DaemonTimeout(DaemonUnavailable):
 
 
 class DaemonRefused(ControlClientError):
-    """The daemon answered with an error reply; ``code`` is bad_request, refused, not_found or internal."""
+    """The daemon answered with an error reply; ``code`` is bad_request, refused, not_found, unconfirmed or internal."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

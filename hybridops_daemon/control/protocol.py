@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
     REFUSED = "refused"
     NOT_FOUND = "not_found"
+    UNCONFIRMED = "unconfirmed"
     INTERNAL = "internal"
 
 
@@ -49,6 +50,13 @@ class CommandRefused(ControlError):
     """Raised by the backend to refuse a well-formed command (wrong state, cooldown, approval expired...)."""
 
     code = ErrorCode.REFUSED
+
+
+class Unconfirmed(ControlError):
+    """The command was decided but its outcome is not known yet (a run not yet in the lane's handover): look before
+    asking again."""
+
+    code = ErrorCode.UNCONFIRMED
 
 
 class NotFound(ControlError):

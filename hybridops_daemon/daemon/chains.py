@@ -34,9 +34,20 @@ class ChainSupervisor:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, lane: Lane, decision: Mapping[str, Any]) -> None:
-        """Run the chain a decision asked for (raises ValueError for a decision naming no known chain)."""
+        """Run the chain a decision asked for (raises ValueError for a decision naming no known chain).
+
+        ``lane.chain_stored`` resolves once the run is in the lane's handover (None) or cannot be (why not): an
+        operator's command is answered only then, so a run a deposed leader took with it is never reported started."""
         spec = lane.run_spec(decision)
-        self._spawn(lane, spec.run_id, self._runner.start(spec))
+        stored: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+        def tell(why: str | None) -> None:
+            if not stored.done():
+                stored.set_result(why)
+
+        task = self._spawn(lane, spec.run_id, self._runner.start(spec, tell))
+        task.add_done_callback(lambda _task: tell("the run ended before its handover was stored"))
+        lane.chain_stored = stored
 
     def take_over(self, lane: Lane, progress: RunProgress, previous: Mapping[str, Any]) -> None:
         """Continue a run another holding of the lane started, from check() of its first unfinished step."""
@@ -48,13 +59,14 @@ class ChainSupervisor:
         """Continue a run this node's journal holds unfinished (after a crash), from its first unfinished step."""
         self._spawn(lane, run_id, self._runner.resume(run_id))
 
-    def _spawn(self, lane: Lane, run_id: str, work: Coroutine[Any, Any, ChainEvent]) -> None:
+    def _spawn(self, lane: Lane, run_id: str, work: Coroutine[Any, Any, ChainEvent]) -> asyncio.Task[None]:
         if lane.preflight is not None:  # never beside the lane's own chain (daemon/readiness.py)
             lane.preflight.cancel()
         task = self._group.create_task(self._watch(lane.name, run_id, work))
-        lane.chain, lane.chain_run = task, run_id
+        lane.chain, lane.chain_run, lane.chain_stored = task, run_id, None
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _watch(self, lane: str, run_id: str, work: Coroutine[Any, Any, ChainEvent]) -> None:
         try:

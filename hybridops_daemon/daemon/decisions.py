@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 
 from hybridops_daemon.config.profile import Profile
-from hybridops_daemon.control.protocol import CommandRefused
+from hybridops_daemon.control.protocol import CommandRefused, Unconfirmed
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.inbox import Event, Inbox, QueuedIntent
 from hybridops_daemon.daemon.lane import Lane, status_line
@@ -194,7 +194,29 @@ class DecisionLoop:
         queued = QueuedIntent(Intent(record.seq, lane, command, actor, trigger))
         self._inbox.put(queued)
         async with asyncio.timeout(INTENT_REPLY_TIMEOUT):
-            return record.seq, await queued.reply
+            decision = await queued.reply
+        await self._handed_over(self.lanes[lane], decision)
+        return record.seq, decision
+
+    async def _handed_over(self, lane: Lane, decision: Decision) -> None:
+        """Answer a run's start only once the run is in the lane's handover: a leader deposed before that takes the
+        run with it (its successor never hears of it), and the operator must hear so, not "started"."""
+        stored = lane.chain_stored if decision.run_id is not None and lane.chain_run == decision.run_id else None
+        if stored is None:
+            return
+        try:
+            async with asyncio.timeout(INTENT_REPLY_TIMEOUT):
+                why = await asyncio.shield(stored)
+        except TimeoutError:
+            raise Unconfirmed(
+                f"run {decision.run_id} was decided, but its handover is not stored yet after {INTENT_REPLY_TIMEOUT:g}s"
+                " (etcd is slow to answer): it runs only if this node keeps the lane; check hyopsctl status before"
+                " asking again"
+            ) from None
+        if why is not None:
+            holder = lane.leadership.holder if lane.leadership is not None else None
+            elsewhere = f"; {holder} leads the lane now: ask there" if holder not in (None, self._node) else ""
+            raise CommandRefused(f"run {decision.run_id} was decided but not started: {why}{elsewhere}")
 
     def refuse_queued(self) -> None:
         """Answer intents the loop will never reach; chain ends stay in the journal and are replayed on restart."""

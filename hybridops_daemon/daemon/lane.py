@@ -129,6 +129,7 @@ class Lane:
     dirty: asyncio.Event = field(default_factory=asyncio.Event)  # the handover changed: publish it
     chain: asyncio.Task[None] | None = None
     chain_run: str | None = None  # the run ``chain`` works on
+    chain_stored: asyncio.Future[str | None] | None = None  # a new run's: in the handover (None), or why not
     preflight: asyncio.Task[list[StepReadiness]] | None = None  # readiness checks under way: a chain start stops them
     readiness: dict[tuple[str, str], StepReadiness] = field(default_factory=dict)  # (chain, step) → the last preflight
 

@@ -176,6 +176,7 @@ class Edge:
         self.env = {**os.environ, **targets.env(), "PYTHONUNBUFFERED": "1"}
         self.proc: subprocess.Popen[bytes] | None = None
         self.frozen = False
+        self.refusal = ""  # hyopsctl's words when it last refused to start a chain
         (root / "policies").mkdir(parents=True, exist_ok=True)
         (root / "policies" / f"{LANE}.yaml").write_text(yaml.safe_dump(profile(), sort_keys=False))
         config = {
@@ -275,6 +276,7 @@ class Edge:
         """``verb`` ("cutover" or "failback") through hyopsctl; the id of the run it started, None if refused."""
         done = self.command(verb)
         if done.returncode != 0:
+            self.refusal = done.stderr.strip()
             return None
         run_id: str | None = json.loads(done.stdout)["decision"]["run_id"]
         return run_id

@@ -14,7 +14,9 @@ import pytest
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.profile import Profile
+from hybridops_daemon.control.protocol import CommandRefused
 from hybridops_daemon.daemon.chains import ChainSupervisor
+from hybridops_daemon.daemon.decisions import DecisionLoop
 from hybridops_daemon.daemon.inbox import Inbox
 from hybridops_daemon.daemon.lane import Handover, HandoverInvalid, Lane, RunProgress
 from hybridops_daemon.daemon.takeover import Takeover, restore_state
@@ -25,7 +27,9 @@ from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.lease.base import LeaseLost
 from hybridops_daemon.metrics import Metrics
-from hybridops_daemon.policy.types import ChainEvent, LaneState, LaneStatus
+from hybridops_daemon.observations import ObservationStore
+from hybridops_daemon.policy.types import ChainEvent, Command, LaneState, LaneStatus
+from hybridops_daemon.sdnotify import Notifier
 
 LANE = "prod"
 RUN = "prod-20261204T100000Z-1"
@@ -58,6 +62,8 @@ class MemoryLeadership:
         self.token = token
         self.document = document
         self.fenced = False
+        self.checks = 0  # ensure() calls so far
+        self.fence_at: int | None = None  # a newer holding appears at this ensure() (1: the first)
         self._resigned = asyncio.Event()
 
     @property
@@ -79,6 +85,9 @@ class MemoryLeadership:
         await self._resigned.wait()
 
     async def ensure(self, token: int) -> None:
+        self.checks += 1
+        if self.fence_at is not None and self.checks >= self.fence_at:
+            self.fenced = True
         if self.fenced or token != self.token:
             raise LeaseLost(f"fencing token {token} is no longer current")
 
@@ -100,6 +109,8 @@ class Rooms:
     leadership: MemoryLeadership
     inbox: Inbox
     takeover: Takeover
+    chains: ChainSupervisor
+    metrics: Metrics
 
     def kinds(self, step: str | None = None) -> list[str]:
         return [r.kind for r in self.journal.run_records(RUN) if step is None or r.body.get("step") == step]
@@ -145,7 +156,7 @@ async def rooms(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
         async with asyncio.TaskGroup() as group:
             chains = ChainSupervisor(runner, group, journal, inbox, lambda: 2000.0)
             takeover = Takeover("edge01", True, 0.05, journal, chains, inbox, metrics, lambda: None, lambda: 2000.0)
-            yield Rooms(journal, world, lane, leadership, inbox, takeover)
+            yield Rooms(journal, world, lane, leadership, inbox, takeover, chains, metrics)
     finally:
         journal.close()
 
@@ -209,12 +220,61 @@ async def test_a_fenced_node_releases_the_run_instead_of_failing_it(rooms: Rooms
     document = await rooms.leadership.handover()
     assert document is not None
     rooms.takeover.take(rooms.lane, Handover.from_document(document))
-    rooms.leadership.fenced = True  # a newer holding exists before the first apply
+    rooms.leadership.fence_at = 2  # the run reached the handover (check 1); a newer holding exists before the apply
     events = await rooms.chain_end()
     assert events == []  # not a chain end for this node to decide on: the lane's next leader ends the run
     kinds = rooms.kinds()
     assert "step.refused" in kinds and kinds[-1] == "run.released" and "run.end" not in kinds
     assert "step.apply" not in kinds and rooms.effects() == {}
+
+
+@pytest.mark.handover(handover_document({}))
+async def test_a_run_not_yet_in_the_handover_is_released_before_its_first_check(rooms: Rooms) -> None:
+    document = await rooms.leadership.handover()
+    assert document is not None
+    rooms.takeover.take(rooms.lane, Handover.from_document(document))
+    rooms.leadership.fenced = True  # deposed before the run's first fencing check (which stores the handover)
+    assert await rooms.chain_end() == []
+    assert rooms.kinds() == ["run.start", "run.released"]  # no step.intent: no target was even read
+    released = rooms.journal.last("run.released")
+    assert released is not None and "lost the lane before the run was handed over" in released.body["reason"]
+
+
+def decision_loop(rooms: Rooms) -> DecisionLoop:
+    lanes = {LANE: rooms.lane}
+    journal, clock = rooms.journal, lambda: 2000.0
+    chains, inbox, metrics = rooms.chains, rooms.inbox, rooms.metrics
+    return DecisionLoop(lanes, ObservationStore(), journal, chains, inbox, metrics, Notifier(""), "edge01", None, clock)
+
+
+async def test_an_operator_hears_of_a_run_only_once_it_is_in_the_handover(rooms: Rooms) -> None:
+    rooms.takeover.take(rooms.lane, None)  # leads, PRIMARY (an empty journal)
+    loop = decision_loop(rooms)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(loop.run(0.05, lambda: None))
+        _, decision = await loop.submit(Command.CUTOVER, LANE, "ops")
+        # answered after the run's first fencing check, which with etcd stores the handover naming the run
+        assert decision.run_id is not None and rooms.leadership.checks >= 1
+        await rooms.chain_end()  # the loop takes the chain's end itself
+        loop.stop()
+    end = rooms.journal.last("run.end")
+    assert end is not None and end.run_id == decision.run_id and end.body["ok"] is True
+
+
+async def test_an_operator_hears_a_run_refused_when_its_leader_is_deposed_before_the_handover(rooms: Rooms) -> None:
+    rooms.takeover.take(rooms.lane, None)
+    loop = decision_loop(rooms)
+    rooms.leadership.fence_at = 1  # deposed at the run's first fencing check: its successor never hears of the run
+    async with asyncio.TaskGroup() as group:
+        group.create_task(loop.run(0.05, lambda: None))
+        with pytest.raises(CommandRefused, match=r"decided but not started: this node lost the lane before the run was "
+                           r"handed over, so no step was checked: .*; edge02 leads the lane now: ask there"):
+            await loop.submit(Command.CUTOVER, LANE, "ops")
+        loop.stop()
+    starts = rooms.journal.records(kinds=("run.start",))
+    kinds = [r.kind for r in rooms.journal.run_records(starts[0].run_id)]
+    assert len(starts) == 1 and kinds == ["decision", "run.start", "run.released"]
+    assert rooms.effects() == {}
 
 
 async def test_lane_state_is_restored_after_a_retention_cut(rooms: Rooms) -> None:
