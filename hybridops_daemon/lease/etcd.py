@@ -49,6 +49,10 @@ _CHANNEL_OPTIONS = {
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
+    # Keepalive on: gRPC then sets TCP_USER_TIMEOUT to the keepalive timeout (gRPC proposal A18), which the pool makes
+    # op_timeout, so a fencing transaction the kernel could not deliver in time dies with its connection instead of
+    # reaching etcd after a heal. Pings every 10 s during calls: etcd refuses clients pinging more often than 5 s.
+    "grpc.keepalive_time_ms": 10_000,
 }
 
 
@@ -72,9 +76,10 @@ class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
     channel: grpc.aio.Channel | None
     metadata: tuple[tuple[str, str], ...] | None
 
-    def __init__(self, host: str, port: int, credentials: EtcdCredentials) -> None:
+    def __init__(self, host: str, port: int, credentials: EtcdCredentials, user_timeout_ms: int) -> None:
         super().__init__(host, port)
         self._credentials = credentials
+        self._user_timeout_ms = user_timeout_ms
 
     async def connect(self) -> None:
         if self._connected.is_set():
@@ -82,6 +87,7 @@ class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type hints
         if self.channel is None:  # no await since the check: concurrent first calls share one channel
             target = f"{self._host}:{self._port}"
             options: list[tuple[str, int | str]] = list(_CHANNEL_OPTIONS.items())
+            options.append(("grpc.keepalive_timeout_ms", self._user_timeout_ms))
             creds = self._credentials
             if creds.ca is None:
                 self.channel = rpc.insecure_channel(target, options=options)
@@ -127,7 +133,7 @@ class EtcdPool:
     def _connect(self, credentials: EtcdCredentials) -> list[_Client]:
         if self._tls != {credentials.ca is not None}:
             raise ValueError("https:// etcd endpoints need a CA, and http:// ones take none")
-        return [_Client(host, port, credentials) for host, port in self._addresses]
+        return [_Client(host, port, credentials, round(self.op_timeout * 1000)) for host, port in self._addresses]
 
     async def use(self, credentials: EtcdCredentials) -> None:
         """Make every later call on new channels with ``credentials`` (a reload: a renewed certificate, a new password).

@@ -40,6 +40,7 @@ from hybridops_daemon.drivers.hcloud import HcloudDriver
 from hybridops_daemon.drivers.netbox import NetboxDriver
 from hybridops_daemon.drivers.postgres import PostgresDriver
 from hybridops_daemon.drivers.rfc2136 import Rfc2136Driver
+from hybridops_daemon.lease.etcd import EtcdPool, EtcdUnavailable
 from tests.fakes.hcloud_api import SEED_FLOATING_IP, HcloudFake
 from tests.testbed.edgenet import BRIDGE_ADDRESS, EdgeNet
 from tests.testbed.wait import eventually
@@ -67,16 +68,18 @@ def silent_server() -> Iterator[int]:
 def user_timeouts_to(port: int) -> list[int]:
     """TCP_USER_TIMEOUT (ms) of each socket of this process connected to 127.0.0.1:``port``, read from the kernel."""
     inodes = set()
-    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        remote, inode = fields[2], fields[9]
-        if remote == f"0100007F:{port:04X}":
-            inodes.add(inode)
+    # gRPC connects from an IPv6 socket to the IPv4-mapped address: /proc lists those in tcp6
+    for table, address in (("tcp", "0100007F"), ("tcp6", "0000000000000000FFFF00000100007F")):
+        for line in Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote, inode = fields[2], fields[9]
+            if remote == f"{address}:{port:04X}":
+                inodes.add(inode)
     found = []
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/self/fd/{fd}").removeprefix("socket:[").removesuffix("]") in inodes:
-                with socket.socket(fileno=os.dup(int(fd))) as sock:
+                with socket.socket(fileno=os.dup(int(fd))) as sock:  # the family is read off the descriptor
                     found.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
     return found
 
@@ -144,6 +147,20 @@ async def test_every_driver_connection_carries_tcp_user_timeout_of_its_request_b
         finally:
             with contextlib.suppress(DriverError):
                 await asyncio.wait_for(call, BOUND + 10)  # it gives up by itself: no answer within its bound
+    assert seen == [int(BOUND * 1000)] * len(seen)
+
+
+async def test_the_etcd_channels_carry_tcp_user_timeout_of_the_op_timeout() -> None:
+    """The lease's fencing transactions too: gRPC sets the option from the keepalive timeout the pool gives it."""
+    with silent_server() as port:
+        pool = EtcdPool([f"http://127.0.0.1:{port}"], op_timeout=BOUND)
+        call = asyncio.ensure_future(pool.call("fencing check", lambda client: client.get(b"/hybridops/x")))
+        try:
+            seen = await eventually("the etcd channel's connection", lambda: user_timeouts_to(port), within=5)
+        finally:
+            with contextlib.suppress(EtcdUnavailable):
+                await asyncio.wait_for(call, BOUND + 10)  # no answer within op_timeout: EtcdUnavailable
+            await pool.close()
     assert seen == [int(BOUND * 1000)] * len(seen)
 
 
