@@ -14,7 +14,8 @@ import pytest
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner, RunSpec
 from hybridops_daemon.config.profile import Profile
-from hybridops_daemon.control.protocol import CommandRefused
+from hybridops_daemon.control.protocol import CommandRefused, Unconfirmed
+from hybridops_daemon.daemon import decisions
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.decisions import DecisionLoop
 from hybridops_daemon.daemon.inbox import Inbox
@@ -64,6 +65,7 @@ class MemoryLeadership:
         self.fenced = False
         self.checks = 0  # ensure() calls so far
         self.fence_at: int | None = None  # a newer holding appears at this ensure() (1: the first)
+        self.stalled: asyncio.Event | None = None  # set: ensure() waits for it (an etcd election under way)
         self._resigned = asyncio.Event()
 
     @property
@@ -86,6 +88,8 @@ class MemoryLeadership:
 
     async def ensure(self, token: int) -> None:
         self.checks += 1
+        if self.stalled is not None:
+            await self.stalled.wait()
         if self.fence_at is not None and self.checks >= self.fence_at:
             self.fenced = True
         if self.fenced or token != self.token:
@@ -305,3 +309,21 @@ def test_a_decision_naming_no_known_chain_is_refused_not_taken_for_a_failback() 
     with pytest.raises(ValueError, match="'scale'"):
         lane.run_spec({**DECISION, "chain": "scale"})
     assert lane.run_spec({**DECISION, "chain": "failback"}).chain == "failback"
+
+
+async def test_an_operator_hears_unconfirmed_while_the_handover_waits_on_etcd(
+    rooms: Rooms, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decisions, "INTENT_REPLY_TIMEOUT", 0.2)
+    rooms.takeover.take(rooms.lane, None)
+    loop = decision_loop(rooms)
+    rooms.leadership.stalled = asyncio.Event()  # the run's first fencing check has no answer yet
+    async with asyncio.TaskGroup() as group:
+        group.create_task(loop.run(0.05, lambda: None))
+        with pytest.raises(Unconfirmed, match=r"its handover is not stored yet after 0.2s .* check hyopsctl status"):
+            await loop.submit(Command.CUTOVER, LANE, "ops")
+        rooms.leadership.stalled.set()  # etcd answers after all: the run goes on, as the answer warned
+        await rooms.chain_end()
+        loop.stop()
+    end = rooms.journal.last("run.end")
+    assert end is not None and end.body["ok"] is True
