@@ -60,6 +60,11 @@ def new_id() -> int:
     return secrets.randbits(62) | (1 << 61)  # 19 digits, like Google's
 
 
+def operation_name() -> str:
+    """A new operation's name, in the shape of Google's (``operation-<ms>-<hex>-<hex>``)."""
+    return f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}-{secrets.token_hex(4)}"
+
+
 def new_fingerprint() -> str:
     """A new label fingerprint: base64 of 8 bytes, as Google's look; it changes with every label change."""
     return base64.b64encode(secrets.token_bytes(8)).decode()
