@@ -1,4 +1,5 @@
-"""A fake of the Compute Engine v1 REST API: instances get/start/stop and zone operations get/wait.
+"""A fake of the Compute Engine v1 REST API: instances get/start/stop, zone operations get/wait, zonal managed
+instance groups (get, resize, listManagedInstances) and the zone's region with its quotas.
 
 Spoken to by ``google-cloud-compute`` with ``transport="rest"`` exactly as it talks to Google (paths and verbs
 from the SDK's ``instances`` and ``zone_operations`` REST transports), so a driver test exercises the real SDK:
@@ -33,7 +34,8 @@ per (method, path template), and tampering with an instance's status or labels b
 ``python -m tests.fakes.gcp_compute --port N`` serves in the foreground.
 
 This module holds the fake's core: its state and lock, operations, request faults, auth and serving. The instances'
-knobs and handlers are a part of their own (tests/fakes/gcp_instances.py), the paths and records in gcp_model.py.
+knobs and handlers are a part of their own (tests/fakes/gcp_instances.py), as are the managed instance groups and the
+region (tests/fakes/gcp_groups.py, which says how groups behave); the paths and records are in gcp_model.py.
 """
 
 from __future__ import annotations
@@ -49,17 +51,22 @@ from aiohttp import web
 from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
+from tests.fakes.gcp_groups import GroupsPart
 from tests.fakes.gcp_instances import InstancesPart
 from tests.fakes.gcp_model import (
     DEFAULT_INSTANCES,
     DEFAULT_PROJECT,
     DEFAULT_ZONE,
     EFFECT,
+    GROUP,
     HTTP_MESSAGE,
     INSTANCE,
+    LIST_MANAGED,
     OPERATION,
     OPERATION_WAIT,
     READ_ONLY_POSTS,
+    REGION,
+    RESIZE,
     SET_LABELS,
     START,
     STOP,
@@ -76,7 +83,7 @@ from tests.fakes.gcp_model import (
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class GcpComputeFake(InstancesPart):
+class GcpComputeFake(InstancesPart, GroupsPart):
     """One project and zone of Compute Engine. All state sits behind one lock: tests poke it from their thread."""
 
     def __init__(
@@ -121,6 +128,7 @@ class GcpComputeFake(InstancesPart):
             self._keys: dict[str, str] = {}
             self._denied: frozenset[str] = frozenset()
             self._revoked: frozenset[str] = frozenset()
+            self._reset_groups()
             self.held = 0  # requests held by hold_next_request so far
             self._release = threading.Event()
 
@@ -233,6 +241,9 @@ class GcpComputeFake(InstancesPart):
             if phase == "DONE":
                 op.history.append("DONE")
                 op.end_time = now_rfc3339()
+                if op.target == "instanceGroupManagers":
+                    self._finish_resize(op)
+                    continue
                 instance = self._instances.get(op.instance)
                 if instance is None or op.kind not in EFFECT:
                     continue
@@ -250,22 +261,22 @@ class GcpComputeFake(InstancesPart):
 
     def _operation_json(self, op: Operation, origin: str) -> dict[str, Any]:
         zone_url = self._zone_url(origin)
-        instance = self._instances.get(op.instance)
+        target = self._instances.get(op.instance) if op.target == "instances" else self._groups.get(op.instance)
         body: dict[str, Any] = {
             "kind": "compute#operation",
             "id": str(op.id),
             "name": op.name,
             "zone": zone_url,
             "operationType": op.kind,
-            "targetLink": f"{zone_url}/instances/{op.instance}",
+            "targetLink": f"{zone_url}/{op.target}/{op.instance}",
             "status": op.status,
             "progress": {"PENDING": 0, "RUNNING": 50, "DONE": 100}[op.status],
             "user": f"fake@{self.project}.iam.gserviceaccount.com",
             "insertTime": op.insert_time,
             "selfLink": f"{zone_url}/operations/{op.name}",
         }
-        if instance is not None:
-            body["targetId"] = str(instance.id)
+        if target is not None:
+            body["targetId"] = str(target.id)
         if op.start_time:
             body["startTime"] = op.start_time
         if op.end_time:
@@ -287,6 +298,10 @@ class GcpComputeFake(InstancesPart):
         app.router.add_post(TEST_PERMISSIONS, self._test_permissions)
         app.router.add_get(OPERATION, self._get_operation)
         app.router.add_post(OPERATION_WAIT, self._wait_operation)
+        app.router.add_get(GROUP, self._get_group)
+        app.router.add_post(RESIZE, self._resize_group)
+        app.router.add_post(LIST_MANAGED, self._list_managed)
+        app.router.add_get(REGION, self._get_region)
         app.router.add_get("/_fake/calls", self._fake_calls)
         app.router.add_get("/_fake/state", self._fake_state)
         app.router.add_post("/_fake/state", self._fake_tamper)
@@ -325,7 +340,10 @@ class GcpComputeFake(InstancesPart):
             return google_error(404, f"The requested URL {request.path} was not found on this server.")
         if request.match_info["project"] != self.project:
             return google_error(404, f"The resource 'projects/{request.match_info['project']}' was not found")
-        if request.match_info["zone"] != self.zone:
+        if request.match_info.get("region", self.region) != self.region:
+            where = f"projects/{self.project}/regions/{request.match_info['region']}"
+            return google_error(404, f"The resource '{where}' was not found")
+        if request.match_info.get("zone", self.zone) != self.zone:
             return google_error(400, f"Invalid value for field 'zone': '{request.match_info['zone']}'. Unknown zone.", "invalid")
         return await handler(request)
 

@@ -4,9 +4,8 @@ serving are the fake's own."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -17,7 +16,7 @@ from tests.fakes.gcp_model import (
     PERMISSIONS,
     STATUSES,
     TRANSITIONAL,
-    Failure,
+    FakePart,
     Instance,
     Operation,
     google_error,
@@ -26,27 +25,10 @@ from tests.fakes.gcp_model import (
 )
 
 
-class InstancesPart:
+class InstancesPart(FakePart):
     """Instances of one project and zone; every method takes the fake's lock (documented per method otherwise)."""
 
-    # The fake's own state (tests/fakes/gcp_compute.py), which this part reads and changes under its lock.
-    project: str
-    zone: str
-    pending_for: float
-    running_for: float
-    _lock: threading.Lock
-    _instances: dict[str, Instance]
-    _operations: dict[str, Operation]
-    _fail_operation: Failure | None
-    _revoked: frozenset[str]
-
-    if TYPE_CHECKING:  # the fake's own methods
-
-        def _advance(self) -> None: ...
-
-        def _zone_url(self, origin: str) -> str: ...
-
-        def _operation_json(self, op: Operation, origin: str) -> dict[str, Any]: ...
+    _revoked: frozenset[str]  # the fake's, as the rest of its state (FakePart)
 
     def set_status(self, instance: str, status: str) -> None:
         """Tamper: set (or create) an instance's status behind the SDK's back."""
