@@ -18,7 +18,14 @@ from google.cloud import compute_v1
 
 from hybridops_daemon.chain import preflight
 from hybridops_daemon.config.profile import Step
-from hybridops_daemon.drivers.base import NoCompensation, NotFound, PermanentDriverError, StepContext, Unavailable
+from hybridops_daemon.drivers.base import (
+    NoCompensation,
+    NotFound,
+    PermanentDriverError,
+    RateLimited,
+    StepContext,
+    Unavailable,
+)
 from hybridops_daemon.drivers.gcp import GcpDriver
 from hybridops_daemon.drivers.gcp_group import NOT_SETTLED
 from tests.fakes.gcp_compute import GcpComputeFake
@@ -165,7 +172,7 @@ async def test_instances_never_running_is_a_typed_timeout_within_the_deadline(gc
     assert f"gcp: group {POOL} not at 3 running instance(s) after 1s (operation_timeout)" in str(caught.value)
     assert "targetSize 3, 1 of 3 instance(s) RUNNING (2 PROVISIONING/CREATING)" in str(caught.value)
     assert caught.value.details["states"] == {"PROVISIONING/CREATING": 2, "RUNNING/NONE": 1}
-    assert 0.9 <= took < 2.0  # bounded by operation_timeout, not by the instances
+    assert 0.9 <= took < 2.5  # bounded by operation_timeout (and the last read in flight), not by the instances
     # The runner's retry re-checks and applies again: no second resize, the same clear timeout.
     with pytest.raises(Unavailable):
         await driver.apply(step(3))
@@ -194,6 +201,28 @@ async def test_endless_pages_are_cut_off_with_a_clear_error(gcp_fake: GcpCompute
     with pytest.raises(Unavailable, match=f"group {POOL}: listManagedInstances still had more pages after 5: not read further"):
         await driver.check(step(1))
     assert gcp_fake.calls("POST", LIST_MANAGED) == 5
+
+
+async def test_a_group_listing_more_instances_than_the_bound_is_a_clear_error(
+    gcp_fake: GcpComputeFake, driver: GcpDriver
+) -> None:
+    gcp_fake.add_group(POOL, 2001)  # more than MAX_INSTANCES: the fake pages it 500 at a time
+
+    with pytest.raises(Unavailable, match=f"gcp: group {POOL} lists more than 2000 instances: not read further"):
+        await driver.check(step(3))
+    assert gcp_fake.calls("POST", LIST_MANAGED) == 5
+
+
+async def test_a_refused_or_failing_resize_request_keeps_googles_meaning(gcp_fake: GcpComputeFake, driver: GcpDriver) -> None:
+    gcp_fake.fail_next_requests(1, 503, "POST", RESIZE)
+    with pytest.raises(Unavailable, match=r"instanceGroupManagers\.resize burst-pool: HTTP 503"):
+        await driver.apply(step(2))
+    gcp_fake.fail_next_requests(1, 429, "POST", RESIZE)
+    with pytest.raises(RateLimited):
+        await driver.apply(step(2))
+    assert gcp_fake.group(POOL)["targetSize"] == 1
+    await driver.apply(step(2))  # the runner's retry
+    assert resizes(gcp_fake) == [2]
 
 
 async def test_inputs_are_validated_and_there_is_no_compensation(driver: GcpDriver) -> None:
