@@ -97,12 +97,14 @@ class GcpComputeFake(InstancesPart, GroupsPart):
         pending_for: float = 0.2,
         running_for: float = 0.3,
         wait_max: float = 2.0,
+        groups: Mapping[str, int] | None = None,
     ) -> None:
         self.project = project
         self.zone = zone
         self.host = host
         self.port = port
         self._seed = dict(instances)
+        self._seed_groups = dict(groups or {})  # name → size, RUNNING from the start
         self._lock = threading.Lock()
         self._defaults = (pending_for, running_for, wait_max)
         self._stopping = False
@@ -409,12 +411,12 @@ class GcpComputeFake(InstancesPart, GroupsPart):
         return web.json_response({"calls": [{"method": m, "path": p, "count": n} for (m, p), n in sorted(counts.items())]})
 
     async def _fake_state(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"project": self.project, "zone": self.zone, "instances": self.instances(), "operations": self.operations()}
-        )
+        state = {"project": self.project, "zone": self.zone, "instances": self.instances(), "operations": self.operations()}
+        return web.json_response(state | {"groups": self.groups()})
 
     async def _fake_tamper(self, request: web.Request) -> web.Response:
-        """``{"instances": {"NAME": {"status": "RUNNING"} | null}}``: set, create (or, with null, delete) instances."""
+        """``{"instances": {"NAME": {"status": "RUNNING"} | null}}``: set, create (or, with null, delete) instances;
+        ``{"groups": {"NAME": {"size": N} | null}}``: the same for groups (of N running instances)."""
         body = await request.json()
         try:
             for name, spec in dict(body.get("instances", {})).items():
@@ -422,6 +424,7 @@ class GcpComputeFake(InstancesPart, GroupsPart):
                     self.delete_instance(name)
                 else:
                     self.set_status(name, str(spec["status"]))
+            self._tamper_groups(dict(body.get("groups", {})))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             return google_error(400, f"bad tamper request: {exc}", "invalid")
         return await self._fake_state(request)
@@ -429,7 +432,7 @@ class GcpComputeFake(InstancesPart, GroupsPart):
     async def _fake_faults(self, request: web.Request) -> web.Response:
         """Keys (all optional): ``operation_delays {pending, running}``, ``fail_next_operation {code, message,
         http_status}``, ``fail_next_requests {count, status, method?, path?}`` (path: a template such as
-        ``START``), ``hang_next_request {count, method?, path?}``, ``wait_max``."""
+        ``START``), ``hang_next_request {count, method?, path?}``, ``wait_max``, and the groups' (``_group_faults``)."""
         body = await request.json()
         try:
             if "operation_delays" in body:
@@ -445,6 +448,7 @@ class GcpComputeFake(InstancesPart, GroupsPart):
             if "wait_max" in body:
                 with self._lock:
                     self.wait_max = float(body["wait_max"])
+            self._group_faults(body)
         except (KeyError, ValueError, TypeError) as exc:
             return google_error(400, f"bad fault request: {exc}", "invalid")
         return web.json_response({"ok": True})
@@ -503,6 +507,13 @@ class GcpComputeFake(InstancesPart, GroupsPart):
             loop.close()
 
 
+def _group_spec(text: str) -> tuple[str, int]:
+    name, _, size = text.partition("=")
+    if not name or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=SIZE")
+    return name, int(size)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.fakes.gcp_compute", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -515,6 +526,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME[=STATUS]",
         help="seed an instance (repeatable; default: cloud-standby and drill-standby, TERMINATED)",
     )
+    parser.add_argument(
+        "--group", action="append", type=_group_spec, metavar="NAME=SIZE", help="seed a managed instance group (repeatable)"
+    )
     parser.add_argument("--pending", type=float, default=0.2, help="seconds an operation stays PENDING")
     parser.add_argument("--running", type=float, default=0.3, help="seconds an operation stays RUNNING")
     args = parser.parse_args(argv)
@@ -525,8 +539,9 @@ def main(argv: list[str] | None = None) -> None:
             name, _, status = spec.partition("=")
             instances[name] = status or "TERMINATED"
     fake = GcpComputeFake(
-        args.project, args.zone, instances, host=args.host, port=args.port, pending_for=args.pending, running_for=args.running
-    ).start()
+        args.project, args.zone, instances, host=args.host, port=args.port, pending_for=args.pending, running_for=args.running,
+        groups=dict(args.group or ()),
+    ).start()  # fmt: skip
     print(f"GCP Compute fake for projects/{args.project}/zones/{args.zone} on {fake.endpoint}", flush=True)
     try:
         threading.Event().wait()

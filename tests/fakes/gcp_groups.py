@@ -83,9 +83,14 @@ class GroupsPart(FakePart):
     def region(self) -> str:
         return self.zone.rsplit("-", 1)[0]  # europe-west3-a is in europe-west3
 
+    _seed_groups: dict[str, int]  # the fake's: the groups it starts with (name → size)
+
     def _reset_groups(self) -> None:
-        """No groups, default delays and quotas, no list faults. Lock held."""
+        """The seeded groups (their instances running), default delays and quotas, no list faults. Lock held."""
         self._groups: dict[str, Group] = {}
+        for name, size in self._seed_groups.items():
+            self._groups[name] = Group(name, 0)
+            self._groups[name].resize(size, -math.inf)  # created long ago: running now
         self.member_delays = DEFAULT_MEMBER_DELAYS
         self._quotas: dict[str, tuple[float, float | None]] = {m: (limit, None) for m, limit in DEFAULT_QUOTAS.items()}
         self._endless_pages = False
@@ -94,11 +99,10 @@ class GroupsPart(FakePart):
     # ------------------------------------------------------------------------------------------ knobs
 
     def add_group(self, name: str, size: int = 0) -> None:
-        """A group with ``size`` instances, RUNNING already."""
+        """A group with ``size`` instances, RUNNING already (replacing one of that name)."""
         with self._lock:
-            group = Group(name, 0)
-            group.resize(size, -math.inf)  # created long ago: running now
-            self._groups[name] = group
+            self._groups[name] = Group(name, 0)
+            self._groups[name].resize(size, -math.inf)  # created long ago: running now
 
     def delete_group(self, name: str) -> None:
         with self._lock:
@@ -126,19 +130,48 @@ class GroupsPart(FakePart):
 
     def group(self, name: str) -> dict[str, Any]:
         """The group as ``instanceGroupManagers.get`` shows it, with its members as listManagedInstances does."""
+        return self.groups()[name]
+
+    def groups(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             self._advance()
-            group = self._groups[name]
             origin = f"http://{self.project}.invalid"  # links are not what a test reads here
-            return self._group_json(group, origin) | {"members": self._members_json(group, origin)}
+            return {
+                name: self._group_json(group, origin) | {"members": self._members_json(group, origin)}
+                for name, group in self._groups.items()
+            }
 
     def resizes(self) -> list[dict[str, Any]]:
         """Every resize operation so far, oldest first, with its size and the statuses it went through."""
         with self._lock:
             self._advance()
-            origin = f"http://{self.project}.invalid"
+            origin = f"http://{self.project}.invalid"  # links are not what a test reads here
             ops = [op for op in self._operations.values() if op.kind == RESIZE_KIND]
             return [self._operation_json(op, origin) | {"size": op.size, "history": list(op.history)} for op in ops]
+
+    def _tamper_groups(self, groups: Mapping[str, Any]) -> None:
+        """``/_fake/state``'s ``groups``: ``{"NAME": {"size": N} | null}`` adds (replaces) or, with null, deletes."""
+        for name, spec in groups.items():
+            if spec is None:
+                self.delete_group(name)
+            else:
+                self.add_group(name, int(spec["size"]))
+
+    def _group_faults(self, body: Mapping[str, Any]) -> None:
+        """``/_fake/faults``' group keys (all optional): ``member_delays {provisioning, staging, deleting}`` (null:
+        forever), ``quota {metric, limit, usage?}``, ``endless_pages`` (bool), ``garble_next_list`` (a count)."""
+        if "member_delays" in body:
+            spec = body["member_delays"]
+            delays = [math.inf if spec[k] is None else float(spec[k]) for k in ("provisioning", "staging", "deleting")]
+            self.set_member_delays(*delays)
+        if "quota" in body:
+            spec = body["quota"]
+            usage = spec.get("usage")
+            self.set_quota(str(spec["metric"]), float(spec["limit"]), None if usage is None else float(usage))
+        if "endless_pages" in body:
+            self.endless_pages(bool(body["endless_pages"]))
+        if "garble_next_list" in body:
+            self.garble_next_list(int(body["garble_next_list"]))
 
     # ------------------------------------------------------------------------------------------ the model
 
