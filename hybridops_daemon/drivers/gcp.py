@@ -203,7 +203,8 @@ class GcpDriver:
     """``compute/capacity@v1`` on Compute Engine (and ``compute/group-size@v1``: drivers/gcp_group.py).
 
     ``request_timeout``: the client-side limit of each API request (so a worker thread ends within it after
-    its caller gave up). ``poll_interval``: how often apply() re-reads an instance that is settling.
+    its caller gave up). ``poll_interval``: how often apply() re-reads an instance that is settling, or a group
+    whose instances are coming up or going.
     """
 
     name = "gcp"
