@@ -1,4 +1,6 @@
-"""The ``gcp`` driver: ``compute/capacity@v1`` as Compute Engine instances, through ``google-cloud-compute`` (REST).
+"""The ``gcp`` driver: ``compute/capacity@v1`` as Compute Engine instances, through ``google-cloud-compute`` (REST);
+and ``compute/group-size@v1`` as a zonal managed instance group, in drivers/gcp_group.py (every method hands a step of
+that module there; it uses this module's clients, calls, operation wait and errors).
 
 ``inputs.name`` is an instance in ``config.project`` / ``config.zone``; ``state: running`` means status
 ``RUNNING``, ``state: stopped`` means ``TERMINATED`` (or ``STOPPED``). ``start`` / ``stop`` return a zone
@@ -18,7 +20,8 @@ Fencing: apply() labels the instance ``hyops-fencing-token`` = the run's fencing
 starts or stops it, with ``instances.setLabels`` carrying the ``labelFingerprint`` of its read: Google's optimistic
 concurrency, so the stamp is a conditional write (a newer writer's stamp in between: 412 conditionNotMet, reported
 as Fenced). check() and apply() refuse (Fenced) an instance stamped with a newer token than the run's. The start or
-stop that follows the stamp is not conditional: it is checked, not guarded, by the stamp.
+stop that follows the stamp is not conditional: it is checked, not guarded, by the stamp. A managed instance group
+takes no stamp at all (no labels with a fingerprint): its resize is check-then-write (drivers/gcp_group.py).
 
 Credentials: ``config.credentials`` (a SecretRef) holds a service-account key, either the JSON itself (a file
 reference, or an env var holding the JSON) or, for an env var, the path of the JSON file. It is resolved at
@@ -40,10 +43,10 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests  # the SDK's REST transport lets its exceptions through unwrapped
 from google.api_core import exceptions as google_exceptions
@@ -74,7 +77,11 @@ from hybridops_daemon.drivers.base import (
 from hybridops_daemon.drivers.declarations.gcp import GcpDriverConfig
 from hybridops_daemon.drivers.modules import ComputeCapacity, inputs_of
 
+if TYPE_CHECKING:
+    from hybridops_daemon.drivers.gcp_group import GroupSize
+
 MODULE = "compute/capacity@v1"
+GROUP_MODULE = "compute/group-size@v1"  # a managed instance group's size: drivers/gcp_group.py
 FENCING_LABEL = "hyops-fencing-token"  # a valid GCE label key; the value is the decimal fencing token
 SCOPES = ("https://www.googleapis.com/auth/compute",)
 PROBE = "gcp instances.get read-back"
@@ -92,6 +99,7 @@ ACTIONABLE: Mapping[str, frozenset[str]] = {
 }
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 # Unavailable's code for a request that got no answer within ``request_timeout`` (_wait asks such a wait again).
@@ -102,6 +110,8 @@ REQUEST_TIMEOUT = "request_timeout"
 class _Clients:
     instances: compute_v1.InstancesClient
     operations: compute_v1.ZoneOperationsClient
+    groups: compute_v1.InstanceGroupManagersClient
+    regions: compute_v1.RegionsClient
 
 
 def _first_reason(exc: google_exceptions.GoogleAPICallError) -> str:
@@ -190,14 +200,15 @@ def _rest_session(transport: object) -> requests.Session:
 
 
 class GcpDriver:
-    """``compute/capacity@v1`` on Compute Engine.
+    """``compute/capacity@v1`` on Compute Engine (and ``compute/group-size@v1``: drivers/gcp_group.py).
 
     ``request_timeout``: the client-side limit of each API request (so a worker thread ends within it after
-    its caller gave up). ``poll_interval``: how often apply() re-reads an instance that is settling.
+    its caller gave up). ``poll_interval``: how often apply() re-reads an instance that is settling, or a group
+    whose instances are coming up or going.
     """
 
     name = "gcp"
-    modules = frozenset({MODULE})
+    modules = frozenset({MODULE, GROUP_MODULE})
 
     def __init__(self, config: GcpDriverConfig, *, request_timeout: float = 30.0, poll_interval: float = 1.0) -> None:
         if request_timeout <= 0 or poll_interval <= 0:
@@ -217,6 +228,8 @@ class GcpDriver:
         satisfied. Raises Fenced (stamped with a newer token, satisfied or not), NotFound, Refused,
         CredentialsUnavailable (permanent); RateLimited, Unavailable (retryable).
         """
+        if step.module == GROUP_MODULE:
+            return await self._group().check(step)
         inputs = self._inputs(step)
         instance = await self._get(inputs.name)
         refuse_newer_stamp(f"gcp instance {inputs.name}", _stamp(instance), step)
@@ -236,6 +249,8 @@ class GcpDriver:
         operation failed or outlasted ``operation_timeout``; labels changed by someone else since the read) and the
         errors of check(); Refused for a SUSPENDED instance asked to run (resuming is not part of this module).
         """
+        if step.module == GROUP_MODULE:
+            return await self._group().apply(step)
         inputs = self._inputs(step)
         return await self._converge(inputs, inputs.state, step)
 
@@ -244,6 +259,8 @@ class GcpDriver:
 
         Read-only and idempotent. Budget: one request (≤ request_timeout). Raises the errors of check(), but never Fenced.
         """
+        if step.module == GROUP_MODULE:
+            return await self._group().verify(step)
         inputs = self._inputs(step)
         instance = await self._get(inputs.name)
         status = _status(instance)
@@ -259,6 +276,8 @@ class GcpDriver:
         Stateless, so the chain runner must compensate only steps this run applied (a step skipped because the
         capacity was already running must not stop it). Idempotent; budget and errors as apply().
         """
+        if step.module == GROUP_MODULE:
+            return await self._group().compensate(step)
         inputs = self._inputs(step)
         opposite = "stopped" if inputs.state == "running" else "running"
         result = await self._converge(inputs, opposite, step)
@@ -275,6 +294,8 @@ class GcpDriver:
         id, self link. Budget: 2 requests, each ≤ request_timeout. Raises as check() (a deleted instance:
         NotFound; denied credentials: Refused, 403; refused ones: CredentialsUnavailable).
         """
+        if step.module == GROUP_MODULE:
+            return await self._group().preflight(step)
         inputs = self._inputs(step)
         instance = await self._get(inputs.name)
         status, verb = _status(instance), _verb(inputs.state)
@@ -301,6 +322,11 @@ class GcpDriver:
         return Readiness(True, f"{where} is {status}: ready to {verb}", observed)
 
     # ------------------------------------------------------------------------------------------ internals
+
+    def _group(self) -> GroupSize:
+        from hybridops_daemon.drivers.gcp_group import GroupSize  # it builds on this module's helpers: imported at first use
+
+        return GroupSize(self)
 
     @staticmethod
     def _inputs(step: StepContext) -> ComputeCapacity:
@@ -380,16 +406,28 @@ class GcpDriver:
 
     async def _settled(self, name: str, deadline: float, when: str) -> compute_v1.Instance:
         """The instance once its status is not transitional; Unavailable past ``deadline``."""
+        return await self._poll(
+            lambda: self._get(name),
+            lambda instance: _status(instance) not in TRANSITIONAL,
+            deadline,
+            lambda instance: Unavailable(
+                f"gcp: instance {name} still {_status(instance)} {when} after {self._config.operation_timeout:g}s "
+                "(operation_timeout)"
+            ),
+        )
+
+    async def _poll(
+        self, read: Callable[[], Awaitable[R]], done: Callable[[R], bool], deadline: float, late: Callable[[R], DriverError]
+    ) -> R:
+        """``read()`` every ``poll_interval`` until ``done`` holds for its answer; ``late(answer)`` is raised rather than
+        sleeping past ``deadline`` (a loop time)."""
         loop = asyncio.get_running_loop()
         while True:
-            instance = await self._get(name)
-            status = _status(instance)
-            if status not in TRANSITIONAL:
-                return instance
+            answer = await read()
+            if done(answer):
+                return answer
             if loop.time() + self._poll_interval > deadline:
-                raise Unavailable(
-                    f"gcp: instance {name} still {status} {when} after {self._config.operation_timeout:g}s (operation_timeout)"
-                )
+                raise late(answer)
             await asyncio.sleep(self._poll_interval)
 
     async def _wait(self, op: compute_v1.Operation, deadline: float) -> compute_v1.Operation:
@@ -422,13 +460,15 @@ class GcpDriver:
         clients = await self._client()
         return await self._call(f"instances.get {name}", clients.instances.get, instance=name)
 
-    async def _call(self, what: str, method: Callable[..., T], *, limit: float | None = None, **request: Any) -> T:
-        """``method(project, zone, **request)`` in a worker thread, bounded by ``limit`` (default: request_timeout)."""
+    async def _call(
+        self, what: str, method: Callable[..., T], *, limit: float | None = None, zonal: bool = True, **request: Any
+    ) -> T:
+        """``method(project, zone, **request)`` in a worker thread, bounded by ``limit`` (default: request_timeout).
+        ``zonal=False``: ``method(**request)``, for a call on a region, or one given a whole request object."""
         bound = limit if limit is not None else self._request_timeout
+        scope = {"project": self._config.project, "zone": self._config.zone} if zonal else {}
         try:
-            return await asyncio.to_thread(
-                method, project=self._config.project, zone=self._config.zone, timeout=bound, retry=None, **request
-            )
+            return await asyncio.to_thread(method, **scope, timeout=bound, retry=None, **request)
         except (
             google_exceptions.GoogleAPICallError,
             requests.exceptions.RequestException,
@@ -453,11 +493,15 @@ class GcpDriver:
                 options = {"api_endpoint": self._config.endpoint} if self._config.endpoint else None
                 try:
                     rest: dict[str, Any] = {"transport": "rest", "client_options": options, "credentials": credentials}
-                    instances = compute_v1.InstancesClient(**rest)
-                    operations = compute_v1.ZoneOperationsClient(**rest)
-                    for client in (instances, operations):
+                    clients = _Clients(
+                        compute_v1.InstancesClient(**rest),
+                        compute_v1.ZoneOperationsClient(**rest),
+                        compute_v1.InstanceGroupManagersClient(**rest),
+                        compute_v1.RegionsClient(**rest),
+                    )
+                    for client in (clients.instances, clients.operations, clients.groups, clients.regions):
                         sockets.mount(_rest_session(client.transport), self._request_timeout)
-                    self._clients = _Clients(instances, operations)
+                    self._clients = clients
                 except auth_exceptions.DefaultCredentialsError:
                     raise CredentialsUnavailable(
                         "gcp: no credentials configured and no Application Default Credentials found"

@@ -14,7 +14,17 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hybridops_daemon.drivers.base import Refused
 
@@ -66,11 +76,24 @@ class ComputeCapacity(ModuleInputs):
 
 class ComputeGroupSize(ModuleInputs):
     """``compute/group-size@v1``: the managed group of instances ``group`` runs ``size`` of them (0: none); a burst
-    lane's scale step (its size comes from the run: ``size: ${run.size}``)."""
+    lane's scale step (its size comes from the run: ``size: ${run.size}``). ``max_size``: the largest size the lane
+    may ask for, which a preflight (knowing no run's size) checks the quota for; a size above it is refused."""
 
     identity: ClassVar[tuple[str, ...]] = ("group",)
     group: NonEmpty
     size: int = Field(ge=0, le=1000)
+    max_size: int | None = Field(default=None, ge=0, le=1000, description="the largest size the lane may ask for; default: size")
+
+    @model_validator(mode="after")
+    def _size_within_max_size(self) -> ComputeGroupSize:
+        if self.max_size is not None and self.size > self.max_size:
+            raise ValueError("size must not exceed max_size")
+        return self
+
+    @property
+    def ceiling(self) -> int:
+        """The largest size this step stands for: ``max_size``, or ``size`` when it gives none."""
+        return self.size if self.max_size is None else self.max_size
 
 
 class DatabasePrimary(ModuleInputs):

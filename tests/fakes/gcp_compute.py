@@ -1,4 +1,5 @@
-"""A fake of the Compute Engine v1 REST API: instances get/start/stop and zone operations get/wait.
+"""A fake of the Compute Engine v1 REST API: instances get/start/stop, zone operations get/wait, zonal managed
+instance groups (get, resize, listManagedInstances) and the zone's region with its quotas.
 
 Spoken to by ``google-cloud-compute`` with ``transport="rest"`` exactly as it talks to Google (paths and verbs
 from the SDK's ``instances`` and ``zone_operations`` REST transports), so a driver test exercises the real SDK:
@@ -31,13 +32,16 @@ answer the next N API requests with 429/503, hang the next API request until its
 per (method, path template), and tampering with an instance's status or labels behind the SDK's back.
 ``GcpComputeFake.start()`` serves from a background thread with its own event loop on a free loopback port;
 ``python -m tests.fakes.gcp_compute --port N`` serves in the foreground.
+
+This module holds the fake's core: its state and lock, operations, request faults, auth and serving. The instances'
+knobs and handlers are a part of their own (tests/fakes/gcp_instances.py), as are the managed instance groups and the
+region (tests/fakes/gcp_groups.py, which says how groups behave); the paths and records are in gcp_model.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -47,39 +51,39 @@ from aiohttp import web
 from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 
+from tests.fakes.gcp_groups import GroupsPart
+from tests.fakes.gcp_instances import InstancesPart
 from tests.fakes.gcp_model import (
     DEFAULT_INSTANCES,
     DEFAULT_PROJECT,
     DEFAULT_ZONE,
     EFFECT,
+    GROUP,
     HTTP_MESSAGE,
     INSTANCE,
-    LABEL_KEY,
-    LABEL_VALUE,
+    LIST_MANAGED,
     OPERATION,
     OPERATION_WAIT,
-    PERMISSIONS,
     READ_ONLY_POSTS,
+    REGION,
+    RESIZE,
     SET_LABELS,
     START,
-    STATUSES,
     STOP,
     TEST_PERMISSIONS,
-    TRANSITIONAL,
     ZONE_PATH,
     Failure,
     Fault,
     Instance,
     Operation,
     google_error,
-    new_fingerprint,
     now_rfc3339,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class GcpComputeFake:
+class GcpComputeFake(InstancesPart, GroupsPart):
     """One project and zone of Compute Engine. All state sits behind one lock: tests poke it from their thread."""
 
     def __init__(
@@ -93,12 +97,14 @@ class GcpComputeFake:
         pending_for: float = 0.2,
         running_for: float = 0.3,
         wait_max: float = 2.0,
+        groups: Mapping[str, int] | None = None,
     ) -> None:
         self.project = project
         self.zone = zone
         self.host = host
         self.port = port
         self._seed = dict(instances)
+        self._seed_groups = dict(groups or {})  # name → size, RUNNING from the start
         self._lock = threading.Lock()
         self._defaults = (pending_for, running_for, wait_max)
         self._stopping = False
@@ -124,6 +130,7 @@ class GcpComputeFake:
             self._keys: dict[str, str] = {}
             self._denied: frozenset[str] = frozenset()
             self._revoked: frozenset[str] = frozenset()
+            self._reset_groups()
             self.held = 0  # requests held by hold_next_request so far
             self._release = threading.Event()
 
@@ -131,26 +138,6 @@ class GcpComputeFake:
     def endpoint(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address in a URL takes brackets
         return f"http://{host}:{self.port}"
-
-    def set_status(self, instance: str, status: str) -> None:
-        """Tamper: set (or create) an instance's status behind the SDK's back."""
-        if status not in STATUSES:
-            raise ValueError(f"unknown instance status {status!r}; one of {sorted(STATUSES)}")
-        with self._lock:
-            self._advance()
-            if instance in self._instances:
-                self._instances[instance].status = status
-            else:
-                self._instances[instance] = Instance(instance, status)
-
-    def delete_instance(self, instance: str) -> None:
-        with self._lock:
-            self._instances.pop(instance, None)
-
-    def status(self, instance: str) -> str:
-        with self._lock:
-            self._advance()
-            return self._instances[instance].status
 
     def set_operation_delays(self, pending: float, running: float) -> None:
         """How long new operations stay PENDING, then RUNNING, before they are DONE."""
@@ -188,16 +175,6 @@ class GcpComputeFake:
     def release_held(self) -> None:
         self._release.set()
 
-    def labels(self, instance: str) -> dict[str, str]:
-        with self._lock:
-            return dict(self._instances[instance].labels)
-
-    def set_labels(self, instance: str, labels: Mapping[str, str]) -> None:
-        """Tamper: replace an instance's labels behind the SDK's back (its fingerprint changes, as with setLabels)."""
-        with self._lock:
-            self._instances[instance].labels = dict(labels)
-            self._instances[instance].label_fingerprint = new_fingerprint()
-
     def require_auth(
         self, tokens: Iterable[str] = (), service_accounts: Mapping[str, str] | None = None, denied: Iterable[str] = ()
     ) -> None:
@@ -207,12 +184,6 @@ class GcpComputeFake:
             self._tokens = frozenset(tokens)
             self._keys = dict(service_accounts or {})
             self._denied = frozenset(denied)
-
-    def revoke_permissions(self, *permissions: str) -> None:
-        """From now on the caller lacks ``permissions`` (e.g. ``compute.instances.start``): testIamPermissions leaves
-        them out and the requests that need them get 403, as Google answers a role without them."""
-        with self._lock:
-            self._revoked = frozenset(permissions)
 
     def calls(self, method: str, template: str) -> int:
         """How many requests hit ``method template`` (e.g. ``"POST", START``), faulted ones included."""
@@ -272,6 +243,9 @@ class GcpComputeFake:
             if phase == "DONE":
                 op.history.append("DONE")
                 op.end_time = now_rfc3339()
+                if op.target == "instanceGroupManagers":
+                    self._finish_resize(op)
+                    continue
                 instance = self._instances.get(op.instance)
                 if instance is None or op.kind not in EFFECT:
                     continue
@@ -287,45 +261,24 @@ class GcpComputeFake:
     def _zone_url(self, origin: str) -> str:
         return origin + ZONE_PATH.format(project=self.project, zone=self.zone)
 
-    def _instance_json(self, inst: Instance, origin: str) -> dict[str, Any]:
-        zone_url = self._zone_url(origin)
-        body: dict[str, Any] = {
-            "kind": "compute#instance",
-            "id": str(inst.id),
-            "name": inst.name,
-            "zone": zone_url,
-            "machineType": f"{zone_url}/machineTypes/e2-small",
-            "status": inst.status,
-            "creationTimestamp": inst.created,
-            "selfLink": f"{zone_url}/instances/{inst.name}",
-            "labelFingerprint": inst.label_fingerprint,
-        }
-        if inst.labels:
-            body["labels"] = dict(inst.labels)
-        if inst.last_start:
-            body["lastStartTimestamp"] = inst.last_start
-        if inst.last_stop:
-            body["lastStopTimestamp"] = inst.last_stop
-        return body
-
     def _operation_json(self, op: Operation, origin: str) -> dict[str, Any]:
         zone_url = self._zone_url(origin)
-        instance = self._instances.get(op.instance)
+        target = self._instances.get(op.instance) if op.target == "instances" else self._groups.get(op.instance)
         body: dict[str, Any] = {
             "kind": "compute#operation",
             "id": str(op.id),
             "name": op.name,
             "zone": zone_url,
             "operationType": op.kind,
-            "targetLink": f"{zone_url}/instances/{op.instance}",
+            "targetLink": f"{zone_url}/{op.target}/{op.instance}",
             "status": op.status,
             "progress": {"PENDING": 0, "RUNNING": 50, "DONE": 100}[op.status],
             "user": f"fake@{self.project}.iam.gserviceaccount.com",
             "insertTime": op.insert_time,
             "selfLink": f"{zone_url}/operations/{op.name}",
         }
-        if instance is not None:
-            body["targetId"] = str(instance.id)
+        if target is not None:
+            body["targetId"] = str(target.id)
         if op.start_time:
             body["startTime"] = op.start_time
         if op.end_time:
@@ -347,6 +300,10 @@ class GcpComputeFake:
         app.router.add_post(TEST_PERMISSIONS, self._test_permissions)
         app.router.add_get(OPERATION, self._get_operation)
         app.router.add_post(OPERATION_WAIT, self._wait_operation)
+        app.router.add_get(GROUP, self._get_group)
+        app.router.add_post(RESIZE, self._resize_group)
+        app.router.add_post(LIST_MANAGED, self._list_managed)
+        app.router.add_get(REGION, self._get_region)
         app.router.add_get("/_fake/calls", self._fake_calls)
         app.router.add_get("/_fake/state", self._fake_state)
         app.router.add_post("/_fake/state", self._fake_tamper)
@@ -385,7 +342,10 @@ class GcpComputeFake:
             return google_error(404, f"The requested URL {request.path} was not found on this server.")
         if request.match_info["project"] != self.project:
             return google_error(404, f"The resource 'projects/{request.match_info['project']}' was not found")
-        if request.match_info["zone"] != self.zone:
+        if request.match_info.get("region", self.region) != self.region:
+            where = f"projects/{self.project}/regions/{request.match_info['region']}"
+            return google_error(404, f"The resource '{where}' was not found")
+        if request.match_info.get("zone", self.zone) != self.zone:
             return google_error(400, f"Invalid value for field 'zone': '{request.match_info['zone']}'. Unknown zone.", "invalid")
         return await handler(request)
 
@@ -423,101 +383,6 @@ class GcpComputeFake:
             await asyncio.sleep(0.05)
         return google_error(503, "hung request released", "backendError")
 
-    def _forbidden(self, permission: str, name: str) -> web.Response | None:
-        """Google's 403 when ``permission`` is revoked; None when the caller holds it. Lock held."""
-        if permission not in self._revoked:
-            return None
-        where = f"projects/{self.project}/zones/{self.zone}/instances/{name}"
-        return google_error(403, f"Required '{permission}' permission for '{where}'", "forbidden")
-
-    async def _test_permissions(self, request: web.Request) -> web.Response:
-        name = request.match_info["resource"]
-        try:
-            asked = (await request.json()).get("permissions", [])
-        except ValueError:
-            return google_error(400, "Invalid JSON payload received.", "parseError")
-        with self._lock:
-            if name not in self._instances:
-                return self._instance_not_found(name)
-            granted = [p for p in asked if p in PERMISSIONS and p not in self._revoked]
-        return web.json_response({"permissions": granted} if granted else {})
-
-    async def _get_instance(self, request: web.Request) -> web.Response:
-        name = request.match_info["instance"]
-        with self._lock:
-            if (forbidden := self._forbidden("compute.instances.get", name)) is not None:
-                return forbidden
-            self._advance()
-            inst = self._instances.get(name)
-            if inst is None:
-                return self._instance_not_found(name)
-            return web.json_response(self._instance_json(inst, str(request.url.origin())))
-
-    def _instance_not_found(self, name: str) -> web.Response:
-        return google_error(404, f"The resource 'projects/{self.project}/zones/{self.zone}/instances/{name}' was not found")
-
-    async def _start_or_stop(self, request: web.Request) -> web.Response:
-        name = request.match_info["instance"]
-        kind = request.path.rsplit("/", 1)[1]
-        with self._lock:
-            if (forbidden := self._forbidden(f"compute.instances.{kind}", name)) is not None:
-                return forbidden
-            self._advance()
-            inst = self._instances.get(name)
-            if inst is None:
-                return self._instance_not_found(name)
-            if inst.status in TRANSITIONAL:
-                return google_error(
-                    400,
-                    f"The resource 'projects/{self.project}/zones/{self.zone}/instances/{name}' is not ready",
-                    "resourceNotReady",
-                )
-            if kind == "start" and inst.status == "SUSPENDED":
-                return google_error(400, f"Instance '{name}' is suspended: resume it instead.", "badRequest")
-            op = Operation(
-                name=f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}-{secrets.token_hex(4)}",
-                kind=kind,
-                instance=name,
-                from_status=inst.status,
-                pending_for=self.pending_for,
-                running_for=self.running_for,
-                failure=self._fail_operation,
-            )
-            self._fail_operation = None
-            # Starting a running instance (or stopping a stopped one) is an operation that changes nothing.
-            if inst.status != EFFECT[kind][1]:
-                inst.status = EFFECT[kind][0]
-            self._operations[op.name] = op
-            self._advance()  # zero delays: DONE at once
-            return web.json_response(self._operation_json(op, str(request.url.origin())))
-
-    async def _set_labels(self, request: web.Request) -> web.Response:
-        """``setLabels``: the labels replace the instance's, only if ``labelFingerprint`` is the current one (else 412
-        conditionNotMet, as the API reference says); the operation is DONE at once."""
-        name = request.match_info["instance"]
-        try:
-            body = await request.json()
-            labels, fingerprint = dict(body.get("labels") or {}), body.get("labelFingerprint")
-        except (ValueError, TypeError, AttributeError):
-            return google_error(400, "Invalid JSON payload received.", "parseError")
-        bad = [k for k, v in labels.items() if not LABEL_KEY.fullmatch(str(k)) or not LABEL_VALUE.fullmatch(str(v))]
-        if bad or len(labels) > 64:
-            return google_error(400, f"Invalid value for field 'resource.labels': {bad or len(labels)}", "invalid")
-        with self._lock:
-            if (forbidden := self._forbidden("compute.instances.setLabels", name)) is not None:
-                return forbidden
-            inst = self._instances.get(name)
-            if inst is None:
-                return self._instance_not_found(name)
-            if fingerprint != inst.label_fingerprint:
-                return google_error(412, "Labels fingerprint either invalid or resource labels have changed", "conditionNotMet")
-            inst.labels, inst.label_fingerprint = labels, new_fingerprint()
-            op_name = f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}"
-            op = Operation(op_name, "setLabels", name, inst.status, pending_for=0.0, running_for=0.0, failure=None)
-            self._operations[op.name] = op
-            self._advance()
-            return web.json_response(self._operation_json(op, str(request.url.origin())))
-
     async def _get_operation(self, request: web.Request) -> web.Response:
         with self._lock:
             self._advance()
@@ -546,12 +411,12 @@ class GcpComputeFake:
         return web.json_response({"calls": [{"method": m, "path": p, "count": n} for (m, p), n in sorted(counts.items())]})
 
     async def _fake_state(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"project": self.project, "zone": self.zone, "instances": self.instances(), "operations": self.operations()}
-        )
+        state = {"project": self.project, "zone": self.zone, "instances": self.instances(), "operations": self.operations()}
+        return web.json_response(state | {"groups": self.groups()})
 
     async def _fake_tamper(self, request: web.Request) -> web.Response:
-        """``{"instances": {"NAME": {"status": "RUNNING"} | null}}``: set, create (or, with null, delete) instances."""
+        """``{"instances": {"NAME": {"status": "RUNNING"} | null}}``: set, create (or, with null, delete) instances;
+        ``{"groups": {"NAME": {"size": N} | null}}``: the same for groups (of N running instances)."""
         body = await request.json()
         try:
             for name, spec in dict(body.get("instances", {})).items():
@@ -559,6 +424,7 @@ class GcpComputeFake:
                     self.delete_instance(name)
                 else:
                     self.set_status(name, str(spec["status"]))
+            self._tamper_groups(dict(body.get("groups", {})))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             return google_error(400, f"bad tamper request: {exc}", "invalid")
         return await self._fake_state(request)
@@ -566,7 +432,7 @@ class GcpComputeFake:
     async def _fake_faults(self, request: web.Request) -> web.Response:
         """Keys (all optional): ``operation_delays {pending, running}``, ``fail_next_operation {code, message,
         http_status}``, ``fail_next_requests {count, status, method?, path?}`` (path: a template such as
-        ``START``), ``hang_next_request {count, method?, path?}``, ``wait_max``."""
+        ``START``), ``hang_next_request {count, method?, path?}``, ``wait_max``, and the groups' (``_group_faults``)."""
         body = await request.json()
         try:
             if "operation_delays" in body:
@@ -582,6 +448,7 @@ class GcpComputeFake:
             if "wait_max" in body:
                 with self._lock:
                     self.wait_max = float(body["wait_max"])
+            self._group_faults(body)
         except (KeyError, ValueError, TypeError) as exc:
             return google_error(400, f"bad fault request: {exc}", "invalid")
         return web.json_response({"ok": True})
@@ -640,6 +507,13 @@ class GcpComputeFake:
             loop.close()
 
 
+def _group_spec(text: str) -> tuple[str, int]:
+    name, _, size = text.partition("=")
+    if not name or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=SIZE")
+    return name, int(size)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.fakes.gcp_compute", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -652,6 +526,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME[=STATUS]",
         help="seed an instance (repeatable; default: cloud-standby and drill-standby, TERMINATED)",
     )
+    parser.add_argument(
+        "--group", action="append", type=_group_spec, metavar="NAME=SIZE", help="seed a managed instance group (repeatable)"
+    )
     parser.add_argument("--pending", type=float, default=0.2, help="seconds an operation stays PENDING")
     parser.add_argument("--running", type=float, default=0.3, help="seconds an operation stays RUNNING")
     args = parser.parse_args(argv)
@@ -662,8 +539,9 @@ def main(argv: list[str] | None = None) -> None:
             name, _, status = spec.partition("=")
             instances[name] = status or "TERMINATED"
     fake = GcpComputeFake(
-        args.project, args.zone, instances, host=args.host, port=args.port, pending_for=args.pending, running_for=args.running
-    ).start()
+        args.project, args.zone, instances, host=args.host, port=args.port, pending_for=args.pending, running_for=args.running,
+        groups=dict(args.group or ()),
+    ).start()  # fmt: skip
     print(f"GCP Compute fake for projects/{args.project}/zones/{args.zone} on {fake.endpoint}", flush=True)
     try:
         threading.Event().wait()

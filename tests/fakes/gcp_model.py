@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -21,8 +23,12 @@ SET_LABELS = INSTANCE + "/setLabels"
 OPERATION = ZONE_PATH + "/operations/{operation}"
 OPERATION_WAIT = OPERATION + "/wait"
 TEST_PERMISSIONS = ZONE_PATH + "/instances/{resource}/testIamPermissions"
+GROUP = ZONE_PATH + "/instanceGroupManagers/{group}"
+RESIZE = GROUP + "/resize"
+LIST_MANAGED = GROUP + "/listManagedInstances"
+REGION = "/compute/v1/projects/{project}/regions/{region}"
 # POSTs that change nothing: what mutating_calls() leaves out.
-READ_ONLY_POSTS = frozenset({OPERATION_WAIT, TEST_PERMISSIONS})
+READ_ONLY_POSTS = frozenset({OPERATION_WAIT, TEST_PERMISSIONS, LIST_MANAGED})
 # The permissions an instance's testIamPermissions knows of (the caller has them all unless revoked).
 PERMISSIONS = frozenset(f"compute.instances.{verb}" for verb in ("get", "start", "stop", "setLabels"))
 # The API reference's label rules: keys start with a lowercase letter; keys and values are lowercase letters, digits,
@@ -58,6 +64,11 @@ def now_rfc3339() -> str:
 
 def new_id() -> int:
     return secrets.randbits(62) | (1 << 61)  # 19 digits, like Google's
+
+
+def operation_name() -> str:
+    """A new operation's name, in the shape of Google's (``operation-<ms>-<hex>-<hex>``)."""
+    return f"operation-{int(time.time() * 1000)}-{secrets.token_hex(7)}-{secrets.token_hex(4)}"
 
 
 def new_fingerprint() -> str:
@@ -105,8 +116,8 @@ class Fault:
 @dataclass
 class Operation:
     name: str
-    kind: str  # operationType: start | stop | setLabels
-    instance: str
+    kind: str  # operationType: start | stop | setLabels | compute.instanceGroupManagers.resize
+    instance: str  # the target's name: an instance, or a group when ``target`` says so
     from_status: str  # the instance's status before: where a failed operation leaves it
     pending_for: float
     running_for: float
@@ -117,6 +128,8 @@ class Operation:
     start_time: str | None = None
     end_time: str | None = None
     history: list[str] = field(default_factory=lambda: ["PENDING"])  # every status it went through, in order
+    target: str = "instances"  # the collection of its target (targetLink): instances | instanceGroupManagers
+    size: int | None = None  # a resize's new target size
 
     def phase(self, now: float) -> str:
         elapsed = now - self.created
@@ -127,3 +140,25 @@ class Operation:
     @property
     def status(self) -> str:
         return self.history[-1]
+
+
+class FakePart:
+    """A part of the fake (its instances, its groups): the state it shares with the fake, declared for the type
+    checker. The fake (tests/fakes/gcp_compute.py) owns and sets it all; every part works under its lock."""
+
+    project: str
+    zone: str
+    pending_for: float
+    running_for: float
+    _lock: threading.Lock
+    _instances: dict[str, Instance]
+    _operations: dict[str, Operation]
+    _fail_operation: Failure | None
+
+    if TYPE_CHECKING:  # the fake's own methods
+
+        def _advance(self) -> None: ...
+
+        def _zone_url(self, origin: str) -> str: ...
+
+        def _operation_json(self, op: Operation, origin: str) -> dict[str, Any]: ...

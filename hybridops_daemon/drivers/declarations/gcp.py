@@ -10,7 +10,8 @@ from hybridops_daemon.drivers.declaration import DriverConfig, DriverDeclaration
 
 
 class GcpDriverConfig(DriverConfig):
-    """GCP Compute Engine instances through ``google-cloud-compute`` (REST transport)."""
+    """GCP Compute Engine instances and zonal managed instance groups through ``google-cloud-compute`` (REST transport).
+    A group's quota is read in ``zone``'s region."""
 
     project: str
     zone: str
@@ -31,5 +32,5 @@ def _build(lane: str, config: GcpDriverConfig) -> Driver:
 
 
 DECLARATION: DriverDeclaration[GcpDriverConfig] = DriverDeclaration(
-    "gcp", frozenset({"compute/capacity@v1"}), GcpDriverConfig, _build
+    "gcp", frozenset({"compute/capacity@v1", "compute/group-size@v1"}), GcpDriverConfig, _build
 )
