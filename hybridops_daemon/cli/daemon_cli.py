@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--peer", default="edge02", help="the other edge (for both_edges corroboration)")
     simulate.add_argument("--grace", default="60s", help="a cutover this long after a fault's end still counts as its detection")
     simulate.add_argument("--every-tick", action="store_true", help="run every tick, none skipped (slower; for verification)")
+    simulate.add_argument(
+        "--faults", type=Path, metavar="FILE", help="ground truth: a file of 'START END' lines, seconds from the trace start"
+    )
 
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -232,6 +235,7 @@ def _simulate(args: argparse.Namespace) -> int:
         peer=args.peer,
         grace=args.grace,
         every_tick=args.every_tick,
+        faults_path=args.faults,
     )
 
 
