@@ -1,5 +1,5 @@
 """``hyops-daemon``: the daemon itself and its offline tools (check-config, schema, journal verify/head, simulate,
-demo-primary)."""
+history, demo-primary)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         "--faults", type=Path, metavar="FILE", help="ground truth: a file of 'START END' lines, seconds from the trace start"
     )
 
+    history = commands.add_parser(
+        "history", help="export a profile's signals from Prometheus as a trace for simulate (see simulations/README.md)"
+    )
+    history.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus (or an API like it), http(s)://")
+    history.add_argument("--profile", type=Path, required=True, help="the profile whose signals are exported")
+    history.add_argument("--start", required=True, metavar="T", help="RFC 3339 with a zone (2026-11-03T00:00Z) or Unix seconds")
+    history.add_argument("--end", required=True, metavar="T", help="as --start")
+    history.add_argument("--step", default="10s", help="one sample per signal every STEP (default 10s)")
+    history.add_argument("-o", "--output", type=Path, metavar="FILE", help="the trace (.jsonl, or .jsonl.gz); default stdout")
+    history.add_argument("--incidents", type=Path, metavar="FILE", help="'START END' lines (times as --start): the faults")
+    history.add_argument("--queries", type=Path, metavar="FILE", help="YAML: queries: [{signal, query, label}]")
+    history.add_argument("--config", type=Path, metavar="FILE", help="queries from the daemon config's prometheus source")
+    history.add_argument("--timeout", default="60s", help="per request (default 60s)")
+    history.add_argument("--retries", type=int, default=3, help="retries of a request that failed but may pass (default 3)")
+
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args.config, args.log_level, args.pretty)
@@ -85,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return _journal_verify(args.db, args.expect_head, args.key_file, args.key_env, args.against, args.node)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "history":
+        return _history(args)
     return _demo_primary(args.host, args.port)
 
 
@@ -236,6 +253,24 @@ def _simulate(args: argparse.Namespace) -> int:
         grace=args.grace,
         every_tick=args.every_tick,
         faults_path=args.faults,
+    )
+
+
+def _history(args: argparse.Namespace) -> int:
+    from hybridops_daemon.simulate.history import run_history
+
+    return run_history(
+        prometheus=args.prometheus,
+        profile_path=args.profile,
+        start=args.start,
+        end=args.end,
+        step=args.step,
+        output=args.output,
+        incidents_path=args.incidents,
+        queries_path=args.queries,
+        config_path=args.config,
+        timeout=args.timeout,
+        retries=args.retries,
     )
 
 

@@ -35,7 +35,7 @@ FAULT_KEYS = ("t", "fault")
 FAULT_MARKS = ("start", "end")
 CSV_COLUMNS = ("t", "signal", "value", "edge")
 
-_JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _FAST_PREFIX = b'{"t":'
 _CACHE_LIMIT = 65_536  # distinct line shapes remembered; numeric signals with varying values simply miss
 READ_BLOCK_BYTES: Final = 1 << 22  # memory while reading: one block and one line (limits.MAX_TRACE_LINE_BYTES)
@@ -214,7 +214,7 @@ def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
             shape = shapes.get(raw[comma + 1 :]) if comma > 0 else None
             if shape is not None:
                 number = raw[5:comma]
-                if (number.isdigit() and (number[0] != 48 or len(number) == 1)) or _JSON_NUMBER.fullmatch(number):
+                if (number.isdigit() and (number[0] != 48 or len(number) == 1)) or JSON_NUMBER.fullmatch(number):
                     t = float(number)
                     if t < builder.last_t or not math.isfinite(t):
                         builder.time(_checked_time(t, path, lineno), lineno)  # raises with the message
@@ -243,7 +243,7 @@ def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
         trace.labelled = trace.labelled or shape[4]
         if raw[:5] == _FAST_PREFIX and len(shapes) < _CACHE_LIMIT:
             comma = raw.find(b",", 5)
-            if comma > 0 and _JSON_NUMBER.fullmatch(raw[5:comma]):
+            if comma > 0 and JSON_NUMBER.fullmatch(raw[5:comma]):
                 shapes[raw[comma + 1 :]] = shape
     return builder.finish()
 
