@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import sys
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ REPLY: Final = limits.JsonLimits(max_bytes=MAX_REPLY_BYTES, max_depth=8, max_ite
 CONNECT_TIMEOUT_S: Final = 5.0
 FIRST_BACKOFF_S: Final = 1.0  # doubled after each failed attempt
 _PROGRESS_EVERY_S: Final = 0.2
+_VALUE_CACHE: Final = 65_536  # distinct value texts remembered; a series of ever-new values simply misses
 
 
 class HistoryError(Exception):
@@ -249,38 +252,59 @@ def export(plan: Plan, prometheus: Prometheus, out: IO[bytes], progress: IO[str]
     stats = Stats()
     began = time.monotonic()
     order = sorted((name, i, j) for i, item in enumerate(plan.wanted) for j, name in enumerate(item.names.values()))
-    prefixes = {name: f',"signal":"{_escaped(name)}","value":'.encode() for name, _i, _j in order}
+    prefixes = {name: f',"signal":{json.dumps(name)},"value":' for name, _i, _j in order}
+    texts: dict[str, str | None] = {}
     rank = {name: index for index, (name, _i, _j) in enumerate(order)}
     marks = _marks(plan.faults or [])
     label_first = plan.faults is not None  # an --incidents trace is labelled even when no incident falls in it
     seen: set[str] = set()
     chunks = list(plan.chunks())
     bar = _Progress(progress, len(chunks) * len(plan.wanted))
-    for first, last in chunks:
-        points: list[tuple[int, int, bytes]] = []
+    answers = _ahead(prometheus, [(item, first, last, plan.step_ms) for first, last in chunks for item in plan.wanted])
+    for _chunk in chunks:
+        points: list[tuple[int, int, str]] = []
         for item in plan.wanted:
-            result = prometheus.range(item.query.query, next(iter(item.names.values())), first, last, plan.step_ms)
+            result = next(answers)
             for name, values in _series(result, item):
                 seen.add(name)
-                stats.dropped += _collect(values, plan.start_ms, rank[name], prefixes[name], points)
+                stats.dropped += _collect(values, plan.start_ms, rank[name], prefixes[name], texts, points)
             bar.advance(stats.samples + len(points))
         points.sort()
-        lines: list[bytes] = []
+        lines: list[str] = []
         for offset_ms, _rank, line in points:
             while marks and marks[0][0] <= offset_ms:
                 lines.append(marks.pop(0)[1])
             if label_first:
-                line = line[:-2] + b',"labels":{"fault":false}}\n'
+                line = line[:-2] + ',"labels":{"fault":false}}\n'
                 label_first = False
             lines.append(line)
-        out.write(b"".join(lines))
+        out.write("".join(lines).encode())
         stats.samples += len(points)
-    out.write(b"".join(line for _t, line in marks))  # faults that end (or start) after the last sample
+    out.write("".join(line for _t, line in marks).encode())  # faults that end (or start) after the last sample
     bar.done()
     stats.requests = prometheus.requests
     stats.seconds = time.monotonic() - began
     stats.silent = {name for name, _i, _j in order} - seen
     return stats
+
+
+def _ahead(prometheus: Prometheus, requests: list[tuple[Wanted, int, int, int]]) -> Iterator[list[Any]]:
+    """The answers in order, each request sent while the one before is turned into lines: Prometheus (another
+    process) evaluates and encodes while we decode. One in flight at a time: memory stays at two answers."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="history")  # one thread: the session is never shared
+    try:
+
+        def send(index: int) -> Future[list[Any]]:
+            item, first, last, step_ms = requests[index]
+            return pool.submit(prometheus.range, item.query.query, next(iter(item.names.values())), first, last, step_ms)
+
+        pending = send(0) if requests else None
+        for index in range(len(requests)):
+            assert pending is not None
+            current, pending = pending, send(index + 1) if index + 1 < len(requests) else None
+            yield current.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a request in flight ends within its timeout
 
 
 def _series(result: list[Any], item: Wanted) -> Iterator[tuple[str, list[Any]]]:
@@ -304,40 +328,51 @@ def _series(result: list[Any], item: Wanted) -> Iterator[tuple[str, list[Any]]]:
         yield name, values
 
 
-def _collect(values: list[Any], start_ms: int, rank: int, prefix: bytes, points: list[tuple[int, int, bytes]]) -> int:
-    """Append one series' points as trace lines; returns how many were dropped (NaN, ±Inf)."""
+def _collect(
+    values: list[Any], start_ms: int, rank: int, prefix: str, texts: dict[str, str | None], points: list[tuple[int, int, str]]
+) -> int:
+    """Append one series' points as trace lines; returns how many were dropped (NaN, ±Inf).
+
+    ``texts`` remembers each value text's JSON form (None: dropped): most series repeat a few values (1, 0), so the
+    check runs once per distinct text, not once per point."""
     dropped = 0
     for point in values:
         try:
             at, text = point
-            offset_ms = round(float(at) * 1000) - start_ms
-            value = text.encode()
-        except (TypeError, ValueError, AttributeError):
-            raise HistoryError(f"unexpected answer: a point is {str(point)[:60]}, not [time, \"value\"]", EXIT_FAILED) from None
-        if not JSON_NUMBER.fullmatch(value):  # Prometheus writes "NaN", "+Inf", "-Inf" for what JSON has no number
-            try:
-                number = float(text)
-            except ValueError:
-                raise HistoryError(f"unexpected answer: value {text[:40]!r} is not a number", EXIT_FAILED) from None
-            if number != number or number in (float("inf"), float("-inf")):
-                dropped += 1
-                continue
-            value = repr(number).encode()
-        points.append((offset_ms, rank, b'{"t":' + _seconds(offset_ms).encode() + prefix + value + b"}\n"))
+            offset_ms = round(at * 1000) - start_ms
+            value = texts[text] if text in texts else _value_text(text, texts)
+        except (TypeError, ValueError):
+            raise HistoryError(f'unexpected answer: a point is {str(point)[:60]}, not [time, "value"]', EXIT_FAILED) from None
+        if value is None:
+            dropped += 1
+            continue
+        seconds, rest = divmod(offset_ms, 1000)
+        t = _seconds(offset_ms) if rest else str(seconds)
+        points.append((offset_ms, rank, f'{{"t":{t}{prefix}{value}}}\n'))
     return dropped
 
 
-def _marks(faults: list[Interval]) -> list[tuple[int, bytes]]:
-    marks: list[tuple[int, bytes]] = []
+def _value_text(text: str, texts: dict[str, str | None]) -> str | None:
+    """A Prometheus value as a JSON number, or None for NaN and ±Inf ("NaN", "+Inf": JSON has no number for them)."""
+    if not isinstance(text, str):
+        raise TypeError(text)
+    if JSON_NUMBER.fullmatch(text.encode()):
+        value: str | None = text
+    else:
+        number = float(text)  # ValueError: not a number at all
+        value = repr(number) if math.isfinite(number) else None
+    if len(texts) < _VALUE_CACHE:
+        texts[text] = value
+    return value
+
+
+def _marks(faults: list[Interval]) -> list[tuple[int, str]]:
+    marks: list[tuple[int, str]] = []
     for start, end in faults:
         for at, kind in ((start, "start"), (end, "end")):
             ms = round(at * 1000)
-            marks.append((ms, b'{"t":' + _seconds(ms).encode() + f',"fault":"{kind}"}}\n'.encode()))
+            marks.append((ms, f'{{"t":{_seconds(ms)},"fault":"{kind}"}}\n'))
     return marks
-
-
-def _escaped(name: str) -> str:
-    return json.dumps(name)[1:-1]
 
 
 class _Progress:
@@ -391,7 +426,7 @@ def run_history(
             raise HistoryError("--retries takes 0 to 10")
         client = Prometheus(prometheus, timeout_s, retries)
         try:
-            with _output(output) as out:
+            with trace_writer(output) as out:
                 stats = export(plan, client, out, sys.stderr)
         finally:
             client.close()
@@ -474,7 +509,7 @@ def _duration(text: str, option: str) -> float:
 
 
 @contextmanager
-def _output(path: Path | None) -> Iterator[IO[bytes]]:
+def trace_writer(path: Path | None) -> Iterator[IO[bytes]]:
     """stdout, or ``path`` (gzipped when it ends in .gz) written whole or not at all: beside it as ``.part``,
     renamed when the export succeeded, removed when it failed."""
     if path is None:
@@ -488,8 +523,11 @@ def _output(path: Path | None) -> Iterator[IO[bytes]]:
         raise HistoryError(f"cannot write {path}: {exc.strerror or exc}") from None
     done = False
     try:
-        # mtime 0: the same history gives the same bytes
-        stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw  # type: ignore[assignment]
+        stream: IO[bytes] = raw
+        if path.name.endswith(".gz"):
+            # No name (it would be the .part one) and mtime 0: the same history gives the same bytes. Level 6,
+            # zlib's own default: gzip's 9 took longer than the rest of an export put together, for ~1% of size.
+            stream = gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0)  # type: ignore[assignment]
         try:
             yield stream
         finally:

@@ -154,6 +154,10 @@ def test_the_daemon_config_s_prometheus_source_maps_the_signals_as_a_queries_fil
     assert len(load_trace(tmp_path / "a.jsonl")) == 3 * (86400 // history.step + 1)
     assert not list(tmp_path.glob("*.part"))
     capsys.readouterr()
+    assert main([*common, "--queries", str(files["queries"])]) == 0  # no -o: the trace on stdout, the summary on stderr
+    out, err = capsys.readouterr()
+    assert out.encode() == (tmp_path / "b.jsonl").read_bytes()
+    assert err.startswith("history: 25,923 samples of 3 signal(s) over 1d 0h every 10s, no ground truth; 3 request(s)")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
