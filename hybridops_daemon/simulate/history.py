@@ -346,6 +346,8 @@ def _collect(
         if value is None:
             dropped += 1
             continue
+        if offset_ms < 0:  # a range query answers on its own grid only; a t before the trace start would be a lie
+            raise HistoryError(f"unexpected answer: a point at {at} is before --start", EXIT_FAILED)
         seconds, rest = divmod(offset_ms, 1000)
         t = _seconds(offset_ms) if rest else str(seconds)
         points.append((offset_ms, rank, f'{{"t":{t}{prefix}{value}}}\n'))

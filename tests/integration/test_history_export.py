@@ -189,6 +189,9 @@ def test_clear_errors_without_tracebacks(
     shown = dead.replace("user:secret@", "")  # credentials never reach a message
     assert err == f"hyops-daemon history: Prometheus at {shown}: unreachable (connection failed) (2 attempts)\n"
 
+    code, out, err = run(capsys, "--prometheus", "ftp://user:pw@host/", *base[2:], *span)
+    assert (code, out, err) == (2, "", "hyops-daemon history: --prometheus ftp://host/: expected an http:// or https:// URL\n")
+
     for times, message in [
         (["--start", "yesterday", "--end", "1"], "--start/--end: 'yesterday' is not a time"),
         (["--start", "2026-11-03T00:00:00", "--end", "1"], "has no zone: end it with Z or an offset"),

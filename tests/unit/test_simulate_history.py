@@ -3,10 +3,19 @@ times are read. The export itself runs against a real Prometheus in tests/integr
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from hybridops_daemon.config.sources import PrometheusQuery
-from hybridops_daemon.simulate.history import MAX_POINTS_PER_REQUEST, HistoryError, Plan, shown_url, signal_queries
+from hybridops_daemon.simulate.history import (
+    MAX_POINTS_PER_REQUEST,
+    HistoryError,
+    Plan,
+    _Progress,
+    shown_url,
+    signal_queries,
+)
 from hybridops_daemon.simulate.truth import wall_clock
 
 
@@ -44,3 +53,20 @@ def test_urls_lose_their_credentials_and_times_need_a_zone() -> None:
     for text, message in [("2026-11-03T14:05:00", "has no zone"), ("soon", "is not a time"), ("inf", "is not a time")]:
         with pytest.raises(ValueError, match=message):
             wall_clock(text)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only() -> None:
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        bar = _Progress(stream, total=2)
+        bar.advance(1000)
+        bar.advance(2000)  # the last one is always drawn, however soon after the one before
+        bar.done()
+    assert terminal.getvalue().startswith("\rhistory [###############               ]  50% 1,000 samples")
+    assert terminal.getvalue().endswith("\rhistory [##############################] 100% 2,000 samples\n")
+    assert pipe.getvalue() == ""
