@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -154,6 +155,13 @@ def test_the_daemon_config_s_prometheus_source_maps_the_signals_as_a_queries_fil
     assert len(load_trace(tmp_path / "a.jsonl")) == 3 * (86400 // history.step + 1)
     assert not list(tmp_path.glob("*.part"))
     capsys.readouterr()
+    incidents = tmp_path / "incidents.txt"  # clipped to the span; one wholly outside it is left out
+    begin, outage = int(day[0]), history.outages[0]
+    incidents.write_text(f"{begin - 3600} {begin + 600}\n{outage[0]} {outage[1]}\n{begin + 90000} {begin + 90060}\n")
+    labelled = tmp_path / "c.jsonl"
+    assert main([*common, "--queries", str(files["queries"]), "--incidents", str(incidents), "-o", str(labelled)]) == 0
+    assert load_trace(labelled).fault_windows() == [(0, 600), (outage[0] - begin, outage[1] - begin)]
+    capsys.readouterr()
     assert main([*common, "--queries", str(files["queries"])]) == 0  # no -o: the trace on stdout, the summary on stderr
     out, err = capsys.readouterr()
     assert out.encode() == (tmp_path / "b.jsonl").read_bytes()
@@ -231,3 +239,24 @@ def test_an_answer_over_the_size_bound_is_refused(
     assert (code, out) == (1, "")
     assert err == "hyops-daemon history: the answer to the query for primary_up is over 10,000 bytes: does it return " \
         "many series? aggregate them in PromQL\n"
+
+
+def test_a_prometheus_that_comes_back_within_the_retries_is_waited_for(
+    bed: tuple[History, Prometheus], files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history, prometheus = bed
+    prometheus.stop()  # last in this module: the others read from it undisturbed
+    restart = threading.Timer(0.5, prometheus.start)
+    restart.start()
+    try:
+        output = tmp_path / "out.jsonl"
+        code, out, err = run(
+            capsys, "--prometheus", prometheus.url, "--profile", str(files["profile"]), "--queries", str(files["queries"]),
+            "--start", str(history.start), "--end", str(history.start + 3600), "--retries", "4", "-o", str(output),
+        )
+    finally:
+        restart.join()
+    assert (code, out) == (0, ""), err
+    requests = int(err.split(" request(s)")[0].rsplit("; ", 1)[1])
+    assert requests > 3  # one per signal, and at least one retried
+    assert len(load_trace(output)) == 3 * 361
