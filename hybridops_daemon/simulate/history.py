@@ -43,6 +43,7 @@ from hybridops_daemon.simulate.trace import JSON_NUMBER
 from hybridops_daemon.simulate.truth import Interval, IntervalError, load_intervals, merge, wall_clock
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 
 MAX_POINTS_PER_REQUEST: Final = 11_000  # per series; Prometheus refuses a range query of more
 MAX_REPLY_BYTES: Final = 64 * 1024 * limits.KIB  # ~25 bytes a point: 11,000 points of over 200 series
@@ -439,6 +440,9 @@ def run_history(
     except HistoryError as exc:
         print(f"hyops-daemon history: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:  # a long export stopped by hand: say what is left, not where Python was
+        print(f"\nhyops-daemon history: interrupted{f'; {output} not written' if output else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     rate = stats.samples / stats.seconds if stats.seconds > 0 else 0.0
     faults = "no ground truth" if plan.faults is None else f"{len(plan.faults)} incident window(s) as faults"
     print(
