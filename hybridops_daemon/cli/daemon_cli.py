@@ -1,5 +1,5 @@
 """``hyops-daemon``: the daemon itself and its offline tools (check-config, schema, journal verify/head, simulate,
-demo-primary)."""
+history, demo-primary)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     simulate.add_argument("--peer", default="edge02", help="the other edge (for both_edges corroboration)")
     simulate.add_argument("--grace", default="60s", help="a cutover this long after a fault's end still counts as its detection")
     simulate.add_argument("--every-tick", action="store_true", help="run every tick, none skipped (slower; for verification)")
+    simulate.add_argument(
+        "--faults", type=Path, metavar="FILE", help="ground truth: a file of 'START END' lines, seconds from the trace start"
+    )
+
+    _add_history(commands)
 
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -82,7 +87,27 @@ def main(argv: list[str] | None = None) -> int:
         return _journal_verify(args.db, args.expect_head, args.key_file, args.key_env, args.against, args.node)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "history":
+        return _history(args)
     return _demo_primary(args.host, args.port)
+
+
+def _add_history(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``history``'s options (apart from main(), which the layout test keeps under 80 lines)."""
+    history = commands.add_parser(
+        "history", help="export a profile's signals from Prometheus as a trace for simulate (see simulations/README.md)"
+    )
+    history.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus (or an API like it), http(s)://")
+    history.add_argument("--profile", type=Path, required=True, help="the profile whose signals are exported")
+    history.add_argument("--start", required=True, metavar="T", help="RFC 3339 with a zone (2026-11-03T00:00Z) or Unix seconds")
+    history.add_argument("--end", required=True, metavar="T", help="as --start")
+    history.add_argument("--step", default="10s", help="one sample per signal every STEP (default 10s)")
+    history.add_argument("-o", "--output", type=Path, metavar="FILE", help="the trace (.jsonl, or .jsonl.gz); default stdout")
+    history.add_argument("--incidents", type=Path, metavar="FILE", help="'START END' lines (times as --start): the faults")
+    history.add_argument("--queries", type=Path, metavar="FILE", help="YAML: queries: [{signal, query, label}]")
+    history.add_argument("--config", type=Path, metavar="FILE", help="queries from the daemon config's prometheus source")
+    history.add_argument("--timeout", default="60s", help="per request (default 60s)")
+    history.add_argument("--retries", type=int, default=3, help="retries of a request that failed but may pass (default 3)")
 
 
 def _run(path: Path, level: str, pretty: bool | None) -> int:
@@ -232,6 +257,25 @@ def _simulate(args: argparse.Namespace) -> int:
         peer=args.peer,
         grace=args.grace,
         every_tick=args.every_tick,
+        faults_path=args.faults,
+    )
+
+
+def _history(args: argparse.Namespace) -> int:
+    from hybridops_daemon.simulate.history import run_history
+
+    return run_history(
+        prometheus=args.prometheus,
+        profile_path=args.profile,
+        start=args.start,
+        end=args.end,
+        step=args.step,
+        output=args.output,
+        incidents_path=args.incidents,
+        queries_path=args.queries,
+        config_path=args.config,
+        timeout=args.timeout,
+        retries=args.retries,
     )
 
 

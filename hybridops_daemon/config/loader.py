@@ -81,6 +81,16 @@ def load_daemon_config(path: Path) -> DaemonConfig:
     return config
 
 
+def load_model(path: Path, model: type[M]) -> M:
+    """Validate a YAML file of ours that is neither a daemon config nor a profile (``history --queries``), with the
+    bounds and the ``file:line key: message`` errors of check-config. Raises ConfigInvalid."""
+    parsed = _parse(path)
+    loaded = _validate(model, parsed)
+    if loaded is None or parsed.errors:
+        raise ConfigInvalid(_by_line(parsed.errors))
+    return loaded
+
+
 def check_config(
     path: Path, known_drivers: Mapping[str, frozenset[str]]
 ) -> tuple[DaemonConfig | None, dict[str, Profile], list[ConfigError]]:

@@ -19,6 +19,7 @@ from hybridops_daemon.simulate.engine import Replay, replay
 from hybridops_daemon.simulate.report import render, render_table, result
 from hybridops_daemon.simulate.sweep import SweepError, parse_axes, variants
 from hybridops_daemon.simulate.trace import Trace, TraceError, load_trace
+from hybridops_daemon.simulate.truth import IntervalError, load_intervals, offset_seconds
 
 EXIT_OK, EXIT_INVALID = 0, 2
 
@@ -41,6 +42,7 @@ def run_simulate(
     peer: str,
     grace: str,
     every_tick: bool,
+    faults_path: Path | None = None,
 ) -> int:
     try:
         tick_s, grace_s = parse_duration(tick), parse_duration(grace)
@@ -67,9 +69,13 @@ def run_simulate(
         return _fail("--plot draws DR lanes; a burst lane's replay is a table (or --json)")
     try:
         traces: list[Trace] = [load_trace(path) for path in trace_paths]
-    except TraceError as exc:
+        faults = [interval for interval, _line in load_intervals(faults_path, offset_seconds)] if faults_path else None
+    except (TraceError, IntervalError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
+    if faults is not None:
+        for trace in traces:
+            trace.add_faults(faults)
 
     outs: list[dict[str, Any]] = []
     replays: list[Replay] = []

@@ -2,9 +2,9 @@
 ``--json`` object, the text summary and the sweep table built from them.
 
 Ground truth: a trace is *labelled* when any sample carries the label ``fault`` (true or false; unlabelled samples
-of a labelled trace count as false). A fault window runs from the first to the last sample of a maximal run of
-consecutive fault-labelled samples (command lines neither start nor break a run). Only automatic cutovers are
-scored (an operator's forced cutover is not the policy's doing):
+of a labelled trace count as false), when it has ``fault`` start/end lines, or when ``--faults`` gives intervals. A
+fault is an interval of time (``Trace.fault_windows``; truth.py says how samples become intervals). Only automatic
+cutovers are scored (an operator's forced cutover is not the policy's doing):
 
 - a fault is *detected* by the first automatic cutover in ``[start, end + grace]``; its detection latency is that
   cutover's time minus ``start``; a fault with no such cutover is *missed* (latency null);

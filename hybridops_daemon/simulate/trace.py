@@ -1,7 +1,8 @@
 """Signal traces: JSON Lines (optionally gzipped) or CSV, validated whole before anything is simulated.
 
-A JSONL line is a sample ``{"t": 12.5, "signal": "primary_http", "value": 1}`` (optional ``edge`` and ``labels``)
-or an operator command ``{"t": 900, "command": "drill", "lane": "drill"}``. A CSV has a header naming the columns
+A JSONL line is a sample ``{"t": 12.5, "signal": "primary_http", "value": 1}`` (optional ``edge`` and ``labels``),
+an operator command ``{"t": 900, "command": "drill", "lane": "drill"}`` or a fault mark ``{"t": 900, "fault": "start"}``
+(ground truth as an interval: see truth.py). A CSV has a header naming the columns
 ``t,signal,value`` and optionally ``edge``. ``t`` is seconds from the trace start and never decreases. Every problem
 is a :class:`TraceError` naming the file and line.
 
@@ -25,13 +26,16 @@ from typing import Any, Final
 
 from hybridops_daemon import limits
 from hybridops_daemon.limits import InputRejected
+from hybridops_daemon.simulate.truth import Interval, merge, sample_windows
 
 COMMANDS = ("approve", "cutover", "drill", "failback", "pause", "reject", "resume")
 SAMPLE_KEYS = ("t", "signal", "value", "edge", "labels")
 COMMAND_KEYS = ("t", "command", "lane")
+FAULT_KEYS = ("t", "fault")
+FAULT_MARKS = ("start", "end")
 CSV_COLUMNS = ("t", "signal", "value", "edge")
 
-_JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _FAST_PREFIX = b'{"t":'
 _CACHE_LIMIT = 65_536  # distinct line shapes remembered; numeric signals with varying values simply miss
 READ_BLOCK_BYTES: Final = 1 << 22  # memory while reading: one block and one line (limits.MAX_TRACE_LINE_BYTES)
@@ -53,6 +57,13 @@ class TraceCommand:
     line: int
 
 
+@dataclass(frozen=True, slots=True)
+class _FaultMark:
+    t: float
+    start: bool
+    line: int
+
+
 @dataclass
 class Trace:
     """Samples as parallel columns; ``edges[i] == 0`` means the simulated node (the default edge)."""
@@ -66,26 +77,22 @@ class Trace:
     signal_names: list[str] = field(default_factory=list)
     edge_names: list[str | None] = field(default_factory=lambda: [None])
     commands: list[TraceCommand] = field(default_factory=list)
-    labelled: bool = False  # some sample carries a `fault` label: the trace has ground truth
+    fault_intervals: list[Interval] = field(default_factory=list)  # fault start/end lines, and added (--faults)
+    labelled: bool = False  # a sample carries a `fault` label, or there are fault intervals: the trace has ground truth
     duration: float = 0.0  # t of the last line
 
     def __len__(self) -> int:
         return len(self.times)
 
-    def fault_windows(self) -> list[tuple[float, float]]:
-        """Maximal runs of consecutive fault-labelled samples, as (t of the first, t of the last)."""
-        windows: list[tuple[float, float]] = []
-        start: float | None = None
-        times = self.times
-        for i, fault in enumerate(self.faults):
-            if fault and start is None:
-                start = times[i]
-            elif not fault and start is not None:
-                windows.append((start, times[i - 1]))
-                start = None
-        if start is not None:
-            windows.append((start, times[-1]))
-        return windows
+    def add_faults(self, intervals: Iterable[Interval]) -> None:
+        """Ground truth from outside the trace (a file of intervals): the trace is labelled, even by none."""
+        self.fault_intervals.extend(intervals)
+        self.labelled = True
+
+    def fault_windows(self) -> list[Interval]:
+        """The faults as merged intervals of time (truth.py says how labelled samples become windows)."""
+        labelled = sample_windows(self.times, self.signals, self.edges, self.faults, self.duration)
+        return merge([*labelled, *self.fault_intervals])
 
 
 def load_trace(path: Path, display: str | None = None) -> Trace:
@@ -120,6 +127,21 @@ class _Builder:
         self._edge_ids: dict[str | None, int] = {None: 0}
         self.last_t = 0.0
         self.last_line = 0
+        self._fault_open: _FaultMark | None = None
+
+    def fault_mark(self, mark: _FaultMark) -> None:
+        """Pairs ``start`` and ``end`` lines into intervals; one fault is open at a time, so each line has one meaning."""
+        opened = self._fault_open
+        if mark.start and opened is not None:
+            raise TraceError(self.trace.path, mark.line, f"fault start while the fault started on line {opened.line} is open")
+        if not mark.start and opened is None:
+            raise TraceError(self.trace.path, mark.line, "fault end without a fault start before it")
+        if opened is None:
+            self._fault_open = mark
+        else:
+            self.trace.fault_intervals.append((opened.t, mark.t))
+            self._fault_open = None
+        self.trace.labelled = True
 
     def time(self, t: float, line: int) -> None:
         if t < self.last_t:
@@ -155,6 +177,8 @@ class _Builder:
 
     def finish(self) -> Trace:
         self.trace.duration = self.last_t
+        if self._fault_open is not None:  # the fault outlasted the trace: it ends where the trace does
+            self.trace.fault_intervals.append((self._fault_open.t, self.last_t))
         return self.trace
 
 
@@ -181,6 +205,7 @@ def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
     def counted(last_line: int) -> None:
         builder.check_count(len(times), "samples", last_line)
         builder.check_count(len(trace.commands), "commands", last_line)
+        builder.check_count(len(trace.fault_intervals), "fault intervals", last_line)
 
     for raw in _lines(stream, path, counted):
         lineno += 1
@@ -189,7 +214,7 @@ def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
             shape = shapes.get(raw[comma + 1 :]) if comma > 0 else None
             if shape is not None:
                 number = raw[5:comma]
-                if (number.isdigit() and (number[0] != 48 or len(number) == 1)) or _JSON_NUMBER.fullmatch(number):
+                if (number.isdigit() and (number[0] != 48 or len(number) == 1)) or JSON_NUMBER.fullmatch(number):
                     t = float(number)
                     if t < builder.last_t or not math.isfinite(t):
                         builder.time(_checked_time(t, path, lineno), lineno)  # raises with the message
@@ -206,6 +231,9 @@ def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
         if isinstance(shape_or_command, TraceCommand):
             trace.commands.append(shape_or_command)
             continue
+        if isinstance(shape_or_command, _FaultMark):
+            builder.fault_mark(shape_or_command)
+            continue
         t, shape = shape_or_command
         times.append(t)
         signals.append(shape[0])
@@ -215,7 +243,7 @@ def _parse_jsonl(stream: io.BufferedIOBase, path: str) -> Trace:
         trace.labelled = trace.labelled or shape[4]
         if raw[:5] == _FAST_PREFIX and len(shapes) < _CACHE_LIMIT:
             comma = raw.find(b",", 5)
-            if comma > 0 and _JSON_NUMBER.fullmatch(raw[5:comma]):
+            if comma > 0 and JSON_NUMBER.fullmatch(raw[5:comma]):
                 shapes[raw[comma + 1 :]] = shape
     return builder.finish()
 
@@ -257,7 +285,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _parse_line(raw: bytes, path: str, lineno: int, builder: _Builder) -> TraceCommand | tuple[float, _Shape]:
+def _parse_line(raw: bytes, path: str, lineno: int, builder: _Builder) -> TraceCommand | _FaultMark | tuple[float, _Shape]:
     try:
         obj = limits.loads(raw, limits.TRACE_LINE, "line", parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except InputRejected as exc:
@@ -272,8 +300,16 @@ def _parse_line(raw: bytes, path: str, lineno: int, builder: _Builder) -> TraceC
         raise TraceError(path, lineno, "expected a JSON object")
     if "command" in obj:
         return _command(obj, path, lineno, builder)
+    if "fault" in obj and "signal" not in obj:
+        _known_keys(obj, FAULT_KEYS, "a fault", path, lineno)
+        t = _time(obj, path, lineno, builder)
+        if obj["fault"] not in FAULT_MARKS:
+            raise TraceError(path, lineno, f"'fault' must be \"start\" or \"end\", got {json.dumps(obj['fault'])}")
+        return _FaultMark(t, obj["fault"] == "start", lineno)
     if "signal" not in obj:
-        raise TraceError(path, lineno, "a line needs 'signal' (a sample) or 'command' (an operator command)")
+        raise TraceError(
+            path, lineno, "a line needs 'signal' (a sample), 'command' (an operator command) or 'fault' (start or end)"
+        )
     _known_keys(obj, SAMPLE_KEYS, "a sample", path, lineno)
     t = _time(obj, path, lineno, builder)
     signal = obj["signal"]

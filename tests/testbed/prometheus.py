@@ -110,6 +110,7 @@ class Prometheus:
         job: str = "dr",
         rule_files: Sequence[Path] = (),
         alertmanagers: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> None:
         self.binary = require("prometheus")
         self.workdir = workdir
@@ -125,6 +126,7 @@ class Prometheus:
         if alertmanagers:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
         self.config.write_text(json.dumps(config))  # JSON is YAML: no quoting surprises
+        self.args = list(args)  # more flags, e.g. a retention for history older than the default 15 days
         self.process: Process | None = None
 
     @property
@@ -139,6 +141,7 @@ class Prometheus:
             f"--config.file={self.config}",
             f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
+            *self.args,
         ]
         self.process = Process("prometheus", argv, self.workdir / "prometheus.log", cwd=self.workdir)
         eventually_sync("prometheus /-/ready", lambda: _get(f"{self.url}/-/ready") == 200, within=timeout, proc=self.process)

@@ -200,3 +200,42 @@ def test_several_traces_give_a_list_in_trace_order(
     code, out, _ = simulate(capsys, "--profile", str(profile), "--trace", str(trace), "--trace", str(quiet), "--json")
     assert code == 0
     assert [(item["trace"], item["cutovers"]) for item in json.loads(out)] == [(str(trace), 1), (str(quiet), 0)]
+
+
+def test_faults_file_gives_ground_truth_as_intervals(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    profile, _ = files
+    trace = tmp_path / "unlabelled.csv"
+    trace.write_text("t,signal,value\n" + "".join(f"{t},primary_http,{0 if 600 <= t < 900 else 1}\n" for t in range(1200)))
+    faults = tmp_path / "faults.txt"
+    faults.write_text("# start end description\n\n600 15m the primary's power supply\n1000 1100\n")
+    code, out, err = simulate(capsys, "--profile", str(profile), "--trace", str(trace), "--faults", str(faults), "--json")
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["faults"] == [{"start": 600.0, "end": 900.0}, {"start": 1000.0, "end": 1100.0}]
+    assert (data["detection_latency_s"], data["missed_faults"], data["false_cutovers"]) == ([3.0, None], 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("600\n", "faults.txt:1: expected START END [description]"),
+        ("# ok\n900 600\n", "faults.txt:2: START 900 must be before END 600"),
+        ("600 soon\n", "faults.txt:1: 'soon' is not seconds from the trace start (900, 15m, 2h)"),
+        ("-5 10\n", "faults.txt:1: '-5' is not seconds from the trace start (900, 15m, 2h)"),
+        ("nan 10\n", "faults.txt:1: 'nan' is not seconds from the trace start (900, 15m, 2h)"),
+        ("1 2\n\xff\n", "faults.txt:2: not UTF-8 text"),
+        ("1 2\n" * 100_001, "faults.txt:100001: file: intervals over the limit of 100000"),
+        (("1 2 " + "x" * 1000 + "\n") * 1100, "faults.txt: file: size in bytes over the limit of 1048576"),
+    ],
+)
+def test_a_bad_faults_file_exits_2_naming_its_line(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, message: str
+) -> None:
+    profile, trace = files
+    faults = tmp_path / "faults.txt"
+    faults.write_bytes(text.encode("latin-1"))  # \xff: a byte that is not UTF-8
+    code, out, err = simulate(capsys, "--profile", str(profile), "--trace", str(trace), "--faults", str(faults))
+    assert (code, out) == (2, "")
+    assert err == message.replace("faults.txt", str(faults)) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hybridops_daemon.simulate.engine import replay
 from hybridops_daemon.simulate.report import result, score
@@ -33,7 +34,7 @@ def test_a_labelled_trace_reports_faults_latency_and_false_cutovers(tmp_path: Pa
     trace = trace_of(tmp_path, sorted(lines, key=lambda line: line["t"]))
     profile = make_profile(cooldown="1s")
     out = result(profile, trace, replay(profile, trace, lane="prod"), tick=1.0, grace=60.0)
-    assert out["faults"] == [{"start": 2000.0, "end": 2299.0}]
+    assert out["faults"] == [{"start": 2000.0, "end": 2300.0}]  # until the first sample not labelled a fault
     assert out["detection_latency_s"] == [3.0]
     assert out["missed_faults"] == 0
     assert out["false_cutovers"] == 1
@@ -52,3 +53,24 @@ def test_an_operator_cutover_is_not_scored_as_the_policy_s(tmp_path: Path) -> No
     trace = trace_of(tmp_path, sorted(lines, key=lambda line: line["t"]))
     out = result(make_profile(), trace, replay(make_profile(), trace, lane="prod"), tick=1.0, grace=60.0)
     assert (out["cutovers"], out["false_cutovers"]) == (1, 0)
+
+
+def test_one_outage_on_three_of_four_signals_of_two_edges_is_one_fault_detected_once(tmp_path: Path) -> None:
+    # Regression (issue 18): the samples of the signal the outage did not touch are interleaved with those it did.
+    # Scored as runs of consecutive labelled lines, this one outage was 900 faults, 899 of them missed.
+    down = range(1200, 2100)  # 15 minutes
+    lines: list[dict[str, Any]] = []
+    for t in range(3600):
+        fault = t in down
+        for edge in ("edge01", "edge02"):
+            touched = {"primary_http": 0 if fault else 1, "latency_ms": None if fault else 40, "replica_lag_s": 900 * fault}
+            for signal, value in touched.items():
+                lines.append({"t": t, "signal": signal, "value": value, "edge": edge, "labels": {"fault": fault}})
+            lines.append({"t": t, "signal": "wan_loss", "value": 0.01, "edge": edge})  # untouched by the outage
+    trace = trace_of(tmp_path, lines)
+    signals = {name: {"max_age": "5s"} for name in ("primary_http", "latency_ms", "replica_lag_s", "wan_loss")}
+    profile = make_profile(signals=signals)
+    out = result(profile, trace, replay(profile, trace, lane="prod", node="edge01", peer="edge02"), tick=1.0, grace=60.0)
+    assert out["faults"] == [{"start": 1200.0, "end": 2100.0}]
+    assert out["detection_latency_s"] == [3.0]
+    assert (out["missed_faults"], out["false_cutovers"], out["cutovers"]) == (0, 0, 1)

@@ -66,7 +66,7 @@ def test_gzipped_and_repeated_lines_parse_like_plain_ones(tmp_path: Path) -> Non
         assert list(trace.times) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
         assert list(trace.values) == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
         assert list(trace.faults) == [0, 0, 0, 1, 0, 0]
-        assert trace.fault_windows() == [(3.0, 3.0)]
+        assert trace.fault_windows() == [(3.0, 4.0)]  # until the series' next sample says otherwise
 
 
 def test_csv_with_header_edge_column_and_null_values(tmp_path: Path) -> None:
@@ -78,13 +78,45 @@ def test_csv_with_header_edge_column_and_null_values(tmp_path: Path) -> None:
     assert not trace.labelled
 
 
-def test_fault_windows_are_maximal_runs_of_labelled_samples_commands_do_not_break_them(tmp_path: Path) -> None:
-    def line(t: float, fault: bool) -> str:
-        return f'{{"t": {t}, "signal": "s", "value": 0, "labels": {{"fault": {str(fault).lower()}}}}}\n'
+def test_a_fault_window_ends_at_its_series_next_sample_not_labelled_a_fault(tmp_path: Path) -> None:
+    def line(t: float, fault: bool, signal: str = "s") -> str:
+        return f'{{"t": {t}, "signal": "{signal}", "value": 0, "labels": {{"fault": {str(fault).lower()}}}}}\n'
 
     text = line(0, False) + line(1, True) + '{"t": 1.5, "command": "pause"}\n' + line(2, True) + line(3, False)
-    text += line(4, True) + '{"t": 5, "signal": "s", "value": 1}\n'  # an unlabelled sample ends a run too
-    assert load_trace(write(tmp_path, text)).fault_windows() == [(1.0, 2.0), (4.0, 4.0)]
+    text += line(4, True) + '{"t": 5, "signal": "s", "value": 1}\n'  # an unlabelled sample ends a window too
+    text += line(7, True) + '{"t": 7.5, "signal": "other", "value": 1}\n'  # another series' sample does not
+    text += line(8, True, "other") + line(9, False, "other")
+    assert load_trace(write(tmp_path, text)).fault_windows() == [(1.0, 3.0), (4.0, 5.0), (7.0, 9.0)]
+
+
+def test_a_window_no_sample_closes_ends_with_the_trace_and_overlapping_windows_merge(tmp_path: Path) -> None:
+    text = (
+        '{"t": 0, "signal": "a", "value": 0, "labels": {"fault": true}}\n'
+        '{"t": 4, "signal": "b", "value": 0, "labels": {"fault": true}}\n'
+        '{"t": 6, "signal": "a", "value": 1}\n'
+        '{"t": 9, "command": "pause"}\n'
+    )
+    assert load_trace(write(tmp_path, text)).fault_windows() == [(0.0, 9.0)]  # b: 4 to the end; a: 0-6; merged
+
+
+def test_fault_start_and_end_lines_are_intervals_and_label_the_trace(tmp_path: Path) -> None:
+    text = (
+        '{"t": 0, "signal": "s", "value": 1}\n{"t": 10, "fault": "start"}\n{"t": 20, "fault": "end"}\n'
+        '{"t": 30, "fault": "start"}\n{"t": 40, "signal": "s", "value": 1}\n'
+    )
+    trace = load_trace(write(tmp_path, text))
+    assert trace.labelled
+    assert list(trace.faults) == [0, 0]
+    assert trace.fault_windows() == [(10.0, 20.0), (30.0, 40.0)]  # a fault still open ends with the trace
+
+
+def test_intervals_added_from_outside_label_the_trace_and_merge_with_its_own(tmp_path: Path) -> None:
+    trace = load_trace(write(tmp_path, '{"t": 0, "signal": "s", "value": 1}\n{"t": 10, "fault": "start"}\n'))
+    trace.add_faults([(5.0, 12.0), (1.0, 2.0)])
+    assert trace.fault_windows() == [(1.0, 2.0), (5.0, 12.0)]  # the open fault runs 10-10 (the trace's end)
+    unlabelled = load_trace(write(tmp_path, '{"t": 0, "signal": "s", "value": 1}\n'))
+    unlabelled.add_faults([])
+    assert unlabelled.labelled and unlabelled.fault_windows() == []  # ground truth: no fault at all
 
 
 @pytest.mark.parametrize(
@@ -100,7 +132,23 @@ def test_fault_windows_are_maximal_runs_of_labelled_samples_commands_do_not_brea
             '{"t": 0, "command": "pause", "signal": "s"}\n',
             'trace.jsonl:1: unknown key "signal" (a command line has t, command, lane)',
         ),
-        ('{"t": 0, "value": 1}\n', "trace.jsonl:1: a line needs 'signal' (a sample) or 'command' (an operator command)"),
+        (
+            '{"t": 0, "value": 1}\n',
+            "trace.jsonl:1: a line needs 'signal' (a sample), 'command' (an operator command) or 'fault' (start or end)",
+        ),
+        ('{"t": 0, "fault": "begin"}\n', 'trace.jsonl:1: \'fault\' must be "start" or "end", got "begin"'),
+        ('{"t": 0, "fault": true}\n', 'trace.jsonl:1: \'fault\' must be "start" or "end", got true'),
+        ('{"t": 0, "fault": "start", "lane": "x"}\n', 'trace.jsonl:1: unknown key "lane" (a fault line has t, fault)'),
+        ('{"fault": "start"}\n', "trace.jsonl:1: missing key 't'"),
+        ('{"t": 0, "fault": "end"}\n', "trace.jsonl:1: fault end without a fault start before it"),
+        (
+            '{"t": 0, "fault": "start"}\n{"t": 1, "fault": "start"}\n',
+            "trace.jsonl:2: fault start while the fault started on line 1 is open",
+        ),
+        (
+            '{"t": 5, "fault": "start"}\n{"t": 4, "fault": "end"}\n',
+            "trace.jsonl:2: t=4 is before t=5 on line 1: t must not decrease",
+        ),
         ('{"signal": "s", "value": 1}\n', "trace.jsonl:1: missing key 't'"),
         ('{"t": "soon", "signal": "s", "value": 1}\n', "trace.jsonl:1: 't' must be a number of seconds, got \"soon\""),
         ('{"t": true, "signal": "s", "value": 1}\n', "trace.jsonl:1: 't' must be a number of seconds, got true"),
