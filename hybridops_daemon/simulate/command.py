@@ -24,7 +24,7 @@ from hybridops_daemon.simulate.report import render, render_table, result
 from hybridops_daemon.simulate.sweep import Axis, SweepError, parse_axes, variants
 from hybridops_daemon.simulate.trace import Trace, TraceError, load_trace
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class InvalidInput(Exception):
@@ -177,6 +177,9 @@ def run_backtest(
     except FleetFailed as exc:
         print(f"hyops-daemon backtest: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("hyops-daemon backtest: interrupted; no result", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if progress is not None:
             progress.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import resource
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -183,9 +184,15 @@ def _collected(future: cf.Future[SiteResult], index: int, path: str) -> SiteResu
         return SiteResult(index, path, error=f"{path}: replay failed: {type(exc).__name__}: {exc}")
 
 
+def _quiet_on_interrupt() -> None:
+    """A worker's SIGINT handler: Ctrl-C reaches the whole process group, and the command reports it once; a worker
+    holds nothing worth saving, so it ends without a traceback of its own."""
+    signal.signal(signal.SIGINT, lambda _signum, _frame: os._exit(130))
+
+
 @contextmanager
 def local_executor(workers: int) -> Iterator[cf.Executor]:
-    pool = cf.ProcessPoolExecutor(max_workers=workers)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=_quiet_on_interrupt)
     try:
         yield pool
     finally:
@@ -198,8 +205,15 @@ def dask_executor(address: str, timeout: float) -> Iterator[cf.Executor]:
     same version: tasks are pickled by reference). Raises FleetFailed without Dask or without a scheduler."""
     try:
         from distributed import Client
+        from distributed.comm.addressing import get_address_host_port
     except ImportError:
         raise FleetFailed("--scheduler needs Dask: pip install 'dask[distributed]' (here and on every worker)") from None
+    try:
+        # Checked before Client(): a Client that fails on a bad address hangs the interpreter's exit (its __del__ waits
+        # for a loop that is gone; distributed 2026.8).
+        get_address_host_port(address)
+    except ValueError as exc:
+        raise FleetFailed(f"--scheduler {address}: {exc} (expected tcp://HOST:PORT)") from None
     try:
         client = Client(address, timeout=timeout, set_as_default=False)  # type: ignore[no-untyped-call]  # distributed is untyped
     except (OSError, TimeoutError) as exc:

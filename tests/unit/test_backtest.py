@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,14 @@ def test_the_scheduler_option_without_dask_says_what_to_install(
     code, out, err = backtest(capsys, "--profile", str(PROFILE), "--traces", str(tmp_path), "--scheduler", "tcp://127.0.0.1:1")
     assert (code, out) == (1, "")
     assert err == "hyops-daemon backtest: --scheduler needs Dask: pip install 'dask[distributed]' (here and on every worker)\n"
+
+
+def test_a_scheduler_address_without_a_port_fails_at_once_and_the_command_exits(tmp_path: Path) -> None:
+    write_sites(tmp_path, 1, SIX_HOURS)
+    # A subprocess: a Dask Client that fails on such an address would hang the interpreter's exit.
+    argv = ["-m", "hybridops_daemon.cli.daemon_cli", "backtest", "--profile", str(PROFILE), "--traces", str(tmp_path)]
+    done = subprocess.run([sys.executable, *argv, "--scheduler", "nonsense"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "hyops-daemon backtest: --scheduler nonsense: missing port number in address 'nonsense' (expected tcp://HOST:PORT)\n"
+    )
