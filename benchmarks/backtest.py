@@ -116,6 +116,8 @@ def main() -> None:
         print(f"\n{small_sites} sites × {small_days:g} days × {variants} variants = {n:,} sample-decisions")
         print(f"  simulate alone (this process)     {alone_rate:>10,.0f} sample-decisions/s (best of 2)")
         print(f"  backtest path, 1 worker, on task  {n / busy:>10,.0f} sample-decisions/s (task time, parse included)")
+        replaying = busy - sum(r.parse_s for r in one)
+        print(f"  backtest path, 1 worker, replays  {n / replaying:>10,.0f} sample-decisions/s (task time less the parse)")
         print(f"  backtest path, 1 worker, wall     {n / wall_one:>10,.0f} sample-decisions/s ({wall_one:.2f} s, pool start in)")
 
         # 2. Scaling: the same fleet on 2 workers.
