@@ -257,3 +257,19 @@ def test_a_scheduler_address_without_a_port_fails_at_once_and_the_command_exits(
     assert done.stderr == (
         "hyops-daemon backtest: --scheduler nonsense: missing port number in address 'nonsense' (expected tcp://HOST:PORT)\n"
     )
+
+
+def test_the_progress_bar_rewrites_one_line_and_erases_itself() -> None:
+    import io
+
+    from hybridops_daemon.simulate.command import _ProgressBar
+
+    stream = io.StringIO()
+    bar = _ProgressBar(stream)
+    bar(0, 4)
+    bar(3, 4)
+    bar.close()
+    shown = stream.getvalue()
+    assert shown.startswith("\r[" + "." * 30 + "] 0/4 sites  0 s")
+    assert "\r[" + "#" * 22 + "." * 8 + "] 3/4 sites" in shown
+    assert shown.endswith("\r\x1b[2K") and "\n" not in shown
