@@ -3,6 +3,7 @@ input), then replay."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -152,6 +153,8 @@ def run_backtest(
             raise InvalidInput('--stall-timeout takes a duration like "30m"') from None
         if workers is not None and workers < 1:
             raise InvalidInput("--workers must be at least 1")
+        if plot_path is not None and importlib.util.find_spec("matplotlib") is None:  # known before an hour-long run
+            raise InvalidInput("--plot needs matplotlib: pip install 'hybridops-daemon[plot]'")
         profile, _, grid = profile_grid(options.profile_path, options.sweeps)
         if profile.burst is not None:
             raise InvalidInput("backtest replays DR lanes; replay a burst lane with simulate")

@@ -227,6 +227,16 @@ def test_invalid_options_exit_2_before_anything_runs(
     assert err.startswith("hyops-daemon backtest: ") and message.replace("{dir}", str(tmp_path)) in err
 
 
+def test_plot_without_matplotlib_exits_2_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sites(tmp_path, 1, SIX_HOURS)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # find_spec() now reports it absent
+    code, out, err = backtest(capsys, "--profile", str(PROFILE), "--traces", str(tmp_path), "--plot", str(tmp_path / "x.png"))
+    assert (code, out) == (2, "")
+    assert err == "hyops-daemon backtest: --plot needs matplotlib: pip install 'hybridops-daemon[plot]'\n"
+
+
 def test_a_burst_profile_and_an_invalid_profile_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_sites(tmp_path, 1, SIX_HOURS)
     burst = PROFILE.parent / "burst.yaml"
