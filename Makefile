@@ -29,6 +29,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.peer_link --messages 5000 --repeat 1
 	$(BIN)/python -m benchmarks.replay_throughput --repeat 1 --trace simulations/scenarios/slow-degradation.jsonl --profile simulations/profiles/prod.yaml
 	$(BIN)/python -m benchmarks.history_export --quick
+	$(BIN)/python -m benchmarks.backtest --quick
 	$(BIN)/python -m benchmarks.status_load --clients 50 --rounds 1
 	$(BIN)/python -m benchmarks.web_view --records 5000 --requests 20
 	$(BIN)/python -m benchmarks.web_view_load --records 5000 --blocks 2 --runs 100
@@ -53,6 +54,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks.peer_link
 	$(BIN)/python -m benchmarks.replay_throughput
 	$(BIN)/python -m benchmarks.history_export
+	$(BIN)/python -m benchmarks.backtest
 	$(BIN)/python -m benchmarks.status_load
 	$(BIN)/python -m benchmarks.preflight
 	$(BIN)/python -m benchmarks.web_view

@@ -273,35 +273,53 @@ YEAR = 365 * 86400
 STEP = 10
 
 
+def probes(rng: random.Random, duration: int, outages: list[tuple[int, int]]) -> Iterator[Line]:
+    """A 10-second HTTP probe of the primary over [0, duration): failed and labelled ``fault`` inside each outage
+    [begin, end); elsewhere healthy but for rare lone or paired failed probes (a 3-probe/30 s rule must ride them
+    out), null answers and lost samples."""
+    healthy = ',"signal":"primary_http","value":1}\n'
+    blip = 0
+    for t in range(0, duration, STEP):
+        if any(begin <= t < end for begin, end in outages):
+            yield f'{{"t":{t},"signal":"primary_http","value":0,"labels":{{"fault":true}}}}\n'
+            continue
+        if blip:  # a short blip: at most 2 failed probes in a row
+            blip -= 1
+            yield f'{{"t":{t},"signal":"primary_http","value":0}}\n'
+            continue
+        draw = rng.random()
+        if draw < 4e-5:
+            blip = rng.randint(1, 2) - 1
+            yield f'{{"t":{t},"signal":"primary_http","value":0}}\n'
+        elif draw < 1.4e-4:  # the probe itself hiccups: no data
+            yield f'{{"t":{t},"signal":"primary_http","value":null}}\n'
+        elif draw < 1.6e-4:  # a lost sample; the reading stays fresh for 30 s
+            continue
+        else:
+            yield f'{{"t":{t}' + healthy
+
+
+def site(rng: random.Random, duration: int) -> Iterator[Line]:
+    """One site of a fleet backtest (benchmarks/backtest.py, the backtest tests; not a scenario): ``probes`` over
+    ``duration`` (6 hours at least) with one to three outages of 2 to 60 minutes at random times, apart from each other."""
+    if duration < 6 * 3600:
+        raise ValueError("a site's trace spans 6 hours at least (room for three outages and their failbacks)")
+    count = rng.randint(1, 3)
+    slot = duration // count
+    outages = []
+    for i in range(count):
+        length = rng.randrange(2 * 60, 60 * 60, STEP)
+        begin = (i * slot + rng.randrange(0, slot - length - 30 * 60)) // STEP * STEP
+        outages.append((begin, begin + length))
+    return probes(rng, duration, outages)
+
+
 def year(rng: random.Random) -> Scenario:
     # Two real outages at random times inside fixed months, on the 10 s grid: about 47 min and 2 h 13 min.
     outages = []
     for month, length in ((2, 47 * 60), (8, 133 * 60)):
         begin = rng.randrange(month * 30 * 86400, (month + 1) * 30 * 86400) // STEP * STEP
         outages.append((begin, begin + length))
-
-    def lines() -> Iterator[Line]:
-        healthy = ',"signal":"primary_http","value":1}\n'
-        out_a, out_b = outages
-        blip = 0
-        for t in range(0, YEAR, STEP):
-            if out_a[0] <= t < out_a[1] or out_b[0] <= t < out_b[1]:
-                yield f'{{"t":{t},"signal":"primary_http","value":0,"labels":{{"fault":true}}}}\n'
-                continue
-            if blip:  # a short blip: at most 2 failed probes in a row, which a 3-probe/30 s rule must ride out
-                blip -= 1
-                yield f'{{"t":{t},"signal":"primary_http","value":0}}\n'
-                continue
-            draw = rng.random()
-            if draw < 4e-5:
-                blip = rng.randint(1, 2) - 1
-                yield f'{{"t":{t},"signal":"primary_http","value":0}}\n'
-            elif draw < 1.4e-4:  # the probe itself hiccups: no data
-                yield f'{{"t":{t},"signal":"primary_http","value":null}}\n'
-            elif draw < 1.6e-4:  # a lost sample; the reading stays fresh for 30 s
-                continue
-            else:
-                yield f'{{"t":{t}' + healthy
 
     return Scenario(
         "year",
@@ -310,7 +328,7 @@ def year(rng: random.Random) -> Scenario:
         f"samples, and two real outages (day {outages[0][0] // 86400}, 47 min; day {outages[1][0] // 86400}, "
         "2 h 13 min). Two cutovers, each about 30 s after the outage began, two automatic failbacks, no false "
         "cutover, and a bill far under an always-on standby.",
-        lines(),
+        probes(rng, YEAR, outages),
         {
             "cutovers": 2,
             "failbacks": 2,

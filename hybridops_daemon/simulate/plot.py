@@ -1,8 +1,11 @@
-"""``--plot OUT.png``: each signal the profile reads over time (one line per edge) with its rules' trip and clear
+"""``simulate --plot OUT.png``: each signal the profile reads over time (one line per edge) with its rules' trip and clear
 levels, the decisions, the standby periods and the ground-truth faults; below, the lane's status.
 
 matplotlib (Agg, no display) is imported here only, so the simulator runs without it unless a plot is asked for.
 Long traces are drawn as a per-bucket min/max envelope, so a single failed sample in a year still shows.
+
+``backtest --plot OUT.png`` (:func:`plot_fleet`): each variant's policy cost against its detection latency over the
+fleet, the variants with false cutovers marked.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.policy.types import LaneStatus
 from hybridops_daemon.simulate.engine import Replay
+from hybridops_daemon.simulate.report import variant_label
 from hybridops_daemon.simulate.trace import Trace
 
 _BUCKETS = 3000  # about one per horizontal pixel at the figure's size
@@ -45,12 +49,17 @@ def _series(trace: Trace, signal: int, edge: int) -> tuple[Any, Any]:
     return np.repeat(times[bounds], 2), np.column_stack((low, high)).ravel()
 
 
-def plot(path: Path, profile: Profile, trace: Trace, replay: Replay, out: dict[str, Any]) -> None:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(path: Path, profile: Profile, trace: Trace, replay: Replay, out: dict[str, Any]) -> None:
+    plt = _pyplot()
     scale, unit = _unit(max(trace.duration, 1.0))
     shown = [name for name in profile.signals if name in trace.signal_names]
     ratios = [3] * len(shown) + [1]
@@ -109,6 +118,44 @@ def plot(path: Path, profile: Profile, trace: Trace, replay: Replay, out: dict[s
         # "\\$": a bare pair of dollar signs would be typeset as mathematics
         f"cost \\${out['cost']['policy_usd']:.2f} vs \\${out['cost']['always_on_usd']:.2f} always-on"
         + ("" if saving is None else f" (saving {saving * 100:.2f}%)"),
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_fleet(path: Path, out: dict[str, Any]) -> None:
+    """One point per variant at (detection latency p50, policy cost), a bar from p50 to p95 and a tick at the max; a
+    variant with false cutovers is drawn as a red cross with their count. A variant that detected no fault has no
+    latency: it is named under the plot instead."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(11, 6.5))
+    undetected: list[str] = []
+    for number, variant in enumerate(out["variants"], start=1):
+        latency, cost = variant["detection_latency_s"], variant["cost"]["policy_usd"]
+        label = f"{number}: {variant_label(variant['variant'])}"
+        if latency["p50"] is None:
+            undetected.append(label)
+            continue
+        false = variant["false_cutovers"]
+        color = "tab:red" if false else "tab:blue"
+        ax.plot([latency["p50"], latency["p95"]], [cost, cost], color=color, linewidth=2, alpha=0.5)
+        ax.plot([latency["max"]], [cost], marker="|", color=color, markersize=10)
+        ax.plot([latency["p50"]], [cost], marker="x" if false else "o", color=color, markersize=8)
+        mark = f"{number}" + (f" ({false} false)" if false else "")
+        ax.annotate(mark, (latency["p50"], cost), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.plot([], [], linestyle="none", label=label)  # the legend names each number
+    ax.plot([], [], marker="o", color="tab:blue", linestyle="none", label="p50 (no false cutover); bar to p95, | max")
+    ax.plot([], [], marker="x", color="tab:red", linestyle="none", label="p50 of a variant with false cutovers")
+    ax.set_xlabel("detection latency over the fleet (s)")
+    ax.set_ylabel("policy cost over the fleet (USD)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, handlelength=1)
+    profile = out["profile"]
+    figure.suptitle(
+        f"{profile['name']}@v{profile['version']}: {out['sites']} sites, {len(out['variants'])} variants"
+        + (f"; no fault detected by {', '.join(undetected)}" if undetected else ""),
         fontsize=10,
     )
     figure.tight_layout()

@@ -179,12 +179,16 @@ def render(out: dict[str, Any], replay: Replay) -> str:
     return "\n".join(lines)
 
 
+def variant_label(variant: dict[str, str]) -> str:
+    return " ".join(f"{key}={value}" for key, value in variant.items()) or "(profile as is)"
+
+
 def render_table(outs: list[dict[str, Any]]) -> str:
     """One row per (variant, trace): what a team compares to choose its thresholds."""
     header = ("variant", "trace", "cutovers", "false", "missed", "detect mean/max", "policy $", "always-on $", "saving")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for out in outs:
-        variant = " ".join(f"{key}={value}" for key, value in out.get("variant", {}).items()) or "(profile as is)"
+        variant = variant_label(out.get("variant", {}))
         labelled = "faults" in out
         rows.append(
             (
@@ -199,10 +203,15 @@ def render_table(outs: list[dict[str, Any]]) -> str:
                 _saving(out["cost"]["saving_ratio"]),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return columns(rows, left=2)
+
+
+def columns(rows: list[tuple[str, ...]], *, left: int) -> str:
+    """Rows as aligned columns: the first ``left`` ones flush left (names), the others flush right (figures)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(
-            cell.ljust(width) if i < 2 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            cell.ljust(width) if i < left else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
     )
