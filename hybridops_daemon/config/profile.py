@@ -195,8 +195,9 @@ class Profile(Strict):
     def ref(self) -> str:
         return f"{self.name}@v{self.version}"
 
-    def chain(self, which: Literal["cutover", "failback"]) -> tuple[Step, ...]:
-        return self.chains.cutover if which == "cutover" else self.chains.failback
+    def chain(self, which: Literal["cutover", "failback", "scale"]) -> tuple[Step, ...]:
+        steps: tuple[Step, ...] = getattr(self.chains, which)
+        return steps
 
     def hourly_cost(self) -> float:
         """Cloud cost per hour while the cutover chain's capacity runs."""
