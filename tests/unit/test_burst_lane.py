@@ -12,7 +12,7 @@ import pytest
 
 from hybridops_daemon.chain.approvals import ApprovalBook
 from hybridops_daemon.chain.runner import ChainRunner
-from hybridops_daemon.config.profile import Profile
+from hybridops_daemon.config.profile import Profile, profile_problems
 from hybridops_daemon.daemon.burst import SCALE_RECORD, cutting_over, yielding
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.decisions import DecisionLoop
@@ -20,6 +20,7 @@ from hybridops_daemon.daemon.inbox import Inbox
 from hybridops_daemon.daemon.lane import Lane
 from hybridops_daemon.daemon.takeover import restore_state
 from hybridops_daemon.drivers.modules import resource_key, validate_inputs
+from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.drivers.sandbox import SandboxDriver, SandboxWorld
 from hybridops_daemon.journal.redact import Redactor
 from hybridops_daemon.journal.store import Journal
@@ -191,6 +192,16 @@ def test_a_sample_past_its_max_age_is_unknown_and_confirms_nothing() -> None:
     decision, lane.state = decide_burst_lane(lane.state, stale, PROFILE, T0 + 30)
     assert decision.kind is DecisionKind.HOLD and decision.unknown_signals == ("latency@edge01",)
     assert lane.feed(0.7, 31).kind is DecisionKind.HOLD  # the window starts again
+
+
+def test_a_scale_step_whose_max_size_is_below_the_top_level_is_a_profile_problem() -> None:
+    def problems(max_size: int) -> list[tuple[tuple[str | int, ...], str]]:
+        data = PROFILE.model_dump(mode="json", by_alias=True)
+        data["chains"]["scale"][0]["inputs"]["max_size"] = max_size
+        return profile_problems(Profile.model_validate(data), DRIVER_MODULES)
+
+    assert problems(4) == []
+    assert problems(3) == [(("chains", "scale", 0, "inputs", "max_size"), "max_size 3 is below the largest burst level (4)")]
 
 
 # ------------------------------------------------------------------------------------------------ in the daemon
