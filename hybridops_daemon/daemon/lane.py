@@ -211,7 +211,9 @@ def status_line(lanes: Mapping[str, Lane]) -> str:
 
 
 def next_chain(lane: Lane) -> str:
-    """The chain the lane would run next: failback once it is on standby, cutover otherwise."""
+    """The chain the lane would run next: a burst lane's scale; failback once it is on standby, cutover otherwise."""
+    if lane.profile.burst is not None:
+        return "scale"
     status = lane.state.paused_from or lane.state.status
     return "failback" if status.value in ("ON_STANDBY", "FAILING_BACK") else "cutover"
 

@@ -103,6 +103,9 @@ def test_pressure_scales_the_lane_out_by_levels_and_back_in_to_zero(
     daemon.start()
     assert settled_at(daemon, 0)["spent_usd"] == 0.0
 
+    ready = daemon.ctl_json("ready", "--lane", LANE)  # the scale chain's preflights, the run's size unknown to them
+    assert [(step["chain"], step["step"], step["state"]) for step in ready[0]["steps"]] == [("scale", "capacity", "ready")]
+
     refused = daemon.ctl("drill", "--lane", LANE)
     assert refused.returncode == 1 and "is a burst lane" in refused.stderr, refused
 
