@@ -3,7 +3,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: run test lint typecheck unit bench stop-primary start-primary clean
+.PHONY: run test lint typecheck unit bench stop-primary start-primary slow-primary fast-primary clean
 
 $(VENV)/.runtime: pyproject.toml scripts/bootstrap
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/bootstrap runtime
@@ -67,6 +67,13 @@ stop-primary:
 
 start-primary: $(VENV)/.runtime
 	@$(BIN)/hyops-daemon demo-primary --port 8081 >var/demo/primary.log 2>&1 & echo $$! >var/demo/primary.pid; echo "demo primary started"
+
+# The burst lane's load: each slow-primary makes the demo primary's /app answer half a second slower; fast-primary undoes it.
+slow-primary:
+	@kill -USR1 "$$(cat var/demo/primary.pid)" && echo "demo primary's /app slowed by 0.5s (again for more)"
+
+fast-primary:
+	@kill -USR2 "$$(cat var/demo/primary.pid)" && echo "demo primary's /app fast again"
 
 clean:
 	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache

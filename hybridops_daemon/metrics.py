@@ -24,14 +24,15 @@ from hybridops_daemon.config.models import MetricsConfig
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.journal.verify import JournalCheck
 from hybridops_daemon.notify.alertmanager import NotifyStats
+from hybridops_daemon.policy.burst_lane import BurstFigures
 from hybridops_daemon.policy.types import DecisionKind, LaneStatus
 from hybridops_daemon.signals.base import InputHealth
 from hybridops_daemon.signals.sample import Sample
 
-Chain = Literal["cutover", "failback"]
+Chain = Literal["cutover", "failback", "scale"]
 StepOutcome = Literal["applied", "skipped", "failed"]
 RunOutcome = Literal["succeeded", "failed"]
-CHAINS: tuple[Chain, ...] = ("cutover", "failback")
+CHAINS: tuple[Chain, ...] = ("cutover", "failback", "scale")
 RUN_OUTCOMES: tuple[RunOutcome, ...] = ("succeeded", "failed")
 
 # Chain steps range from a sandbox write (ms) to a Terraform apply or an approval wait (tens of minutes).
@@ -248,6 +249,37 @@ class _NotifyCollector:
 DrillSchedule = Callable[[], Mapping[str, tuple[float, float]]]
 
 
+class _BurstCollector:
+    """Each burst lane's size, spend this month and monthly budget left, read at scrape time (spend grows between
+    decisions while capacity runs). No budget-left series for a lane without a monthly budget."""
+
+    def __init__(self, figures: Callable[[], Mapping[str, BurstFigures]]) -> None:
+        self._figures = figures
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("hybridops_burst_size", "The burst lane's cloud capacity (units), as decided.", labels=["lane"]),
+            GaugeMetricFamily(
+                "hybridops_burst_spend_usd", "The burst lane's spend this UTC month, to now (USD).", labels=["lane"]
+            ),
+            GaugeMetricFamily(
+                "hybridops_burst_budget_left_usd", "What is left of the burst lane's monthly budget (USD).", labels=["lane"]
+            ),
+        )
+
+    def collect(self) -> Iterable[Metric]:
+        size, spend, left = self._families()
+        for lane, shown in self._figures().items():
+            size.add_metric([lane], shown.size)
+            spend.add_metric([lane], shown.spent_usd)
+            if shown.budget_left_usd is not None:
+                left.add_metric([lane], shown.budget_left_usd)
+        return (size, spend, left)
+
+
 class _DrillCollector:
     """Per lane with a drill schedule: when the next drill fires, the schedule's interval, and when the lane's last
     drill started (from the journal, so that it survives a restart). A drill overdue is a last drill older than the
@@ -422,6 +454,10 @@ class Metrics:
         """Export the drill schedule: ``schedule()`` gives per scheduled lane (next fire, interval) in epoch seconds,
         ``last_drill(lane)`` when its last drill started. Told once the scheduler runs (it starts after the metrics)."""
         self._drills.schedule, self._drills.last_drill = schedule, last_drill
+
+    def bursts(self, figures: Callable[[], Mapping[str, BurstFigures]]) -> None:
+        """Export the burst lanes' figures (``policy.burst_lane.figures`` per lane), once the lanes exist."""
+        self.registry.register(_BurstCollector(figures))
 
     def notifications(self, stats: Callable[[], NotifyStats]) -> None:
         """Export direct notification's figures (``NotifyStats``), once a notifier runs."""

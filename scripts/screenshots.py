@@ -29,8 +29,8 @@ def demo_config(root: Path, probe_port: int, web_port: int) -> dict[str, Any]:
     config: dict[str, Any] = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["state_dir"] = str(root / "state")
     config["web"]["port"] = web_port
-    [probe] = config["sources"]
-    probe["url"] = f"http://127.0.0.1:{probe_port}/health"
+    for probe in config["sources"]:  # /health for prod, /app for the burst lane
+        probe["url"] = probe["url"].replace("127.0.0.1:8081", f"127.0.0.1:{probe_port}")
     for lane in config["lanes"].values():  # its relative paths are relative to config/, which this copy is not in
         lane["profile"] = str((ROOT / "config" / lane["profile"]).resolve())
     return config

@@ -25,8 +25,8 @@ from hybridops_daemon.secrets import SecretUnavailable, resolve_all
 
 log = structlog.get_logger("hybridops.readiness")
 
-Chain = Literal["cutover", "failback"]
-CHAINS: tuple[Chain, ...] = ("cutover", "failback")
+Chain = Literal["cutover", "failback", "scale"]
+CHAINS: tuple[Chain, ...] = ("cutover", "failback", "scale")  # a lane has the first two or the last one
 READY, NOT_READY, NOT_CHECKED = "ready", "not ready", "not checked"
 MAX_REASON_CHARS = 300
 

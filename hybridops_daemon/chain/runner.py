@@ -45,8 +45,8 @@ class RunSpec:
 
     run_id: str
     lane: str
-    chain: str  # "cutover" | "failback"
-    kind: str  # the decision kind that started it: cutover, failback, drill
+    chain: str  # "cutover" | "failback" | "scale"
+    kind: str  # the decision kind that started it: cutover, failback, drill, teardown, scale
     trigger: str
     actor: str
     reason: str
@@ -54,6 +54,12 @@ class RunSpec:
     steps: tuple[Step, ...]
     approval_timeout: float
     hourly_cost_usd: float
+    size: int | None = None  # a scale run's: the capacity its steps set, as ``${run.size}``
+
+    @property
+    def run_mapping(self) -> dict[str, Any]:
+        """What ``${run.<key>}`` in a step's inputs reads."""
+        return {"id": self.run_id, "lane": self.lane} | ({"size": self.size} if self.size is not None else {})
 
     def start_body(self) -> dict[str, Any]:
         return {
@@ -70,7 +76,7 @@ class RunSpec:
             "inputs": {step.id: step.inputs for step in self.steps},
             "approval_timeout": self.approval_timeout,
             "hourly_cost_usd": self.hourly_cost_usd,
-        }
+        } | ({"size": self.size} if self.size is not None else {})
 
     @classmethod
     def from_start(cls, body: Mapping[str, Any]) -> RunSpec:
@@ -86,6 +92,7 @@ class RunSpec:
             steps=tuple(_step_from_plan(plan) for plan in body["plan"]),
             approval_timeout=float(body["approval_timeout"]),
             hourly_cost_usd=float(body["hourly_cost_usd"]),
+            size=int(body["size"]) if body.get("size") is not None else None,
         )
 
 
@@ -293,7 +300,7 @@ class ChainRunner:
         if driver is None:
             raise StepFailed(f"driver {step.driver!r} is not configured for lane {spec.lane!r}")
         try:
-            inputs = render(step.inputs, outputs, {"id": spec.run_id, "lane": spec.lane})
+            inputs = render(step.inputs, outputs, spec.run_mapping)
             secrets = resolve_all(step.secrets)
         except (UnresolvedReference, SecretUnavailable) as exc:
             raise StepFailed(str(exc)) from None

@@ -1,4 +1,5 @@
-"""Step inputs may reference what earlier steps published: ``${steps.<id>.<key>}``, ``${run.id}``, ``${run.lane}``.
+"""Step inputs may reference what earlier steps published: ``${steps.<id>.<key>}``, ``${run.id}``, ``${run.lane}``, and
+a scale run's ``${run.size}``.
 
 A string that is exactly one reference takes the referenced value as it is (a number stays a number).
 """
@@ -16,7 +17,7 @@ class UnresolvedReference(ValueError):
     pass
 
 
-def render(value: Any, outputs: Mapping[str, Mapping[str, Any]], run: Mapping[str, str]) -> Any:
+def render(value: Any, outputs: Mapping[str, Mapping[str, Any]], run: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         whole = _REF.fullmatch(value)
         if whole:
@@ -29,7 +30,7 @@ def render(value: Any, outputs: Mapping[str, Mapping[str, Any]], run: Mapping[st
     return value
 
 
-def _lookup(ref: str, outputs: Mapping[str, Mapping[str, Any]], run: Mapping[str, str]) -> Any:
+def _lookup(ref: str, outputs: Mapping[str, Mapping[str, Any]], run: Mapping[str, Any]) -> Any:
     parts = ref.split(".")
     if len(parts) == 2 and parts[0] == "run" and parts[1] in run:
         return run[parts[1]]
@@ -38,4 +39,4 @@ def _lookup(ref: str, outputs: Mapping[str, Mapping[str, Any]], run: Mapping[str
         if step is not None and parts[2] in step:
             return step[parts[2]]
         raise UnresolvedReference(f"${{{ref}}}: step {parts[1]!r} has published no output {parts[2]!r}")
-    raise UnresolvedReference(f"${{{ref}}}: not a known reference (use steps.<id>.<key>, run.id or run.lane)")
+    raise UnresolvedReference(f"${{{ref}}}: not a known reference (use steps.<id>.<key>, run.id, run.lane or run.size)")

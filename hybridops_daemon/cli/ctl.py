@@ -310,10 +310,13 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
     rows = []
     idle: list[str] = []  # lanes this node does not act on, and why (no quorum, another node leads)
     stranded: list[str] = []  # lanes with capacity a failed run may have left running, and when it goes
+    bursts: list[str] = []  # burst lanes: size, spend this month, budget left
     for lane in result["lanes"]:
         status = lane["status"] if not lane.get("paused_by") else f"{lane['status']} (by {lane['paused_by']})"
         if lane.get("capacity"):
             stranded.append(_stranded(lane["lane"], lane["capacity"], now))
+        if lane.get("burst"):
+            bursts.append(_burst_line(lane["lane"], lane["burst"]))
         for fault in (lane.get("readiness") or {}).get("not_ready", []):
             stranded.append(f"{lane['lane']}: {lane['readiness']['chain']} step {fault['step']} not ready: {fault['reason']}")
         last = lane.get("last_decision")
@@ -332,7 +335,7 @@ def render_status(result: Mapping[str, Any], now: float) -> str:
         lines.append(format_table(headers, rows))
     else:
         lines.append("no lanes configured")
-    lines += idle + stranded + _peer_links(result.get("sources") or [])
+    lines += bursts + idle + stranded + _peer_links(result.get("sources") or [])
     retention = result.get("retention")
     if retention:
         lines.append(f"journal retention held {_ago(retention.get('since'), now)}: {retention['held']}")
@@ -365,6 +368,17 @@ def _peer_links(sources: Sequence[Mapping[str, Any]]) -> list[str]:
         if counts:
             lines.append(f"{source['source']}: peer messages dropped: {counts}")
     return lines
+
+
+def _burst_line(lane: str, burst: Mapping[str, Any]) -> str:
+    """``burst: size 2 of 4 (scaling 0 → 2), $0.32/h; spent $1.20 this month (2026-12), $148.80 of $150.00 left``"""
+    size = f"size {burst['size']} of {burst['max_size']}"
+    if burst.get("scaling_from") is not None:
+        size += f" (scaling {burst['scaling_from']} → {burst['size']})"
+    spent = f"spent ${burst['spent_usd']:.2f} this month ({burst['month']})"
+    left = burst.get("budget_left_usd")
+    budget = "no monthly budget" if left is None else f"${left:.2f} of ${burst['monthly_budget_usd']:.2f} left"
+    return f"{lane}: burst {size}, ${burst['hourly_usd']:.2f}/h; {spent}, {budget}"
 
 
 def _stranded(lane: str, capacity: Mapping[str, Any], now: float) -> str:

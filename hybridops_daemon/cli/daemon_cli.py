@@ -328,15 +328,43 @@ def _history(args: argparse.Namespace) -> int:
     )
 
 
+# Each SIGUSR1 makes the demo primary's application this much slower (`make slow-primary`); SIGUSR2 makes it fast again.
+DEMO_SLOWDOWN_STEP = 0.5
+
+
 def _demo_primary(host: str, port: int) -> int:
+    import signal
+
     from aiohttp import web
+
+    slowdown = [0.0]  # seconds /app waits before it answers: the load the demo's burst lane watches
+
+    def slower() -> None:
+        slowdown[0] += DEMO_SLOWDOWN_STEP
+        print(f"demo primary: /app answers in about {slowdown[0]:g}s", flush=True)
+
+    def faster() -> None:
+        slowdown[0] = 0.0
+        print("demo primary: /app answers at once", flush=True)
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "role": "primary"})
 
+    async def application(_: web.Request) -> web.Response:
+        await asyncio.sleep(slowdown[0])
+        return web.json_response({"status": "ok", "slowdown_s": slowdown[0]})
+
+    async def on_startup(_: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, slower)
+        loop.add_signal_handler(signal.SIGUSR2, faster)
+
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/app", application)
+    app.on_startup.append(on_startup)
     print(f"demo primary: http://{host}:{port}/health (stop it to watch the cutover)", flush=True)
+    print(f"demo primary: http://{host}:{port}/app (make slow-primary: +{DEMO_SLOWDOWN_STEP:g}s; make fast-primary)", flush=True)
     web.run_app(app, host=host, port=port, print=None, handle_signals=True)
     return EXIT_OK
 

@@ -119,10 +119,27 @@ def check_config(
             if config is not None:
                 errors.extend(_unbound_drivers(parsed, lane, config.lanes[lane].drivers, loaded))
                 errors.extend(_borrowed_profile(parsed, lane, config, loaded))
-                if loaded.burst is not None:
-                    message = f"profile {loaded.ref} is a burst profile: the daemon does not run burst lanes yet (simulate does)"
-                    errors.append(parsed.error(("lanes", lane, "profile"), message))
+    if config is not None:
+        errors.extend(_yields_to(parsed, config, profiles))
     return config, profiles, errors
+
+
+def _yields_to(parsed: _Parsed, config: DaemonConfig, profiles: Mapping[str, Profile]) -> list[ConfigError]:
+    """A burst lane yields to DR lanes of this daemon: a name that is no lane here, or a burst lane, never cuts over,
+    so the scale-out would never wait for it."""
+    errors = []
+    for lane, profile in profiles.items():
+        for name in profile.burst.yields_to if profile.burst is not None else ():
+            other = profiles.get(name)
+            if name not in config.lanes:
+                what = f"no lane of this daemon (lanes: {', '.join(config.lanes)})"
+            elif other is not None and other.burst is not None:
+                what = "a burst lane; only a DR lane cuts over"
+            else:
+                continue  # a DR lane (or one whose profile failed to load, which says so itself)
+            message = f"profile {profile.ref} burst.yields_to names {name!r}: {what}"
+            errors.append(parsed.error(("lanes", lane, "profile"), message))
+    return errors
 
 
 def warnings(config: DaemonConfig) -> list[str]:
@@ -179,7 +196,7 @@ def _unbound_drivers(parsed: _Parsed, lane: str, drivers: LaneDrivers, profile: 
     """A step needs its driver configured in the lane that runs it (targets and secrets are per lane)."""
     errors = []
     configured = drivers.configured()
-    for which in ("cutover", "failback"):
+    for which in ("cutover", "failback", "scale"):
         for step in profile.chain(which):
             config = configured.get(step.driver)
             if config is None:

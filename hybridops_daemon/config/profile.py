@@ -195,8 +195,9 @@ class Profile(Strict):
     def ref(self) -> str:
         return f"{self.name}@v{self.version}"
 
-    def chain(self, which: Literal["cutover", "failback"]) -> tuple[Step, ...]:
-        return self.chains.cutover if which == "cutover" else self.chains.failback
+    def chain(self, which: Literal["cutover", "failback", "scale"]) -> tuple[Step, ...]:
+        steps: tuple[Step, ...] = getattr(self.chains, which)
+        return steps
 
     def hourly_cost(self) -> float:
         """Cloud cost per hour while the cutover chain's capacity runs."""
@@ -234,6 +235,13 @@ def profile_problems(profile: Profile, known_drivers: dict[str, frozenset[str]])
         )
     if profile.burst is not None and profile.burst.signal not in profile.signals:
         problems.append((("burst", "signal"), f"unknown signal {profile.burst.signal!r}; declare it under signals"))
+    if profile.burst is not None:
+        top = max(level.size for level in profile.burst.levels)
+        for i, step in enumerate(profile.chains.scale):
+            ceiling = step.inputs.get("max_size")
+            if isinstance(ceiling, int) and ceiling < top:  # the top level's run would be refused by its own step
+                message = f"max_size {ceiling} is below the largest burst level ({top})"
+                problems.append((("chains", "scale", i, "inputs", "max_size"), message))
     for which in ("cutover", "failback", "scale"):
         ids: set[str] = set()
         for i, step in enumerate(getattr(profile.chains, which)):

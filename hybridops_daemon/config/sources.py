@@ -39,6 +39,9 @@ class HttpProbeSource(SourceSpec):
     timeout: PositiveDuration = 2.0
     expect_status: int = Field(default=200, ge=100, le=599)
     max_latency: PositiveDuration | None = None
+    latency_signal: SignalName | None = Field(
+        default=None, description="also emit each probe's latency (seconds to the answer; a timeout counts its timeout)"
+    )
 
     @model_validator(mode="after")
     def _named_after_its_signal(self) -> HttpProbeSource:

@@ -12,6 +12,7 @@ from typing import Any
 
 from hybridops_daemon.chain.approvals import ApprovalBook, Verdict
 from hybridops_daemon.control.protocol import Actor, CommandRefused, NotFound
+from hybridops_daemon.daemon.burst import status_document as burst_status
 from hybridops_daemon.daemon.housekeeping import RetentionHold
 from hybridops_daemon.daemon.lane import Lane, lane_document
 from hybridops_daemon.daemon.readiness import ON_DEMAND_BUDGET, Busy, Readiness
@@ -81,7 +82,7 @@ class DaemonBackend:
         return {
             "node": self._node,
             "lease": self._lease,
-            "lanes": [_lane_status(lane, next_drills.get(lane.name)) for lane in self._lanes.values()],
+            "lanes": [_lane_status(lane, next_drills.get(lane.name), self._clock()) for lane in self._lanes.values()],
             "pending_approvals": pending,
             "sources": sources,
             "retention": self._retention.document() if self._retention is not None else None,
@@ -215,11 +216,12 @@ def _capacity(lane: Lane) -> dict[str, Any] | None:
     }
 
 
-def _lane_status(lane: Lane, next_drill: Any) -> dict[str, Any]:
+def _lane_status(lane: Lane, next_drill: Any, now: float) -> dict[str, Any]:
     last = lane.last_decision
     leadership = lane.leadership
     return {
         "capacity": _capacity(lane),
+        "burst": burst_status(lane, now),
         "readiness": lane_document(lane),
         "lane": lane.name,
         "status": lane.state.status.value,

@@ -26,6 +26,7 @@ from hybridops_daemon.config.sources import SourceSpec
 from hybridops_daemon.control.backend import DaemonBackend
 from hybridops_daemon.control.server import ControlServer
 from hybridops_daemon.daemon.alerting import daemon_alerts
+from hybridops_daemon.daemon.burst import lane_figures as burst_figures
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.decisions import DecisionLoop
 from hybridops_daemon.daemon.housekeeping import (
@@ -162,6 +163,8 @@ class Daemon:
             for name, lane in self.lanes.items():
                 self.metrics.lane_state(name, lane.state.status.value)
                 self.metrics.leadership(name, False, 0)
+            if any(lane.profile.burst for lane in self.lanes.values()):
+                self.metrics.bursts(lambda: burst_figures(self.lanes, self.clock()))
             group = await stack.enter_async_context(asyncio.TaskGroup())
             chains = ChainSupervisor(runner, group, journal, self.inbox, self.clock)
             loop = self.loop = DecisionLoop(

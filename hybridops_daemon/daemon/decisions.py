@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.control.protocol import CommandRefused, Unconfirmed
+from hybridops_daemon.daemon import burst
 from hybridops_daemon.daemon.chains import ChainSupervisor
 from hybridops_daemon.daemon.inbox import Event, Inbox, QueuedIntent
 from hybridops_daemon.daemon.lane import Lane, status_line
 from hybridops_daemon.journal.store import Journal
 from hybridops_daemon.metrics import Metrics
 from hybridops_daemon.observations import ObservationStore
+from hybridops_daemon.policy.burst_lane import decide_burst_lane
 from hybridops_daemon.policy.decide import decide
 from hybridops_daemon.policy.types import ChainEvent, Command, Decision, Intent, LaneState, LaneStatus, Observation, Trigger
 from hybridops_daemon.sdnotify import Notifier
@@ -31,10 +34,19 @@ INTENT_REPLY_TIMEOUT = 5.0
 Readings = Mapping[tuple[str, str], Sample]
 
 
-def record_decision(journal: Journal, decision: Decision, profile: Profile, state: LaneState, fencing_token: int) -> None:
-    """Make a notable decision durable, with the lane state it leaves behind (what a restart resumes from)."""
+def record_decision(
+    journal: Journal,
+    decision: Decision,
+    profile: Profile,
+    state: LaneState,
+    fencing_token: int,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Make a notable decision durable, with the lane state it leaves behind (what a restart resumes from), and
+    ``extra``: what only its kind of lane knows (a burst lane's sizes and spend)."""
     body = {
         **decision.to_dict(),
+        **(extra or {}),
         "profile": {"name": profile.name, "version": profile.version},
         "state": state.durable(),
         "fencing_token": fencing_token,
@@ -138,21 +150,31 @@ class DecisionLoop:
 
     def step_lane(self, lane: Lane, event: Intent | ChainEvent | None, readings: Readings) -> Decision:
         observation = Observation(readings, self._node, self._peer, event)
-        before = lane.state
-        decision, lane.state = decide(lane.state, observation, lane.profile, self._clock())
-        if isinstance(event, ChainEvent) and event.run_id == before.active_run:
-            self._chain_ended(lane, before, event)
+        before, now = lane.state, self._clock()
+        ended = isinstance(event, ChainEvent) and event.run_id == before.active_run
+        if lane.profile.burst is not None:
+            decision, lane.state = decide_burst_lane(before, observation, lane.profile, now, burst.yielding(self.lanes, lane))
+        else:
+            decision, lane.state = decide(before, observation, lane.profile, now)
+            if isinstance(event, ChainEvent) and ended:
+                self._chain_ended(lane, before, event)
+        starts = decision.chain is not None and decision.run_id is not None
         # A chain's end is always on record, even when it leaves the status as it was (a lane paused mid-run).
-        if decision.notable or isinstance(event, ChainEvent):
-            record_decision(self._journal, decision, lane.profile, lane.state, lane.lease.token)
+        recorded = decision.notable or isinstance(event, ChainEvent)
+        extra = burst.decision_body(lane, before, observation, now) if lane.profile.burst and (recorded or starts) else {}
+        if recorded:
+            record_decision(self._journal, decision, lane.profile, lane.state, lane.lease.token, extra)
             lane.dirty.set()
             lane.last_decision = decision
             self._metrics.decision(lane.name, decision.kind.value)
             self._metrics.lane_state(lane.name, lane.state.status.value)
             log.info("decision", lane=lane.name, kind=decision.kind.value, status=lane.state.status.value, reason=decision.reason)
             self._notifier.status(status_line(self.lanes))
-        if decision.chain is not None and decision.run_id is not None:
-            lane.run_decision, lane.run_progress = decision.to_dict(), None
+        if isinstance(event, ChainEvent) and ended and lane.profile.burst is not None:
+            burst.record_scale(self._journal, lane, before, event, decision)
+            self._metrics.run(lane.name, "scale", "succeeded" if event.ok else "failed")
+        if starts:
+            lane.run_decision, lane.run_progress = {**decision.to_dict(), **extra}, None
             self._chains.start(lane, lane.run_decision)
         return decision
 

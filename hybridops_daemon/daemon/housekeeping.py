@@ -128,6 +128,21 @@ def _check(path: Path, running: DaemonConfig) -> tuple[dict[str, Profile], list[
     return profiles, []
 
 
+def _kind_changes(lanes: Mapping[str, Lane], loaded: Mapping[str, Profile]) -> list[str]:
+    """A lane stays the kind it started as: its state, its run in flight and its metrics are a DR lane's or a burst
+    lane's, and a scale run would find no size in a DR profile (nor a cutover a chain in a burst one)."""
+
+    def kind(profile: Profile) -> str:
+        return "DR" if profile.burst is None else "burst"
+
+    return [
+        f"lane {name}: profile {profile.ref} is a {kind(profile)} profile, the lane runs as a {kind(lanes[name].profile)}"
+        " lane: restart the daemon to change its kind"
+        for name, profile in loaded.items()
+        if name in lanes and kind(profile) != kind(lanes[name].profile)
+    ]
+
+
 async def reload_profiles(
     path: Path,
     config: DaemonConfig,
@@ -141,6 +156,7 @@ async def reload_profiles(
     the watchdog's view of progress) and swap every lane's profile, or none, keeping the running ones and saying why.
     With ``etcd``, its credentials are read again too (a renewed certificate, a new password) and swapped with them."""
     loaded, errors = await asyncio.to_thread(_check, path, config)
+    errors += _kind_changes(lanes, loaded)
     credentials: EtcdCredentials | None = None
     if not errors and etcd is not None:
         assert isinstance(config.lease, EtcdLeaseConfig)

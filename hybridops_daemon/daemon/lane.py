@@ -172,11 +172,19 @@ class Lane:
 
     def run_spec(self, decision: Mapping[str, Any]) -> RunSpec:
         """The run a decision asks for (as journaled, so a restart builds the same run from the record).
-        Raises ValueError for a decision that names no chain this daemon knows."""
+        Raises ValueError for a decision that names no chain this daemon knows, or a scale run with no size."""
         chain = decision.get("chain")
-        if chain not in ("cutover", "failback"):
-            raise ValueError(f"decision {decision.get('run_id')!r} names chain {chain!r}, not cutover or failback")
-        known: Literal["cutover", "failback"] = "cutover" if chain == "cutover" else "failback"
+        known: Literal["cutover", "failback", "scale"]
+        if chain == "cutover" or chain == "failback":
+            known, size, hourly = chain, None, self.profile.hourly_cost()
+        elif chain == "scale" and self.profile.burst is not None:
+            scale = decision.get("burst")
+            if not isinstance(scale, Mapping) or not isinstance(scale.get("size_after"), int):
+                raise ValueError(f"decision {decision.get('run_id')!r} starts a scale run but names no size")
+            known, size = "scale", int(scale["size_after"])
+            hourly = self.profile.burst.cost_per_hour(size)
+        else:
+            raise ValueError(f"decision {decision.get('run_id')!r} names chain {chain!r}, not one lane {self.name} runs")
         return RunSpec(
             run_id=decision["run_id"],
             lane=self.name,
@@ -188,7 +196,8 @@ class Lane:
             profile={"name": self.profile.name, "version": self.profile.version},
             steps=self.profile.chain(known),
             approval_timeout=self.profile.approval_timeout,
-            hourly_cost_usd=self.profile.hourly_cost(),
+            hourly_cost_usd=hourly,
+            size=size,
         )
 
 
@@ -202,7 +211,9 @@ def status_line(lanes: Mapping[str, Lane]) -> str:
 
 
 def next_chain(lane: Lane) -> str:
-    """The chain the lane would run next: failback once it is on standby, cutover otherwise."""
+    """The chain the lane would run next: a burst lane's scale; failback once it is on standby, cutover otherwise."""
+    if lane.profile.burst is not None:
+        return "scale"
     status = lane.state.paused_from or lane.state.status
     return "failback" if status.value in ("ON_STANDBY", "FAILING_BACK") else "cutover"
 

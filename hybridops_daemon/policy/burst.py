@@ -12,7 +12,8 @@ UNKNOWN pressure (no fresh sample) confirms nothing either way: both timers rest
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
@@ -33,13 +34,23 @@ class BurstState(NamedTuple):
     month: str = ""  # the UTC month ``spent_usd`` counts, "2026-12"
     spent_usd: float = 0.0  # spend this month up to ``accrued_at``
     accrued_at: float | None = None
+    # (size, started_at) before the scale run in flight (the daemon's, not decide_burst's): a failed run returns to them
+    stepping_from: tuple[int, float | None] | None = None
 
     def durable(self) -> dict[str, Any]:
-        return self._asdict() | {"past_trip_since": list(self.past_trip_since)}
+        stepping = list(self.stepping_from) if self.stepping_from is not None else None
+        return self._asdict() | {"past_trip_since": list(self.past_trip_since), "stepping_from": stepping}
 
     @classmethod
-    def from_durable(cls, raw: dict[str, Any]) -> BurstState:
-        return cls(**{**raw, "past_trip_since": tuple(raw.get("past_trip_since", ()))})
+    def from_durable(cls, raw: Mapping[str, Any]) -> BurstState:
+        stepping = raw.get("stepping_from")
+        return cls(
+            **{
+                **raw,
+                "past_trip_since": tuple(raw.get("past_trip_since", ())),
+                "stepping_from": (int(stepping[0]), stepping[1]) if stepping is not None else None,
+            }
+        )
 
 
 class BurstDecision(NamedTuple):
@@ -54,6 +65,12 @@ class BurstDecision(NamedTuple):
     @property
     def notable(self) -> bool:
         return self.action != "hold"
+
+
+def reading(value: float | None, seen_at: float, max_age: float, now: float) -> float | None:
+    """The pressure as a lane sees it at ``now`` from its latest sample (``value`` seen at ``seen_at``): UNKNOWN (None)
+    once older than the signal's ``max_age``, or when there is none."""
+    return None if value is None or math.isnan(value) or now - seen_at > max_age else value
 
 
 def month_of(at: float) -> str:

@@ -214,7 +214,7 @@ def _moved(state: LaneState, status: LaneStatus, now: float, **changes: object) 
     return state._replace(status=status, **changes)  # type: ignore[arg-type]
 
 
-def _start_run(state: LaneState, status: LaneStatus, now: float, **changes: object) -> LaneState:
+def start_run(state: LaneState, status: LaneStatus, now: float, **changes: object) -> LaneState:
     seq = state.run_seq + 1
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S")
     return _moved(state, status, now, run_seq=seq, active_run=f"{state.lane}-{stamp}-{seq}", refusal=None, **changes)
@@ -289,7 +289,7 @@ def _on_tick(state: LaneState, evaluation: _Evaluation, now: float) -> tuple[Dec
 
     if status is S.ON_STANDBY:
         if state.drill_deadline is not None and now >= state.drill_deadline:
-            after = _start_run(state, S.FAILING_BACK, now)  # the deadline stays until it succeeds: a drill's failback
+            after = start_run(state, S.FAILING_BACK, now)  # the deadline stays until it succeeds: a drill's failback
             reason = f"drill teardown deadline reached; failing back (run {after.active_run})"
             return _decision(K.FAILBACK, state, after, reason, evaluation, now, trigger=Trigger.SCHEDULE, chain="failback")
         plan = evaluation.plan
@@ -298,7 +298,7 @@ def _on_tick(state: LaneState, evaluation: _Evaluation, now: float) -> tuple[Dec
             if stable >= plan.stable_for:
                 blocked = _guardrail(state, plan, now)
                 if blocked is None or blocked[0] == "cost":  # failing back saves money: cost never blocks it
-                    after = _start_run(state, S.FAILING_BACK, now, **_record_automatic(state, plan, now))
+                    after = start_run(state, S.FAILING_BACK, now, **_record_automatic(state, plan, now))
                     reason = (
                         f"primary stable for {format_duration(stable)} (window {format_duration(plan.stable_for)}); "
                         f"failing back (run {after.active_run})"
@@ -352,7 +352,7 @@ def _automatic_cutover(state: LaneState, evaluation: _Evaluation, now: float) ->
             return _decision(K.HOLD, state, degraded, f"cutover still refused: {why}", evaluation, now)
         after = degraded._replace(refusal=code)
         return _decision(K.REFUSE, state, after, f"cutover refused: {why}; tripped: {tripped}", evaluation, now)
-    after = _start_run(state, S.CUTTING_OVER, now, drill_deadline=None, **_record_automatic(state, plan, now))
+    after = start_run(state, S.CUTTING_OVER, now, drill_deadline=None, **_record_automatic(state, plan, now))
     needed = plan.profile.corroboration.min_rules
     reason = f"cutover: {len(evaluation.tripped_rules)} of {needed} required rules tripped: {tripped} (run {after.active_run})"
     return _decision(K.CUTOVER, state, after, reason, evaluation, now, chain="cutover")
@@ -395,11 +395,29 @@ def _on_chain_event(state: LaneState, event: ChainEvent, evaluation: _Evaluation
 
 def _teardown(state: LaneState, evaluation: _Evaluation, now: float, intent: Intent | None) -> tuple[Decision, LaneState]:
     """Run the failback chain as the teardown of stranded capacity; lifts the pause the failure set."""
-    after = _start_run(state, S.FAILING_BACK, now, paused_from=None, paused_by=None, teardown_at=None)
+    after = start_run(state, S.FAILING_BACK, now, paused_from=None, paused_by=None, teardown_at=None)
     reason = f"{teardown.describe(state, evaluation.plan.profile)} (run {after.active_run})"
     if intent is not None:
         reason = f"{reason}, by {intent.actor}"
     return _decision(K.TEARDOWN, state, after, reason, evaluation, now, trigger=Trigger.SCHEDULE, chain="failback", intent=intent)
+
+
+def pause_or_resume(state: LaneState, intent: Intent, now: float) -> tuple[LaneState | None, str]:
+    """An operator's pause or resume, the same on every kind of lane: the state after it and why, or None and why
+    it is refused."""
+    status = state.status
+    if intent.command is Command.PAUSE:
+        if status is S.PAUSED:
+            return None, f"already paused by {state.paused_by}"
+        reason = f"paused by {intent.actor}; automatic actions stop"
+        if state.active_run:
+            reason += f" (run {state.active_run} finishes its current chain)"
+        return _moved(state, S.PAUSED, now, paused_from=status, paused_by=intent.actor), reason
+    if status is not S.PAUSED:
+        return None, f"lane is {status.value}, not paused"
+    back = state.paused_from or S.PRIMARY
+    after = _moved(state, back, now, paused_from=None, paused_by=None, refusal=None)
+    return after, f"resumed by {intent.actor}; lane is {back.value}"
 
 
 def _on_intent(
@@ -411,20 +429,9 @@ def _on_intent(
     def refuse(why: str) -> tuple[Decision, LaneState]:
         return _decision(K.REFUSE, state, state, f"{command.value} refused: {why}", evaluation, now, intent=intent)
 
-    if command is Command.PAUSE:
-        if status is S.PAUSED:
-            return refuse(f"already paused by {state.paused_by}")
-        after = _moved(state, S.PAUSED, now, paused_from=status, paused_by=intent.actor)
-        reason = f"paused by {intent.actor}; automatic actions stop"
-        if state.active_run:
-            reason += f" (run {state.active_run} finishes its current chain)"
-        return _decision(K.HOLD, state, after, reason, evaluation, now, intent=intent)
-    if command is Command.RESUME:
-        if status is not S.PAUSED:
-            return refuse(f"lane is {status.value}, not paused")
-        back = state.paused_from or S.PRIMARY
-        after = _moved(state, back, now, paused_from=None, paused_by=None, refusal=None)
-        return _decision(K.HOLD, state, after, f"resumed by {intent.actor}; lane is {back.value}", evaluation, now, intent=intent)
+    if command in (Command.PAUSE, Command.RESUME):
+        paused, why = pause_or_resume(state, intent, now)
+        return refuse(why) if paused is None else _decision(K.HOLD, state, paused, why, evaluation, now, intent=intent)
     if command is Command.TEARDOWN:  # the operator's own command: allowed while paused
         if state.stranded is None:
             return refuse("no failed run left capacity behind on this lane (a lane ON_STANDBY fails back with failback)")
@@ -443,7 +450,7 @@ def _on_intent(
         if cost is not None:
             return refuse(cost[1])
         deadline = now + profile.drill.teardown_after
-        after = _start_run(state, S.CUTTING_OVER, now, drill_deadline=deadline)
+        after = start_run(state, S.CUTTING_OVER, now, drill_deadline=deadline)
         reason = (
             f"drill by {intent.actor}: running the cutover chain (run {after.active_run}); "
             f"teardown after {format_duration(profile.drill.teardown_after)}"
@@ -452,7 +459,7 @@ def _on_intent(
     if command is Command.CUTOVER:
         if status not in (S.PRIMARY, S.DEGRADED):
             return refuse(f"lane is {status.value}")
-        after = _start_run(state, S.CUTTING_OVER, now, last_action_at=now, drill_deadline=None)  # a real cutover now
+        after = start_run(state, S.CUTTING_OVER, now, last_action_at=now, drill_deadline=None)  # a real cutover now
         overridden = _guardrail(state, evaluation.plan, now)
         reason = f"cutover forced by {intent.actor} (run {after.active_run})"
         if overridden is not None:
@@ -463,7 +470,7 @@ def _on_intent(
     # FAILBACK
     if status is not S.ON_STANDBY:
         return refuse(f"lane is {status.value}, not ON_STANDBY")
-    after = _start_run(state, S.FAILING_BACK, now, last_action_at=now)
+    after = start_run(state, S.FAILING_BACK, now, last_action_at=now)
     reason = f"failback by {intent.actor} (run {after.active_run})"
     if not evaluation.clear:
         reason += "; note: the primary is not healthy on every rule"

@@ -15,6 +15,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from hybridops_daemon.policy.burst import BurstState
 from hybridops_daemon.signals.sample import Sample
 
 
@@ -33,6 +34,7 @@ class DecisionKind(StrEnum):
     FAILBACK = "failback"
     DRILL = "drill"
     TEARDOWN = "teardown"  # the failback chain run to stop capacity a failed run left behind
+    SCALE = "scale"  # a burst lane's scale chain, setting its cloud capacity to a size
     REFUSE = "refuse"
 
 
@@ -110,6 +112,7 @@ class LaneState(NamedTuple):
     stranded: str | None = None  # a failed run whose paid capacity may still be running (policy/teardown.py)
     teardown_tries: int = 0  # teardowns of it that failed so far: the next waits longer
     teardown_at: float | None = None  # when the next scheduled teardown may start
+    burst: BurstState | None = None  # a burst lane's size, spend and timers (policy/burst_lane.py); None for DR lanes
 
     def evolved(self, rules: Mapping[tuple[str, str], RuleMemory], clear_since: float | None) -> LaneState:
         """The per-sample update, spelled out positionally: the cheapest way to build the next state."""
@@ -130,6 +133,7 @@ class LaneState(NamedTuple):
             self.stranded,
             self.teardown_tries,
             self.teardown_at,
+            self.burst,
         )
 
     def durable(self) -> dict[str, Any]:
@@ -148,6 +152,9 @@ class LaneState(NamedTuple):
             "stranded": self.stranded,
             "teardown_tries": self.teardown_tries,
             "teardown_at": self.teardown_at,
+            # Size and spend survive a restart; its confirmation timers do not (like rule memory): pressure is
+            # confirmed anew, rather than trusting a timer whose samples since the record nobody saw.
+            "burst": {**self.burst.durable(), "past_trip_since": [], "calm_since": None} if self.burst else None,
         }
 
     @classmethod
@@ -166,6 +173,7 @@ class LaneState(NamedTuple):
             stranded=data.get("stranded"),
             teardown_tries=int(data.get("teardown_tries", 0)),
             teardown_at=data.get("teardown_at"),
+            burst=BurstState.from_durable(data["burst"]) if data.get("burst") else None,
         )
 
 

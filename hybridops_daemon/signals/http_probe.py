@@ -3,6 +3,10 @@
 A refused connection, a timeout, a wrong status or a too-slow answer all read 0.0: the target answered
 badly or not at all, which is evidence about the target. UNKNOWN is something else (no fresh sample at
 all) and is decided from staleness by the observation store, never here.
+
+With ``latency_signal`` the probe also emits how long the answer took (any status), a load signal for a burst lane;
+a timeout emits the timeout (the answer took at least that), and a probe that reached nobody emits no latency: how
+slow a service is that does not answer is not known.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class HttpProbe:
         self.last_error: str | None = None  # why the last probe read 0.0; None after a good one
         self._clock = clock
         self._up: bool | None = None  # None until the first probe
+        self.latency: float | None = None  # the last probe's, for ``latency_signal``; None when it reached nobody
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -66,6 +71,7 @@ class HttpProbe:
             raise RuntimeError("HttpProbe.probe_once called outside `async with`")
         started = time.monotonic()
         error: str | None
+        self.latency = None
         try:
             # Bounded by asyncio.timeout, with aiohttp's own timers off (ClientTimeout()): on Python 3.11 aiohttp's
             # timer, firing in the loop iteration of an outside cancel, turns that cancel into a TimeoutError and
@@ -75,9 +81,11 @@ class HttpProbe:
                 asyncio.timeout(self.spec.timeout),
                 self._session.get(self.spec.url, allow_redirects=False, timeout=aiohttp.ClientTimeout()) as response,
             ):
-                error = self._judge(response.status, time.monotonic() - started)
+                self.latency = time.monotonic() - started
+                error = self._judge(response.status, self.latency)
         except TimeoutError:
             error = f"timeout after {self.spec.timeout:g}s"
+            self.latency = self.spec.timeout
         except aiohttp.ClientConnectorError as exc:
             error = (
                 "connection refused"
@@ -107,7 +115,10 @@ class HttpProbe:
         interval = self.spec.interval
         tick = loop.time()
         while True:
-            emit(await self.probe_once())
+            sample = await self.probe_once()
+            emit(sample)
+            if self.spec.latency_signal is not None and self.latency is not None:
+                emit(sample._replace(signal=self.spec.latency_signal, value=round(self.latency, 6)))
             tick += interval
             now = loop.time()
             if tick < now:

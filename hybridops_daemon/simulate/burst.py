@@ -22,6 +22,7 @@ from typing import Any
 
 from hybridops_daemon.config.profile import Profile
 from hybridops_daemon.policy.burst import BurstDecision, BurstState, decide_burst
+from hybridops_daemon.policy.burst import reading as pressure_reading
 from hybridops_daemon.simulate.trace import Trace
 
 
@@ -67,8 +68,8 @@ def replay_burst(profile: Profile, trace: Trace, *, lane: str, node: str) -> Bur
     month_spent: dict[str, float] = {}
 
     def reading(at: float) -> float | None:
-        """The pressure as the lane sees it at ``at``: the latest sample, UNKNOWN (None) once older than max_age."""
-        return None if math.isnan(last_value) or at - seen_at > max_age else last_value
+        """The pressure as the lane sees it at ``at`` (the daemon's own reading of its latest sample)."""
+        return pressure_reading(last_value, seen_at, max_age, at)
 
     def advance(until: float) -> None:
         """Time in service from ``last_t`` to ``until``: sizes, and pressure the size in service left uncovered."""

@@ -179,3 +179,26 @@ async def test_probe_outside_its_context_is_an_error(target: Target) -> None:
     http = HttpProbe(spec(target.url), "edge01")
     with pytest.raises(RuntimeError, match="outside `async with`"):
         await http.probe_once()
+
+
+async def test_a_latency_signal_carries_how_long_each_answer_took_and_nothing_for_no_answer(target: Target) -> None:
+    target.delay, target.status = 0.2, 503  # slow and wrong: still an answer, and its latency is known
+    async with running(HttpProbe(spec(target.url, interval=0.1, timeout=0.5, latency_signal="app_latency"), "edge01")) as seen:
+        slow = await seen.until("a latency sample", lambda: seen.latest("app_latency"))
+        up = seen.latest("app_up")
+        assert up is not None and up.value == 0.0 and up.observed_at == slow.observed_at
+        assert slow.value is not None and 0.2 <= slow.value < 0.5
+        target.delay = 5.0
+        await seen.value("app_latency", 0.5)  # a timeout: the answer took at least the timeout
+        target.delay, target.status = 0.0, 200
+        await seen.value("app_up", 1.0)
+        mark = seen.mark()
+        await target.stop()
+
+        def refused() -> int | None:
+            count = sum(1 for s in seen.of("app_up", mark) if s.value == 0.0)
+            return count if count >= 3 else None
+
+        await seen.until("probes that reach nobody", refused)
+    answered = {s.observed_at for s in seen.of("app_up", mark) if s.value == 1.0}
+    assert {s.observed_at for s in seen.of("app_latency", mark)} == answered  # none for a refused connection

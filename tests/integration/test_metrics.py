@@ -207,10 +207,11 @@ def test_a_lane_counts_from_zero_so_rate_sees_its_first_decision_and_run() -> No
         "failback",
         "drill",
         "teardown",
+        "scale",
         "refuse",
     }
     assert set(matching(s, "hybridops_decisions_total", lane="prod").values()) == {0.0}
-    assert len(matching(s, "hybridops_chain_runs_total", lane="prod")) == 4  # {cutover, failback} x {succeeded, failed}
+    assert len(matching(s, "hybridops_chain_runs_total", lane="prod")) == 6  # {cutover, failback, scale} x {succeeded, failed}
     with pytest.raises(ValueError):
         bed.metrics.decision("prod", "panic")
 

@@ -63,7 +63,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_check_config_accepts_the_demo_config_and_names_every_lane_with_its_profile(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "check-config", str(DEMO_CONFIG))
     assert code == 0, out + err
-    assert out.splitlines()[0] == f"{DEMO_CONFIG}: OK — node edge01, lanes: prod (prod@v1), drill (drill@v1)"
+    assert out.splitlines()[0] == f"{DEMO_CONFIG}: OK — node edge01, lanes: prod (prod@v1), drill (drill@v1), burst (burst@v1)"
     assert "warning" not in out  # peer: null, so no split-brain warning
 
 

@@ -133,9 +133,20 @@ async def test_a_reload_applies_only_what_passes_every_check_config_check(
         assert kind == "profile.reload_refused" and "uses driver 'powerdns', not configured here" in " ".join(body["errors"])
         assert daemon.lanes["prod"].profile.version == 1  # nothing changed
 
+        # A valid burst profile for the lane: a DR lane does not become a burst lane (nor back) while it runs.
+        profile.write_text((REPO / "simulations" / "profiles" / "burst.yaml").read_text().replace("name: burst", "name: prod"))
+        daemon.request_reload()
+        await eventually("the second refusal", lambda: len(reload_outcomes(daemon)) == 2)
+        kind, body = reload_outcomes(daemon)[-1]
+        assert kind == "profile.reload_refused"
+        assert body["errors"] == [
+            "lane prod: profile prod@v1 is a burst profile, the lane runs as a DR lane: restart the daemon to change its kind"
+        ]
+        assert daemon.lanes["prod"].profile.burst is None
+
         profile.write_text(original.replace("version: 1", "version: 2"))
         daemon.request_reload()
-        await eventually("the reload", lambda: len(reload_outcomes(daemon)) == 2)
+        await eventually("the reload", lambda: len(reload_outcomes(daemon)) == 3)
         assert reload_outcomes(daemon)[-1] == ("profile.reloaded", {"lanes": {"prod": "prod@v2"}})
         assert daemon.lanes["prod"].profile.version == 2
 
@@ -144,7 +155,7 @@ async def test_a_reload_applies_only_what_passes_every_check_config_check(
         config_file.write_text(config_file.read_text().replace("tick: 1s", "tick: 2s"))
         profile.write_text(original.replace("version: 1", "version: 3"))
         daemon.request_reload()
-        await eventually("the third answer", lambda: len(reload_outcomes(daemon)) == 3)
+        await eventually("the fourth answer", lambda: len(reload_outcomes(daemon)) == 4)
         kind, body = reload_outcomes(daemon)[-1]
         assert kind == "profile.reload_refused" and "restart" in body["errors"][0]
         assert daemon.lanes["prod"].profile.version == 2

@@ -63,11 +63,19 @@ def test_a_burst_profile_takes_a_scale_chain_and_neither_rules_nor_cutover() -> 
         Profile.model_validate({**dr, "chains": {"cutover": dr["chains"]["cutover"]}})
 
 
-def test_the_daemon_refuses_a_burst_lane_it_cannot_run_yet(tmp_path: Path) -> None:
-    (tmp_path / "burst.yaml").write_text(yaml.safe_dump(BURST))
+def test_check_config_takes_a_burst_lane_and_refuses_a_yields_to_that_names_no_dr_lane(tmp_path: Path) -> None:
+    dr = yaml.safe_load((REPO / "policies" / "drill.yaml").read_text())
+    (tmp_path / "drill.yaml").write_text(yaml.safe_dump(dr))
     config = tmp_path / "daemon.yaml"
-    config.write_text(f"node: edge01\nstate_dir: {tmp_path}\nlanes:\n  burst: {{profile: burst.yaml}}\n")
-    _, _, errors = check_config(config, DRIVER_MODULES)
-    (error,) = errors
-    assert "lanes.burst.profile" in str(error)
-    assert str(error).endswith("profile burst@v1 is a burst profile: the daemon does not run burst lanes yet (simulate does)")
+    lanes = "lanes:\n  burst: {profile: burst.yaml}\n  drill: {profile: drill.yaml}\n"
+    config.write_text(f"node: edge01\nstate_dir: {tmp_path}\n{lanes}")
+    for yields_to, problem in (([], None), (["drill"], None), (["prod"], "no lane of this daemon"), (["burst"], "a burst lane")):
+        profile = {**BURST, "burst": {**BURST["burst"], "yields_to": yields_to}}
+        (tmp_path / "burst.yaml").write_text(yaml.safe_dump(profile))
+        _, _, errors = check_config(config, DRIVER_MODULES)
+        if problem is None:
+            assert errors == []
+        else:
+            (error,) = errors
+            assert "lanes.burst.profile" in str(error)
+            assert f"burst.yields_to names {yields_to[0]!r}: {problem}" in str(error)

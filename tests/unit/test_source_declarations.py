@@ -91,7 +91,7 @@ from hybridops_daemon.signals.registry import build_source
 
 assert main(["check-config", sys.argv[1]]) == 0
 config = load_daemon_config(Path(sys.argv[1]))
-assert [spec.type for spec in config.sources] == ["http_probe"]
+assert [spec.type for spec in config.sources] == ["http_probe", "http_probe"]
 for spec in config.sources:
     build_source(spec, SourceContext(config.node))
 print(sorted(m for m in ("vici", "prometheus_api_client", "aiomqtt", "paho") if m in sys.modules))
