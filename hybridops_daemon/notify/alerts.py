@@ -19,7 +19,7 @@ from hybridops_daemon.policy import teardown
 from hybridops_daemon.policy.types import LaneState, LaneStatus
 
 # Severity by the kind of run: a real cutover wakes someone; a drill is news for the morning.
-SEVERITY = {"cutover": "critical", "failback": "warning", "teardown": "warning", "drill": "info"}
+SEVERITY = {"cutover": "critical", "failback": "warning", "teardown": "warning", "drill": "info", "scale": "info"}
 RUNBOOK = "docs/runbook.md#"
 
 
@@ -66,55 +66,79 @@ def lane_alerts(lane: LaneView, node: str, link: str) -> Iterable[Alert]:
     if state.active_run is not None:
         kind = lane.run_kind or _chain_of(state)
         step = f", at step {lane.step}" if lane.step else ""
-        yield alert(
+        yield _run_alert(
             "HybridopsRunActive",
-            {"lane": lane.name, "kind": kind, "run": state.active_run, "severity": SEVERITY.get(kind, "warning")},
-            {
-                **notes,
-                "summary": f"A {kind} run is under way on lane {lane.name}{step}",
-                "description": f"Run {state.active_run} on lane {lane.name}: {lane.run_reason}",
-                "reason": lane.run_reason,
-                "run_id": state.active_run,
-            },
-            _run_page(link, state.active_run),
+            (lane, kind, state.active_run, SEVERITY.get(kind, "warning")),
+            f"A {kind} run is under way on lane {lane.name}{step}",
+            f"Run {state.active_run} on lane {lane.name}: {lane.run_reason}",
+            {**notes, "reason": lane.run_reason},
+            link,
         )
     run = teardown.failed_run(state)
     if run is not None:
         kind = lane.run_kind or _chain_of(state)
-        yield alert(
+        yield _run_alert(
             "HybridopsRunFailed",
-            {"lane": lane.name, "kind": kind, "run": run, "severity": "critical"},
-            {
-                **notes,
-                "summary": f"A {kind} run failed on lane {lane.name}; automation is paused",
-                "description": f"Run {run} on lane {lane.name} failed; nothing acts on the lane until an operator resumes it",
-                "run_id": run,
-            },
-            _run_page(link, run),
-        )
-    if state.refusal is not None:
-        yield alert(
-            "HybridopsCutoverRefused",
-            {"lane": lane.name, "kind": "refuse", "severity": "critical"},
-            {
-                **notes,
-                "summary": f"Lane {lane.name} wants to cut over and is refused ({state.refusal})",
-                "description": lane.refusal_reason or f"cutover refused: {state.refusal}",
-                "reason": lane.refusal_reason,
-            },
+            (lane, kind, run, "critical"),
+            f"A {kind} run failed on lane {lane.name}; automation is paused",
+            f"Run {run} on lane {lane.name} failed; nothing acts on the lane until an operator resumes it",
+            notes,
             link,
         )
+    if state.refusal is not None:
+        summary = f"Lane {lane.name} wants to cut over and is refused ({state.refusal})"
+        yield _refused("HybridopsCutoverRefused", "critical", lane, summary, f"cutover refused: {state.refusal}", notes, link)
+    if state.burst is not None:
+        yield from _burst_alerts(lane, notes, link)
     if state.stranded is not None:
-        yield alert(
+        yield _run_alert(
             "HybridopsCapacityLeftRunning",
-            {"lane": lane.name, "kind": "teardown", "run": state.stranded, "severity": "critical"},
-            {
-                **notes,
-                "summary": f"Paid capacity left by failed run {state.stranded} on lane {lane.name} may still be running",
-                "description": f"`hyopsctl teardown --lane {lane.name}` runs its teardown now; the daemon retries on schedule",
-                "run_id": state.stranded,
-            },
-            _run_page(link, state.stranded),
+            (lane, "teardown", state.stranded, "critical"),
+            f"Paid capacity left by failed run {state.stranded} on lane {lane.name} may still be running",
+            f"`hyopsctl teardown --lane {lane.name}` runs its teardown now; the daemon retries on schedule",
+            notes,
+            link,
+        )
+
+
+def _run_alert(
+    name: str,
+    about: tuple[LaneView, str, str, str],
+    summary: str,
+    description: str,
+    notes: Mapping[str, str],
+    link: str,
+) -> Alert:
+    """An alert about one run, ``about`` = (lane, kind, run id, severity): labelled with the run, linked to its page."""
+    lane, kind, run, severity = about
+    annotations = {**notes, "summary": summary, "description": description, "run_id": run}
+    return alert(name, {"lane": lane.name, "kind": kind, "run": run, "severity": severity}, annotations, _run_page(link, run))
+
+
+def _refused(
+    name: str, severity: str, lane: LaneView, summary: str, fallback: str, notes: Mapping[str, str], link: str
+) -> Alert:
+    """A standing refusal: described by the refusing decision's reason (``fallback`` before one is known)."""
+    annotations = {**notes, "summary": summary, "description": lane.refusal_reason or fallback, "reason": lane.refusal_reason}
+    return alert(name, {"lane": lane.name, "kind": "refuse", "severity": severity}, annotations, link)
+
+
+def _burst_alerts(lane: LaneView, notes: Mapping[str, str], link: str) -> Iterable[Alert]:
+    """A burst lane's: capacity it wants and may not have (budget, a DR lane first), and a scale run that failed (the
+    lane stays automatic and tries again after its step cooldown, so nothing else would say so)."""
+    burst = lane.state.burst
+    assert burst is not None
+    if burst.refusal is not None:
+        summary = f"Burst lane {lane.name} wants more capacity and is refused ({burst.refusal})"
+        yield _refused("HybridopsBurstRefused", "warning", lane, summary, f"scale-out refused: {burst.refusal}", notes, link)
+    if burst.failed_run is not None:
+        yield _run_alert(
+            "HybridopsScaleRunFailed",
+            (lane, "scale", burst.failed_run, "warning"),
+            f"A scale run failed on burst lane {lane.name}; its size stays at {burst.size}",
+            f"Run {burst.failed_run} failed; the lane tries again after its step cooldown",
+            notes,
+            link,
         )
 
 

@@ -36,6 +36,7 @@ class BurstState(NamedTuple):
     accrued_at: float | None = None
     # (size, started_at) before the scale run in flight (the daemon's, not decide_burst's): a failed run returns to them
     stepping_from: tuple[int, float | None] | None = None
+    failed_run: str | None = None  # the latest scale run, if it failed: an alert stands until a scale run succeeds
 
     def durable(self) -> dict[str, Any]:
         stepping = list(self.stepping_from) if self.stepping_from is not None else None

@@ -100,12 +100,14 @@ def _scale_ended(
         return _hold(state, state, f"ignored the end of run {event.run_id}: not this lane's active run", now)
     before, started = burst.stepping_from if burst.stepping_from is not None else (burst.size, burst.started_at)
     if event.ok:
-        after = state._replace(active_run=None, burst=burst._replace(stepping_from=None))
+        after = state._replace(active_run=None, burst=burst._replace(stepping_from=None, failed_run=None))
         reason = f"scale run {event.run_id} succeeded: size {before} → {burst.size}"
     else:
         assert profile.burst is not None
         # Billed at the size asked for up to now (some of it may have started), then back to the size reached.
-        back = accrue(burst, profile.burst, now)._replace(size=before, started_at=started, stepping_from=None)
+        back = accrue(burst, profile.burst, now)._replace(
+            size=before, started_at=started, stepping_from=None, failed_run=event.run_id
+        )
         after = state._replace(active_run=None, burst=back)
         reason = (
             f"scale run {event.run_id} failed: {event.detail}; the size stays at {before}, the last size reached"

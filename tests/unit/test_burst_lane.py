@@ -135,11 +135,14 @@ def test_a_failed_scale_run_leaves_the_last_size_reached_and_pays_for_its_time()
     assert "failed: step capacity failed: quota; the size stays at 2, the last size reached" in failed.reason
     burst = lane.state.burst
     assert burst is not None and burst.size == 2 and burst.started_at == T0 + 30  # the burst's clock is its own
+    assert burst.failed_run == calm.run_id  # an alert stands on it (notify/alerts.py) until a scale run succeeds
     # Paid at size 2 until the scale-in was decided, at 0 while it ran: the spend is what the policy accrued.
     assert burst.spent_usd == pytest.approx(2 * 0.5 * 70 / 3600)
     assert lane.feed(0.1, 3701).kind is DecisionKind.HOLD  # calm is confirmed anew, no step within the cooldown
     again = lane.feed(0.1, 3761)
-    assert again.kind is DecisionKind.SCALE and again.reason.startswith("scale in 2 → 0")
+    assert again.kind is DecisionKind.SCALE and again.reason.startswith("scale in 2 → 0") and again.run_id is not None
+    lane.feed(0.1, 3790, ChainEvent(LANE, again.run_id, True, "ok"))
+    assert lane.state.burst is not None and lane.state.burst.failed_run is None
 
 
 def test_a_failed_scale_out_returns_to_zero() -> None:

@@ -13,6 +13,7 @@ from hybridops_daemon.config.models import AlertmanagerNotifyConfig
 from hybridops_daemon.notify.alertmanager import AlertmanagerNotifier
 from hybridops_daemon.notify.alerts import LaneView, Report, alerts_of
 from hybridops_daemon.policy import teardown
+from hybridops_daemon.policy.burst import BurstState
 from hybridops_daemon.policy.types import LaneState, LaneStatus
 
 LINK = "https://hyops.example.net/view"
@@ -87,6 +88,20 @@ def test_a_standing_refusal_and_stranded_capacity_each_raise_their_alert() -> No
     refused = dict(by_name["HybridopsCutoverRefused"].annotations)
     assert refused["description"] == "cutover refused: 1 automatic action in 1h"
     assert dict(by_name["HybridopsCapacityLeftRunning"].labels)["run"] == "prod-3"
+
+
+def test_a_burst_lane_refused_capacity_or_with_a_failed_scale_run_raises_its_alert() -> None:
+    assert report(LaneView("burst", LaneState("burst", burst=BurstState(size=2)))).alerts == {}
+    burst = BurstState(size=2, refusal="monthly", failed_run="burst-7")
+    found = report(LaneView("burst", LaneState("burst", burst=burst), refusal_reason="scale out refused: over budget"))
+    by_name = {alert.name: alert for alert in found.alerts.values()}
+    assert set(by_name) == {"HybridopsBurstRefused", "HybridopsScaleRunFailed"}
+    assert dict(by_name["HybridopsBurstRefused"].annotations)["description"] == "scale out refused: over budget"
+    failed = by_name["HybridopsScaleRunFailed"]
+    assert dict(failed.labels) == {
+        "alertname": "HybridopsScaleRunFailed", "lane": "burst", "kind": "scale", "run": "burst-7", "severity": "warning"
+    }
+    assert "its size stays at 2" in dict(failed.annotations)["summary"] and failed.url.endswith("burst-7")
 
 
 def test_an_approval_names_its_step_and_the_journal_alert_is_the_nodes_own() -> None:
