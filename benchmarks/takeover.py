@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from typing import Any
 import yaml
 
 from hybridops_daemon.config.models import EtcdLeaseConfig
+from hybridops_daemon.simulate.fleet_report import percentile  # nearest rank, as the backtest reports it
 from tests.e2e.edge_pair import EXPECTED, Edge, Pair, Record, Targets, wait_for_record
 from tests.e2e.harness import wait_for
 from tests.testbed.edgenet import BRIDGE_ADDRESS, MUTUAL_TLS, start_edge_testbed, stop_edge_testbed
@@ -71,13 +71,8 @@ class Run:
         return self.effects == ONCE[self.verb]
 
 
-def nearest_rank(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
-
-
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": nearest_rank(values, 50), "p99": nearest_rank(values, 99), "max": max(values)}
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values)}
 
 
 def first(edge: Edge, kind: str, predicate: Any) -> Record:

@@ -151,13 +151,13 @@ class DecisionLoop:
     def step_lane(self, lane: Lane, event: Intent | ChainEvent | None, readings: Readings) -> Decision:
         observation = Observation(readings, self._node, self._peer, event)
         before, now = lane.state, self._clock()
-        ended = isinstance(event, ChainEvent) and event.run_id == before.active_run
+        ended = event if isinstance(event, ChainEvent) and event.run_id == before.active_run else None  # the lane's run
         if lane.profile.burst is not None:
             decision, lane.state = decide_burst_lane(before, observation, lane.profile, now, burst.yielding(self.lanes, lane))
         else:
             decision, lane.state = decide(before, observation, lane.profile, now)
-            if isinstance(event, ChainEvent) and ended:
-                self._chain_ended(lane, before, event)
+            if ended is not None:
+                self._chain_ended(lane, before, ended)
         starts = decision.chain is not None and decision.run_id is not None
         # A chain's end is always on record, even when it leaves the status as it was (a lane paused mid-run).
         recorded = decision.notable or isinstance(event, ChainEvent)
@@ -170,9 +170,9 @@ class DecisionLoop:
             self._metrics.lane_state(lane.name, lane.state.status.value)
             log.info("decision", lane=lane.name, kind=decision.kind.value, status=lane.state.status.value, reason=decision.reason)
             self._notifier.status(status_line(self.lanes))
-        if isinstance(event, ChainEvent) and ended and lane.profile.burst is not None:
-            burst.record_scale(self._journal, lane, before, event, decision)
-            self._metrics.run(lane.name, "scale", "succeeded" if event.ok else "failed")
+        if ended is not None and lane.profile.burst is not None:
+            burst.record_scale(self._journal, lane, before, ended, decision)
+            self._metrics.run(lane.name, "scale", "succeeded" if ended.ok else "failed")
         if starts:
             lane.run_decision, lane.run_progress = {**decision.to_dict(), **extra}, None
             self._chains.start(lane, lane.run_decision)

@@ -38,6 +38,7 @@ from hybridops_daemon.config.loader import ConfigInvalid, load_daemon_config, lo
 from hybridops_daemon.config.sources import PrometheusQuery, PrometheusSource
 from hybridops_daemon.drivers.registry import DRIVER_MODULES
 from hybridops_daemon.durations import parse_duration
+from hybridops_daemon.retry import Backoff
 from hybridops_daemon.simulate.report import span
 from hybridops_daemon.simulate.trace import JSON_NUMBER
 from hybridops_daemon.simulate.truth import Interval, IntervalError, load_intervals, merge, wall_clock
@@ -140,7 +141,7 @@ class Prometheus:
             "step": _seconds(step_ms),
             "timeout": f"{self.timeout:g}s",  # Prometheus gives up on its side too, not only we on ours
         }
-        wait = FIRST_BACKOFF_S
+        backoff = Backoff(FIRST_BACKOFF_S, math.inf)  # 1 s, 2 s, 4 s…: the project's own doubling, uncapped
         for attempt in range(1, self.retries + 2):
             try:
                 return self._once(params, signal)
@@ -148,8 +149,7 @@ class Prometheus:
                 if attempt > self.retries:
                     tries = f"{attempt} attempt{'s' * (attempt > 1)}"
                     raise HistoryError(f"Prometheus at {self.shown}: {exc} ({tries})", EXIT_FAILED) from None
-            time.sleep(wait)
-            wait *= 2
+            time.sleep(backoff.next())
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _once(self, params: dict[str, str], signal: str) -> list[Any]:
